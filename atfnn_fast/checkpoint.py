@@ -1,0 +1,233 @@
+"""Checkpoints: a directory with ``model.safetensors`` and ``config.json``.
+
+``config.json`` holds the model config, the label names, the normalisation statistics, the
+feature parameters and the SHA-256 of the weights file. Nothing in a checkpoint is code:
+loading parses JSON and safetensors only (no pickle).
+
+Writes are atomic: both files are written and fsynced into a hidden temporary directory next
+to the target, which is then renamed into place, so a crash leaves either the old checkpoint
+or the new one, never a mixture or a half-written file. Overwriting an existing checkpoint
+moves the old one aside, renames the new one in and deletes the old one; a directory that is
+not a checkpoint is never overwritten.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import ATFNNConfig
+from .features import FeatureConfig, NormStats
+
+FORMAT = "atfnn-fast-checkpoint"
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded or written; the message says which file and why."""
+
+
+@dataclass
+class Checkpoint:
+    model: nn.Module
+    config: ATFNNConfig
+    labels: list[str] | None = None
+    norm_stats: NormStats | None = None
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _is_checkpoint(directory: Path) -> bool:
+    try:
+        meta = json.loads((directory / CONFIG_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("format") == FORMAT
+
+
+def save_checkpoint(
+    directory: str | os.PathLike,
+    model: nn.Module,
+    *,
+    labels: list[str] | None = None,
+    norm_stats: NormStats | None = None,
+    features: FeatureConfig | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``model`` (an ATFNN or ATFNNReference) atomically to ``directory``."""
+    from safetensors.torch import save_file
+
+    config = getattr(model, "config", None)
+    if not isinstance(config, ATFNNConfig):
+        raise TypeError(
+            f"model must be an ATFNN or ATFNNReference (with an ATFNNConfig), "
+            f"got {type(model).__name__}"
+        )
+    if labels is not None:
+        labels = [str(label) for label in labels]
+        if len(labels) != config.num_classes:
+            raise ValueError(
+                f"labels: expected {config.num_classes} names (num_classes), got {len(labels)}"
+            )
+    if norm_stats is not None and norm_stats.n_mels != config.n_mels:
+        raise ValueError(
+            f"norm_stats: expected {config.n_mels} bands (n_mels), got {norm_stats.n_mels}"
+        )
+    target = Path(directory)
+    if target.exists() and not target.is_dir():
+        raise CheckpointError(f"{target}: exists and is not a directory")
+    if target.is_dir() and any(target.iterdir()) and not _is_checkpoint(target):
+        raise CheckpointError(
+            f"{target}: refusing to overwrite a non-empty directory that is not a checkpoint"
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
+        _fsync_file(tmp / WEIGHTS_FILE)
+        meta = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "model": config.to_dict(),
+            "labels": labels,
+            "norm_stats": norm_stats.to_dict() if norm_stats is not None else None,
+            "features": (features or FeatureConfig()).to_dict(),
+            "weights_sha256": _sha256(tmp / WEIGHTS_FILE),
+            "extra": extra or {},
+        }
+        (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        _fsync_file(tmp / CONFIG_FILE)
+        _fsync_dir(tmp)
+        if target.exists():
+            old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+            os.rename(target, old)
+            os.rename(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, target)
+        _fsync_dir(target.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def read_metadata(directory: str | os.PathLike) -> dict[str, Any]:
+    """Parse and check ``config.json`` of a checkpoint (no weights are read)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{directory}: checkpoint directory not found")
+    path = directory / CONFIG_FILE
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing (not a checkpoint directory?)") from None
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise CheckpointError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not an atfnn-fast checkpoint (format != {FORMAT!r})")
+    if meta.get("version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint version {meta.get('version')!r}, this atfnn-fast reads "
+            f"version {FORMAT_VERSION}"
+        )
+    return meta
+
+
+def load_checkpoint(
+    directory: str | os.PathLike,
+    *,
+    model_class: type[nn.Module] | None = None,
+    map_location: str | torch.device = "cpu",
+) -> Checkpoint:
+    """Load a checkpoint into a new ``model_class`` (default :class:`atfnn_fast.ATFNN`).
+
+    Refuses, with a :class:`CheckpointError` naming the file and listing the problems,
+    anything that does not match: a checksum, a missing or unexpected key, a shape.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if model_class is None:
+        from .model import ATFNN as model_class
+    directory = Path(directory)
+    meta = read_metadata(directory)
+    cfg_path = directory / CONFIG_FILE
+    try:
+        config = ATFNNConfig.from_dict(meta["model"])
+        labels = meta.get("labels")
+        stats = meta.get("norm_stats")
+        stats = NormStats.from_dict(stats) if stats is not None else None
+        features = FeatureConfig.from_dict(meta.get("features") or {})
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{cfg_path}: invalid contents ({err})") from None
+    if labels is not None and (not isinstance(labels, list) or len(labels) != config.num_classes):
+        raise CheckpointError(
+            f"{cfg_path}: labels must be a list of {config.num_classes} names, got {labels!r}"
+        )
+    weights = directory / WEIGHTS_FILE
+    if not weights.is_file():
+        raise CheckpointError(f"{weights}: missing")
+    expected_sha = meta.get("weights_sha256")
+    if expected_sha is not None and _sha256(weights) != expected_sha:
+        raise CheckpointError(
+            f"{weights}: SHA-256 differs from the one recorded in {CONFIG_FILE}; "
+            "the file is corrupted or was replaced"
+        )
+    try:
+        state = load_file(str(weights), device=str(map_location))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{weights}: unreadable safetensors file ({err})") from None
+    model = model_class(config)
+    expected = model.state_dict()
+    problems = [f"missing key {k} {tuple(v.shape)}" for k, v in expected.items() if k not in state]
+    problems += [
+        f"unexpected key {k} {tuple(v.shape)}" for k, v in state.items() if k not in expected
+    ]
+    problems += [
+        f"shape of {k}: checkpoint {tuple(state[k].shape)}, model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if problems:
+        raise CheckpointError(
+            f"{weights}: does not match a {config.variant} model with the config in "
+            f"{CONFIG_FILE}:\n  " + "\n  ".join(problems)
+        )
+    model.load_state_dict(state)
+    model.to(map_location)
+    return Checkpoint(model, config, labels, stats, features, meta.get("extra") or {})

@@ -1,0 +1,175 @@
+"""Model configuration: the one place every ATFNN size lives.
+
+Defaults follow ../shared/SPEC.md section 2. Choices the paper leaves open, marked (A) in the
+SPEC, are recorded on the fields below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any
+
+T_ATTENTION_SOURCES = ("input", "encoding")
+
+
+@dataclass(frozen=True)
+class ATFNNConfig:
+    """Sizes and switches of an ATFNN model; validated on construction.
+
+    Sizes:
+        num_classes: emotion classes of the classifier.
+        n_mels: Mel bands ``F`` of the input spectrogram.
+        frames: segment length ``T`` the model is trained and exported at. Any ``T`` that is
+            a multiple of ``t_group`` is accepted at run time.
+        channels: ``c``, width of the attention convolutions and of the F-Encoder tokens.
+        f_group / t_group: bands / frames pooled by one F- / T-Attention window.
+        num_heads: heads of the F-Encoder self-attention (A: 2).
+        ffn_channels / ffn_kernel: hidden width and kernel size of the F-Encoder's conv FFN
+            (32 and 5 in the paper; the kernel must be odd so ``padding = k // 2`` keeps F).
+        lstm_hidden / lstm_layers: the Bi-LSTM T-Encoder.
+        layer_norm_eps: epsilon of both F-Encoder LayerNorms (A: PyTorch's 1e-5).
+        dropout: (A) dropout on the 2*lstm_hidden utterance embedding before the classifier,
+            the only dropout in the model; the fused front-end therefore needs none.
+        lstm_dropout: (A) nn.LSTM's dropout between LSTM layers, 0 by default.
+
+    Variants (paper Table III): ``f_attention``, ``t_attention``, ``f_encoder``, ``t_encoder``;
+    all True is ATFNN. A disabled block has no parameters. ``t_attention_source`` is "input"
+    (Eq. 2: the T-Attention convolution reads the raw spectrogram) or "encoding" (Eq. 4
+    reading: it reads the F-Encoder output with ``channels`` input channels; 1 channel when
+    the F-Encoder is disabled).
+    """
+
+    num_classes: int = 4
+    n_mels: int = 80
+    frames: int = 128
+    channels: int = 8
+    f_group: int = 5
+    t_group: int = 8
+    num_heads: int = 2
+    ffn_channels: int = 32
+    ffn_kernel: int = 5
+    lstm_hidden: int = 128
+    lstm_layers: int = 3
+    layer_norm_eps: float = 1e-5
+    dropout: float = 0.2
+    lstm_dropout: float = 0.0
+    f_attention: bool = True
+    t_attention: bool = True
+    f_encoder: bool = True
+    t_encoder: bool = True
+    t_attention_source: str = "input"
+
+    def __post_init__(self) -> None:
+        ints = (
+            "num_classes", "n_mels", "frames", "channels", "f_group", "t_group", "num_heads",
+            "ffn_channels", "ffn_kernel", "lstm_hidden", "lstm_layers",
+        )  # fmt: skip
+        for name in ints:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"ATFNNConfig.{name} must be an int, got {value!r}")
+            if value <= 0:
+                raise ValueError(f"ATFNNConfig.{name} must be positive, got {value}")
+        for name in ("f_attention", "t_attention", "f_encoder", "t_encoder"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"ATFNNConfig.{name} must be a bool, got {getattr(self, name)!r}")
+        for name in ("dropout", "lstm_dropout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise TypeError(f"ATFNNConfig.{name} must be a float, got {value!r}")
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"ATFNNConfig.{name} must be in [0, 1), got {value}")
+        if isinstance(self.layer_norm_eps, bool) or not isinstance(
+            self.layer_norm_eps, int | float
+        ):
+            raise TypeError(
+                f"ATFNNConfig.layer_norm_eps must be a float, got {self.layer_norm_eps!r}"
+            )
+        if not self.layer_norm_eps > 0:
+            raise ValueError(
+                f"ATFNNConfig.layer_norm_eps must be positive, got {self.layer_norm_eps}"
+            )
+        if self.n_mels % self.f_group:
+            raise ValueError(
+                f"ATFNNConfig: n_mels ({self.n_mels}) must be a multiple of "
+                f"f_group ({self.f_group})"
+            )
+        if self.frames % self.t_group:
+            raise ValueError(
+                f"ATFNNConfig: frames ({self.frames}) must be a multiple of "
+                f"t_group ({self.t_group})"
+            )
+        if self.channels % self.num_heads:
+            raise ValueError(
+                f"ATFNNConfig: channels ({self.channels}) must be a multiple of "
+                f"num_heads ({self.num_heads})"
+            )
+        if self.ffn_kernel % 2 == 0:
+            raise ValueError(
+                f"ATFNNConfig: ffn_kernel must be odd so the conv FFN keeps the {self.n_mels} "
+                f"bands, got {self.ffn_kernel}"
+            )
+        if self.t_attention_source not in T_ATTENTION_SOURCES:
+            raise ValueError(
+                f"ATFNNConfig.t_attention_source must be one of {T_ATTENTION_SOURCES}, "
+                f"got {self.t_attention_source!r}"
+            )
+
+    # Derived sizes: computed here once, used everywhere else.
+    @property
+    def encoding_width(self) -> int:
+        """Features per (frame, band) after the F-Encoder: ``channels``, or 1 without it."""
+        return self.channels if self.f_encoder else 1
+
+    @property
+    def lstm_input_size(self) -> int:
+        """Per-frame feature vector size, flattened row-major over (band, channel)."""
+        return self.n_mels * self.encoding_width
+
+    @property
+    def t_attention_in_channels(self) -> int:
+        return 1 if self.t_attention_source == "input" else self.encoding_width
+
+    @property
+    def embedding_size(self) -> int:
+        """Classifier input: 2*lstm_hidden (Bi-LSTM), or n_mels*width without T-Encoder."""
+        return 2 * self.lstm_hidden if self.t_encoder else self.lstm_input_size
+
+    @property
+    def variant(self) -> str:
+        """Paper name (Table III) of the variant: ATFNN, TFNN, ATNN or AFNN; any other
+        combination is described as "ATFNN without <blocks>"."""
+        flags = ("f_attention", "t_attention", "f_encoder", "t_encoder")
+        off = tuple(name for name in flags if not getattr(self, name))
+        names = {
+            (): "ATFNN",
+            ("f_attention", "t_attention"): "TFNN",
+            ("f_encoder",): "ATNN",
+            ("t_encoder",): "AFNN",
+        }
+        return names.get(off, "ATFNN without " + ", ".join(off))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ATFNNConfig:
+        if not isinstance(data, dict):
+            raise TypeError(f"ATFNNConfig.from_dict expects a dict, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"ATFNNConfig: unknown fields {unknown}; known: {sorted(known)}")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ATFNNConfig:
+        return cls.from_dict(json.loads(text))
+
+    def replace(self, **changes: Any) -> ATFNNConfig:
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,290 @@
+"""Audio loading, log-Mel features, segmentation and normalisation (SPEC section 5).
+
+Pipeline: :func:`load_audio` (soundfile; any rate, any channel count -> 16 kHz mono) ->
+:func:`log_mel` ``(n_mels, N)`` -> :func:`segment` ``(S, n_mels, frames)`` ->
+:meth:`NormStats.apply`. :func:`file_segments` runs all four for one file.
+
+Choices where the paper and SPEC are silent (A):
+* MelSpectrogram: power spectrum (power 2), ``center=True`` with reflect padding (frame i is
+  centred on sample ``i*hop``, so N samples give ``1 + N // hop`` frames), HTK Mel scale
+  without filter normalisation (torchaudio's defaults), 0 Hz to Nyquist.
+* Multi-channel audio is mixed down by averaging the channels.
+* Padding: a tail shorter than a segment (and an utterance shorter than one segment) is
+  padded with the silence value ``log(0 + log_offset)`` *before* normalisation, so padding
+  looks like digital silence to the model.
+* Normalisation: per Mel band mean and standard deviation over all frames of the training
+  split (``NormStats.fit``); the standard deviation is floored at ``min_std`` so a constant
+  band cannot divide by zero.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+class AudioError(ValueError):
+    """An audio file that cannot be used; the message starts with the file's path."""
+
+    def __init__(self, path: str | os.PathLike, reason: str) -> None:
+        self.path = str(path)
+        super().__init__(f"{self.path}: {reason}")
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """STFT / Mel parameters (SPEC section 5). ``n_mels`` and the segment length are model
+    sizes and come from :class:`atfnn_fast.ATFNNConfig`."""
+
+    sample_rate: int = 16_000
+    n_fft: int = 512
+    win_length: int = 320  # 20 ms Hamming window
+    hop_length: int = 160  # 10 ms hop
+    f_min: float = 0.0
+    f_max: float | None = None  # None: Nyquist
+    log_offset: float = 1e-6
+
+    def __post_init__(self) -> None:
+        for name in ("sample_rate", "n_fft", "win_length", "hop_length"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"FeatureConfig.{name} must be a positive int, got {value!r}")
+        if self.win_length > self.n_fft:
+            raise ValueError(
+                f"FeatureConfig.win_length ({self.win_length}) must be <= n_fft ({self.n_fft})"
+            )
+        if not self.log_offset > 0:
+            raise ValueError(f"FeatureConfig.log_offset must be positive, got {self.log_offset}")
+
+    @property
+    def silence_value(self) -> float:
+        """Log-Mel value of digital silence, used to pad short segments."""
+        return math.log(self.log_offset)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FeatureConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"FeatureConfig: unknown fields {unknown}")
+        return cls(**data)
+
+
+# ------------------------------------------------------------------------------ audio
+def load_audio(path: str | os.PathLike, sample_rate: int = 16_000) -> torch.Tensor:
+    """Read an audio file with soundfile and return a float32 mono waveform ``(N,)`` at
+    ``sample_rate``. Missing, unreadable, truncated, empty or non-finite audio raises
+    :class:`FileNotFoundError` or :class:`AudioError`, both naming the file."""
+    import soundfile as sf
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: audio file not found")
+    if path.is_dir():
+        raise AudioError(path, "is a directory, not an audio file")
+    try:
+        info = sf.info(str(path))
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as err:
+        raise AudioError(path, f"cannot decode audio ({err})") from None
+    # libsndfile reads what is there of a cut-off file and notes the header mismatch.
+    if "should be" in (info.extra_info or ""):
+        raise AudioError(path, "truncated audio file (the header declares more data)")
+    if data.shape[0] == 0:
+        raise AudioError(path, "empty audio (0 samples)")
+    if not np.isfinite(data).all():
+        raise AudioError(path, "audio contains NaN or Inf samples")
+    wave = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1, dtype=np.float32)))
+    if rate != sample_rate:
+        import torchaudio.functional as AF
+
+        wave = AF.resample(wave, rate, sample_rate)
+    return wave
+
+
+# ---------------------------------------------------------------------------- log-Mel
+@functools.lru_cache(maxsize=8)
+def _mel_transform(n_mels: int, features: FeatureConfig):
+    import torchaudio
+
+    return torchaudio.transforms.MelSpectrogram(
+        sample_rate=features.sample_rate,
+        n_fft=features.n_fft,
+        win_length=features.win_length,
+        hop_length=features.hop_length,
+        f_min=features.f_min,
+        f_max=features.f_max,
+        n_mels=n_mels,
+        window_fn=torch.hamming_window,
+        power=2.0,
+        center=True,
+        pad_mode="reflect",
+        mel_scale="htk",
+        norm=None,
+    )
+
+
+def log_mel(
+    wave: torch.Tensor, n_mels: int = 80, features: FeatureConfig | None = None
+) -> torch.Tensor:
+    """``wave (..., N)`` at ``features.sample_rate`` -> ``log(mel + log_offset)``
+    ``(..., n_mels, 1 + N // hop_length)``, float32."""
+    features = features or FeatureConfig()
+    if not isinstance(wave, torch.Tensor) or not wave.is_floating_point():
+        raise TypeError(f"wave must be a floating-point torch.Tensor, got {type(wave).__name__}")
+    if wave.shape[-1] <= features.n_fft // 2:
+        raise ValueError(
+            f"wave must have more than n_fft // 2 = {features.n_fft // 2} samples "
+            f"({features.n_fft // 2 / features.sample_rate * 1000:.0f} ms), "
+            f"got {wave.shape[-1]}"
+        )
+    mel = _mel_transform(n_mels, features)(wave.float())
+    return torch.log(mel + features.log_offset)
+
+
+# ------------------------------------------------------------------------ segmentation
+def segment(
+    logmel: torch.Tensor, frames: int = 128, hop: int | None = None, pad_value: float | None = None
+) -> torch.Tensor:
+    """Cut ``(F, N)`` into ``(S, F, frames)`` windows starting every ``hop`` frames
+    (default: ``frames``, no overlap). Every frame is covered: the last window may run past
+    the end and is padded with ``pad_value`` (default: the silence value of the default
+    :class:`FeatureConfig`), as is an utterance shorter than one window."""
+    if logmel.dim() != 2:
+        raise ValueError(f"logmel must be (F, N), got shape {tuple(logmel.shape)}")
+    hop = frames if hop is None else hop
+    if frames <= 0 or not 0 < hop <= frames:
+        raise ValueError(
+            f"segment: need frames > 0 and 0 < hop <= frames (no gaps), "
+            f"got frames={frames}, hop={hop}"
+        )
+    n = logmel.shape[1]
+    if n == 0:
+        raise ValueError("logmel has no frames (N = 0)")
+    pad_value = FeatureConfig().silence_value if pad_value is None else pad_value
+    count = 1 + max(0, math.ceil((n - frames) / hop))
+    total = (count - 1) * hop + frames
+    padded = torch.nn.functional.pad(logmel, (0, total - n), value=pad_value)
+    return padded.unfold(1, frames, hop).permute(1, 0, 2).contiguous()
+
+
+# ------------------------------------------------------------------------ normalisation
+@dataclass(frozen=True)
+class NormStats:
+    """Per Mel band mean and standard deviation of the training split's log-Mel frames."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    count: int
+
+    def __post_init__(self) -> None:
+        if len(self.mean) != len(self.std) or not self.mean:
+            raise ValueError(
+                f"NormStats: mean and std must be non-empty and of equal length, "
+                f"got {len(self.mean)} and {len(self.std)}"
+            )
+        values = np.asarray(self.mean + self.std, dtype=np.float64)
+        if not np.isfinite(values).all():
+            raise ValueError("NormStats: mean and std must be finite")
+        if min(self.std) <= 0:
+            raise ValueError(f"NormStats: std must be positive, got min {min(self.std)}")
+        if isinstance(self.count, bool) or not isinstance(self.count, int) or self.count <= 0:
+            raise ValueError(f"NormStats: count must be a positive int, got {self.count!r}")
+
+    @property
+    def n_mels(self) -> int:
+        return len(self.mean)
+
+    @classmethod
+    def fit(cls, logmels: Iterable[torch.Tensor], min_std: float = 1e-5) -> NormStats:
+        """Statistics over all frames of ``(F, N)`` log-Mel matrices (pooled exactly, in
+        float64, by merging per-utterance means and sums of squared deviations)."""
+        total = 0
+        mean = m2 = None
+        for i, lm in enumerate(logmels):
+            a = torch.as_tensor(lm, dtype=torch.float64)
+            if a.dim() != 2 or a.shape[1] == 0:
+                raise ValueError(f"NormStats.fit: item {i} must be (F, N>0), got {tuple(a.shape)}")
+            n = a.shape[1]
+            mu = a.mean(dim=1)
+            dev = ((a - mu[:, None]) ** 2).sum(dim=1)
+            if mean is None:
+                mean, m2, total = mu, dev, n
+                continue
+            if a.shape[0] != mean.shape[0]:
+                raise ValueError(
+                    f"NormStats.fit: item {i} has {a.shape[0]} bands, expected {mean.shape[0]}"
+                )
+            delta = mu - mean
+            new_total = total + n
+            mean = mean + delta * (n / new_total)
+            m2 = m2 + dev + delta**2 * (total * n / new_total)
+            total = new_total
+        if mean is None:
+            raise ValueError("NormStats.fit: no log-Mel matrices given")
+        std = torch.sqrt(m2 / total).clamp_min(min_std)
+        return cls(tuple(mean.tolist()), tuple(std.tolist()), int(total))
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalise ``(..., F, T)``: ``(x - mean) / std`` per band."""
+        if x.dim() < 2 or x.shape[-2] != self.n_mels:
+            raise ValueError(
+                f"NormStats.apply: expected (..., {self.n_mels}, T), got {tuple(x.shape)}"
+            )
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device)[:, None]
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device)[:, None]
+        return (x - mean) / std
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mean": list(self.mean), "std": list(self.std), "count": self.count}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> NormStats:
+        if not isinstance(data, dict) or set(data) != {"mean", "std", "count"}:
+            got = sorted(data) if isinstance(data, dict) else type(data).__name__
+            raise ValueError(f"NormStats: expected keys ['count', 'mean', 'std'], got {got}")
+        mean = tuple(float(v) for v in data["mean"])
+        return cls(mean, tuple(float(v) for v in data["std"]), data["count"])
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_json(cls, text: str) -> NormStats:
+        return cls.from_dict(json.loads(text))
+
+
+# ------------------------------------------------------------------------------ all four
+def file_segments(
+    path: str | os.PathLike,
+    *,
+    n_mels: int = 80,
+    frames: int = 128,
+    hop: int | None = None,
+    stats: NormStats | None = None,
+    features: FeatureConfig | None = None,
+) -> torch.Tensor:
+    """Model input for one file: ``(S, 1, n_mels, frames)``, normalised if ``stats``."""
+    features = features or FeatureConfig()
+    wave = load_audio(path, features.sample_rate)
+    try:
+        lm = log_mel(wave, n_mels, features)
+    except ValueError as err:
+        raise AudioError(path, str(err)) from None
+    segs = segment(lm, frames, hop, features.silence_value)
+    if stats is not None:
+        segs = stats.apply(segs)
+    return segs.unsqueeze(1)

@@ -1,0 +1,26 @@
+"""Fused ATFNN front-end ops and the backend dispatch (installed as ``atfnn_fast.kernels``).
+
+SPEC section 3. Each op has a plain-torch implementation (``torch_ops``, used for CPU tensors
+and as the ground truth of the kernel tests) and, once the kernel issues land, a Triton
+implementation for CUDA tensors. Which one runs is decided per call by
+:func:`atfnn_fast.kernels.dispatch.select`:
+
+* during ONNX export: the reference (plain torch) math, always;
+* ``ATFNN_BACKEND=auto`` (default): Triton for CUDA tensors where the op has a Triton
+  implementation, plain torch otherwise;
+* ``ATFNN_BACKEND=torch``: plain torch everywhere;
+* ``ATFNN_BACKEND=triton``: Triton, or an error naming the op if it has none. CPU tensors
+  then need ``TRITON_INTERPRET=1`` (set before this package is imported).
+"""
+
+from .dispatch import BACKENDS, get_backend, set_backend, use_backend
+from .ops import band_attention, freq_encoder
+
+__all__ = [
+    "BACKENDS",
+    "band_attention",
+    "freq_encoder",
+    "get_backend",
+    "set_backend",
+    "use_backend",
+]

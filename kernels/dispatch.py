@@ -1,0 +1,80 @@
+"""Backend selection for the fused ops (SPEC section 3, "Dispatch").
+
+The backend is read from ``ATFNN_BACKEND`` once, when this module is imported (like
+``TRITON_INTERPRET``, it must be set before the kernels are imported), and can be changed
+afterwards with :func:`set_backend` or the :func:`use_backend` context manager. Reading it
+once keeps the choice a constant for ``torch.compile`` instead of an environment lookup per
+call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+
+import torch
+
+BACKENDS = ("auto", "triton", "torch")
+ENV_BACKEND = "ATFNN_BACKEND"
+ENV_INTERPRET = "TRITON_INTERPRET"
+
+
+def _parse(name: str, source: str) -> str:
+    value = name.strip().lower()
+    if value not in BACKENDS:
+        raise ValueError(f"{source} must be one of {BACKENDS}, got {name!r}")
+    return value
+
+
+_backend = _parse(os.environ.get(ENV_BACKEND, "auto") or "auto", ENV_BACKEND)
+
+
+def get_backend() -> str:
+    """The backend in force: "auto", "triton" or "torch"."""
+    return _backend
+
+
+def set_backend(name: str) -> None:
+    """Set the backend for every later call ("auto", "triton" or "torch")."""
+    global _backend
+    _backend = _parse(name, "backend")
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Run a block under another backend, restoring the previous one afterwards."""
+    previous = get_backend()
+    set_backend(name)
+    try:
+        yield
+    finally:
+        set_backend(previous)
+
+
+def interpreter_enabled() -> bool:
+    return os.environ.get(ENV_INTERPRET, "0") not in ("", "0")
+
+
+def select(op: str, tensor: torch.Tensor, torch_impl: Callable, triton_impl: Callable | None):
+    """Pick the implementation of ``op`` for a call whose main input is ``tensor``."""
+    if torch.onnx.is_in_onnx_export():
+        return torch_impl
+    backend = _backend
+    if backend == "torch":
+        return torch_impl
+    if backend == "auto":
+        return triton_impl if (tensor.is_cuda and triton_impl is not None) else torch_impl
+    # backend == "triton": asked for explicitly, so never fall back silently.
+    if triton_impl is None:
+        raise NotImplementedError(
+            f"{ENV_BACKEND}=triton, but op atfnn::{op} has no Triton implementation yet; "
+            f"use {ENV_BACKEND}=auto or torch"
+        )
+    if not tensor.is_cuda and not interpreter_enabled():
+        raise RuntimeError(
+            f"{ENV_BACKEND}=triton with a {tensor.device.type} tensor needs "
+            f"{ENV_INTERPRET}=1 (set before importing atfnn_fast) to run atfnn::{op} "
+            "through the Triton interpreter"
+        )
+    return triton_impl

@@ -1,0 +1,37 @@
+"""Public entry points of the fused ops; each call is routed by :mod:`.dispatch`.
+
+The Triton implementations register themselves in ``TRITON_IMPLS`` under the op's name
+(the kernel issues add them); until then every op runs its plain-torch implementation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from . import torch_ops
+from .dispatch import select
+
+TRITON_IMPLS: dict[str, Callable] = {}
+
+
+def band_attention(
+    source: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    target: torch.Tensor | None = None,
+    *,
+    axis: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """F- or T-Attention; see :func:`.torch_ops.band_attention` for the contract."""
+    impl = select(
+        "band_attention", source, torch_ops.band_attention, TRITON_IMPLS.get("band_attention")
+    )
+    return impl(source, weight, bias, target, axis=axis)
+
+
+def freq_encoder(x: torch.Tensor, *params: torch.Tensor, num_heads: int, eps: float):
+    """The F-Encoder; see :func:`.torch_ops.freq_encoder` for the contract."""
+    impl = select("freq_encoder", x, torch_ops.freq_encoder, TRITON_IMPLS.get("freq_encoder"))
+    return impl(x, *params, num_heads=num_heads, eps=eps)
