@@ -1,0 +1,158 @@
+"""ATFNN against ATFNNReference (forward and gradients) and the backend dispatch seam."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from atfnn_fast.kernels import dispatch, ops, torch_ops
+from conftest import VARIANTS, randomize, tiny_config
+
+from atfnn_fast import ATFNN, ATFNNConfig, ATFNNReference, kernels
+
+# float32, different code paths (functional ops + SDPA vs nn modules): a few ulps apart.
+TOL32 = dict(rtol=1e-5, atol=1e-5)
+
+
+def pair(cfg):
+    ref = randomize(ATFNNReference(cfg)).eval()
+    fast = ATFNN(cfg).eval()
+    fast.load_state_dict(ref.state_dict())
+    return fast, ref
+
+
+def grads(model, x):
+    x = x.clone().requires_grad_(True)
+    logits, att = model(x, return_attention=True)
+    logits.backward(torch.ones_like(logits))
+    return logits, att, x.grad, {n: p.grad for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("source", ["input", "encoding"])
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("batch,frames", [(1, 8), (3, 24), (2, 136)])
+def test_atfnn_equals_reference_forward_and_gradients(variant, source, batch, frames):
+    cfg = tiny_config(t_attention_source=source, **VARIANTS[variant])
+    fast, ref = pair(cfg)
+    x = torch.randn(batch, 1, cfg.n_mels, frames)
+    out_f, att_f, gx_f, gp_f = grads(fast, x)
+    out_r, att_r, gx_r, gp_r = grads(ref, x)
+    torch.testing.assert_close(out_f, out_r, **TOL32)
+    for a, b in zip(att_f, att_r, strict=True):
+        if b is None:
+            assert a is None
+        else:
+            torch.testing.assert_close(a, b, **TOL32)
+    torch.testing.assert_close(gx_f, gx_r, **TOL32)
+    assert gp_f.keys() == gp_r.keys()
+    for name in gp_r:
+        torch.testing.assert_close(gp_f[name], gp_r[name], **TOL32, msg=name)
+
+
+def test_default_size_forward_equals_reference():
+    # Random front-end, default-initialised LSTM: a 3-layer LSTM with N(0, 0.5) weights is
+    # chaotic and would amplify float32 rounding of the (equal) front-ends.
+    ref = ATFNNReference(ATFNNConfig()).eval()
+    for block in (ref.f_attention, ref.t_attention, ref.f_encoder):
+        randomize(block)
+    fast = ATFNN(ref.config).eval()
+    fast.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 1, 80, 128)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), ref(x), **TOL32)
+
+
+def test_three_dim_input_is_the_same_as_four_dim():
+    fast, _ = pair(tiny_config())
+    x = torch.randn(2, 1, 10, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x[:, 0]), fast(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("frames", [8, 16, 40, 200])
+def test_any_multiple_of_t_group_is_accepted(frames):
+    fast, _ = pair(tiny_config())
+    logits, att = fast(torch.randn(2, 10, frames), return_attention=True)
+    assert logits.shape == (2, 3)
+    assert att.freq.shape == att.time.shape == (2, 10, frames)
+
+
+def test_other_float_dtypes_are_cast_to_the_parameter_dtype():
+    fast, _ = pair(tiny_config())
+    x = torch.randn(2, 1, 10, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x.double()), fast(x), rtol=0, atol=0)
+        half = x.half()
+        torch.testing.assert_close(fast(half), fast(half.float()), rtol=0, atol=0)
+
+
+def test_cpu_autocast_bf16_runs_close_to_fp32():
+    fast, _ = pair(tiny_config())
+    x = torch.randn(4, 1, 10, 16)
+    with torch.no_grad():
+        want = fast(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = fast(x)
+    torch.testing.assert_close(got.float(), want, rtol=0.1, atol=0.1)
+
+
+# ------------------------------------------------------------------------------ dispatch
+def test_backend_default_and_override():
+    assert kernels.get_backend() == "auto"
+    with kernels.use_backend("torch"):
+        assert kernels.get_backend() == "torch"
+    assert kernels.get_backend() == "auto"
+    with pytest.raises(ValueError, match="backend must be one of"):
+        kernels.set_backend("cuda")
+
+
+def test_auto_on_cpu_uses_plain_torch():
+    x = torch.randn(1, 1, 10, 16)
+    assert dispatch.select("band_attention", x, torch_ops.band_attention, lambda: 0) is (
+        torch_ops.band_attention
+    )
+
+
+def test_triton_backend_without_kernel_names_the_op():
+    fast, _ = pair(tiny_config())
+    with kernels.use_backend("triton"), pytest.raises(NotImplementedError, match="atfnn::"):
+        fast(torch.randn(1, 1, 10, 16))
+
+
+def test_triton_backend_on_cpu_needs_the_interpreter(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setitem(ops.TRITON_IMPLS, "band_attention", torch_ops.band_attention)
+    fast, _ = pair(tiny_config())
+    with kernels.use_backend("triton"), pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        fast(torch.randn(1, 1, 10, 16))
+
+
+def test_triton_backend_routes_to_registered_implementation(monkeypatch):
+    calls = []
+
+    def fake(*args, **kwargs):
+        calls.append(kwargs["axis"])
+        return torch_ops.band_attention(*args, **kwargs)
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setitem(ops.TRITON_IMPLS, "band_attention", fake)
+    monkeypatch.setitem(ops.TRITON_IMPLS, "freq_encoder", torch_ops.freq_encoder)
+    fast, ref = pair(tiny_config())
+    x = torch.randn(2, 1, 10, 16)
+    with kernels.use_backend("triton"), torch.no_grad():
+        torch.testing.assert_close(fast(x), ref(x), **TOL32)
+    assert calls == ["freq", "time"]
+
+
+@pytest.mark.parametrize("value,ok", [("torch", True), ("TRITON", True), ("gpu", False)])
+def test_environment_variable_is_read_at_import(value, ok):
+    env = {**os.environ, "ATFNN_BACKEND": value}
+    code = "from atfnn_fast import kernels; print(kernels.get_backend())"
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    if ok:
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip() == value.lower()
+    else:
+        assert proc.returncode != 0
+        assert "ATFNN_BACKEND must be one of" in proc.stderr

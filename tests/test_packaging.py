@@ -1,0 +1,73 @@
+"""Installed layout (SPEC section 1), console script and demo."""
+
+import io
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+import atfnn_fast
+from atfnn_fast.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_subpackages_map_to_the_repository_folders():
+    import atfnn_fast.export
+    import atfnn_fast.kernels
+
+    assert Path(atfnn_fast.kernels.__file__).parent == ROOT / "kernels"
+    assert Path(atfnn_fast.export.__file__).parent == ROOT / "export"
+
+
+@pytest.mark.slow
+def test_wheel_installs_everything_under_one_namespace(tmp_path):
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(tmp_path), str(ROOT)],
+        check=True,
+    )  # fmt: skip
+    (wheel,) = tmp_path.glob("atfnn_fast-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    top = {n.split("/")[0] for n in names}
+    assert top == {"atfnn_fast", f"{wheel.name.split('-')[0]}-{atfnn_fast.__version__}.dist-info"}
+    for needed in (
+        "atfnn_fast/kernels/__init__.py",
+        "atfnn_fast/kernels/dispatch.py",
+        "atfnn_fast/export/__init__.py",
+        "atfnn_fast/assets/speech.wav",
+    ):
+        assert needed in names
+    entry = next(n for n in names if n.endswith("entry_points.txt"))
+    text = zipfile.ZipFile(wheel).read(entry).decode()
+    assert "atfnn-fast = atfnn_fast.cli:main" in text
+
+
+def test_cli_version(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"atfnn-fast {atfnn_fast.__version__}"
+
+
+def test_demo_prints_shapes_parameters_and_time():
+    from atfnn_fast.demo import run
+
+    out = io.StringIO()
+    result = run(device="cpu", hop=64, repeats=1, out=out)
+    text = out.getvalue()
+    assert "batch          (9, 1, 80, 128)" in text
+    assert "logits         (9, 4)" in text
+    assert "parameters     1,583,092 (ATFNN)" in text
+    assert "ms per batch of 9" in text
+    assert "gives identical logits" in text
+    assert result["logits"].shape == (9, 4) and result["median_ms"] > 0
+
+
+@pytest.mark.slow
+def test_console_script_runs_the_demo():
+    exe = Path(sys.executable).with_name("atfnn-fast")
+    proc = subprocess.run([str(exe), "demo", "--repeats", "1"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "parameters     1,583,092" in proc.stdout
