@@ -6,10 +6,10 @@ import sys
 
 import pytest
 import torch
-from atfnn_fast.kernels import dispatch, ops, torch_ops
 from conftest import VARIANTS, randomize, tiny_config
 
 from atfnn_fast import ATFNN, ATFNNConfig, ATFNNReference, kernels
+from atfnn_fast.kernels import dispatch, ops, torch_ops
 
 # float32, different code paths (functional ops + SDPA vs nn modules): a few ulps apart.
 TOL32 = dict(rtol=1e-5, atol=1e-5)

@@ -1,0 +1,278 @@
+"""The benchmark cases of SPEC section 6: what each one runs, per provider, and its roofline.
+
+A case is built into a :class:`Bench`: one timed call (synchronised on CUDA, so the time is
+the device time of the work), an untimed setup that clears gradients, and the compile time
+measured on its own. Providers:
+
+* ``eager``: :class:`atfnn_fast.ATFNNReference`, plain eager PyTorch;
+* ``compile``: the same model with its front-end (or the case's block) under
+  ``torch.compile`` (default mode); the Bi-LSTM stays eager (dynamo graph-breaks on RNNs);
+* ``fused``: :class:`atfnn_fast.ATFNN` with its Triton ops, CUDA only;
+* ``onnxruntime``: the exported graph in ONNX Runtime (``full_fwd`` only).
+
+Roofline counts (:func:`flops` and :func:`bytes_moved`) are *model estimates* written next
+to the cases: flops count multiply-adds as 2 and transcendental functions as 4; the
+backward of a block counts 2x its forward flops (A); bytes are the floor a fused
+implementation could reach, every tensor that must cross global memory read or written once
+(activations only; parameters are counted where they are not negligible: LSTM and the
+optimiser step).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from atfnn_fast import ATFNN, ATFNNConfig, ATFNNReference
+from atfnn_fast.kernels import ops
+
+CASES = (
+    "band_attention_fwd",
+    "band_attention_fwd_bwd",
+    "freq_encoder_fwd",
+    "freq_encoder_fwd_bwd",
+    "front_end_fwd",
+    "front_end_fwd_bwd",
+    "full_fwd",
+    "train_step",
+)
+PROVIDERS = ("eager", "compile", "fused", "onnxruntime")
+# the fused ops each case needs before its "fused" provider can run
+CASE_OPS = {
+    "band_attention": ("band_attention",),
+    "freq_encoder": ("freq_encoder",),
+    "front_end": ("band_attention", "freq_encoder"),
+    "full": ("band_attention", "freq_encoder"),
+    "train": ("band_attention", "freq_encoder"),
+}
+
+
+def block(case: str) -> str:
+    return case.removesuffix("_fwd_bwd").removesuffix("_fwd").removesuffix("_step")
+
+
+def has_backward(case: str) -> bool:
+    return case.endswith("_fwd_bwd") or case == "train_step"
+
+
+def skip_reason(case: str, provider: str, device: torch.device) -> str | None:
+    """Why ``provider`` cannot run ``case`` here, or None."""
+    if provider == "onnxruntime":
+        if case != "full_fwd":
+            return "onnxruntime runs full_fwd only"
+        return "the onnxruntime provider arrives with the ONNX export issue (no exporter yet)"
+    if provider == "fused":
+        if device.type != "cuda":
+            return "the fused provider runs Triton kernels on CUDA only"
+        missing = [op for op in CASE_OPS[block(case)] if op not in ops.TRITON_IMPLS]
+        if missing:
+            return f"no Triton kernel yet for {', '.join('atfnn::' + op for op in missing)}"
+    return None
+
+
+# ----------------------------------------------------------------------------- roofline
+def _band_flops(windows: int, c_in: int, c: int, group: int, applied: int) -> int:
+    conv = 2 * c * c_in * group * windows
+    return conv + 4 * c * windows + c * windows + 2 * applied
+
+
+def _encoder_flops(cfg: ATFNNConfig, frames_total: int) -> int:
+    L, c, h = cfg.n_mels, cfg.channels, cfg.num_heads
+    p, k = cfg.ffn_channels, cfg.ffn_kernel
+    per_frame = (
+        2 * L * c  # lift
+        + 6 * L * c * c  # q, k, v projections
+        + 2 * L * L * c  # scores, all heads
+        + 5 * h * L * L  # softmax (max, sub, exp, sum, div)
+        + 2 * L * L * c  # probabilities @ values
+        + 2 * L * c * c  # output projection
+        + 2 * 8 * L * c  # two add & LayerNorm
+        + 2 * 2 * L * c * p * k  # two convolutions
+        + L * p  # ReLU
+    )
+    return per_frame * frames_total
+
+
+def _lstm_flops(cfg: ATFNNConfig, batch: int, frames: int) -> int:
+    h = cfg.lstm_hidden
+    total = 0
+    for layer in range(cfg.lstm_layers):
+        d_in = cfg.lstm_input_size if layer == 0 else 2 * h
+        total += 2 * batch * frames * (2 * 4 * h * (d_in + h) + 4 * 5 * h)  # 2 directions
+    return total
+
+
+def forward_flops(cfg: ATFNNConfig, blk: str, batch: int, frames: int) -> int:
+    F, T, c = cfg.n_mels, frames, cfg.channels
+    bft = batch * F * T
+    band = 0
+    if cfg.f_attention:
+        band += _band_flops(bft // cfg.f_group, 1, c, cfg.f_group, bft)
+    if cfg.t_attention:
+        band += _band_flops(
+            bft // cfg.t_group, cfg.t_attention_in_channels, c, cfg.t_group,
+            bft * cfg.encoding_width,
+        )  # fmt: skip
+    enc = _encoder_flops(cfg, batch * T) if cfg.f_encoder else 0
+    if blk == "band_attention":
+        return band
+    if blk == "freq_encoder":
+        return enc
+    if blk == "front_end":
+        return band + enc
+    head = 2 * batch * cfg.embedding_size * cfg.num_classes
+    return band + enc + _lstm_flops(cfg, batch, T) + head
+
+
+def flops(cfg: ATFNNConfig, case: str, batch: int, frames: int) -> int:
+    fwd = forward_flops(cfg, block(case), batch, frames)
+    return 3 * fwd if has_backward(case) else fwd
+
+
+def bytes_moved(cfg: ATFNNConfig, case: str, batch: int, frames: int, elem: int) -> int:
+    """Minimum global-memory traffic in bytes (``elem`` bytes per activation element)."""
+    bft = batch * cfg.n_mels * frames
+    btfc = bft * cfg.encoding_width
+    blk, bwd = block(case), has_backward(case)
+    if blk == "band_attention":
+        # F: read x, write x' and w_f. T: read x, read x̂, write x̂'' and w_t.
+        fwd = 3 * bft + 2 * bft + 2 * btfc
+        # F: read x, dout, write dx. T: read x, x̂, dout; write dx̂, dx.
+        back = 3 * bft + 2 * bft + 3 * btfc
+    elif blk == "freq_encoder":
+        fwd = bft + btfc  # read x', write x̂
+        back = 2 * bft + btfc  # read x' (recompute) and dout, write dx'
+    else:
+        fwd = 3 * bft + btfc  # read x, write x̂'' and the two maps
+        back = 2 * bft + btfc
+    total = (fwd + back if bwd else fwd) * elem
+    if blk in ("full", "train"):
+        h, params_lstm = cfg.lstm_hidden, 0
+        for layer in range(cfg.lstm_layers):
+            d_in = cfg.lstm_input_size if layer == 0 else 2 * h
+            params_lstm += 2 * 4 * h * (d_in + h + 2)
+        seq_traffic = batch * frames * (btfc // bft * cfg.n_mels + 2 * 2 * h * cfg.lstm_layers)
+        lstm = params_lstm * 4 + seq_traffic * elem
+        total += 3 * lstm if bwd else lstm
+    if blk == "train":
+        n_params = sum(p.numel() for p in ATFNNReference(cfg).parameters())
+        total += 7 * 4 * n_params  # Adam: read p, g, m, v; write p, m, v (fp32)
+    return total
+
+
+# ------------------------------------------------------------------------------- runners
+@dataclass
+class Bench:
+    fn: Callable[[], object]
+    setup: Callable[[], None]
+    compile_s: float | None
+
+
+def _sync(device: torch.device) -> Callable[[], None]:
+    return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+
+def build(
+    case: str,
+    provider: str,
+    cfg: ATFNNConfig,
+    batch: int,
+    frames: int,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> Bench:
+    """Model, inputs and the timed closure for one (case, provider, dtype, size)."""
+    torch.manual_seed(0)
+    blk, bwd = block(case), has_backward(case)
+    ref = ATFNNReference(cfg)
+    model = ref if provider in ("eager", "compile") else ATFNN(cfg)
+    if model is not ref:
+        model.load_state_dict(ref.state_dict())
+    # The NaN/Inf input check costs a reduction and a device sync per call, the same for
+    # every provider; the benchmarks time the model math without it.
+    model.check_finite = False
+    model = model.to(device).train(case == "train_step")
+    x = torch.randn(batch, 1, cfg.n_mels, frames, device=device, requires_grad=bwd)
+    enc = torch.randn(batch, frames, cfg.n_mels, cfg.encoding_width, device=device)
+    enc.requires_grad_(bwd)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=5e-4) if case == "train_step" else None
+    labels = torch.randint(0, cfg.num_classes, (batch,), device=device)
+
+    # body() -> (outputs the loss is taken of, attention maps); the maps are always
+    # produced, as the model's return_attention contract asks of every provider.
+    if blk == "band_attention":
+
+        def body():
+            x1, w_f = model._f_attention(x)
+            enc2, w_t = model._t_attention(x, enc)
+            return (x1, enc2), (w_f, w_t)
+
+    elif blk == "freq_encoder":
+
+        def body():
+            return (model._f_encoder(x),), ()
+
+    elif blk == "front_end":
+
+        def body():
+            out, maps = model.front_end(x)
+            return (out,), tuple(maps)
+
+    else:
+
+        def body():
+            logits, maps = model(x, return_attention=True)
+            return (logits,), tuple(maps)
+
+    if provider not in ("eager", "compile", "fused"):
+        raise ValueError(
+            f"provider {provider!r} cannot be built: {skip_reason(case, provider, device)}"
+        )
+    if provider == "compile":
+        if blk in ("full", "train"):
+            model.front_end = torch.compile(model.front_end)
+        else:
+            body = torch.compile(body)
+
+    autocast = (
+        torch.autocast(device.type, dtype=dtype)
+        if dtype != torch.float32
+        else torch.autocast(device.type, enabled=False)
+    )
+    sync = _sync(device)
+
+    def step():
+        with autocast:
+            if case == "train_step":
+                (logits,), _ = body()
+                loss = torch.nn.functional.cross_entropy(logits.float(), labels)
+                loss.backward()
+                optimizer.step()
+                sync()
+                return loss
+            if not bwd:
+                with torch.no_grad():
+                    out = body()
+                sync()
+                return out
+            outs, _ = body()
+            loss = sum(o.float().sum() for o in outs)
+            loss.backward()
+        sync()
+        return loss
+
+    def setup():
+        for p in params:
+            p.grad = None
+        for t in (x, enc):
+            t.grad = None
+
+    setup()
+    start = time.perf_counter()
+    step()  # first call: compiles (compile provider) or warms the caches
+    first = time.perf_counter() - start
+    return Bench(step, setup, first if provider == "compile" else None)

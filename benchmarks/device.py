@@ -1,0 +1,97 @@
+"""What the suite runs on: device description and the peaks measured in the same run."""
+
+from __future__ import annotations
+
+import platform
+import re
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--bench-device cuda asked for, but torch sees no CUDA device")
+    return device
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"CPU {model} ({torch.get_num_threads()} threads)"
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def driver_version() -> str | None:
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=20, check=True,
+        )  # fmt: skip
+        return out.stdout.strip().splitlines()[0]
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return None
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _median_time(fn, device: torch.device, repeats: int) -> float:
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure_peaks(device: torch.device, tiny: bool = False) -> dict[str, float]:
+    """Copy bandwidth (a large device-to-device copy: bytes read + written) and matmul
+    throughput (bf16 and fp32), measured now, on this device."""
+    if tiny:
+        copy_mb, n, repeats = 8, 256, 2
+    elif device.type == "cuda":
+        copy_mb, n, repeats = 2048, 8192, 20
+    else:
+        copy_mb, n, repeats = 256, 1024, 5
+    src = torch.empty(copy_mb * 2**20 // 4, dtype=torch.float32, device=device).uniform_()
+    dst = torch.empty_like(src)
+    t_copy = _median_time(lambda: dst.copy_(src), device, repeats)
+    peaks = {"copy_gbps": 2 * src.numel() * 4 / t_copy / 1e9}
+    for dtype, key in (
+        (torch.bfloat16, "matmul_tflops_bf16"),
+        (torch.float32, "matmul_tflops_fp32"),
+    ):
+        a = torch.randn(n, n, device=device, dtype=dtype)
+        b = torch.randn(n, n, device=device, dtype=dtype)
+        t_mm = _median_time(lambda a=a, b=b: a @ b, device, repeats)
+        peaks[key] = 2 * n**3 / t_mm / 1e12
+    return {k: round(v, 3) for k, v in peaks.items()}

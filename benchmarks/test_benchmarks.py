@@ -1,0 +1,59 @@
+"""The SPEC section 6 cases, timed with pytest-benchmark (no assertion is on a time)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from atfnn_fast import ATFNNConfig
+from benchmarks import cases
+
+
+def _peak_memory_mb(bench: cases.Bench, device: torch.device) -> float | None:
+    """Extra memory one call needs: peak allocated during the call minus what was
+    allocated before it (parameters, inputs, optimiser state). CUDA only."""
+    if device.type != "cuda":
+        return None
+    bench.setup()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    bench.fn()
+    return round((torch.cuda.max_memory_allocated() - before) / 2**20, 2)
+
+
+def _rounds(bench: cases.Bench, device: torch.device) -> int:
+    """Enough rounds for about one second of timing, within [min, max]."""
+    bench.setup()
+    start = time.perf_counter()
+    bench.fn()
+    once = max(time.perf_counter() - start, 1e-6)
+    low, high = (10, 200) if device.type == "cuda" else (3, 20)
+    return int(min(high, max(low, 1.0 / once)))
+
+
+def test_case(benchmark, bench_env, case, provider, dtype, batch):
+    device = bench_env["torch_device"]
+    reason = cases.skip_reason(case, provider, device)
+    if reason:
+        pytest.skip(reason)
+    cfg = ATFNNConfig()
+    frames = bench_env["frames"]
+    elem = 4 if dtype == "float32" else 2
+    bench = cases.build(case, provider, cfg, batch, frames, getattr(torch, dtype), device)
+    benchmark.group = f"{case} {dtype} B={batch}"
+    benchmark.extra_info.update(
+        case=case, provider=provider, dtype=dtype, batch=batch, frames=frames,
+        bytes=cases.bytes_moved(cfg, case, batch, frames, elem),
+        flops=cases.flops(cfg, case, batch, frames),
+        compile_s=None if bench.compile_s is None else round(bench.compile_s, 3),
+        peak_mem_mb=_peak_memory_mb(bench, device),
+    )  # fmt: skip
+    rounds = 1 if benchmark.disabled else _rounds(bench, device)
+    result = benchmark.pedantic(bench.fn, setup=bench.setup, rounds=rounds, warmup_rounds=1)
+    # a benchmark of a broken computation is worthless: the result must at least be finite
+    outputs = result if isinstance(result, torch.Tensor) else result[0]
+    for out in [outputs] if isinstance(outputs, torch.Tensor) else outputs:
+        assert torch.isfinite(out.float()).all(), f"{case}/{provider}: non-finite output"
