@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-fast lint demo clean
+.PHONY: test test-fast lint demo bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,9 +18,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# The whole suite, slow tests included (CI runs this through .ci/run).
+# The whole suite, slow tests included, then every benchmark once at a tiny size so the
+# suite cannot rot (no time is asserted). CI runs this through .ci/run.
 test: lint
 	$(BIN)/python -m pytest -m "" -q
+	$(BIN)/python -m pytest benchmarks --benchmark-disable --bench-size tiny -q -p no:cacheprovider
 
 # The default quick run: everything except the tests marked slow.
 test-fast: $(STAMP)
@@ -28,6 +30,10 @@ test-fast: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/atfnn-fast demo
+
+# Record a benchmark run: benchmarks/results/<device>-<date>.{json,md,png} + README section.
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.report --readme
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

@@ -1,0 +1,117 @@
+"""The benchmark suite's bookkeeping: roofline counts, result rows, files and README."""
+
+import json
+
+import pytest
+import torch
+
+from atfnn_fast import ATFNNConfig
+from benchmarks import cases, report
+
+CFG = ATFNNConfig()
+PEAKS = {"copy_gbps": 100.0, "matmul_tflops_fp32": 2.0, "matmul_tflops_bf16": 4.0}
+
+
+def entry(case, provider, median_s, dtype="float32", batch=4, frames=128):
+    return {
+        "extra_info": {
+            "case": case, "provider": provider, "dtype": dtype, "batch": batch,
+            "frames": frames, "bytes": 10**9, "flops": 10**12, "compile_s": None,
+            "peak_mem_mb": None,
+        },
+        "stats": {"median": median_s, "iqr": 0.001, "rounds": 10},
+    }  # fmt: skip
+
+
+def test_band_attention_bytes_are_counted_by_hand():
+    b, f, t, c = 1, 80, 128, 8
+    fwd = 3 * b * f * t + 2 * b * f * t + 2 * b * t * f * c  # F: x, x', w_f; T: x, x̂, x̂'', w_t
+    assert cases.bytes_moved(CFG, "band_attention_fwd", b, t, 4) == fwd * 4
+    assert cases.bytes_moved(CFG, "band_attention_fwd", b, t, 2) == fwd * 2
+
+
+def test_band_attention_flops_are_counted_by_hand():
+    b, f, t, c = 2, 80, 16, 8
+    f_windows, t_windows = b * f * t // 5, b * f * t // 8
+    f_att = 2 * c * 5 * f_windows + 5 * c * f_windows + 2 * b * f * t
+    t_att = 2 * c * 8 * t_windows + 5 * c * t_windows + 2 * b * f * t * c
+    assert cases.flops(CFG, "band_attention_fwd", b, t) == f_att + t_att
+    assert cases.flops(CFG, "band_attention_fwd_bwd", b, t) == 3 * (f_att + t_att)
+
+
+def test_counts_grow_along_the_pipeline():
+    fl = {case: cases.flops(CFG, case, 8, 128) for case in cases.CASES}
+    assert fl["band_attention_fwd"] + fl["freq_encoder_fwd"] == fl["front_end_fwd"]
+    assert fl["front_end_fwd"] < fl["full_fwd"] < fl["train_step"]
+    by = {case: cases.bytes_moved(CFG, case, 8, 128, 4) for case in cases.CASES}
+    assert by["front_end_fwd"] < by["full_fwd"] < by["train_step"]
+
+
+def test_skip_reasons_without_gpu_kernels():
+    cpu = torch.device("cpu")
+    assert cases.skip_reason("full_fwd", "eager", cpu) is None
+    assert "CUDA only" in cases.skip_reason("full_fwd", "fused", cpu)
+    assert "no Triton kernel yet for atfnn::band_attention" in cases.skip_reason(
+        "band_attention_fwd", "fused", torch.device("cuda")
+    )
+    assert "export" in cases.skip_reason("full_fwd", "onnxruntime", cpu)
+
+
+def test_rows_have_ratios_throughput_and_fractions():
+    rows = report.case_rows(
+        [entry("full_fwd", "compile", 0.5), entry("full_fwd", "eager", 1.0)], PEAKS
+    )
+    assert [r["provider"] for r in rows] == ["eager", "compile"]
+    eager, comp = rows
+    assert (eager["speedup_vs_eager"], comp["speedup_vs_eager"]) == (1.0, 2.0)
+    assert comp["median_ms"] == 500.0
+    assert comp["gbps"] == 2.0 and comp["frac_copy"] == 0.02
+    assert comp["tflops"] == 2.0 and comp["frac_matmul"] == 1.0
+    assert comp["floor_ms"] == 10.0  # 1 GB at 100 GB/s
+    table = report.markdown_table(rows)
+    assert "| full_fwd | float32 | 4 | compile | 500.000 | 2.00 |" in table
+
+
+def test_results_file_schema_and_readme(tmp_path):
+    data = {
+        "benchmarks": [entry("train_step", "eager", 0.2)],
+        "atfnn": {
+            "device": "NVIDIA H100 80GB HBM3", "driver": "580", "cuda": "13.0",
+            "torch": "2.11.0+cu130", "triton": "3.6.0", "commit": "abc", "date": "2026-11-24",
+            "size": "full", "peaks": PEAKS,
+        },
+    }  # fmt: skip
+    results = report.results_from_pytest_json(data)
+    json_path, md_path = report.write_results(results, tmp_path)
+    assert json_path.name == "nvidia-h100-80gb-hbm3-20261124.json"
+    saved = json.loads(json_path.read_text())
+    for key in ("device", "driver", "cuda", "torch", "triton", "commit", "date", "peaks"):
+        assert key in saved
+    (row,) = saved["cases"]
+    assert {"case", "provider", "dtype", "batch", "frames", "median_ms", "peak_mem_mb"} <= set(row)
+    assert "| train_step | float32 | 4 | eager | 200.000 |" in md_path.read_text()
+    assert report.plot(results, tmp_path / "p.png").stat().st_size > 1000
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n{report.BEGIN}\nold\n{report.END}\n\nafter\n")
+    report.update_readme(report.latest_results(tmp_path), readme)
+    text = readme.read_text()
+    assert "old" not in text and "after" in text and "NVIDIA H100 80GB HBM3" in text
+
+
+def test_foreign_json_is_refused():
+    with pytest.raises(ValueError, match="no 'atfnn' block"):
+        report.results_from_pytest_json({"benchmarks": []})
+
+
+def test_profile_splits_the_full_forward():
+    from conftest import tiny_config
+
+    from atfnn_fast import ATFNNReference
+    from benchmarks import profile
+
+    model = profile.instrument(ATFNNReference(tiny_config()).eval())
+    result = profile.split(model, torch.randn(2, 1, 10, 16), steps=2)
+    assert set(result["ms"]) == {"front_end", "t_encoder", "classifier"}
+    assert all(v > 0 for v in result["ms"].values())
+    assert sum(result["share"].values()) == pytest.approx(1.0, abs=1e-3)
