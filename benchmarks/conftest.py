@@ -29,8 +29,8 @@ def pytest_addoption(parser):
     group.addoption("--bench-device", choices=("auto", "cpu", "cuda"), default="auto")
 
 
-def _settings(config):
-    device = dev.pick_device(config.getoption("--bench-device"))
+def _settings(config, device: torch.device | None = None):
+    device = device or dev.pick_device(config.getoption("--bench-device"))
     size = config.getoption("--bench-size")
     if size == "auto":
         size = "full" if device.type == "cuda" else "small"
@@ -43,16 +43,29 @@ def _settings(config):
 def pytest_generate_tests(metafunc):
     if "case" not in metafunc.fixturenames:
         return
-    _, _, batches, _, dtypes = _settings(metafunc.config)
-    params = [
-        pytest.param(case, provider, dtype, batch, id=f"{case}-{provider}-{dtype}-B{batch}")
-        for case in cases.CASES
-        for dtype in dtypes
-        for batch in batches
-        for provider in cases.PROVIDERS
-        if provider != "onnxruntime" or case == "full_fwd"
-    ]
-    metafunc.parametrize(("case", "provider", "dtype", "batch"), params)
+    device, *_ = _settings(metafunc.config)
+    devices = [device]
+    if device.type != "cuda":
+        # the GPU cases are listed too, and skipped with a reason, on machines without one
+        devices.append(torch.device("cuda"))
+    params = []
+    for target in devices:
+        _, _, batches, _, dtypes = _settings(metafunc.config, target)
+        params += [
+            pytest.param(
+                target.type, case, provider, dtype, batch,
+                id=f"{target.type}-{case}-{provider}-{dtype}-B{batch}",
+                marks=() if target == device else pytest.mark.skip(
+                    reason="GPU case: no CUDA device here (torch.cuda.is_available() is False)"
+                ),
+            )
+            for case in cases.CASES
+            for dtype in dtypes
+            for batch in batches
+            for provider in cases.PROVIDERS
+            if provider != "onnxruntime" or case == "full_fwd"
+        ]  # fmt: skip
+    metafunc.parametrize(("device", "case", "provider", "dtype", "batch"), params)
 
 
 @pytest.fixture(scope="session")
@@ -107,3 +120,10 @@ def pytest_terminal_summary(terminalreporter, config):
     )
     terminalreporter.write_sep("-", f"atfnn roofline on {env['device']}")
     terminalreporter.write_line(markdown_table(rows))
+
+
+def pytest_configure(config):
+    # raised inside torch itself while compiling; nothing this suite can act on
+    config.addinivalue_line(
+        "filterwarnings", "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"
+    )

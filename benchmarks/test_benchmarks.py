@@ -34,7 +34,7 @@ def _rounds(bench: cases.Bench, device: torch.device) -> int:
     return int(min(high, max(low, 1.0 / once)))
 
 
-def test_case(benchmark, bench_env, case, provider, dtype, batch):
+def test_case(benchmark, bench_env, device, case, provider, dtype, batch):
     device = bench_env["torch_device"]
     reason = cases.skip_reason(case, provider, device)
     if reason:
