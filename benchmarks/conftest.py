@@ -120,10 +120,3 @@ def pytest_terminal_summary(terminalreporter, config):
     )
     terminalreporter.write_sep("-", f"atfnn roofline on {env['device']}")
     terminalreporter.write_line(markdown_table(rows))
-
-
-def pytest_configure(config):
-    # raised inside torch itself while compiling; nothing this suite can act on
-    config.addinivalue_line(
-        "filterwarnings", "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"
-    )

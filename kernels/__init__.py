@@ -1,9 +1,14 @@
 """Fused ATFNN front-end ops and the backend dispatch (installed as ``atfnn_fast.kernels``).
 
 SPEC section 3. Each op has a plain-torch implementation (``torch_ops``, used for CPU tensors
-and as the ground truth of the kernel tests) and, once the kernel issues land, a Triton
-implementation for CUDA tensors. Which one runs is decided per call by
-:func:`atfnn_fast.kernels.dispatch.select`:
+and as the ground truth of the kernel tests) and, where written, a Triton implementation for
+CUDA tensors registered as a ``torch.library`` op in the ``atfnn`` namespace:
+
+* ``atfnn::band_attention`` (+ ``atfnn::band_attention_backward``): F- and T-Attention,
+  :mod:`.triton_band_attention`;
+* the frequency encoder: plain torch only, so far.
+
+Which implementation runs is decided per call by :func:`atfnn_fast.kernels.dispatch.select`:
 
 * during ONNX export: the reference (plain torch) math, always;
 * ``ATFNN_BACKEND=auto`` (default): Triton for CUDA tensors where the op has a Triton

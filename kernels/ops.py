@@ -1,7 +1,7 @@
 """Public entry points of the fused ops; each call is routed by :mod:`.dispatch`.
 
-The Triton implementations register themselves in ``TRITON_IMPLS`` under the op's name
-(the kernel issues add them); until then every op runs its plain-torch implementation.
+``TRITON_IMPLS`` maps an op's name to its Triton-backed entry point (a torch.library custom
+op in the ``atfnn`` namespace); an op without one runs its plain-torch implementation.
 """
 
 from __future__ import annotations
@@ -14,6 +14,13 @@ from . import torch_ops
 from .dispatch import select
 
 TRITON_IMPLS: dict[str, Callable] = {}
+
+try:  # triton ships with torch's Linux wheels; elsewhere the ops run in plain torch
+    from . import triton_band_attention as _band_attention
+except ImportError:  # pragma: no cover
+    _band_attention = None
+else:
+    TRITON_IMPLS["band_attention"] = _band_attention.band_attention
 
 
 def band_attention(

@@ -1,9 +1,17 @@
 import os
 
-import pytest
 import torch
 
+# Without a GPU the Triton kernels run through the interpreter. TRITON_INTERPRET must be set
+# before atfnn_fast (and so its kernels) is imported; with a GPU they compile for real.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest
+
 from atfnn_fast import ATFNNConfig
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 # Small sizes that keep every divisibility rule of the contract but run in milliseconds.
 TINY = dict(
@@ -41,3 +49,9 @@ def randomize(model: torch.nn.Module, scale: float = 0.5) -> torch.nn.Module:
         for p in model.parameters():
             p.copy_(torch.randn_like(p) * scale)
     return model
+
+
+def max_rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
+    """max |got - want| / max |want|: the relative error the kernel tests bound."""
+    scale = want.detach().abs().max().clamp_min(1e-30)
+    return ((got.detach().float() - want.detach().float()).abs().max() / scale).item()

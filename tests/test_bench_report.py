@@ -47,13 +47,17 @@ def test_counts_grow_along_the_pipeline():
     assert by["front_end_fwd"] < by["full_fwd"] < by["train_step"]
 
 
-def test_skip_reasons_without_gpu_kernels():
-    cpu = torch.device("cpu")
+def test_skip_reasons(monkeypatch):
+    from atfnn_fast.kernels import ops
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert cases.skip_reason("full_fwd", "eager", cpu) is None
     assert "CUDA only" in cases.skip_reason("full_fwd", "fused", cpu)
-    assert "no Triton kernel yet for atfnn::band_attention" in cases.skip_reason(
-        "band_attention_fwd", "fused", torch.device("cuda")
-    )
+    monkeypatch.setitem(ops.TRITON_IMPLS, "band_attention", object())
+    monkeypatch.delitem(ops.TRITON_IMPLS, "freq_encoder", raising=False)
+    assert cases.skip_reason("band_attention_fwd_bwd", "fused", cuda) is None
+    reason = cases.skip_reason("front_end_fwd", "fused", cuda)
+    assert reason == "no Triton kernel yet for atfnn::freq_encoder"
     assert "export" in cases.skip_reason("full_fwd", "onnxruntime", cpu)
 
 

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 import torch
-from conftest import VARIANTS, randomize, tiny_config
+from conftest import DEVICE, VARIANTS, randomize, tiny_config
 
 from atfnn_fast import ATFNN, ATFNNConfig, ATFNNReference, kernels
 from atfnn_fast.kernels import dispatch, ops, torch_ops
@@ -143,6 +143,48 @@ def test_triton_backend_routes_to_registered_implementation(monkeypatch):
     with kernels.use_backend("triton"), torch.no_grad():
         torch.testing.assert_close(fast(x), ref(x), **TOL32)
     assert calls == ["freq", "time"]
+
+
+@pytest.mark.parametrize("source", ["input", "encoding"])
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_atfnn_with_triton_band_attention_equals_reference(monkeypatch, variant, source):
+    """Both attentions through atfnn::band_attention (the interpreter on the CPU); the
+    F-Encoder, which has no Triton kernel yet, through its torch implementation."""
+    if not torch.cuda.is_available() and not dispatch.interpreter_enabled():
+        pytest.skip("needs CUDA or TRITON_INTERPRET=1")
+    monkeypatch.setitem(ops.TRITON_IMPLS, "freq_encoder", torch_ops.freq_encoder)
+    cfg = tiny_config(t_attention_source=source, **VARIANTS[variant])
+    fast, ref = pair(cfg)
+    fast, ref = fast.to(DEVICE), ref.to(DEVICE)
+    x = torch.randn(3, 1, cfg.n_mels, 24, device=DEVICE)
+    with kernels.use_backend("triton"):
+        out_f, att_f, gx_f, gp_f = grads(fast, x)
+    out_r, att_r, gx_r, gp_r = grads(ref, x)
+    torch.testing.assert_close(out_f, out_r, **TOL32)
+    for a, b in zip(att_f, att_r, strict=True):
+        assert (a is None) == (b is None)
+        if b is not None:
+            torch.testing.assert_close(a, b, **TOL32)
+    torch.testing.assert_close(gx_f, gx_r, **TOL32)
+    for name in gp_r:
+        torch.testing.assert_close(gp_f[name], gp_r[name], **TOL32, msg=name)
+
+
+@pytest.mark.slow
+def test_torch_compile_of_the_whole_model_equals_eager():
+    fast, _ = pair(tiny_config())
+    fast = fast.to(DEVICE)
+    x = torch.randn(2, 1, 10, 16, device=DEVICE)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.compile(fast)(x), fast(x), **TOL32)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the fused front-end runs on CUDA")
+def test_front_end_compiles_without_graph_break_on_cuda():
+    fast = ATFNN(ATFNNConfig()).cuda()
+    x = torch.randn(2, 1, 80, 128, device="cuda")
+    explanation = torch._dynamo.explain(fast.front_end)(x)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
 
 
 @pytest.mark.parametrize("value,ok", [("torch", True), ("TRITON", True), ("gpu", False)])

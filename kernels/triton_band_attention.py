@@ -1,0 +1,425 @@
+"""Fused band attention (F-Attention and T-Attention): ``atfnn::band_attention``.
+
+One pass over the data per direction. A *window* is one conv window of the attention: a
+group of ``G`` bands at one frame (F-Attention, ``axis="freq"``) or of ``G`` frames at one
+band (T-Attention, ``axis="time"``). Per window the forward kernel
+
+1. loads the ``C_in x G`` source values and computes the ``C`` conv outputs (bias included)
+   with plain FMAs (``C_in * G`` <= a few hundred: no ``tl.dot``, so no 16-wide minimum),
+2. takes the mean over the ``C`` channels of their sigmoid: the window's weight ``w``,
+3. writes ``out = target + w * target`` for the ``G`` positions of the window (all ``W``
+   channels of an encoding target) and ``w`` into the ``(B, F, T)`` weight map.
+
+The backward kernel recomputes ``w`` from the source (nothing but the inputs is saved), then
+``d target = d out * (1 + w)``, ``dw = sum(d out * target) + sum(d map)`` per window,
+``dz_c = dw / C * a_c (1 - a_c)``, ``d source = sum_c dz_c W_c`` and per-program partial sums
+of ``dz_c * source`` and ``dz_c`` for the weight and bias gradients. The partials are reduced
+on the host by ``torch.sum`` over a fixed program order: deterministic, run to run.
+
+Everything is computed in float32 whatever the input dtype (fp32, bf16, fp16); outputs take
+the target's dtype, the weight map the source's. Any strides are accepted (non-contiguous
+inputs are read in place). Offsets are 32-bit: each tensor must hold < 2**31 elements.
+
+The op (``torch.library.triton_op``) has a Triton implementation for CUDA tensors (CPU
+tensors too with ``TRITON_INTERPRET=1`` and ``ATFNN_BACKEND=triton``), a plain-torch
+implementation for the CPU (:func:`band_attention_cpu`), a fake implementation (its host
+code, traceable), and an autograd formula that calls ``atfnn::band_attention_backward``
+(Triton on CUDA, :func:`band_attention_backward_cpu` on the CPU). The device choice is made
+inside the op body, so torch.compile and torch.export trace the same branch as eager.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
+
+from . import torch_ops
+from .dispatch import get_backend
+
+BLOCK_WINDOWS = 128  # windows per program (4 warps); not autotuned yet: no GPU has run it
+_MAX_ELEMENTS = 2**31 - 1
+
+
+@triton.jit
+def _band_fwd_kernel(
+    src_ptr, w_ptr, b_ptr, tgt_ptr, out_ptr, map_ptr,
+    n_windows, n_i, n_j,
+    s_b, s_i, s_j, s_k, s_c,
+    t_b, t_i, t_j, t_k, t_c,
+    o_b, o_i, o_j, o_k, o_c,
+    m_b, m_i, m_j, m_k,
+    C: tl.constexpr, CIN: tl.constexpr, G: tl.constexpr, W: tl.constexpr,
+    KP: tl.constexpr, GWP: tl.constexpr, GP: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    pid = tl.program_id(0)
+    win = pid * BLOCK + tl.arange(0, BLOCK)
+    wmask = win < n_windows
+    j = win % n_j
+    rest = win // n_j
+    i = rest % n_i
+    b = rest // n_i
+
+    # source tile [BLOCK, KP]: column q is (input channel q // G, position q % G)
+    q = tl.arange(0, KP)
+    qmask = q < CIN * G
+    src_off = b * s_b + i * s_i + j * s_j
+    src = tl.load(
+        src_ptr + src_off[:, None] + (q // G)[None, :] * s_c + (q % G)[None, :] * s_k,
+        mask=wmask[:, None] & qmask[None, :], other=0.0,
+    ).to(tl.float32)  # fmt: skip
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    for c in tl.static_range(C):
+        w_row = tl.load(w_ptr + c * CIN * G + q, mask=qmask, other=0.0).to(tl.float32)
+        z = tl.sum(src * w_row[None, :], axis=1) + tl.load(b_ptr + c).to(tl.float32)
+        acc += tl.sigmoid(z)
+    weight = acc / C
+
+    # target tile [BLOCK, GWP]: column r is (position r // W, channel r % W)
+    r = tl.arange(0, GWP)
+    tmask = wmask[:, None] & (r < G * W)[None, :]
+    tgt = tl.load(
+        tgt_ptr + (b * t_b + i * t_i + j * t_j)[:, None]
+        + (r // W)[None, :] * t_k + (r % W)[None, :] * t_c,
+        mask=tmask, other=0.0,
+    ).to(tl.float32)  # fmt: skip
+    out = tgt + weight[:, None] * tgt
+    tl.store(
+        out_ptr + (b * o_b + i * o_i + j * o_j)[:, None]
+        + (r // W)[None, :] * o_k + (r % W)[None, :] * o_c,
+        out.to(out_ptr.dtype.element_ty), mask=tmask,
+    )  # fmt: skip
+
+    k = tl.arange(0, GP)
+    wmap = tl.zeros([BLOCK, GP], dtype=tl.float32) + weight[:, None]
+    tl.store(
+        map_ptr + (b * m_b + i * m_i + j * m_j)[:, None] + k[None, :] * m_k,
+        wmap.to(map_ptr.dtype.element_ty), mask=wmask[:, None] & (k < G)[None, :],
+    )  # fmt: skip
+
+
+@triton.jit
+def _band_bwd_kernel(
+    src_ptr, w_ptr, b_ptr, tgt_ptr, gout_ptr, gmap_ptr,
+    dsrc_ptr, dtgt_ptr, dw_part_ptr, db_part_ptr,
+    n_windows, n_i, n_j,
+    s_b, s_i, s_j, s_k, s_c,
+    t_b, t_i, t_j, t_k, t_c,
+    g_b, g_i, g_j, g_k, g_c,
+    m_b, m_i, m_j, m_k,
+    ds_b, ds_i, ds_j, ds_k, ds_c,
+    dt_b, dt_i, dt_j, dt_k, dt_c,
+    C: tl.constexpr, CIN: tl.constexpr, G: tl.constexpr, W: tl.constexpr,
+    KP: tl.constexpr, GWP: tl.constexpr, GP: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_GMAP: tl.constexpr, FUSED_TARGET: tl.constexpr,
+):  # fmt: skip
+    pid = tl.program_id(0)
+    win = pid * BLOCK + tl.arange(0, BLOCK)
+    wmask = win < n_windows
+    j = win % n_j
+    rest = win // n_j
+    i = rest % n_i
+    b = rest // n_i
+
+    q = tl.arange(0, KP)
+    qmask = q < CIN * G
+    smask = wmask[:, None] & qmask[None, :]
+    src = tl.load(
+        src_ptr + (b * s_b + i * s_i + j * s_j)[:, None]
+        + (q // G)[None, :] * s_c + (q % G)[None, :] * s_k,
+        mask=smask, other=0.0,
+    ).to(tl.float32)  # fmt: skip
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    for c in tl.static_range(C):
+        w_row = tl.load(w_ptr + c * CIN * G + q, mask=qmask, other=0.0).to(tl.float32)
+        z = tl.sum(src * w_row[None, :], axis=1) + tl.load(b_ptr + c).to(tl.float32)
+        acc += tl.sigmoid(z)
+    weight = acc / C
+
+    r = tl.arange(0, GWP)
+    tmask = wmask[:, None] & (r < G * W)[None, :]
+    pos = (r // W)[None, :]
+    chan = (r % W)[None, :]
+    tgt = tl.load(
+        tgt_ptr + (b * t_b + i * t_i + j * t_j)[:, None] + pos * t_k + chan * t_c,
+        mask=tmask, other=0.0,
+    ).to(tl.float32)  # fmt: skip
+    gout = tl.load(
+        gout_ptr + (b * g_b + i * g_i + j * g_j)[:, None] + pos * g_k + chan * g_c,
+        mask=tmask, other=0.0,
+    ).to(tl.float32)  # fmt: skip
+    dweight = tl.sum(gout * tgt, axis=1)
+    if HAS_GMAP:
+        k = tl.arange(0, GP)
+        gmap = tl.load(
+            gmap_ptr + (b * m_b + i * m_i + j * m_j)[:, None] + k[None, :] * m_k,
+            mask=wmask[:, None] & (k < G)[None, :], other=0.0,
+        ).to(tl.float32)  # fmt: skip
+        dweight += tl.sum(gmap, axis=1)
+    dweight = tl.where(wmask, dweight, 0.0) / C
+    dtgt = gout + weight[:, None] * gout
+
+    dsrc = tl.zeros([BLOCK, KP], dtype=tl.float32)
+    for c in tl.static_range(C):
+        w_row = tl.load(w_ptr + c * CIN * G + q, mask=qmask, other=0.0).to(tl.float32)
+        z = tl.sum(src * w_row[None, :], axis=1) + tl.load(b_ptr + c).to(tl.float32)
+        a = tl.sigmoid(z)
+        dz = dweight * a * (1.0 - a)
+        dsrc += dz[:, None] * w_row[None, :]
+        tl.store(dw_part_ptr + (pid * C + c) * KP + q, tl.sum(dz[:, None] * src, axis=0))
+        tl.store(db_part_ptr + pid * C + c, tl.sum(dz, axis=0))
+
+    if FUSED_TARGET:
+        # F-Attention: source and target are the same tensor (C_in = W = 1, KP = GWP)
+        dsrc += dtgt
+    else:
+        tl.store(
+            dtgt_ptr + (b * dt_b + i * dt_i + j * dt_j)[:, None] + pos * dt_k + chan * dt_c,
+            dtgt.to(dtgt_ptr.dtype.element_ty), mask=tmask,
+        )  # fmt: skip
+    tl.store(
+        dsrc_ptr + (b * ds_b + i * ds_i + j * ds_j)[:, None]
+        + (q // G)[None, :] * ds_c + (q % G)[None, :] * ds_k,
+        dsrc.to(dsrc_ptr.dtype.element_ty), mask=smask,
+    )  # fmt: skip
+
+
+# ------------------------------------------------------------------------ host helpers
+def _plain_torch(t: torch.Tensor) -> bool:
+    """Non-CUDA tensors take the plain-torch implementation, unless ATFNN_BACKEND=triton
+    and the kernels were built by the Triton interpreter (TRITON_INTERPRET=1 at import).
+    Decided inside the op, so eager, torch.compile and export all see the same choice."""
+    from triton.runtime.interpreter import InterpretedFunction
+
+    interpreted = isinstance(_band_fwd_kernel, InterpretedFunction)
+    return t.device.type != "cuda" and not (interpreted and get_backend() == "triton")
+
+
+def _launcher(kernel):
+    """``wrap_triton(kernel)`` (visible to torch.compile / export), or the kernel itself when
+    the Triton interpreter built it (wrap_triton accepts compiled kernels only)."""
+    from triton.runtime.interpreter import InterpretedFunction
+
+    return kernel if isinstance(kernel, InterpretedFunction) else wrap_triton(kernel)
+
+
+def _src_strides(t: torch.Tensor, group: int, time_axis: bool) -> tuple[int, ...]:
+    """(b, i, j, k, c) strides of a (B, C, F, T) tensor; window grid (i, j) is
+    (F/G, T) for F-Attention and (T/G, F) for T-Attention (band fastest)."""
+    sb, sc, sf, st = t.stride()
+    if time_axis:
+        return sb, group * st, sf, st, sc
+    return sb, group * sf, st, sf, sc
+
+
+def _enc_strides(t: torch.Tensor, group: int) -> tuple[int, ...]:
+    """(b, i, j, k, c) strides of a (B, T, F, W) encoding for the T-Attention grid."""
+    eb, et, ef, ec = t.stride()
+    return eb, group * et, ef, et, ec
+
+
+def _map_strides(t: torch.Tensor, group: int, time_axis: bool) -> tuple[int, ...]:
+    mb, mf, mt = t.stride()
+    if time_axis:
+        return mb, group * mt, mf, mt
+    return mb, group * mf, mt, mf
+
+
+def _geometry(source: torch.Tensor, weight: torch.Tensor, target, time_axis: bool):
+    b, c_in, f, t = source.shape
+    c, _, kf, kt = weight.shape
+    group = kt if time_axis else kf
+    n_i, n_j = (t // group, f) if time_axis else (f // group, t)
+    width = 1 if target is None else target.shape[-1]
+    consts = dict(
+        C=c, CIN=c_in, G=group, W=width,
+        KP=triton.next_power_of_2(c_in * group),
+        GWP=triton.next_power_of_2(group * width),
+        GP=triton.next_power_of_2(group),
+        BLOCK=BLOCK_WINDOWS,
+    )  # fmt: skip
+    return b * n_i * n_j, n_i, n_j, consts
+
+
+def _check(source, weight, bias, target, time_axis: bool) -> None:
+    if source.dim() != 4 or weight.dim() != 4 or bias.dim() != 1:
+        raise ValueError(
+            f"band_attention: expected source (B, C_in, F, T), weight (C, C_in, kf, kt), "
+            f"bias (C,); got {tuple(source.shape)}, {tuple(weight.shape)}, {tuple(bias.shape)}"
+        )
+    b, c_in, f, t = source.shape
+    c, w_in, kf, kt = weight.shape
+    if w_in != c_in or bias.shape[0] != c or (kf, kt)[1 - time_axis] != 1:
+        raise ValueError(
+            f"band_attention: weight {tuple(weight.shape)} / bias {tuple(bias.shape)} do not "
+            f"fit source {tuple(source.shape)} ({'time' if time_axis else 'freq'} axis)"
+        )
+    group = kt if time_axis else kf
+    if (t if time_axis else f) % group:
+        raise ValueError(f"band_attention: {'T' if time_axis else 'F'} not a multiple of {group}")
+    if target is None:
+        if c_in != 1:
+            raise ValueError("band_attention: without a target the source must have 1 channel")
+    elif not time_axis or target.dim() != 4 or tuple(target.shape[:3]) != (b, t, f):
+        raise ValueError(
+            f"band_attention: target must be (B, T, F, W) = ({b}, {t}, {f}, W) with "
+            f"axis='time', got {tuple(target.shape)}"
+        )
+    for name, tensor in (("source", source), ("target", target)):
+        if tensor is not None and tensor.numel() > _MAX_ELEMENTS:
+            raise ValueError(f"band_attention: {name} has more than 2**31 - 1 elements")
+
+
+# -------------------------------------------------------------------------- forward op
+@triton_op("atfnn::band_attention", mutates_args=())
+def band_attention_op(
+    source: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    target: torch.Tensor | None,
+    time_axis: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(out, w)``: see the module docstring; ``target=None`` re-weights the source."""
+    _check(source, weight, bias, target, time_axis)
+    if _plain_torch(source):
+        return band_attention_cpu(source, weight, bias, target, time_axis)
+    n_windows, n_i, n_j, consts = _geometry(source, weight, target, time_axis)
+    b, _, f, t = source.shape
+    tgt = source if target is None else target
+    out = torch.empty(tgt.shape, dtype=tgt.dtype, device=tgt.device)
+    wmap = torch.empty((b, f, t), dtype=source.dtype, device=source.device)
+    group = consts["G"]
+    src_s = _src_strides(source, group, time_axis)
+    if target is None:
+        tgt_s, out_s = src_s, _src_strides(out, group, time_axis)
+    else:
+        tgt_s, out_s = _enc_strides(target, group), _enc_strides(out, group)
+    grid = (triton.cdiv(n_windows, consts["BLOCK"]),)
+    _launcher(_band_fwd_kernel)[grid](
+        source, weight, bias, tgt, out, wmap, n_windows, n_i, n_j,
+        *src_s, *tgt_s, *out_s, *_map_strides(wmap, group, time_axis), **consts,
+    )  # fmt: skip
+    return out, wmap
+
+
+@triton_op("atfnn::band_attention_backward", mutates_args=())
+def band_attention_backward_op(
+    grad_out: torch.Tensor,
+    grad_map: torch.Tensor | None,
+    source: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    target: torch.Tensor | None,
+    time_axis: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(d source, d target, d weight, d bias)``; ``d target`` is empty without a target
+    (its gradient is then part of ``d source``)."""
+    if _plain_torch(source):
+        return band_attention_backward_cpu(
+            grad_out, grad_map, source, weight, bias, target, time_axis
+        )
+    n_windows, n_i, n_j, consts = _geometry(source, weight, target, time_axis)
+    group, c, kp = consts["G"], consts["C"], consts["KP"]
+    tgt = source if target is None else target
+    dsrc = torch.empty(source.shape, dtype=source.dtype, device=source.device)
+    dtgt = (
+        torch.empty(target.shape, dtype=target.dtype, device=target.device)
+        if target is not None
+        else torch.empty(0, dtype=source.dtype, device=source.device)
+    )
+    n_prog = triton.cdiv(n_windows, consts["BLOCK"])
+    dw_part = torch.empty((n_prog, c, kp), dtype=torch.float32, device=source.device)
+    db_part = torch.empty((n_prog, c), dtype=torch.float32, device=source.device)
+    src_s = _src_strides(source, group, time_axis)
+    if target is None:
+        tgt_s = src_s
+        gout_s = _src_strides(grad_out, group, time_axis)
+        dtgt_s = (0, 0, 0, 0, 0)
+    else:
+        tgt_s, gout_s = _enc_strides(target, group), _enc_strides(grad_out, group)
+        dtgt_s = _enc_strides(dtgt, group)
+    gmap = grad_map if grad_map is not None else source  # dummy pointer, never read
+    map_s = _map_strides(grad_map, group, time_axis) if grad_map is not None else (0, 0, 0, 0)
+    _launcher(_band_bwd_kernel)[(n_prog,)](
+        source, weight, bias, tgt, grad_out, gmap, dsrc, dtgt, dw_part, db_part,
+        n_windows, n_i, n_j, *src_s, *tgt_s, *gout_s, *map_s,
+        *_src_strides(dsrc, group, time_axis), *dtgt_s,
+        HAS_GMAP=grad_map is not None, FUSED_TARGET=target is None, **consts,
+    )  # fmt: skip
+    dweight = dw_part.sum(dim=0)[:, : consts["CIN"] * group].reshape(weight.shape)
+    return dsrc, dtgt, dweight.to(weight.dtype), db_part.sum(dim=0).to(bias.dtype)
+
+
+# ----------------------------------------------------------------- CPU implementations
+def band_attention_cpu(source, weight, bias, target, time_axis):
+    """The forward in plain torch: the op's implementation for non-CUDA tensors."""
+    axis = "time" if time_axis else "freq"
+    out, wmap = torch_ops.band_attention(source, weight, bias, target, axis=axis)
+    return out.contiguous(), wmap.contiguous()
+
+
+def band_attention_backward_cpu(grad_out, grad_map, source, weight, bias, target, time_axis):
+    """The backward formulas in plain torch (float32 math, results in the input dtypes)."""
+    kf, kt = weight.shape[-2:]
+    group = kt if time_axis else kf
+    src, w32, b32 = source.float(), weight.float(), bias.float()
+    a = torch.sigmoid(F.conv2d(src, w32, b32, stride=(kf, kt)))  # (B, C, n1, n2)
+    wgt = a.mean(dim=1)
+    if time_axis:
+        w_full = wgt.repeat_interleave(group, dim=2)
+    else:
+        w_full = wgt.repeat_interleave(group, dim=1)
+    g = grad_out.float()
+    if target is None:
+        dtgt = g * (1 + w_full[:, None])
+        dpos = (g * src).sum(dim=1)
+    else:
+        dtgt = g * (1 + w_full.transpose(1, 2)[..., None])
+        dpos = (g * target.float()).sum(dim=-1).transpose(1, 2)
+    if grad_map is not None:
+        dpos = dpos + grad_map.float()
+    b, f, t = dpos.shape
+    if time_axis:
+        dwin = dpos.reshape(b, f, t // group, group).sum(dim=3)
+    else:
+        dwin = dpos.reshape(b, f // group, group, t).sum(dim=2)
+    dz = dwin[:, None] / a.shape[1] * a * (1 - a)
+    dsrc = F.conv_transpose2d(dz, w32, stride=(kf, kt))
+    dweight = torch.nn.grad.conv2d_weight(src, w32.shape, dz, stride=(kf, kt))
+    dbias = dz.sum(dim=(0, 2, 3))
+    if target is None:
+        dsrc = dsrc + dtgt
+        dtgt_out = torch.empty(0, dtype=source.dtype, device=source.device)
+    else:
+        dtgt_out = dtgt.to(target.dtype)
+    return dsrc.to(source.dtype), dtgt_out, dweight.to(weight.dtype), dbias.to(bias.dtype)
+
+
+# ------------------------------------------------------------------------------ autograd
+def _setup_context(ctx, inputs, output):
+    source, weight, bias, target, time_axis = inputs
+    ctx.save_for_backward(source, weight, bias, target)
+    ctx.time_axis = time_axis
+    ctx.set_materialize_grads(False)  # an unused weight map stays None: no extra read
+
+
+def _backward(ctx, grad_out, grad_map):
+    source, weight, bias, target = ctx.saved_tensors
+    if grad_out is None:
+        grad_out = torch.zeros_like(source if target is None else target)
+    dsrc, dtgt, dweight, dbias = torch.ops.atfnn.band_attention_backward(
+        grad_out, grad_map, source, weight, bias, target, ctx.time_axis
+    )
+    return dsrc, dweight, dbias, (dtgt if target is not None else None), None
+
+
+band_attention_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def band_attention(source, weight, bias, target=None, *, axis: str):
+    """Entry point with the :func:`atfnn_fast.kernels.torch_ops.band_attention` signature."""
+    if axis not in torch_ops.AXES:
+        raise ValueError(f"axis must be one of {torch_ops.AXES}, got {axis!r}")
+    return torch.ops.atfnn.band_attention(source, weight, bias, target, axis == "time")

@@ -1,0 +1,205 @@
+"""atfnn::band_attention (Triton) against the plain-torch reference, forward and backward.
+
+Without a GPU the kernels run through the Triton interpreter (float32 only); on a CUDA
+machine the same tests compile them, and the bf16/fp16 tests run too.
+"""
+
+import pytest
+import torch
+from conftest import DEVICE, max_rel_err
+
+from atfnn_fast.kernels import torch_ops, triton_band_attention, use_backend
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-3}
+
+
+@pytest.fixture(autouse=True)
+def _triton_backend():
+    with use_backend("triton"):
+        yield
+
+
+def make_inputs(mode, b, f, t, c, width=None, noncontig=False, dtype=torch.float32):
+    """(source, weight, bias, target, axis) for mode freq | time_input | time_encoding."""
+    width = c if width is None else width
+
+    def rand(*shape):
+        if noncontig:  # every other element of a twice-as-long last dim: strided in place
+            return torch.randn(*shape[:-1], 2 * shape[-1], device=DEVICE, dtype=dtype)[..., ::2]
+        return torch.randn(*shape, device=DEVICE, dtype=dtype)
+
+    def rand_enc():
+        if noncontig:  # (B, T, F, W) as a permuted view of a (B, F, T, W) tensor
+            return torch.randn(b, f, t, width, device=DEVICE, dtype=dtype).transpose(1, 2)
+        return torch.randn(b, t, f, width, device=DEVICE, dtype=dtype)
+
+    bias = torch.randn(c, device=DEVICE)
+    if mode == "freq":
+        return rand(b, 1, f, t), torch.randn(c, 1, 5, 1, device=DEVICE), bias, None, "freq"
+    enc = rand_enc()
+    if mode == "time_input":
+        return rand(b, 1, f, t), torch.randn(c, 1, 1, 8, device=DEVICE), bias, enc, "time"
+    source = enc.permute(0, 3, 2, 1)
+    return source, torch.randn(c, width, 1, 8, device=DEVICE) * 0.5, bias, enc, "time"
+
+
+def run_both(source, weight, bias, target, axis, with_map_grad=True):
+    """Forward and all gradients through the op and through the reference."""
+    results = []
+    for fn in (triton_band_attention.band_attention, torch_ops.band_attention):
+        leaves = [
+            t.detach().clone().requires_grad_(True) if t is not None else None
+            for t in (source, weight, bias, target)
+        ]
+        src = leaves[0]
+        if target is not None and source.data_ptr() == target.data_ptr():
+            src = leaves[3].permute(0, 3, 2, 1)  # the encoding source is a view of the target
+            leaves[0] = None
+        out, wmap = fn(src, leaves[1], leaves[2], leaves[3], axis=axis)
+        torch.manual_seed(1)
+        loss = (out.float() * torch.randn(out.shape, device=DEVICE)).sum()
+        if with_map_grad:
+            loss = loss + (wmap.float() * torch.randn(wmap.shape, device=DEVICE)).sum()
+        loss.backward()
+        grads = [t.grad if t is not None else None for t in leaves]
+        results.append((out, wmap, grads))
+    return results
+
+
+def check(results, dtype=torch.float32):
+    (out, wmap, grads), (r_out, r_map, r_grads) = results
+    tol = TOL[dtype]
+    assert out.shape == r_out.shape and out.dtype == r_out.dtype
+    assert max_rel_err(out, r_out) <= tol
+    assert max_rel_err(wmap, r_map) <= tol
+    for name, g, r in zip(("source", "weight", "bias", "target"), grads, r_grads, strict=True):
+        assert (g is None) == (r is None), name
+        if r is not None:
+            assert max_rel_err(g, r) <= tol, name
+
+
+# B = 1 and odd; T = 8, 24, 136; F = 5, 40, 80; c = 1, 8, 16 (one axis varied at a time
+# around B=3, F=40, T=24, c=8, plus the paper size at B=1).
+SHAPES = [
+    (1, 40, 24, 8), (3, 40, 24, 8), (3, 40, 8, 8), (3, 40, 136, 8), (3, 5, 24, 8),
+    (3, 80, 24, 8), (3, 40, 24, 1), (3, 40, 24, 16), (1, 80, 128, 8), (5, 5, 8, 1),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("mode", ["freq", "time_input", "time_encoding"])
+@pytest.mark.parametrize("b,f,t,c", SHAPES)
+def test_forward_and_gradients_match_reference(mode, b, f, t, c):
+    check(run_both(*make_inputs(mode, b, f, t, c)))
+
+
+@pytest.mark.parametrize("mode", ["freq", "time_input", "time_encoding"])
+def test_non_contiguous_inputs(mode):
+    source, weight, bias, target, axis = make_inputs(mode, 3, 40, 24, 8, noncontig=True)
+    assert not source.is_contiguous() or (target is not None and not target.is_contiguous())
+    check(run_both(source, weight, bias, target, axis))
+
+
+@pytest.mark.parametrize("width", [1, 3])
+def test_time_attention_on_narrow_encodings(width):
+    """W = 1 is the ATNN variant (no F-Encoder: the LSTM reads x')."""
+    check(run_both(*make_inputs("time_input", 2, 10, 16, 4, width=width)))
+    check(run_both(*make_inputs("time_encoding", 2, 10, 16, 4, width=width)))
+
+
+def test_unused_weight_map_gives_the_same_gradients():
+    check(run_both(*make_inputs("freq", 2, 10, 16, 4), with_map_grad=False))
+    check(run_both(*make_inputs("time_input", 2, 10, 16, 4), with_map_grad=False))
+
+
+def test_weight_gradients_are_deterministic():
+    source, weight, bias, target, axis = make_inputs("time_input", 3, 40, 24, 8)
+    grads = []
+    for _ in range(2):
+        w = weight.clone().requires_grad_(True)
+        out, _ = triton_band_attention.band_attention(source, w, bias, target, axis=axis)
+        out.sum().backward()
+        grads.append(w.grad)
+    assert torch.equal(grads[0], grads[1])
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in exp:RuntimeWarning")
+def test_extreme_values_do_not_overflow():
+    source, weight, bias, _, axis = make_inputs("freq", 2, 10, 16, 4)
+    source = source * 1e3  # sigmoid saturates; no NaN, weights exactly 0 or 1 allowed
+    out, wmap = triton_band_attention.band_attention(source, weight * 10, bias, axis=axis)
+    ref, ref_map = torch_ops.band_attention(source, weight * 10, bias, axis=axis)
+    assert torch.isfinite(out).all() and torch.isfinite(wmap).all()
+    assert max_rel_err(out, ref) <= 1e-5 and max_rel_err(wmap, ref_map) <= 1e-5
+
+
+@pytest.mark.parametrize(
+    "args,pattern",
+    [
+        (lambda x, w, b, e: (x, w[:, :, :4], b, None, False), "not a multiple"),
+        (lambda x, w, b, e: (x, w, b[:3], None, False), "do not fit"),
+        (lambda x, w, b, e: (x.expand(-1, 2, -1, -1), w, b, None, False), "do not fit"),
+        (lambda x, w, b, e: (x, w, b, e, False), "axis='time'"),
+    ],
+)
+def test_bad_shapes_are_refused(args, pattern):
+    x, w, b, _, _ = make_inputs("freq", 2, 10, 16, 4)
+    e = torch.randn(2, 16, 10, 4, device=DEVICE)
+    with pytest.raises(ValueError, match=pattern):
+        torch.ops.atfnn.band_attention(*args(x, w, b, e))
+
+
+@pytest.mark.parametrize("mode", ["freq", "time_input"])
+def test_opcheck_schema_fake_and_autograd_registration(mode):
+    """torch.library's own consistency checks (CPU: the op's plain-torch branch)."""
+    with use_backend("auto"):
+        source, weight, bias, target, axis = make_inputs(mode, 2, 10, 16, 4)
+        args = [t.requires_grad_() if t is not None else None for t in (source, weight, bias)]
+        tgt = target.requires_grad_() if target is not None else None
+        torch.library.opcheck(torch.ops.atfnn.band_attention.default, (*args, tgt, axis == "time"))
+
+
+def test_plain_torch_branch_of_the_op_matches_reference():
+    """On the CPU without ATFNN_BACKEND=triton the op runs its torch branch (with the
+    hand-written backward formulas)."""
+    if DEVICE.type == "cuda":
+        pytest.skip("CPU branch")
+    with use_backend("auto"):
+        for mode in ("freq", "time_input", "time_encoding"):
+            check(run_both(*make_inputs(mode, 2, 10, 16, 4)))
+
+
+def test_op_compiles_without_graph_break():
+    """torch.compile(fullgraph=True) traces the op (on the CPU: its torch branch; on CUDA:
+    the Triton kernels, which inductor sees through wrap_triton)."""
+    with use_backend("auto"):
+        source, weight, bias, target, _ = make_inputs("time_input", 2, 10, 16, 4)
+
+        def fn(s, w, b, t):
+            return torch.ops.atfnn.band_attention(s, w, b, t, True)
+
+        got = torch.compile(fn, fullgraph=True)(source, weight, bias, target)
+        want = fn(source, weight, bias, target)
+    for g, w in zip(got, want, strict=True):
+        assert max_rel_err(g, w) <= 1e-6
+
+
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="bf16/fp16 kernels are tested on CUDA only")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("mode", ["freq", "time_input", "time_encoding"])
+def test_low_precision_on_cuda(mode, dtype):
+    source, weight, bias, target, axis = make_inputs(mode, 3, 80, 128, 8, dtype=dtype)
+    ref_inputs = [t.float() if t is not None else None for t in (source, weight, bias, target)]
+    out, wmap = triton_band_attention.band_attention(source, weight, bias, target, axis=axis)
+    r_out, r_map = torch_ops.band_attention(*ref_inputs, axis=axis)
+    assert out.dtype == dtype
+    assert max_rel_err(out, r_out) <= TOL[dtype] and max_rel_err(wmap, r_map) <= TOL[dtype]
+
+
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="aot dispatch traces the Triton kernel: CUDA")
+def test_opcheck_aot_dispatch_on_cuda():
+    source, weight, bias, _, _ = make_inputs("freq", 2, 10, 16, 4)
+    torch.library.opcheck(
+        torch.ops.atfnn.band_attention.default,
+        (source.requires_grad_(), weight.requires_grad_(), bias.requires_grad_(), None, False),
+    )
