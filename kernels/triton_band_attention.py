@@ -39,8 +39,14 @@ from torch.library import triton_op, wrap_triton
 from . import torch_ops
 from .dispatch import get_backend
 
-BLOCK_WINDOWS = 128  # windows per program (4 warps); not autotuned yet: no GPU has run it
-_MAX_ELEMENTS = 2**31 - 1
+_MAX_OFFSET = 2**31 - 1
+
+
+def _block_windows(widest_tile: int) -> int:
+    """Windows per program (4 warps): 128, or 64 once a tile row holds more than 16 values
+    (T-Attention targets of width 8 and more), keeping each [BLOCK, width] fp32 tile at
+    <= 32 registers per thread. A heuristic: not autotuned, no GPU has run it yet."""
+    return 128 if widest_tile <= 16 else 64
 
 
 @triton.jit
@@ -233,12 +239,11 @@ def _geometry(source: torch.Tensor, weight: torch.Tensor, target, time_axis: boo
     group = kt if time_axis else kf
     n_i, n_j = (t // group, f) if time_axis else (f // group, t)
     width = 1 if target is None else target.shape[-1]
+    kp = triton.next_power_of_2(c_in * group)
+    gwp = triton.next_power_of_2(group * width)
     consts = dict(
-        C=c, CIN=c_in, G=group, W=width,
-        KP=triton.next_power_of_2(c_in * group),
-        GWP=triton.next_power_of_2(group * width),
-        GP=triton.next_power_of_2(group),
-        BLOCK=BLOCK_WINDOWS,
+        C=c, CIN=c_in, G=group, W=width, KP=kp, GWP=gwp,
+        GP=triton.next_power_of_2(group), BLOCK=_block_windows(max(kp, gwp)),
     )  # fmt: skip
     return b * n_i * n_j, n_i, n_j, consts
 
@@ -268,8 +273,14 @@ def _check(source, weight, bias, target, time_axis: bool) -> None:
             f"axis='time', got {tuple(target.shape)}"
         )
     for name, tensor in (("source", source), ("target", target)):
-        if tensor is not None and tensor.numel() > _MAX_ELEMENTS:
-            raise ValueError(f"band_attention: {name} has more than 2**31 - 1 elements")
+        if tensor is not None and _max_offset(tensor) > _MAX_OFFSET:
+            raise ValueError(
+                f"band_attention: {name} spans more than 2**31 - 1 elements (32-bit offsets)"
+            )
+
+
+def _max_offset(t: torch.Tensor) -> int:
+    return sum((size - 1) * abs(stride) for size, stride in zip(t.shape, t.stride(), strict=True))
 
 
 # -------------------------------------------------------------------------- forward op
@@ -324,11 +335,14 @@ def band_attention_backward_op(
     group, c, kp = consts["G"], consts["C"], consts["KP"]
     tgt = source if target is None else target
     dsrc = torch.empty(source.shape, dtype=source.dtype, device=source.device)
+    # without a target its gradient is part of d source; an empty tensor is returned and
+    # d source stands in as the (never written) kernel argument: no null pointer reaches it
     dtgt = (
         torch.empty(target.shape, dtype=target.dtype, device=target.device)
         if target is not None
         else torch.empty(0, dtype=source.dtype, device=source.device)
     )
+    dtgt_arg = dtgt if target is not None else dsrc
     n_prog = triton.cdiv(n_windows, consts["BLOCK"])
     dw_part = torch.empty((n_prog, c, kp), dtype=torch.float32, device=source.device)
     db_part = torch.empty((n_prog, c), dtype=torch.float32, device=source.device)
@@ -343,7 +357,7 @@ def band_attention_backward_op(
     gmap = grad_map if grad_map is not None else source  # dummy pointer, never read
     map_s = _map_strides(grad_map, group, time_axis) if grad_map is not None else (0, 0, 0, 0)
     _launcher(_band_bwd_kernel)[(n_prog,)](
-        source, weight, bias, tgt, grad_out, gmap, dsrc, dtgt, dw_part, db_part,
+        source, weight, bias, tgt, grad_out, gmap, dsrc, dtgt_arg, dw_part, db_part,
         n_windows, n_i, n_j, *src_s, *tgt_s, *gout_s, *map_s,
         *_src_strides(dsrc, group, time_axis), *dtgt_s,
         HAS_GMAP=grad_map is not None, FUSED_TARGET=target is None, **consts,
