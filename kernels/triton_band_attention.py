@@ -34,12 +34,10 @@ import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
 
 from . import torch_ops
-from .dispatch import get_backend
-
-_MAX_OFFSET = 2**31 - 1
+from ._triton_utils import MAX_OFFSET, launcher, max_offset, plain_torch
 
 
 def _block_windows(widest_tile: int) -> int:
@@ -193,24 +191,6 @@ def _band_bwd_kernel(
 
 
 # ------------------------------------------------------------------------ host helpers
-def _plain_torch(t: torch.Tensor) -> bool:
-    """Non-CUDA tensors take the plain-torch implementation, unless ATFNN_BACKEND=triton
-    and the kernels were built by the Triton interpreter (TRITON_INTERPRET=1 at import).
-    Decided inside the op, so eager, torch.compile and export all see the same choice."""
-    from triton.runtime.interpreter import InterpretedFunction
-
-    interpreted = isinstance(_band_fwd_kernel, InterpretedFunction)
-    return t.device.type != "cuda" and not (interpreted and get_backend() == "triton")
-
-
-def _launcher(kernel):
-    """``wrap_triton(kernel)`` (visible to torch.compile / export), or the kernel itself when
-    the Triton interpreter built it (wrap_triton accepts compiled kernels only)."""
-    from triton.runtime.interpreter import InterpretedFunction
-
-    return kernel if isinstance(kernel, InterpretedFunction) else wrap_triton(kernel)
-
-
 def _src_strides(t: torch.Tensor, group: int, time_axis: bool) -> tuple[int, ...]:
     """(b, i, j, k, c) strides of a (B, C, F, T) tensor; window grid (i, j) is
     (F/G, T) for F-Attention and (T/G, F) for T-Attention (band fastest)."""
@@ -273,14 +253,10 @@ def _check(source, weight, bias, target, time_axis: bool) -> None:
             f"axis='time', got {tuple(target.shape)}"
         )
     for name, tensor in (("source", source), ("target", target)):
-        if tensor is not None and _max_offset(tensor) > _MAX_OFFSET:
+        if tensor is not None and max_offset(tensor) > MAX_OFFSET:
             raise ValueError(
                 f"band_attention: {name} spans more than 2**31 - 1 elements (32-bit offsets)"
             )
-
-
-def _max_offset(t: torch.Tensor) -> int:
-    return sum((size - 1) * abs(stride) for size, stride in zip(t.shape, t.stride(), strict=True))
 
 
 # -------------------------------------------------------------------------- forward op
@@ -294,7 +270,7 @@ def band_attention_op(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(out, w)``: see the module docstring; ``target=None`` re-weights the source."""
     _check(source, weight, bias, target, time_axis)
-    if _plain_torch(source):
+    if plain_torch(source, _band_fwd_kernel):
         return band_attention_cpu(source, weight, bias, target, time_axis)
     n_windows, n_i, n_j, consts = _geometry(source, weight, target, time_axis)
     b, _, f, t = source.shape
@@ -308,7 +284,7 @@ def band_attention_op(
     else:
         tgt_s, out_s = _enc_strides(target, group), _enc_strides(out, group)
     grid = (triton.cdiv(n_windows, consts["BLOCK"]),)
-    _launcher(_band_fwd_kernel)[grid](
+    launcher(_band_fwd_kernel)[grid](
         source, weight, bias, tgt, out, wmap, n_windows, n_i, n_j,
         *src_s, *tgt_s, *out_s, *_map_strides(wmap, group, time_axis), **consts,
     )  # fmt: skip
@@ -327,7 +303,7 @@ def band_attention_backward_op(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(d source, d target, d weight, d bias)``; ``d target`` is empty without a target
     (its gradient is then part of ``d source``)."""
-    if _plain_torch(source):
+    if plain_torch(source, _band_fwd_kernel):
         return band_attention_backward_cpu(
             grad_out, grad_map, source, weight, bias, target, time_axis
         )
@@ -356,7 +332,7 @@ def band_attention_backward_op(
         dtgt_s = _enc_strides(dtgt, group)
     gmap = grad_map if grad_map is not None else source  # dummy pointer, never read
     map_s = _map_strides(grad_map, group, time_axis) if grad_map is not None else (0, 0, 0, 0)
-    _launcher(_band_bwd_kernel)[(n_prog,)](
+    launcher(_band_bwd_kernel)[(n_prog,)](
         source, weight, bias, tgt, grad_out, gmap, dsrc, dtgt_arg, dw_part, db_part,
         n_windows, n_i, n_j, *src_s, *tgt_s, *gout_s, *map_s,
         *_src_strides(dsrc, group, time_axis), *dtgt_s,
