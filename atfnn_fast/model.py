@@ -1,7 +1,12 @@
 """ATFNN: the fast model. Same parameters and state_dict as ATFNNReference; its front-end
-runs through the fused ops of :mod:`atfnn_fast.kernels` (Triton on CUDA once the kernel
-issues land, plain torch on the CPU, reference ops during ONNX export; ``ATFNN_BACKEND``
-overrides the choice) and the Bi-LSTM runs on cuDNN with flattened weights.
+runs through the fused ops of :mod:`atfnn_fast.kernels` (Triton on CUDA, plain torch on the
+CPU, reference ops during ONNX export; ``ATFNN_BACKEND`` overrides the choice) and the
+Bi-LSTM runs on cuDNN with flattened weights.
+
+Front-end on the fused path (F-Encoder on, T-Attention reading the input): band attention
+(F) -> T-Attention weights from x -> one frequency-encoder op that also applies ``1 + w_t``
+and writes the ``(B, T, F*c)`` LSTM input. With ``t_attention_source="encoding"`` the
+T-Attention needs the whole encoding first, so it runs as a second band-attention op.
 """
 
 from __future__ import annotations
@@ -9,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from . import kernels
-from .reference import ATFNNBase
+from .reference import ATFNNBase, AttentionMaps
 
 
 class ATFNN(ATFNNBase):
@@ -23,9 +28,24 @@ class ATFNN(ATFNNBase):
         conv = self.f_attention.conv
         return kernels.band_attention(x, conv.weight, conv.bias, axis="freq")
 
-    def _f_encoder(self, x1: torch.Tensor) -> torch.Tensor:
+    def front_end(self, x: torch.Tensor):
+        fused_t = (
+            self.t_attention is not None
+            and self.f_encoder is not None
+            and self.config.t_attention_source == "input"
+        )
+        if not fused_t:
+            return super().front_end(x)
+        x1, w_f = self._f_attention(x) if self.f_attention is not None else (x, None)
+        conv = self.t_attention.conv
+        _, w_t = kernels.band_attention(x, conv.weight, conv.bias, axis="time")
+        return self._f_encoder(x1, time_weights=w_t), AttentionMaps(w_f, w_t)
+
+    def _f_encoder(self, x1: torch.Tensor, time_weights: torch.Tensor | None = None):
         enc = self.f_encoder
-        return kernels.freq_encoder(x1, *enc.op_params(), num_heads=enc.num_heads, eps=enc.eps)
+        return kernels.freq_encoder(
+            x1, *enc.op_params(), num_heads=enc.num_heads, eps=enc.eps, time_weights=time_weights
+        )
 
     def _t_attention(self, source: torch.Tensor, enc: torch.Tensor):
         conv = self.t_attention.conv

@@ -6,7 +6,9 @@ CUDA tensors registered as a ``torch.library`` op in the ``atfnn`` namespace:
 
 * ``atfnn::band_attention`` (+ ``atfnn::band_attention_backward``): F- and T-Attention,
   :mod:`.triton_band_attention`;
-* the frequency encoder: plain torch only, so far.
+* ``atfnn::freq_encoder`` (+ ``atfnn::freq_encoder_backward``): the whole F-Encoder and the
+  T-Attention multiply, in the rank-one form of :mod:`.freq_encoder_math`,
+  :mod:`.triton_freq_encoder`.
 
 Which implementation runs is decided per call by :func:`atfnn_fast.kernels.dispatch.select`:
 

@@ -31,8 +31,13 @@ import torch
 import torch.nn.functional as F
 
 
+def compute_dtype(t: torch.Tensor) -> torch.dtype:
+    """float64 stays float64 (for exactness tests); everything else computes in float32."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
 class Derived(NamedTuple):
-    """Parameters of the rank-one form (all float32; see the module docstring)."""
+    """Parameters of the rank-one form (float32, or float64 from float64 parameters)."""
 
     w_lift: torch.Tensor  # (c,)
     e_bias: torch.Tensor  # (c,): lift bias + W_o b_v + out_proj bias
@@ -57,26 +62,27 @@ def derive(
     """Module parameters (the order of ``FrequencyEncoder.op_params``) -> :class:`Derived`."""
     c = lift_weight.shape[0]
     d = c // num_heads
-    w = lift_weight[:, 0].float()
-    b = lift_bias.float()
-    wq, wk, wv = in_proj_weight.float().chunk(3)
-    bq, _, bv = in_proj_bias.float().chunk(3)
+    dt = compute_dtype(in_proj_weight)
+    w = lift_weight[:, 0].to(dt)
+    b = lift_bias.to(dt)
+    wq, wk, wv = in_proj_weight.to(dt).chunk(3)
+    bq, _, bv = in_proj_bias.to(dt).chunk(3)
     a_q, a_k, a_v = wq @ w, wk @ w, wv @ w
     b_q, b_v = wq @ b + bq, wv @ b + bv
     scale = 1.0 / math.sqrt(d)
     a_head = (a_q * a_k).reshape(num_heads, d).sum(-1) * scale
     b_head = (b_q * a_k).reshape(num_heads, d).sum(-1) * scale
-    w_o = out_proj_weight.float()
+    w_o = out_proj_weight.to(dt)
     # U_h = W_o[:, h*d:(h+1)*d] @ a_v[h*d:(h+1)*d]
     u_head = (w_o.reshape(c, num_heads, d) * a_v.reshape(1, num_heads, d)).sum(-1).t()
-    e_bias = b + w_o @ b_v + out_proj_bias.float()
+    e_bias = b + w_o @ b_v + out_proj_bias.to(dt)
     k = ffn1_weight.shape[-1]
-    w1col = ffn1_weight.float().permute(2, 1, 0).reshape(k * c, -1)
-    w2col = ffn2_weight.float().permute(2, 1, 0).reshape(-1, c)
+    w1col = ffn1_weight.to(dt).permute(2, 1, 0).reshape(k * c, -1)
+    w2col = ffn2_weight.to(dt).permute(2, 1, 0).reshape(-1, c)
     return Derived(
         w, e_bias, a_head, b_head, u_head.contiguous(),
-        norm1_weight.float(), norm1_bias.float(), w1col.contiguous(), ffn1_bias.float(),
-        w2col.contiguous(), ffn2_bias.float(), norm2_weight.float(), norm2_bias.float(),
+        norm1_weight.to(dt), norm1_bias.to(dt), w1col.contiguous(), ffn1_bias.to(dt),
+        w2col.contiguous(), ffn2_bias.to(dt), norm2_weight.to(dt), norm2_bias.to(dt),
     )  # fmt: skip
 
 
@@ -100,14 +106,23 @@ def im2col(y: torch.Tensor, k: int, reverse: bool = False) -> torch.Tensor:
 
 
 def _frames(x: torch.Tensor) -> torch.Tensor:
-    """``(B, 1, F, T)`` -> ``(B*T, F)`` float32."""
-    return x[:, 0].float().transpose(1, 2).reshape(-1, x.shape[2])
+    """``(B, 1, F, T)`` -> ``(B*T, F)`` in the compute dtype."""
+    return x[:, 0].to(compute_dtype(x)).transpose(1, 2).reshape(-1, x.shape[2])
 
 
 def _heads(xf: torch.Tensor, a_head, b_head):
-    """Per head: s (N, h, F), probabilities (N, h, F, G) and m (N, h, F)."""
+    """Per head: s (N, h, F), probabilities (N, h, F, G) and m (N, h, F).
+
+    The softmax is written as the kernel computes it, with the analytic row maximum. (This
+    also sidesteps a torch 2.11 inductor CPU crash, "double free or corruption", that
+    ``torch.softmax`` of this product on a transposed input triggers under torch.compile.)
+    """
     s = xf[:, None, :] * a_head[None, :, None] + b_head[None, :, None]
-    prob = torch.softmax(s[..., None] * xf[:, None, None, :], dim=-1)
+    xmax = xf.amax(-1)[:, None, None]
+    xmin = xf.amin(-1)[:, None, None]
+    row_max = torch.where(s >= 0, s * xmax, s * xmin)
+    e = torch.exp(s[..., None] * xf[:, None, None, :] - row_max[..., None])
+    prob = e / e.sum(-1, keepdim=True)
     m = (prob * xf[:, None, None, :]).sum(-1)
     return s, prob, m
 
@@ -139,7 +154,7 @@ def forward(x: torch.Tensor, time_weights: torch.Tensor | None, p: Derived, eps:
     n2, _ = _layer_norm_stats(y1 + f2, eps)
     y2 = n2 * p.norm2_weight + p.norm2_bias
     if time_weights is not None:
-        y2 = y2 * (1 + time_weights.float().transpose(1, 2).reshape(-1, n_f, 1))
+        y2 = y2 * (1 + time_weights.to(y2.dtype).transpose(1, 2).reshape(-1, n_f, 1))
     return y2.reshape(b, t, n_f, c).to(x.dtype)
 
 
@@ -151,7 +166,8 @@ def backward(
     eps: float,
 ):
     """Gradients of :func:`forward`: ``(dx, d time_weights or None, Derived of grads)``,
-    by the hand-derived formulas the Triton backward kernel uses."""
+    by the hand-derived formulas the Triton backward kernel uses. Parameter gradients are
+    returned in the parameters' dtype."""
     b, _, n_f, t = x.shape
     c = p.w_lift.shape[0]
     k = p.w1col.shape[0] // c
@@ -168,10 +184,10 @@ def backward(
     n2, rstd2 = _layer_norm_stats(y1 + a1col @ p.w2col + p.ffn2_bias, eps)
     y2 = n2 * p.norm2_weight + p.norm2_bias
 
-    dout = grad_out.float().reshape(-1, n_f, c)
+    dout = grad_out.to(xf.dtype).reshape(-1, n_f, c)
     d_time = None
     if time_weights is not None:
-        wt = time_weights.float().transpose(1, 2).reshape(-1, n_f, 1)
+        wt = time_weights.to(xf.dtype).transpose(1, 2).reshape(-1, n_f, 1)
         d_time = (dout * y2).sum(-1).reshape(b, t, n_f).transpose(1, 2).to(time_weights.dtype)
         dout = dout * (1 + wt)
     dgamma2, dbeta2 = (dout * n2).sum((0, 1)), dout.sum((0, 1))
@@ -201,4 +217,5 @@ def backward(
     grads = Derived(
         dw_lift, de, da, dbh, du, dgamma1, dbeta1, dw1col, db1, dw2col, db2, dgamma2, dbeta2
     )
+    grads = Derived(*(g.to(q.dtype) for g, q in zip(grads, p, strict=True)))
     return dx, d_time, grads

@@ -16,11 +16,12 @@ from .dispatch import select
 TRITON_IMPLS: dict[str, Callable] = {}
 
 try:  # triton ships with torch's Linux wheels; elsewhere the ops run in plain torch
-    from . import triton_band_attention as _band_attention
+    from . import triton_band_attention, triton_freq_encoder
 except ImportError:  # pragma: no cover
-    _band_attention = None
+    pass
 else:
-    TRITON_IMPLS["band_attention"] = _band_attention.band_attention
+    TRITON_IMPLS["band_attention"] = triton_band_attention.band_attention
+    TRITON_IMPLS["freq_encoder"] = triton_freq_encoder.freq_encoder
 
 
 def band_attention(
@@ -38,7 +39,14 @@ def band_attention(
     return impl(source, weight, bias, target, axis=axis)
 
 
-def freq_encoder(x: torch.Tensor, *params: torch.Tensor, num_heads: int, eps: float):
-    """The F-Encoder; see :func:`.torch_ops.freq_encoder` for the contract."""
+def freq_encoder(
+    x: torch.Tensor,
+    *params: torch.Tensor,
+    num_heads: int,
+    eps: float,
+    time_weights: torch.Tensor | None = None,
+):
+    """The F-Encoder (times ``1 + w_t`` with ``time_weights``); see
+    :func:`.torch_ops.freq_encoder` for the contract."""
     impl = select("freq_encoder", x, torch_ops.freq_encoder, TRITON_IMPLS.get("freq_encoder"))
-    return impl(x, *params, num_heads=num_heads, eps=eps)
+    return impl(x, *params, num_heads=num_heads, eps=eps, time_weights=time_weights)

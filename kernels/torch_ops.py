@@ -66,12 +66,14 @@ def freq_encoder(
     *,
     num_heads: int,
     eps: float,
+    time_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """F-Encoder of every frame: ``(B, 1, F, T)`` -> ``(B, T, F, c)``.
 
     Tokens are the F bands of one frame: lift ``Linear(1 -> c)``, multi-head self-attention
     (nn.MultiheadAttention semantics, scaled dot product per head), add & LayerNorm, conv
-    FFN along F (k, ReLU, k), add & LayerNorm.
+    FFN along F (k, ReLU, k), add & LayerNorm. With ``time_weights`` ``(B, F, T)`` (the
+    T-Attention map) the result is multiplied by ``1 + w_t``, as the fused kernel does.
     """
     b, _, f, t = x.shape
     c = lift_weight.shape[0]
@@ -85,5 +87,7 @@ def freq_encoder(
     pad = ffn1_weight.shape[-1] // 2
     h = F.relu(F.conv1d(z.transpose(1, 2), ffn1_weight, ffn1_bias, padding=pad))
     h = F.conv1d(h, ffn2_weight, ffn2_bias, padding=pad).transpose(1, 2)
-    z = F.layer_norm(z + h, (c,), norm2_weight, norm2_bias, eps)
-    return z.reshape(b, t, f, c)
+    z = F.layer_norm(z + h, (c,), norm2_weight, norm2_bias, eps).reshape(b, t, f, c)
+    if time_weights is not None:
+        z = z + time_weights.transpose(1, 2).unsqueeze(-1) * z
+    return z

@@ -1,0 +1,230 @@
+"""atfnn::freq_encoder: the rank-one rewrite against nn.MultiheadAttention semantics, its
+hand-written backward against autograd, and the fused Triton kernels against both.
+
+Without a GPU the kernels run through the Triton interpreter (float32); on a CUDA machine the
+same tests compile them, and the bf16/fp16 and memory tests run too.
+"""
+
+import copy
+
+import pytest
+import torch
+from conftest import DEVICE, max_rel_err, randomize, tiny_config
+
+from atfnn_fast.kernels import freq_encoder_math as fm
+from atfnn_fast.kernels import torch_ops, triton_freq_encoder, use_backend
+from atfnn_fast.reference import FrequencyEncoder
+
+EPS = 1e-5
+
+
+def make_encoder(heads, channels, n_mels=10, scale=0.5):
+    cfg = tiny_config(num_heads=heads, channels=channels, n_mels=n_mels)
+    return randomize(FrequencyEncoder(cfg), scale).to(DEVICE)
+
+
+def reference_run(enc, x, wt, g, dtype=torch.float64):
+    """nn.MultiheadAttention-based module (+ the T-Attention multiply) with autograd."""
+    enc = copy.deepcopy(enc).to(dtype)
+    x = x.detach().to(dtype).requires_grad_()
+    wt = wt.detach().to(dtype).requires_grad_() if wt is not None else None
+    out = enc(x)
+    if wt is not None:
+        out = out + wt.transpose(1, 2).unsqueeze(-1) * out
+    leaves = [x] + ([wt] if wt is not None else []) + list(enc.op_params())
+    return out, torch.autograd.grad((out * g.to(dtype)).sum(), leaves)
+
+
+def fused_run(enc, x, wt, g):
+    """The op through the public entry point; gradients reach the module's parameters
+    through freq_encoder_math.derive."""
+    x = x.detach().clone().requires_grad_()
+    wt = wt.detach().clone().requires_grad_() if wt is not None else None
+    params = list(enc.op_params())
+    out = triton_freq_encoder.freq_encoder(
+        x, *params, num_heads=enc.num_heads, eps=EPS, time_weights=wt
+    )
+    leaves = [x] + ([wt] if wt is not None else []) + params
+    return out, torch.autograd.grad((out * g).sum(), leaves)
+
+
+def assert_as_accurate(enc, x, wt, tol=1e-5):
+    """The fused op's output and every gradient, against the float64 reference, within
+    max(tol, 2x the float32 reference's own error) relative error."""
+    g = torch.randn(x.shape[0], x.shape[3], x.shape[2], enc.lift.out_features, device=DEVICE)
+    truth_out, truth = reference_run(enc, x, wt, g)
+    ref_out, ref = reference_run(enc, x, wt, g, torch.float32)
+    with use_backend("triton"):
+        out, got = fused_run(enc, x, wt, g)
+    assert out.shape == truth_out.shape and out.dtype == x.dtype
+    assert max_rel_err(out, truth_out) <= max(tol, 2 * max_rel_err(ref_out, truth_out))
+    for i, (a, r, t) in enumerate(zip(got, ref, truth, strict=True)):
+        assert max_rel_err(a, t) <= max(tol, 2 * max_rel_err(r, t)), f"gradient {i}"
+
+
+# ------------------------------------------------------- the rank-one form, in torch
+@pytest.mark.parametrize("heads,channels", [(1, 8), (2, 8), (4, 8), (8, 8), (2, 16), (8, 16)])
+def test_rank_one_forward_equals_multihead_attention(heads, channels):
+    enc = make_encoder(heads, channels).double()
+    x = torch.randn(2, 1, 10, 16, dtype=torch.float64, device=DEVICE) * 3
+    derived = fm.derive(*enc.op_params(), num_heads=heads)
+    got = fm.forward(x, None, derived, EPS)
+    assert max_rel_err(got, enc(x)) <= 1e-12  # an exact identity: float64 rounding only
+
+
+def test_hand_written_backward_equals_autograd():
+    enc = make_encoder(2, 8).double()
+    derived = [t.detach().requires_grad_() for t in fm.derive(*enc.op_params(), num_heads=2)]
+    x = (torch.randn(2, 1, 10, 8, dtype=torch.float64, device=DEVICE) * 2).requires_grad_()
+    wt = torch.rand(2, 10, 8, dtype=torch.float64, device=DEVICE).requires_grad_()
+    out = fm.forward(x, wt, fm.Derived(*derived), EPS)
+    g = torch.randn_like(out)
+    auto = torch.autograd.grad((out * g).sum(), [x, wt, *derived])
+    dx, dwt, grads = fm.backward(g, x.detach(), wt.detach(), fm.Derived(*derived), EPS)
+    for i, (a, b) in enumerate(zip([dx, dwt, *grads], auto, strict=True)):
+        assert max_rel_err(a, b) <= 1e-11, i
+
+
+# ------------------------------------------------------------------- the Triton kernels
+@pytest.mark.parametrize(
+    "heads,channels,frames",
+    [(1, 8, 8), (2, 8, 16), (4, 8, 24), (8, 8, 8), (2, 16, 8), (4, 16, 16), (8, 16, 24)],
+)
+@pytest.mark.parametrize("with_time", [True, False])
+def test_fused_forward_and_gradients(heads, channels, frames, with_time):
+    enc = make_encoder(heads, channels)
+    x = torch.randn(2, 1, 10, frames, device=DEVICE) * 2
+    wt = torch.rand(2, 10, frames, device=DEVICE) if with_time else None
+    assert_as_accurate(enc, x, wt)
+
+
+@pytest.mark.parametrize("n_mels,batch", [(5, 3), (20, 1), (80, 1)])
+def test_band_counts_and_batches(n_mels, batch):
+    enc = make_encoder(2, 8, n_mels=n_mels)
+    x = torch.randn(batch, 1, n_mels, 8, device=DEVICE)
+    assert_as_accurate(enc, x, torch.rand(batch, n_mels, 8, device=DEVICE))
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+def test_extreme_inputs_stress_the_softmax_without_nan():
+    """x' values of +-30 (saturated F-Attention weights on a loud spectrogram)."""
+    enc = make_encoder(2, 8, scale=1.0)
+    x = torch.randint(0, 2, (2, 1, 10, 8), device=DEVICE).float() * 60 - 30
+    x[0, 0, :, 0] = torch.linspace(-30, 30, 10)
+    wt = torch.rand(2, 10, 8, device=DEVICE)
+    g = torch.randn(2, 8, 10, 8, device=DEVICE)
+    with use_backend("triton"):
+        out, got = fused_run(enc, x, wt, g)
+    truth_out, truth = reference_run(enc, x, wt, g)
+    assert torch.isfinite(out).all() and all(torch.isfinite(t).all() for t in got)
+    assert max_rel_err(out, truth_out) <= 1e-4
+    for i, (a, t) in enumerate(zip(got, truth, strict=True)):
+        assert max_rel_err(a, t) <= 1e-3, i  # float32 softmax at |logits| ~ 1e3
+
+
+def test_non_contiguous_inputs_and_gradients():
+    enc = make_encoder(2, 8)
+    x = torch.randn(2, 1, 10, 16, device=DEVICE)[..., ::2]  # strided along T
+    wt = torch.rand(2, 8, 10, device=DEVICE).transpose(1, 2)  # (B, F, T) view
+    assert not x.is_contiguous() and not wt.is_contiguous()
+    assert_as_accurate(enc, x, wt)
+    g = torch.randn(2, 10, 8, 8, device=DEVICE).transpose(1, 2)  # non-contiguous grad
+    with use_backend("triton"):
+        _, got = fused_run(enc, x, wt, g)
+    _, truth = reference_run(enc, x, wt, g)
+    for a, t in zip(got, truth, strict=True):
+        assert max_rel_err(a, t) <= 1e-5
+
+
+def test_parameter_gradients_are_deterministic():
+    enc = make_encoder(2, 8)
+    x = torch.randn(2, 1, 10, 16, device=DEVICE)
+    g = torch.randn(2, 16, 10, 8, device=DEVICE)
+    with use_backend("triton"):
+        first = fused_run(enc, x, None, g)[1]
+        second = fused_run(enc, x, None, g)[1]
+    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+
+
+def test_torch_ops_time_weights_match_the_reference_multiply():
+    enc = make_encoder(2, 8)
+    x = torch.randn(2, 1, 10, 8, device=DEVICE)
+    wt = torch.rand(2, 10, 8, device=DEVICE)
+    got = torch_ops.freq_encoder(
+        x, *enc.op_params(), num_heads=2, eps=EPS, time_weights=wt
+    )  # fmt: skip
+    want = enc(x) * (1 + wt.transpose(1, 2).unsqueeze(-1))
+    assert max_rel_err(got, want) <= 1e-5
+
+
+def test_bad_shapes_are_refused():
+    enc = make_encoder(2, 8)
+    derived = fm.derive(*enc.op_params(), num_heads=2)
+    with pytest.raises(ValueError, match=r"x must be \(B, 1, F, T\)"):
+        torch.ops.atfnn.freq_encoder(torch.randn(2, 10, 8), None, *derived, EPS)
+    with pytest.raises(ValueError, match=r"time_weights must be \(B, F, T\) = \(2, 10, 8\)"):
+        torch.ops.atfnn.freq_encoder(torch.randn(2, 1, 10, 8), torch.rand(2, 8, 10), *derived, EPS)
+
+
+@pytest.mark.parametrize("with_time", [True, False])
+def test_opcheck(with_time):
+    """torch.library's consistency checks; on the CPU they exercise the op's torch branch
+    (with the hand-written backward) and its fake implementation."""
+    enc = make_encoder(2, 8)
+    derived = [t.detach().requires_grad_() for t in fm.derive(*enc.op_params(), num_heads=2)]
+    x = torch.randn(2, 1, 10, 8, device=DEVICE, requires_grad=True)
+    wt = torch.rand(2, 10, 8, device=DEVICE, requires_grad=True) if with_time else None
+    tests = ("test_schema", "test_autograd_registration", "test_faketensor")
+    if DEVICE.type != "cpu":
+        tests += ("test_aot_dispatch_dynamic",)
+    with use_backend("auto"):
+        torch.library.opcheck(
+            torch.ops.atfnn.freq_encoder.default, (x, wt, *derived, EPS), test_utils=tests
+        )
+
+
+def test_op_compiles_without_graph_break():
+    enc = make_encoder(2, 8)
+    derived = fm.derive(*enc.op_params(), num_heads=2)
+    x = torch.randn(2, 1, 10, 8, device=DEVICE)
+
+    def fn(x):
+        return torch.ops.atfnn.freq_encoder(x, None, *derived, EPS)
+
+    with use_backend("auto"):
+        got = torch.compile(fn, fullgraph=True)(x)
+    assert max_rel_err(got, fn(x)) <= 1e-5
+
+
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="bf16/fp16 kernels are tested on CUDA only")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_on_cuda(dtype):
+    enc = make_encoder(2, 8, n_mels=80)
+    x = torch.randn(4, 1, 80, 128, device=DEVICE)
+    wt = torch.rand(4, 80, 128, device=DEVICE)
+    g = torch.randn(4, 128, 80, 8, device=DEVICE)
+    out, got = fused_run(enc, x.to(dtype), wt.to(dtype), g.to(dtype))
+    truth_out, truth = reference_run(
+        enc, x.to(dtype).float(), wt.to(dtype).float(), g, torch.float32
+    )
+    assert out.dtype == dtype
+    assert max_rel_err(out, truth_out) <= 3e-2
+    for i, (a, t) in enumerate(zip(got, truth, strict=True)):
+        assert max_rel_err(a, t) <= 5e-2, i
+
+
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="global-memory accounting needs CUDA")
+def test_no_score_tensor_in_global_memory():
+    """Forward + backward at B*T = 4096 frames: a [B*T, heads, F, F] float32 score tensor
+    would need 210 MB; the fused op must stay far below that."""
+    enc = make_encoder(2, 8, n_mels=80)
+    x = torch.randn(32, 1, 80, 128, device=DEVICE, requires_grad=True)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    out = triton_freq_encoder.freq_encoder(x, *enc.op_params(), num_heads=2, eps=EPS)
+    out.sum().backward()
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - before
+    scores = 32 * 128 * 2 * 80 * 80 * 4
+    assert peak < scores / 4, f"peak {peak / 2**20:.1f} MiB"
