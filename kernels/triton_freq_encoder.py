@@ -354,7 +354,7 @@ def _sizes(x: torch.Tensor, derived: fm.Derived) -> dict:
 def _partial_layout(sz: dict) -> dict:
     """Offsets of each parameter's gradient in one program's row of the partials buffer,
     with the padded shape stored there and the true shape it is sliced to."""
-    cp, pp, hp = sz["CP"], sz["PP"], triton.next_power_of_2(sz["H"])
+    cp, pp, hp = sz["CP"], sz["PP"], max(2, triton.next_power_of_2(sz["H"]))
     c, p, h, k = sz["C"], sz["P"], sz["H"], sz["K"]
     entries = [
         ("O_WL", (cp,), (c,)), ("O_E", (cp,), (c,)), ("O_A", (hp,), (h,)),

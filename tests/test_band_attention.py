@@ -11,7 +11,7 @@ from conftest import DEVICE, max_rel_err
 from atfnn_fast.kernels import torch_ops, triton_band_attention, use_backend
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
-TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-3}
+TOL = {torch.bfloat16: 2e-2, torch.float16: 2e-3}  # against the float32 reference
 
 
 @pytest.fixture(autouse=True)
@@ -44,39 +44,51 @@ def make_inputs(mode, b, f, t, c, width=None, noncontig=False, dtype=torch.float
     return source, torch.randn(c, width, 1, 8, device=DEVICE) * 0.5, bias, enc, "time"
 
 
-def run_both(source, weight, bias, target, axis, with_map_grad=True):
-    """Forward and all gradients through the op and through the reference."""
-    results = []
-    for fn in (triton_band_attention.band_attention, torch_ops.band_attention):
-        leaves = [
-            t.detach().clone().requires_grad_(True) if t is not None else None
-            for t in (source, weight, bias, target)
-        ]
-        src = leaves[0]
-        if target is not None and source.data_ptr() == target.data_ptr():
-            src = leaves[3].permute(0, 3, 2, 1)  # the encoding source is a view of the target
-            leaves[0] = None
-        out, wmap = fn(src, leaves[1], leaves[2], leaves[3], axis=axis)
-        torch.manual_seed(1)
-        loss = (out.float() * torch.randn(out.shape, device=DEVICE)).sum()
-        if with_map_grad:
-            loss = loss + (wmap.float() * torch.randn(wmap.shape, device=DEVICE)).sum()
-        loss.backward()
-        grads = [t.grad if t is not None else None for t in leaves]
-        results.append((out, wmap, grads))
-    return results
+def run(fn, source, weight, bias, target, axis, with_map_grad=True, dtype=None):
+    """Forward and all gradients through ``fn`` (optionally on inputs cast to ``dtype``)."""
+    cast = (lambda t: t.to(dtype)) if dtype is not None else (lambda t: t)
+    leaves = [
+        cast(t.detach()).clone().requires_grad_(True) if t is not None else None
+        for t in (source, weight, bias, target)
+    ]
+    src = leaves[0]
+    if target is not None and source.data_ptr() == target.data_ptr():
+        src = leaves[3].permute(0, 3, 2, 1)  # the encoding source is a view of the target
+        leaves[0] = None
+    out, wmap = fn(src, leaves[1], leaves[2], leaves[3], axis=axis)
+    gen = torch.Generator(device=DEVICE).manual_seed(1)
+    g_out = torch.randn(out.shape, device=DEVICE, generator=gen).to(out.dtype)
+    loss = (out * g_out).sum()
+    if with_map_grad:
+        g_map = torch.randn(wmap.shape, device=DEVICE, generator=gen).to(wmap.dtype)
+        loss = loss + (wmap * g_map).sum()
+    loss.backward()
+    return out, wmap, [t.grad if t is not None else None for t in leaves]
 
 
-def check(results, dtype=torch.float32):
-    (out, wmap, grads), (r_out, r_map, r_grads) = results
-    tol = TOL[dtype]
+def run_both(*inputs, with_map_grad=True):
+    """The op, the float32 reference and the float64 reference (the truth)."""
+    return [
+        run(triton_band_attention.band_attention, *inputs, with_map_grad=with_map_grad),
+        run(torch_ops.band_attention, *inputs, with_map_grad=with_map_grad),
+        run(torch_ops.band_attention, *inputs, with_map_grad=with_map_grad, dtype=torch.float64),
+    ]
+
+
+def check(results, tol=1e-5):
+    """Every output of the op is as accurate as the float32 reference: against the float64
+    truth, relative error <= max(tol, 2x the reference's own error). (Weight and bias
+    gradients are sums over all windows with cancellations: two float32 summation orders
+    can differ by twice their rounding error, so they are judged against the truth.)"""
+    (out, wmap, grads), (r_out, r_map, r_grads), (t_out, t_map, t_grads) = results
     assert out.shape == r_out.shape and out.dtype == r_out.dtype
-    assert max_rel_err(out, r_out) <= tol
-    assert max_rel_err(wmap, r_map) <= tol
-    for name, g, r in zip(("source", "weight", "bias", "target"), grads, r_grads, strict=True):
-        assert (g is None) == (r is None), name
-        if r is not None:
-            assert max_rel_err(g, r) <= tol, name
+    assert max_rel_err(out, t_out) <= max(tol, 2 * max_rel_err(r_out, t_out))
+    assert max_rel_err(wmap, t_map) <= max(tol, 2 * max_rel_err(r_map, t_map))
+    names = ("source", "weight", "bias", "target")
+    for name, g, r, t in zip(names, grads, r_grads, t_grads, strict=True):
+        assert (g is None) == (t is None), name
+        if t is not None:
+            assert max_rel_err(g, t) <= max(tol, 2 * max_rel_err(r, t)), name
 
 
 # B = 1 and odd; T = 8, 24, 136; F = 5, 40, 80; c = 1, 8, 16 (one axis varied at a time
