@@ -71,3 +71,20 @@ def test_console_script_runs_the_demo():
     proc = subprocess.run([str(exe), "demo", "--repeats", "1"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "parameters     1,583,092" in proc.stdout
+
+
+def test_source_checkout_works_without_installing():
+    """PYTHONPATH=<checkout> finds atfnn_fast.kernels / .export in the sibling folders (the
+    GPU machine runs the checkout this way: it has no package registry)."""
+    code = (
+        "import sys\n"
+        "sys.meta_path = [f for f in sys.meta_path if 'editable' not in repr(f).lower()]\n"
+        "import atfnn_fast.kernels, atfnn_fast.export\n"
+        "print(atfnn_fast.kernels.__file__)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+        env={**__import__("os").environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert Path(proc.stdout.strip()) == ROOT / "kernels" / "__init__.py"
