@@ -48,6 +48,35 @@ def _block_windows(widest_tile: int) -> int:
 
 
 @triton.jit
+def _window_weights(
+    src_ptr, w_ptr, b_ptr, n_windows, n_i, n_j, s_b, s_i, s_j, s_k, s_c,
+    C: tl.constexpr, CIN: tl.constexpr, G: tl.constexpr, KP: tl.constexpr,
+    BLOCK: tl.constexpr,
+):  # fmt: skip
+    """This program's BLOCK windows: their (b, i, j) grid coordinates, the source tile
+    [BLOCK, KP] (column q is input channel q // G, position q % G) and the weights w."""
+    win = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    wmask = win < n_windows
+    j = win % n_j
+    rest = win // n_j
+    i = rest % n_i
+    b = rest // n_i
+    q = tl.arange(0, KP)
+    qmask = q < CIN * G
+    src = tl.load(
+        src_ptr + (b * s_b + i * s_i + j * s_j)[:, None]
+        + (q // G)[None, :] * s_c + (q % G)[None, :] * s_k,
+        mask=wmask[:, None] & qmask[None, :], other=0.0,
+    ).to(tl.float32)  # fmt: skip
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    for c in tl.static_range(C):
+        w_row = tl.load(w_ptr + c * CIN * G + q, mask=qmask, other=0.0).to(tl.float32)
+        z = tl.sum(src * w_row[None, :], axis=1) + tl.load(b_ptr + c).to(tl.float32)
+        acc += tl.sigmoid(z)
+    return b, i, j, wmask, q, qmask, src, acc / C
+
+
+@triton.jit
 def _band_fwd_kernel(
     src_ptr, w_ptr, b_ptr, tgt_ptr, out_ptr, map_ptr,
     n_windows, n_i, n_j,
@@ -58,28 +87,9 @@ def _band_fwd_kernel(
     C: tl.constexpr, CIN: tl.constexpr, G: tl.constexpr, W: tl.constexpr,
     KP: tl.constexpr, GWP: tl.constexpr, GP: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
-    pid = tl.program_id(0)
-    win = pid * BLOCK + tl.arange(0, BLOCK)
-    wmask = win < n_windows
-    j = win % n_j
-    rest = win // n_j
-    i = rest % n_i
-    b = rest // n_i
-
-    # source tile [BLOCK, KP]: column q is (input channel q // G, position q % G)
-    q = tl.arange(0, KP)
-    qmask = q < CIN * G
-    src_off = b * s_b + i * s_i + j * s_j
-    src = tl.load(
-        src_ptr + src_off[:, None] + (q // G)[None, :] * s_c + (q % G)[None, :] * s_k,
-        mask=wmask[:, None] & qmask[None, :], other=0.0,
-    ).to(tl.float32)  # fmt: skip
-    acc = tl.zeros([BLOCK], dtype=tl.float32)
-    for c in tl.static_range(C):
-        w_row = tl.load(w_ptr + c * CIN * G + q, mask=qmask, other=0.0).to(tl.float32)
-        z = tl.sum(src * w_row[None, :], axis=1) + tl.load(b_ptr + c).to(tl.float32)
-        acc += tl.sigmoid(z)
-    weight = acc / C
+    b, i, j, wmask, _q, _qmask, _src, weight = _window_weights(
+        src_ptr, w_ptr, b_ptr, n_windows, n_i, n_j, s_b, s_i, s_j, s_k, s_c, C, CIN, G, KP, BLOCK
+    )
 
     # target tile [BLOCK, GWP]: column r is (position r // W, channel r % W)
     r = tl.arange(0, GWP)
@@ -120,27 +130,10 @@ def _band_bwd_kernel(
     HAS_GMAP: tl.constexpr, FUSED_TARGET: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
-    win = pid * BLOCK + tl.arange(0, BLOCK)
-    wmask = win < n_windows
-    j = win % n_j
-    rest = win // n_j
-    i = rest % n_i
-    b = rest // n_i
-
-    q = tl.arange(0, KP)
-    qmask = q < CIN * G
+    b, i, j, wmask, q, qmask, src, weight = _window_weights(
+        src_ptr, w_ptr, b_ptr, n_windows, n_i, n_j, s_b, s_i, s_j, s_k, s_c, C, CIN, G, KP, BLOCK
+    )
     smask = wmask[:, None] & qmask[None, :]
-    src = tl.load(
-        src_ptr + (b * s_b + i * s_i + j * s_j)[:, None]
-        + (q // G)[None, :] * s_c + (q % G)[None, :] * s_k,
-        mask=smask, other=0.0,
-    ).to(tl.float32)  # fmt: skip
-    acc = tl.zeros([BLOCK], dtype=tl.float32)
-    for c in tl.static_range(C):
-        w_row = tl.load(w_ptr + c * CIN * G + q, mask=qmask, other=0.0).to(tl.float32)
-        z = tl.sum(src * w_row[None, :], axis=1) + tl.load(b_ptr + c).to(tl.float32)
-        acc += tl.sigmoid(z)
-    weight = acc / C
 
     r = tl.arange(0, GWP)
     tmask = wmask[:, None] & (r < G * W)[None, :]

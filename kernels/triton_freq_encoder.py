@@ -84,6 +84,54 @@ def _gather_shifted(
 
 
 @triton.jit
+def _load_weights(
+    w1_ptr, w2_ptr, C: tl.constexpr, K: tl.constexpr, P: tl.constexpr, CP: tl.constexpr,
+    PP: tl.constexpr, CKP: tl.constexpr, PKP: tl.constexpr,
+):  # fmt: skip
+    """The two im2col weight tiles, zero-padded: W1col [CKP, PP] and W2col [PKP, CP]."""
+    j1 = tl.arange(0, CKP)
+    po = tl.arange(0, PP)
+    w1 = tl.load(
+        w1_ptr + j1[:, None] * P + po[None, :],
+        mask=(j1 < C * K)[:, None] & (po < P)[None, :], other=0.0,
+    )  # fmt: skip
+    j2 = tl.arange(0, PKP)
+    cc = tl.arange(0, CP)
+    w2 = tl.load(
+        w2_ptr + j2[:, None] * C + cc[None, :],
+        mask=(j2 < P * K)[:, None] & (cc < C)[None, :], other=0.0,
+    )  # fmt: skip
+    return w1, w2
+
+
+@triton.jit
+def _frame_forward(
+    xv, fmask, n_f, cc, cmask, po, wl, e, g1, bn1, b1, b2, w1, w2, a_ptr, bh_ptr, u_ptr,
+    y1_buf, a1_buf, eps, C: tl.constexpr, H: tl.constexpr, K: tl.constexpr,
+    P: tl.constexpr, FP: tl.constexpr, CP: tl.constexpr, PP: tl.constexpr,
+    CKP: tl.constexpr, PKP: tl.constexpr, PREC: tl.constexpr,
+):  # fmt: skip
+    """One frame up to LayerNorm2's normalised values; returns what the backward reuses:
+    (y1col, h1, a1col, n1, rstd1, n2, rstd2)."""
+    y1, n1, rstd1 = _frame_heads_and_norm1(
+        xv, fmask, cc, cmask, wl, e, g1, bn1, a_ptr, bh_ptr, u_ptr, eps, C, H
+    )
+    fr = tl.arange(0, FP)
+    tl.store(y1_buf + fr[:, None] * CP + cc[None, :], y1)
+    tl.debug_barrier()
+    y1col = _gather_shifted(y1_buf, fr, n_f, CP, C, K, CKP, False)
+    h1 = tl.dot(y1col, w1, input_precision=PREC) + b1[None, :]
+    tl.store(a1_buf + fr[:, None] * PP + po[None, :], tl.maximum(h1, 0.0))
+    tl.debug_barrier()
+    a1col = _gather_shifted(a1_buf, fr, n_f, PP, P, K, PKP, False)
+    r2 = y1 + tl.dot(a1col, w2, input_precision=PREC) + b2[None, :]
+    mean2 = tl.sum(tl.where(cmask[None, :], r2, 0.0), axis=1) / C
+    diff2 = tl.where(cmask[None, :], r2 - mean2[:, None], 0.0)
+    rstd2 = 1.0 / tl.sqrt(tl.sum(diff2 * diff2, axis=1) / C + eps)
+    return y1col, h1, a1col, n1, rstd1, diff2 * rstd2[:, None], rstd2
+
+
+@triton.jit
 def _fenc_fwd_kernel(
     x_ptr, wt_ptr, out_ptr, scratch_ptr,
     wl_ptr, e_ptr, a_ptr, bh_ptr, u_ptr, g1_ptr, bn1_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr,
@@ -110,16 +158,7 @@ def _fenc_fwd_kernel(
     bn2 = tl.load(bn2_ptr + cc, mask=cmask, other=0.0)
     b1 = tl.load(b1_ptr + po, mask=pmask, other=0.0)
     b2 = tl.load(b2_ptr + cc, mask=cmask, other=0.0)
-    j1 = tl.arange(0, CKP)
-    w1 = tl.load(
-        w1_ptr + j1[:, None] * P + po[None, :],
-        mask=(j1 < C * K)[:, None] & pmask[None, :], other=0.0,
-    )  # fmt: skip
-    j2 = tl.arange(0, PKP)
-    w2 = tl.load(
-        w2_ptr + j2[:, None] * C + cc[None, :],
-        mask=(j2 < P * K)[:, None] & cmask[None, :], other=0.0,
-    )  # fmt: skip
+    w1, w2 = _load_weights(w1_ptr, w2_ptr, C, K, P, CP, PP, CKP, PKP)
     y1_buf = scratch_ptr + pid * (FP * CP + FP * PP)
     a1_buf = y1_buf + FP * CP
     omask = fmask[:, None] & cmask[None, :]
@@ -129,22 +168,11 @@ def _fenc_fwd_kernel(
         bi = n // n_t
         ti = n % n_t
         xv = tl.load(x_ptr + bi * x_sb + fr * x_sf + ti * x_st, mask=fmask, other=0.0)
-        xv = xv.to(tl.float32)
-        y1, _, _ = _frame_heads_and_norm1(
-            xv, fmask, cc, cmask, wl, e, g1, bn1, a_ptr, bh_ptr, u_ptr, eps, C, H
-        )
-        tl.store(y1_buf + fr[:, None] * CP + cc[None, :], y1)
-        tl.debug_barrier()
-        y1col = _gather_shifted(y1_buf, fr, n_f, CP, C, K, CKP, False)
-        a1 = tl.maximum(tl.dot(y1col, w1, input_precision=PREC) + b1[None, :], 0.0)
-        tl.store(a1_buf + fr[:, None] * PP + po[None, :], a1)
-        tl.debug_barrier()
-        a1col = _gather_shifted(a1_buf, fr, n_f, PP, P, K, PKP, False)
-        r2 = y1 + tl.dot(a1col, w2, input_precision=PREC) + b2[None, :]
-        mean2 = tl.sum(tl.where(cmask[None, :], r2, 0.0), axis=1) / C
-        diff2 = tl.where(cmask[None, :], r2 - mean2[:, None], 0.0)
-        rstd2 = 1.0 / tl.sqrt(tl.sum(diff2 * diff2, axis=1) / C + eps)
-        y2 = diff2 * rstd2[:, None] * g2[None, :] + bn2[None, :]
+        _, _, _, _, _, n2, _ = _frame_forward(
+            xv.to(tl.float32), fmask, n_f, cc, cmask, po, wl, e, g1, bn1, b1, b2, w1, w2,
+            a_ptr, bh_ptr, u_ptr, y1_buf, a1_buf, eps, C, H, K, P, FP, CP, PP, CKP, PKP, PREC,
+        )  # fmt: skip
+        y2 = n2 * g2[None, :] + bn2[None, :]
         if HAS_WT:
             wv = tl.load(wt_ptr + bi * w_sb + fr * w_sf + ti * w_st, mask=fmask, other=0.0)
             y2 = y2 * (1.0 + wv.to(tl.float32)[:, None])
@@ -189,14 +217,11 @@ def _fenc_bwd_kernel(
     bn2 = tl.load(bn2_ptr + cc, mask=cmask, other=0.0)
     b1 = tl.load(b1_ptr + po, mask=pmask, other=0.0)
     b2 = tl.load(b2_ptr + cc, mask=cmask, other=0.0)
+    w1, w2 = _load_weights(w1_ptr, w2_ptr, C, K, P, CP, PP, CKP, PKP)
+    # W2T has W1col's shape and W1T has W2col's: the same loader serves
+    w2t, w1t = _load_weights(w2t_ptr, w1t_ptr, C, K, P, CP, PP, CKP, PKP)
     j1 = tl.arange(0, CKP)
-    m1 = (j1 < C * K)[:, None] & pmask[None, :]
-    w1 = tl.load(w1_ptr + j1[:, None] * P + po[None, :], mask=m1, other=0.0)
-    w2t = tl.load(w2t_ptr + j1[:, None] * P + po[None, :], mask=m1, other=0.0)
     j2 = tl.arange(0, PKP)
-    m2 = (j2 < P * K)[:, None] & cmask[None, :]
-    w2 = tl.load(w2_ptr + j2[:, None] * C + cc[None, :], mask=m2, other=0.0)
-    w1t = tl.load(w1t_ptr + j2[:, None] * C + cc[None, :], mask=m2, other=0.0)
 
     y1_buf = scratch_ptr + pid * 2 * (FP * CP + FP * PP)
     a1_buf = y1_buf + FP * CP
@@ -225,21 +250,10 @@ def _fenc_bwd_kernel(
         # ---- recompute the frame's forward
         xv = tl.load(x_ptr + bi * x_sb + fr * x_sf + ti * x_st, mask=fmask, other=0.0)
         xv = xv.to(tl.float32)
-        y1, n1, rstd1 = _frame_heads_and_norm1(
-            xv, fmask, cc, cmask, wl, e, g1, bn1, a_ptr, bh_ptr, u_ptr, eps, C, H
-        )
-        tl.store(y1_buf + fr[:, None] * CP + cc[None, :], y1)
-        tl.debug_barrier()
-        y1col = _gather_shifted(y1_buf, fr, n_f, CP, C, K, CKP, False)
-        h1 = tl.dot(y1col, w1, input_precision=PREC) + b1[None, :]
-        tl.store(a1_buf + fr[:, None] * PP + po[None, :], tl.maximum(h1, 0.0))
-        tl.debug_barrier()
-        a1col = _gather_shifted(a1_buf, fr, n_f, PP, P, K, PKP, False)
-        r2 = y1 + tl.dot(a1col, w2, input_precision=PREC) + b2[None, :]
-        mean2 = tl.sum(tl.where(cmask[None, :], r2, 0.0), axis=1) / C
-        diff2 = tl.where(cmask[None, :], r2 - mean2[:, None], 0.0)
-        rstd2 = 1.0 / tl.sqrt(tl.sum(diff2 * diff2, axis=1) / C + eps)
-        n2 = diff2 * rstd2[:, None]
+        y1col, h1, a1col, n1, rstd1, n2, rstd2 = _frame_forward(
+            xv, fmask, n_f, cc, cmask, po, wl, e, g1, bn1, b1, b2, w1, w2,
+            a_ptr, bh_ptr, u_ptr, y1_buf, a1_buf, eps, C, H, K, P, FP, CP, PP, CKP, PKP, PREC,
+        )  # fmt: skip
 
         # ---- T-Attention multiply and LayerNorm2
         dout = tl.load(
