@@ -1,7 +1,24 @@
-"""ONNX export of ATFNN (installed as ``atfnn_fast.export``).
+"""ONNX export and ONNX Runtime deployment of ATFNN (installed as ``atfnn_fast.export``).
 
-Not implemented yet: ``export_onnx`` and ``validate_onnx`` arrive with the export issue.
-This package exists now so that the installed layout (SPEC section 1) is fixed and tested.
+SPEC section 4: :func:`export_onnx` writes the reference math as a standard-ops ONNX graph
+with deployment metadata; :func:`validate_onnx` checks it against eager PyTorch in ONNX
+Runtime; :func:`check_tensorrt_ready` lists what TensorRT's ONNX parser would reject;
+:class:`OnnxPredictor` predicts labels from spectrograms or audio files.
 """
 
-__all__: list[str] = []
+from .onnx_export import OnnxError, export_onnx, read_metadata
+from .predictor import OnnxPredictor
+from .tensorrt import check_tensorrt_ready, trtexec_command
+from .validate import OnnxValidationError, ValidationReport, validate_onnx
+
+__all__ = [
+    "OnnxError",
+    "OnnxPredictor",
+    "OnnxValidationError",
+    "ValidationReport",
+    "check_tensorrt_ready",
+    "export_onnx",
+    "read_metadata",
+    "trtexec_command",
+    "validate_onnx",
+]

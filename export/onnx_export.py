@@ -1,0 +1,226 @@
+"""``export_onnx``: ATFNN / ATFNNReference -> a self-describing ONNX file (SPEC section 4).
+
+What is exported is the reference math (:class:`atfnn_fast.ATFNNReference` carrying the
+model's weights), through ``torch.onnx.export(..., dynamo=True)``: standard ONNX ops only,
+one ``LSTM`` node per layer (bidirectional, ``layout=0``), ``LayerNormalization`` with its Y
+output only, weights as initializers. Choices (A):
+
+* input ``spectrogram`` ``(batch, 1, n_mels, frames)``, output ``logits``
+  ``(batch, num_classes)``; the batch axis is dynamic (1 .. 4096) unless
+  ``dynamic_batch=False`` (then batch = 1: one segment per call), the time axis is fixed at ``config.frames`` (segments are cut to
+  that length by the feature pipeline anyway); feature extraction stays outside the graph;
+* the node-level debugging metadata the exporter attaches (stack traces, FX names) and its
+  intermediate shape annotations (one of which contradicts ONNX shape inference) are
+  removed and the shapes inferred again; the model-level ``metadata_props`` carry what a deployment needs:
+  ``atfnn.config``, ``atfnn.labels``, ``atfnn.norm_stats``, ``atfnn.features`` (JSON) and
+  ``atfnn.format`` / ``atfnn.version``;
+* the file is written atomically (temporary file, then rename) after ``onnx.checker``'s full
+  check has passed on the in-memory model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from atfnn_fast.config import ATFNNConfig
+from atfnn_fast.features import FeatureConfig, NormStats
+from atfnn_fast.reference import ATFNNReference
+
+INPUT_NAME = "spectrogram"
+OUTPUT_NAME = "logits"
+DEFAULT_OPSET = 18
+MAX_BATCH = 4096
+FOLD_LIMIT = 1 << 26  # elements: constant folding may build any weight of the model
+FORMAT = "atfnn-fast-onnx"
+FORMAT_VERSION = 1
+DTYPES = {"float32": torch.float32, "float16": torch.float16}
+
+
+class OnnxError(ValueError):
+    """An ONNX file that cannot be used; the message names the file."""
+
+
+class _Logits(nn.Module):
+    """The exported graph: spectrogram -> logits, through the reference math."""
+
+    def __init__(self, reference: ATFNNReference) -> None:
+        super().__init__()
+        self.model = reference
+
+    def forward(self, spectrogram: torch.Tensor) -> torch.Tensor:
+        return self.model(spectrogram)
+
+
+def reference_copy(model: nn.Module, dtype: torch.dtype = torch.float32) -> ATFNNReference:
+    """An eval-mode ATFNNReference on the CPU holding ``model``'s weights."""
+    config = getattr(model, "config", None)
+    if not isinstance(config, ATFNNConfig):
+        raise TypeError(
+            f"model must be an ATFNN or ATFNNReference (with an ATFNNConfig), "
+            f"got {type(model).__name__}"
+        )
+    ref = ATFNNReference(config, check_finite=False)
+    ref.load_state_dict({k: v.detach().cpu() for k, v in model.state_dict().items()})
+    return ref.to(dtype).eval()
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | os.PathLike,
+    *,
+    opset: int | None = None,
+    dynamic_batch: bool = True,
+    dtype: str = "float32",
+    labels: list[str] | None = None,
+    norm_stats: NormStats | None = None,
+    features: FeatureConfig | None = None,
+) -> Path:
+    """Export ``model`` (ATFNN or ATFNNReference, any variant) to ``path``; returns the path.
+
+    ``dtype="float16"`` writes a half-precision graph (weights, input and output in fp16).
+    """
+    import onnx
+    import onnxscript.optimizer
+
+    opset = DEFAULT_OPSET if opset is None else opset
+    if not isinstance(opset, int) or opset < DEFAULT_OPSET:
+        raise ValueError(f"opset must be an int >= {DEFAULT_OPSET}, got {opset!r}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    ref = reference_copy(model, DTYPES[dtype])
+    cfg = ref.config
+    if labels is not None:
+        labels = [str(label) for label in labels]
+        if len(labels) != cfg.num_classes:
+            raise ValueError(
+                f"labels: expected {cfg.num_classes} names (num_classes), got {len(labels)}"
+            )
+    if norm_stats is not None and norm_stats.n_mels != cfg.n_mels:
+        raise ValueError(
+            f"norm_stats: expected {cfg.n_mels} bands (n_mels), got {norm_stats.n_mels}"
+        )
+    # a dynamic batch is traced at 2 (torch.export specialises sizes 0 and 1); a static
+    # graph takes one segment per call (A)
+    example = torch.randn(2 if dynamic_batch else 1, 1, cfg.n_mels, cfg.frames, dtype=DTYPES[dtype])
+    dynamic = ({0: torch.export.Dim("batch", min=1, max=MAX_BATCH)},) if dynamic_batch else None
+    with contextlib.redirect_stdout(io.StringIO()):  # the exporter's progress lines
+        program = torch.onnx.export(
+            _Logits(ref),
+            (example,),
+            dynamo=True,
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes=dynamic,
+            optimize=True,
+            verbose=False,
+        )
+    # Fold every constant subgraph, however large: the exporter assembles each LSTM's W and
+    # R from the gate slices at run time, and TensorRT wants them as initializers.
+    proto = onnxscript.optimizer.optimize(
+        program.model_proto, input_size_limit=FOLD_LIMIT, output_size_limit=FOLD_LIMIT
+    )
+    for node in proto.graph.node:
+        del node.metadata_props[:]
+    # torch 2.11's exporter gives the LSTM's h_n an extra leading dim in its shape
+    # annotations (the computation is right): intermediate values and the logits output
+    # are declared one rank too high, which the full check rejects and ONNX Runtime reports
+    # as a shape-merge warning on load. Drop the annotations, declare the output as it is,
+    # and let ONNX infer the rest.
+    del proto.graph.value_info[:]
+    out_dims = proto.graph.output[0].type.tensor_type.shape
+    del out_dims.dim[:]
+    batch_dim = out_dims.dim.add()
+    if dynamic_batch:
+        batch_dim.dim_param = "batch"
+    else:
+        batch_dim.dim_value = 1
+    out_dims.dim.add().dim_value = cfg.num_classes
+    proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
+    _set_metadata(proto, cfg, labels, norm_stats, features or FeatureConfig(), dtype)
+    onnx.checker.check_model(proto, full_check=True)
+    return _atomic_save(proto, Path(path))
+
+
+def _set_metadata(proto, cfg, labels, norm_stats, features, dtype) -> None:
+    from atfnn_fast import __version__
+
+    meta = {
+        "atfnn.format": FORMAT,
+        "atfnn.format_version": str(FORMAT_VERSION),
+        "atfnn.version": __version__,
+        "atfnn.config": cfg.to_json(),
+        "atfnn.labels": json.dumps(labels),
+        "atfnn.norm_stats": json.dumps(norm_stats.to_dict() if norm_stats else None),
+        "atfnn.features": json.dumps(features.to_dict()),
+        "atfnn.dtype": dtype,
+    }
+    del proto.metadata_props[:]
+    for key, value in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.producer_name = "atfnn-fast"
+    proto.doc_string = (
+        f"ATFNN speech emotion recognition ({cfg.variant}): input {INPUT_NAME} "
+        f"(batch, 1, {cfg.n_mels}, {cfg.frames}) normalised log-Mel segments, output "
+        f"{OUTPUT_NAME} (batch, {cfg.num_classes})"
+    )
+
+
+def _atomic_save(proto, path: Path) -> Path:
+    import onnx
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        onnx.save_model(proto, tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_model(path: str | os.PathLike):
+    """``onnx.load`` with an :class:`OnnxError` naming the file for anything unreadable."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: ONNX file not found")
+    try:
+        return onnx.load(str(path))
+    except Exception as err:  # protobuf raises DecodeError and friends
+        raise OnnxError(f"{path}: not a readable ONNX model ({type(err).__name__})") from None
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The deployment metadata of an exported file: config, labels, norm_stats, features."""
+    proto = load_model(path)
+    props = {p.key: p.value for p in proto.metadata_props}
+    if props.get("atfnn.format") != FORMAT:
+        raise OnnxError(f"{path}: not exported by atfnn-fast (no atfnn.format metadata)")
+    try:
+        stats = json.loads(props["atfnn.norm_stats"])
+        return {
+            "config": ATFNNConfig.from_json(props["atfnn.config"]),
+            "labels": json.loads(props["atfnn.labels"]),
+            "norm_stats": NormStats.from_dict(stats) if stats is not None else None,
+            "features": FeatureConfig.from_dict(json.loads(props["atfnn.features"])),
+            "dtype": props.get("atfnn.dtype", "float32"),
+            "version": props.get("atfnn.version"),
+        }
+    except (KeyError, TypeError, ValueError) as err:
+        raise OnnxError(f"{path}: invalid atfnn metadata ({err})") from None
