@@ -14,7 +14,7 @@ from benchmarks import device as dev
 SIZES = {
     # name: (batches, frames, dtypes); "auto" is "full" on CUDA and "small" on the CPU
     "full": ((1, 128, 512), 128, ("float32", "bfloat16")),
-    "small": ((1, 16), 128, ("float32",)),
+    "small": ((1, 32), 128, ("float32",)),
     "tiny": ((2,), 16, ("float32",)),
 }
 
@@ -23,7 +23,7 @@ def pytest_addoption(parser):
     group = parser.getgroup("atfnn", "atfnn-fast benchmarks")
     group.addoption(
         "--bench-size", choices=("auto", *SIZES), default="auto",
-        help="full (B=1,128,512, fp32+bf16; the CUDA default), small (B=1,16, fp32; the CPU "
+        help="full (B=1,128,512, fp32+bf16; the CUDA default), small (B=1,32, fp32; the CPU "
         "default) or tiny (B=2, T=16: CI's smoke run)",
     )  # fmt: skip
     group.addoption("--bench-device", choices=("auto", "cpu", "cuda"), default="auto")

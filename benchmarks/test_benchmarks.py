@@ -36,7 +36,7 @@ def _rounds(bench: cases.Bench, device: torch.device) -> int:
 
 def test_case(benchmark, bench_env, device, case, provider, dtype, batch):
     device = bench_env["torch_device"]
-    reason = cases.skip_reason(case, provider, device)
+    reason = cases.skip_reason(case, provider, device, dtype)
     if reason:
         pytest.skip(reason)
     cfg = ATFNNConfig()

@@ -58,7 +58,9 @@ def test_skip_reasons(monkeypatch):
     assert cases.skip_reason("band_attention_fwd_bwd", "fused", cuda) is None
     reason = cases.skip_reason("front_end_fwd", "fused", cuda)
     assert reason == "no Triton kernel yet for atfnn::freq_encoder"
-    assert "export" in cases.skip_reason("full_fwd", "onnxruntime", cpu)
+    assert cases.skip_reason("full_fwd", "onnxruntime", cpu) is None
+    assert "full_fwd only" in cases.skip_reason("train_step", "onnxruntime", cpu)
+    assert "float32" in cases.skip_reason("full_fwd", "onnxruntime", cpu, "bfloat16")
 
 
 def test_rows_have_ratios_throughput_and_fractions():
