@@ -23,8 +23,10 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -112,9 +114,15 @@ def export_onnx(
     # graph takes one segment per call (A)
     example = torch.randn(2 if dynamic_batch else 1, 1, cfg.n_mels, cfg.frames, dtype=DTYPES[dtype])
     dynamic = ({0: torch.export.Dim("batch", min=1, max=MAX_BATCH)},) if dynamic_batch else None
-    with contextlib.redirect_stdout(io.StringIO()):  # the exporter's progress lines
+    # torch's exporter logs a warning per torchvision op it cannot register (no torchvision)
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        # the exporter's progress lines, and its note that nn.LSTM re-assigns its flat
+        # weight list while being traced (harmless: the weights are exported as they are)
+        warnings.filterwarnings("ignore", message=".*_flat_weights.*were assigned during export")
+        warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)")
         program = torch.onnx.export(
-            _Logits(ref),
+            _Logits(ref).eval(),
             (example,),
             dynamo=True,
             opset_version=opset,

@@ -8,24 +8,14 @@ scores are the mean of its segments' softmax probabilities (SPEC section 5, (A))
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 import numpy as np
 
 from atfnn_fast.features import file_segments
+from atfnn_fast.predict import Prediction, make_prediction
 
 from .onnx_export import INPUT_NAME, read_metadata
 from .validate import session
-
-
-@dataclass
-class Prediction:
-    file: str
-    label: str
-    scores: dict[str, float]
-
-    def to_dict(self) -> dict:
-        return {"file": self.file, "label": self.label, "scores": self.scores}
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -69,6 +59,4 @@ class OnnxPredictor:
             path, n_mels=self.config.n_mels, frames=self.config.frames,
             stats=self.norm_stats, features=self.features,
         )  # fmt: skip
-        probs = self.predict_spectrograms(segs.numpy()).mean(axis=0)
-        scores = {label: float(p) for label, p in zip(self.labels, probs, strict=True)}
-        return Prediction(str(path), self.labels[int(probs.argmax())], scores)
+        return make_prediction(path, self.labels, self.predict_spectrograms(segs.numpy()).mean(0))
