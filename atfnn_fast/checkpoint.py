@@ -49,6 +49,24 @@ class Checkpoint:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def check_deployment_info(
+    config: ATFNNConfig, labels: list[str] | None, norm_stats: NormStats | None
+) -> list[str] | None:
+    """Labels and normalisation statistics that travel with a model (checkpoints, ONNX
+    files) must fit its config; returns the labels as a list of strings."""
+    if labels is not None:
+        labels = [str(label) for label in labels]
+        if len(labels) != config.num_classes:
+            raise ValueError(
+                f"labels: expected {config.num_classes} names (num_classes), got {len(labels)}"
+            )
+    if norm_stats is not None and norm_stats.n_mels != config.n_mels:
+        raise ValueError(
+            f"norm_stats: expected {config.n_mels} bands (n_mels), got {norm_stats.n_mels}"
+        )
+    return labels
+
+
 def _fsync_file(path: Path) -> None:
     with open(path, "rb") as fh:
         os.fsync(fh.fileno())
@@ -96,16 +114,7 @@ def save_checkpoint(
             f"model must be an ATFNN or ATFNNReference (with an ATFNNConfig), "
             f"got {type(model).__name__}"
         )
-    if labels is not None:
-        labels = [str(label) for label in labels]
-        if len(labels) != config.num_classes:
-            raise ValueError(
-                f"labels: expected {config.num_classes} names (num_classes), got {len(labels)}"
-            )
-    if norm_stats is not None and norm_stats.n_mels != config.n_mels:
-        raise ValueError(
-            f"norm_stats: expected {config.n_mels} bands (n_mels), got {norm_stats.n_mels}"
-        )
+    labels = check_deployment_info(config, labels, norm_stats)
     target = Path(directory)
     if target.exists() and not target.is_dir():
         raise CheckpointError(f"{target}: exists and is not a directory")

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from atfnn_fast.checkpoint import check_deployment_info
 from atfnn_fast.config import ATFNNConfig
 from atfnn_fast.features import FeatureConfig, NormStats
 from atfnn_fast.reference import ATFNNReference
@@ -100,16 +101,7 @@ def export_onnx(
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     ref = reference_copy(model, DTYPES[dtype])
     cfg = ref.config
-    if labels is not None:
-        labels = [str(label) for label in labels]
-        if len(labels) != cfg.num_classes:
-            raise ValueError(
-                f"labels: expected {cfg.num_classes} names (num_classes), got {len(labels)}"
-            )
-    if norm_stats is not None and norm_stats.n_mels != cfg.n_mels:
-        raise ValueError(
-            f"norm_stats: expected {cfg.n_mels} bands (n_mels), got {norm_stats.n_mels}"
-        )
+    labels = check_deployment_info(cfg, labels, norm_stats)
     # a dynamic batch is traced at 2 (torch.export specialises sizes 0 and 1); a static
     # graph takes one segment per call (A)
     example = torch.randn(2 if dynamic_batch else 1, 1, cfg.n_mels, cfg.frames, dtype=DTYPES[dtype])
