@@ -1,0 +1,257 @@
+"""Datasets: the manifest CSV, corpus readers, cached log-Mel features (SPEC section 5).
+
+The common format is a manifest CSV with the header ``path,label,speaker[,session]``; paths
+are relative to the CSV's folder. :func:`prepare` builds one from a corpus's published
+layout:
+
+* ``iemocap``: ``Session{1-5}/sentences/wav/<dialog>/<utterance>.wav`` with labels from
+  ``Session{n}/dialog/EmoEvaluation/<dialog>.txt``; improvised dialogs only and the classes
+  angry, happy, sad, neutral, as in the paper (``merge_excited=True`` adds "exc" as happy);
+  the speaker is session + the utterance speaker's gender (``Ses01F``...), the session is
+  recorded for leave-one-session-out;
+* ``casia``: ``<speaker>/<emotion>/<name>.wav`` (6 emotions);
+* ``emodb``: ``wav/<sp><text><emotion letter><version>.wav`` (e.g. ``03a01Fa.wav``);
+* ``ravdess``: ``Actor_XX/03-01-<emotion>-<intensity>-<statement>-<repetition>-<actor>.wav``
+  (speech, audio-only files; 8 emotions);
+* ``cremad``: ``AudioWAV/<actor>_<sentence>_<EMO>_<level>.wav`` (6 emotions).
+
+:class:`FeatureCache` computes each file's log-Mel matrix once (with a progress bar) and
+keeps it in ``<cache>/<sha1 of the path, size and mtime>.pt`` files, written atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .features import FeatureConfig, load_audio, log_mel
+
+DATASETS = ("iemocap", "casia", "emodb", "ravdess", "cremad")
+AUDIO_EXTENSIONS = (".wav", ".flac")
+
+
+@dataclass(frozen=True)
+class Item:
+    path: Path  # absolute
+    label: str
+    speaker: str
+    session: str = ""
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be used; the message names the file and the line."""
+
+
+def write_manifest(items: list[Item], out: str | os.PathLike) -> Path:
+    """Write ``items`` as a manifest CSV (paths relative to its folder), atomically."""
+    out = Path(out).resolve()
+    if not items:
+        raise ManifestError(f"{out}: no utterances to write")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with_session = any(item.session for item in items)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+    try:
+        with os.fdopen(fd, "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["path", "label", "speaker", "session"][: 4 if with_session else 3])
+            for item in sorted(items, key=lambda i: str(i.path)):
+                row = [os.path.relpath(item.path, out.parent), item.label, item.speaker]
+                writer.writerow(row + ([item.session] if with_session else []))
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out
+
+
+def read_manifest(path: str | os.PathLike) -> list[Item]:
+    """Read a manifest CSV; errors name the file and the line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: manifest not found")
+    items = []
+    with open(path, newline="") as fh:
+        reader = csv.reader(fh)
+        header = next(reader, None)
+        if header is None or header[:3] != ["path", "label", "speaker"]:
+            raise ManifestError(
+                f"{path}: the header must be path,label,speaker[,session], got {header}"
+            )
+        for line, row in enumerate(reader, start=2):
+            if not row:
+                continue
+            if len(row) != len(header) or not all(v.strip() for v in row[:3]):
+                raise ManifestError(f"{path}:{line}: expected {len(header)} fields, got {row}")
+            session = row[3] if len(row) > 3 else ""
+            items.append(Item((path.parent / row[0]).resolve(), row[1], row[2], session))
+    if not items:
+        raise ManifestError(f"{path}: no utterances")
+    return items
+
+
+def labels_of(items: list[Item]) -> list[str]:
+    return sorted({item.label for item in items})
+
+
+# ------------------------------------------------------------------------ corpus readers
+def _audio_files(root: Path):
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
+
+
+IEMOCAP_CLASSES = {"ang": "angry", "hap": "happy", "sad": "sad", "neu": "neutral"}
+_IEMOCAP_LINE = re.compile(r"^\[[\d.]+ - [\d.]+\]\t(\S+)\t(\w+)\t")
+
+
+def _iemocap(root: Path, merge_excited: bool) -> list[Item]:
+    classes = dict(IEMOCAP_CLASSES, **({"exc": "happy"} if merge_excited else {}))
+    labels = {}
+    for evaluation in sorted(root.glob("Session*/dialog/EmoEvaluation/*.txt")):
+        for line in evaluation.read_text(errors="replace").splitlines():
+            match = _IEMOCAP_LINE.match(line)
+            if match:
+                labels[match.group(1)] = match.group(2)
+    items = []
+    for wav in sorted(root.glob("Session*/sentences/wav/*/*.wav")):
+        utt = wav.stem  # Ses01F_impro01_F000
+        dialog = wav.parent.name
+        if "impro" not in dialog or labels.get(utt) not in classes:
+            continue
+        session = "Session" + str(int(utt[3:5]))
+        speaker = utt[:5] + utt.split("_")[-1][0]  # Ses01 + gender of this utterance
+        items.append(Item(wav.resolve(), classes[labels[utt]], speaker, session))
+    return items
+
+
+CASIA_EMOTIONS = ("angry", "fear", "happy", "neutral", "sad", "surprise")
+
+
+def _casia(root: Path) -> list[Item]:
+    items = []
+    for wav in _audio_files(root):
+        emotion, speaker = wav.parent.name.lower(), wav.parent.parent.name
+        if emotion in CASIA_EMOTIONS:
+            items.append(Item(wav.resolve(), emotion, speaker))
+    return items
+
+
+EMODB_EMOTIONS = {
+    "W": "anger", "L": "boredom", "E": "disgust", "A": "fear", "F": "happiness",
+    "T": "sadness", "N": "neutral",
+}  # fmt: skip
+_EMODB_NAME = re.compile(r"^(\d\d)[a-z]\d\d([WLEAFTN])[a-z]$")
+
+
+def _emodb(root: Path) -> list[Item]:
+    items = []
+    for wav in _audio_files(root):
+        match = _EMODB_NAME.match(wav.stem)
+        if match:
+            items.append(Item(wav.resolve(), EMODB_EMOTIONS[match.group(2)], match.group(1)))
+    return items
+
+
+RAVDESS_EMOTIONS = {
+    "01": "neutral", "02": "calm", "03": "happy", "04": "sad", "05": "angry",
+    "06": "fearful", "07": "disgust", "08": "surprised",
+}  # fmt: skip
+
+
+def _ravdess(root: Path) -> list[Item]:
+    items = []
+    for wav in _audio_files(root):
+        parts = wav.stem.split("-")
+        # modality 03 = audio-only, vocal channel 01 = speech (02 is song)
+        if (
+            len(parts) == 7
+            and parts[0] == "03"
+            and parts[1] == "01"
+            and parts[2] in RAVDESS_EMOTIONS
+        ):
+            items.append(Item(wav.resolve(), RAVDESS_EMOTIONS[parts[2]], f"Actor_{parts[6]}"))
+    return items
+
+
+CREMAD_EMOTIONS = {
+    "ANG": "angry", "DIS": "disgust", "FEA": "fear", "HAP": "happy", "NEU": "neutral",
+    "SAD": "sad",
+}  # fmt: skip
+
+
+def _cremad(root: Path) -> list[Item]:
+    items = []
+    for wav in _audio_files(root):
+        parts = wav.stem.split("_")
+        if len(parts) == 4 and parts[2] in CREMAD_EMOTIONS and parts[0].isdigit():
+            items.append(Item(wav.resolve(), CREMAD_EMOTIONS[parts[2]], parts[0]))
+    return items
+
+
+def prepare(
+    dataset: str, root: str | os.PathLike, out: str | os.PathLike, *, merge_excited: bool = False
+) -> tuple[Path, list[Item]]:
+    """Build the manifest of a corpus found at ``root``; returns (manifest path, items)."""
+    root = Path(root)
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: corpus folder not found")
+    readers = {
+        "iemocap": lambda r: _iemocap(r, merge_excited), "casia": _casia, "emodb": _emodb,
+        "ravdess": _ravdess, "cremad": _cremad,
+    }  # fmt: skip
+    items = readers[dataset](root)
+    if not items:
+        raise ManifestError(f"{root}: no {dataset} utterances found (is this the corpus root?)")
+    return write_manifest(items, out), items
+
+
+# ----------------------------------------------------------------------- feature cache
+class FeatureCache:
+    """Log-Mel matrices ``(n_mels, N)`` per file, computed once and cached on disk."""
+
+    def __init__(
+        self, folder: str | os.PathLike, n_mels: int = 80, features: FeatureConfig | None = None
+    ) -> None:
+        self.folder = Path(folder)
+        self.n_mels = n_mels
+        self.features = features or FeatureConfig()
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def _key(self, path: Path) -> Path:
+        stat = path.stat()
+        text = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{self.n_mels}|{self.features}"
+        return self.folder / (hashlib.sha1(text.encode()).hexdigest() + ".pt")
+
+    def get(self, path: str | os.PathLike) -> torch.Tensor:
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: audio file not found")
+        key = self._key(path)
+        if key.exists():
+            try:
+                return torch.load(key, weights_only=True)  # tensors only: no code runs
+            except Exception:  # a damaged entry (any unpickling error) is recomputed
+                key.unlink(missing_ok=True)
+        lm = log_mel(load_audio(path, self.features.sample_rate), self.n_mels, self.features)
+        fd, tmp = tempfile.mkstemp(prefix="tmp-", suffix=".part", dir=self.folder)
+        os.close(fd)
+        try:
+            torch.save(lm.contiguous(), tmp)
+            os.replace(tmp, key)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return lm
+
+    def warm(self, items: list[Item], desc: str = "log-Mel features") -> dict[Path, torch.Tensor]:
+        """Features of every item, with a progress bar; returns {path: log-Mel}."""
+        from tqdm import tqdm
+
+        return {item.path: self.get(item.path) for item in tqdm(items, desc=desc, unit="file")}

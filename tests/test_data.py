@@ -1,0 +1,134 @@
+"""Corpus readers on synthetic trees that mimic each corpus's published layout, the manifest
+format, and the feature cache."""
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from atfnn_fast import data
+from atfnn_fast.data import FeatureCache, ManifestError, prepare, read_manifest
+
+
+def tone(path, seconds=0.3, rate=16000):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t = np.arange(int(seconds * rate)) / rate
+    sf.write(str(path), 0.3 * np.sin(2 * np.pi * 220 * t), rate)
+
+
+def make_iemocap(root):
+    lines = {
+        "Ses01F_impro01": [("Ses01F_impro01_F000", "neu"), ("Ses01F_impro01_M001", "ang"),
+                           ("Ses01F_impro01_F002", "exc"), ("Ses01F_impro01_M003", "fru")],
+        "Ses01F_script01_1": [("Ses01F_script01_1_F000", "sad")],
+        "Ses02M_impro03": [("Ses02M_impro03_M000", "hap"), ("Ses02M_impro03_F001", "sad")],
+    }  # fmt: skip
+    for dialog, utts in lines.items():
+        session = f"Session{int(dialog[3:5])}"
+        text = [f"[{i}.0 - {i}.5]\t{u}\t{e}\t[2.5, 2.5, 2.5]" for i, (u, e) in enumerate(utts)]
+        evaluation = root / session / "dialog" / "EmoEvaluation" / f"{dialog}.txt"
+        evaluation.parent.mkdir(parents=True, exist_ok=True)
+        evaluation.write_text("% header\n\n" + "\n".join(text) + "\n")
+        for utt, _ in utts:
+            tone(root / session / "sentences" / "wav" / dialog / f"{utt}.wav")
+
+
+def rows(manifest):
+    return sorted((i.path.name, i.label, i.speaker, i.session) for i in read_manifest(manifest))
+
+
+def test_iemocap_improvised_four_classes_with_sessions(tmp_path):
+    make_iemocap(tmp_path / "IEMOCAP")
+    manifest, _ = prepare("iemocap", tmp_path / "IEMOCAP", tmp_path / "m.csv")
+    assert rows(manifest) == [
+        ("Ses01F_impro01_F000.wav", "neutral", "Ses01F", "Session1"),
+        ("Ses01F_impro01_M001.wav", "angry", "Ses01M", "Session1"),
+        ("Ses02M_impro03_F001.wav", "sad", "Ses02F", "Session2"),
+        ("Ses02M_impro03_M000.wav", "happy", "Ses02M", "Session2"),
+    ]  # scripted dialogs, "fru" and (without the merge) "exc" are left out
+    merged, _ = prepare("iemocap", tmp_path / "IEMOCAP", tmp_path / "m2.csv", merge_excited=True)
+    assert ("Ses01F_impro01_F002.wav", "happy", "Ses01F", "Session1") in rows(merged)
+
+
+def test_casia(tmp_path):
+    for speaker in ("liuchanhg", "wangzhe"):
+        for emotion in ("angry", "fear", "happy", "neutral", "sad", "surprise"):
+            tone(tmp_path / "CASIA" / speaker / emotion / "201.wav")
+    tone(tmp_path / "CASIA" / "wangzhe" / "unknown" / "1.wav")
+    manifest, items = prepare("casia", tmp_path / "CASIA", tmp_path / "m.csv")
+    assert len(items) == 12 and data.labels_of(items) == sorted(data.CASIA_EMOTIONS)
+    assert {i.speaker for i in items} == {"liuchanhg", "wangzhe"}
+    assert read_manifest(manifest)[0].path.exists()
+
+
+def test_emodb(tmp_path):
+    for name in ("03a01Fa", "03a01Wa", "16b10Tb", "11a05Nd", "readme"):
+        tone(tmp_path / "emodb" / "wav" / f"{name}.wav")
+    _, items = prepare("emodb", tmp_path / "emodb", tmp_path / "m.csv")
+    assert sorted((i.speaker, i.label) for i in items) == [
+        ("03", "anger"),
+        ("03", "happiness"),
+        ("11", "neutral"),
+        ("16", "sadness"),
+    ]
+
+
+def test_ravdess_speech_only(tmp_path):
+    names = ["03-01-05-01-01-01-01", "03-01-01-01-02-02-12", "03-02-03-01-01-01-01",
+             "01-01-04-01-01-01-01"]  # fmt: skip
+    for name in names:
+        tone(tmp_path / "RAVDESS" / f"Actor_{name[-2:]}" / f"{name}.wav")
+    _, items = prepare("ravdess", tmp_path / "RAVDESS", tmp_path / "m.csv")
+    assert sorted((i.speaker, i.label) for i in items) == [
+        ("Actor_01", "angry"),
+        ("Actor_12", "neutral"),
+    ]  # the song (02) and the video-modality file are left out
+
+
+def test_cremad(tmp_path):
+    for name in ("1001_DFA_ANG_XX", "1001_IEO_HAP_HI", "1091_TAI_SAD_LO", "bad_name"):
+        tone(tmp_path / "CREMA-D" / "AudioWAV" / f"{name}.wav")
+    _, items = prepare("cremad", tmp_path / "CREMA-D", tmp_path / "m.csv")
+    assert sorted((i.speaker, i.label) for i in items) == [
+        ("1001", "angry"),
+        ("1001", "happy"),
+        ("1091", "sad"),
+    ]
+
+
+def test_prepare_errors(tmp_path):
+    with pytest.raises(ValueError, match="dataset must be one of"):
+        prepare("timit", tmp_path, tmp_path / "m.csv")
+    with pytest.raises(FileNotFoundError, match="corpus folder not found"):
+        prepare("casia", tmp_path / "nope", tmp_path / "m.csv")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ManifestError, match="no casia utterances found"):
+        prepare("casia", tmp_path / "empty", tmp_path / "m.csv")
+
+
+def test_manifest_errors(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("file,emotion\na.wav,sad\n")
+    with pytest.raises(ManifestError, match="header must be path,label,speaker"):
+        read_manifest(bad)
+    bad.write_text("path,label,speaker\na.wav,sad\n")
+    with pytest.raises(ManifestError, match=r"bad.csv:2: expected 3 fields"):
+        read_manifest(bad)
+    with pytest.raises(FileNotFoundError, match="manifest not found"):
+        read_manifest(tmp_path / "none.csv")
+
+
+def test_feature_cache_computes_once(tmp_path, monkeypatch):
+    wav = tmp_path / "a.wav"
+    tone(wav, seconds=0.5)
+    cache = FeatureCache(tmp_path / "cache")
+    calls = []
+    real = data.log_mel
+    monkeypatch.setattr(data, "log_mel", lambda *a, **k: calls.append(1) or real(*a, **k))
+    first = cache.get(wav)
+    second = FeatureCache(tmp_path / "cache").get(wav)
+    assert torch.equal(first, second) and len(calls) == 1
+    assert first.shape == (80, 1 + 8000 // 160)
+    (entry,) = (tmp_path / "cache").glob("*.pt")
+    entry.write_bytes(b"damaged")
+    assert torch.equal(cache.get(wav), first) and len(calls) == 2  # recomputed
