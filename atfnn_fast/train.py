@@ -17,8 +17,9 @@
   where the last finished epoch left off (A: epoch granularity).
 
 Multi-GPU (or multi-process CPU) with ``torchrun``: each process takes every
-``world_size``-th batch of the epoch's shuffled order, gradients are averaged by
-DistributedDataParallel, and rank 0 alone evaluates and writes.
+``world_size``-th segment of every batch of the epoch's shuffled order (the global batch stays
+``batch_size``), gradients are averaged by DistributedDataParallel, and rank 0 alone
+evaluates and writes.
 """
 
 from __future__ import annotations
@@ -209,7 +210,9 @@ def train_fold(
         torch.manual_seed(tc.seed * 100_003 + epoch)  # dropout of this epoch
         order = torch.randperm(len(y_train), generator=gen)
         batches = [order[i : i + tc.batch_size] for i in range(0, len(order), tc.batch_size)]
-        batches = batches[rank::world]
+        # every process takes its share of every batch, so all take the same number of
+        # steps (DDP's all-reduce needs that); a last batch smaller than the world is dropped
+        batches = [b[rank::world] for b in batches if len(b) >= world]
         total, count = 0.0, 0
         bar = _progress(batches, f"{fold} epoch {epoch}/{tc.epochs}", tc.progress and rank == 0)
         for idx in bar:

@@ -68,7 +68,9 @@ def test_demo_prints_shapes_parameters_and_time():
 @pytest.mark.slow
 def test_console_script_runs_the_demo():
     exe = Path(sys.executable).with_name("atfnn-fast")
-    proc = subprocess.run([str(exe), "demo", "--repeats", "1"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [str(exe), "demo", "--repeats", "1", "--model-only"], capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stderr
     assert "parameters     1,583,092" in proc.stdout
 

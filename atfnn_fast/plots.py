@@ -1,0 +1,61 @@
+"""Attention maps like the paper's Figure 6: log-Mel, F-Attention and T-Attention of one
+utterance, stacked, with a line at Mel band 50."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from .checkpoint import load_checkpoint
+from .features import load_audio, log_mel, segment
+
+
+def attention_maps(checkpoint, audio, device: str = "cpu"):
+    """(log-Mel (F, N), w_f (F, N), w_t (F, N)) of a file: non-overlapping segments, maps
+    concatenated along time and cut back to the utterance's N frames."""
+    ckpt = load_checkpoint(checkpoint, map_location=device)
+    cfg, feats = ckpt.config, ckpt.features
+    lm = log_mel(load_audio(audio, feats.sample_rate), cfg.n_mels, feats)
+    segs = segment(lm, cfg.frames, cfg.frames, feats.silence_value)
+    x = ckpt.norm_stats.apply(segs) if ckpt.norm_stats is not None else segs
+    with torch.inference_mode():
+        _, att = ckpt.model.eval()(x.unsqueeze(1).to(device), return_attention=True)
+    n = lm.shape[1]
+
+    def join(m):
+        return (
+            None if m is None else m.float().cpu().permute(1, 0, 2).reshape(cfg.n_mels, -1)[:, :n]
+        )
+
+    return lm, join(att.freq), join(att.time)
+
+
+def plot_attention(checkpoint, audio, output: str | os.PathLike, device: str = "cpu") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lm, w_f, w_t = attention_maps(checkpoint, audio, device)
+    panels = [("log-Mel spectrogram", lm, "magma"), ("F-Attention weights", w_f, "viridis"),
+              ("T-Attention weights", w_t, "viridis")]  # fmt: skip
+    panels = [p for p in panels if p[1] is not None]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(10, 2.6 * len(panels)), sharex=True)
+    seconds = lm.shape[1] / 100  # 10 ms hop
+    for ax, (title, data, cmap) in zip(axes, panels, strict=True):
+        image = ax.imshow(data.numpy(), origin="lower", aspect="auto", cmap=cmap,
+                          extent=(0, seconds, 0, data.shape[0]))  # fmt: skip
+        ax.axhline(50, color="white", linestyle="--", linewidth=1)
+        ax.set_ylabel("Mel band")
+        ax.set_title(title)
+        fig.colorbar(image, ax=ax, fraction=0.025)
+    axes[-1].set_xlabel("time (s)")
+    fig.suptitle(Path(audio).name)
+    fig.tight_layout()
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(output, dpi=110)
+    plt.close(fig)
+    return output
