@@ -223,7 +223,7 @@ def train_fold(
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
             count += len(idx)
         if rank == 0:
             val_metrics = evaluate_items(model, val, mels, stats, cfg, feats, labels, device)

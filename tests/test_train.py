@@ -144,3 +144,12 @@ def test_manifest_round_trip_keeps_sessions(tmp_path):
     items = [Item((tmp_path / f"{k}.wav").resolve(), "sad", "s1", "S1") for k in range(2)]
     path = write_manifest(items, tmp_path / "m.csv")
     assert read_manifest(path) == sorted(items, key=lambda i: str(i.path))
+
+
+def test_bf16_autocast_training_on_cpu(corpus, tmp_path):
+    tc = TrainConfig(epochs=1, **{**TINY, "progress": True})
+    tc.amp = "bf16"
+    metrics = train_fold(corpus, tmp_path, "spk1", tc=tc)
+    assert 0 <= metrics["uar"] <= 1
+    log = json.loads((tmp_path / "spk1" / "log.jsonl").read_text())
+    assert log["train_loss"] == log["train_loss"]  # finite, not NaN
