@@ -1,6 +1,16 @@
-"""Helpers shared by the Triton ops: launching through wrap_triton and the device choice."""
+"""Helpers shared by the Triton ops: one launch path, the device choice, 32-bit offsets.
+
+Every kernel launch of the package goes through :func:`launch`. That single path is what
+lets :mod:`benchmarks.resources` compile every kernel the ops launch for a named GPU
+architecture on a machine without a GPU: it installs a *recorder* (:func:`recording`) that
+receives each launch instead of the device, and the ops take their Triton branch for CPU
+tensors while it is installed (nothing runs; the recorder only compiles).
+"""
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
 
 import torch
 from torch.library import wrap_triton
@@ -10,19 +20,47 @@ from .dispatch import get_backend
 
 MAX_OFFSET = 2**31 - 1
 
+# launch recorder: f(kernel, grid, args, kwargs); None = launch for real
+_recorder: Callable | None = None
 
-def launcher(kernel):
-    """``wrap_triton(kernel)`` (visible to torch.compile / export), or the kernel itself when
-    the Triton interpreter built it (wrap_triton accepts compiled kernels only)."""
-    return kernel if isinstance(kernel, InterpretedFunction) else wrap_triton(kernel)
+
+@contextlib.contextmanager
+def recording(recorder: Callable) -> Iterator[None]:
+    """Send every kernel launch to ``recorder(kernel, grid, args, kwargs)`` instead of the
+    device, and let CPU tensors take the ops' Triton branch (see the module docstring)."""
+    global _recorder
+    previous, _recorder = _recorder, recorder
+    try:
+        yield
+    finally:
+        _recorder = previous
+
+
+def launch(kernel, grid: tuple[int, ...], *args, **kwargs) -> None:
+    """Launch ``kernel[grid](*args, **kwargs)``: through ``wrap_triton`` (visible to
+    torch.compile / export) for compiled kernels, directly for interpreted ones (wrap_triton
+    accepts compiled kernels only), or into the active recorder."""
+    if _recorder is not None:
+        _recorder(kernel, grid, args, kwargs)
+        return
+    runner = kernel if isinstance(kernel, InterpretedFunction) else wrap_triton(kernel)
+    runner[grid](*args, **kwargs)
 
 
 def plain_torch(t: torch.Tensor, kernel) -> bool:
     """Non-CUDA tensors take an op's plain-torch implementation, unless ATFNN_BACKEND=triton
-    and the kernels were built by the Triton interpreter (TRITON_INTERPRET=1 at import).
-    Decided inside the op, so eager, torch.compile and export all see the same choice."""
+    and the kernels were built by the Triton interpreter (TRITON_INTERPRET=1 at import), or
+    a launch recorder is installed. Decided inside the op, so eager, torch.compile and
+    export all see the same choice."""
+    if _recorder is not None:
+        return False
     interpreted = isinstance(kernel, InterpretedFunction)
     return t.device.type != "cuda" and not (interpreted and get_backend() == "triton")
+
+
+def interpreted(t: torch.Tensor) -> bool:
+    """True when a launch for ``t`` runs through the Triton interpreter (CPU tensors)."""
+    return t.device.type != "cuda" and _recorder is None
 
 
 def max_offset(t: torch.Tensor) -> int:

@@ -37,14 +37,8 @@ import triton.language as tl
 from torch.library import triton_op
 
 from . import torch_ops
-from ._triton_utils import MAX_OFFSET, launcher, max_offset, plain_torch
-
-
-def _block_windows(widest_tile: int) -> int:
-    """Windows per program (4 warps): 128, or 64 once a tile row holds more than 16 values
-    (T-Attention targets of width 8 and more), keeping each [BLOCK, width] fp32 tile at
-    <= 32 registers per thread. A heuristic: not autotuned, no GPU has run it yet."""
-    return 128 if widest_tile <= 16 else 64
+from ._triton_utils import MAX_OFFSET, launch, max_offset, plain_torch
+from .tuning import band_attention_settings
 
 
 @triton.jit
@@ -206,7 +200,7 @@ def _map_strides(t: torch.Tensor, group: int, time_axis: bool) -> tuple[int, ...
     return mb, group * mf, mt, mf
 
 
-def _geometry(source: torch.Tensor, weight: torch.Tensor, target, time_axis: bool):
+def _geometry(source: torch.Tensor, weight: torch.Tensor, target, time_axis: bool, backward: bool):
     b, c_in, f, t = source.shape
     c, _, kf, kt = weight.shape
     group = kt if time_axis else kf
@@ -214,9 +208,10 @@ def _geometry(source: torch.Tensor, weight: torch.Tensor, target, time_axis: boo
     width = 1 if target is None else target.shape[-1]
     kp = triton.next_power_of_2(c_in * group)
     gwp = triton.next_power_of_2(group * width)
+    settings = band_attention_settings(kp, gwp, backward)
     consts = dict(
         C=c, CIN=c_in, G=group, W=width, KP=kp, GWP=gwp,
-        GP=triton.next_power_of_2(group), BLOCK=_block_windows(max(kp, gwp)),
+        GP=triton.next_power_of_2(group), BLOCK=settings.block, num_warps=settings.num_warps,
     )  # fmt: skip
     return b * n_i * n_j, n_i, n_j, consts
 
@@ -265,7 +260,7 @@ def band_attention_op(
     _check(source, weight, bias, target, time_axis)
     if plain_torch(source, _band_fwd_kernel):
         return band_attention_cpu(source, weight, bias, target, time_axis)
-    n_windows, n_i, n_j, consts = _geometry(source, weight, target, time_axis)
+    n_windows, n_i, n_j, consts = _geometry(source, weight, target, time_axis, False)
     b, _, f, t = source.shape
     tgt = source if target is None else target
     out = torch.empty(tgt.shape, dtype=tgt.dtype, device=tgt.device)
@@ -277,8 +272,8 @@ def band_attention_op(
     else:
         tgt_s, out_s = _enc_strides(target, group), _enc_strides(out, group)
     grid = (triton.cdiv(n_windows, consts["BLOCK"]),)
-    launcher(_band_fwd_kernel)[grid](
-        source, weight, bias, tgt, out, wmap, n_windows, n_i, n_j,
+    launch(
+        _band_fwd_kernel, grid, source, weight, bias, tgt, out, wmap, n_windows, n_i, n_j,
         *src_s, *tgt_s, *out_s, *_map_strides(wmap, group, time_axis), **consts,
     )  # fmt: skip
     return out, wmap
@@ -300,7 +295,7 @@ def band_attention_backward_op(
         return band_attention_backward_cpu(
             grad_out, grad_map, source, weight, bias, target, time_axis
         )
-    n_windows, n_i, n_j, consts = _geometry(source, weight, target, time_axis)
+    n_windows, n_i, n_j, consts = _geometry(source, weight, target, time_axis, True)
     group, c, kp = consts["G"], consts["C"], consts["KP"]
     tgt = source if target is None else target
     dsrc = torch.empty(source.shape, dtype=source.dtype, device=source.device)
@@ -325,8 +320,8 @@ def band_attention_backward_op(
         dtgt_s = _enc_strides(dtgt, group)
     gmap = grad_map if grad_map is not None else source  # dummy pointer, never read
     map_s = _map_strides(grad_map, group, time_axis) if grad_map is not None else (0, 0, 0, 0)
-    launcher(_band_bwd_kernel)[(n_prog,)](
-        source, weight, bias, tgt, grad_out, gmap, dsrc, dtgt_arg, dw_part, db_part,
+    launch(
+        _band_bwd_kernel, (n_prog,), source, weight, bias, tgt, grad_out, gmap, dsrc, dtgt_arg, dw_part, db_part,
         n_windows, n_i, n_j, *src_s, *tgt_s, *gout_s, *map_s,
         *_src_strides(dsrc, group, time_axis), *dtgt_s,
         HAS_GMAP=grad_map is not None, FUSED_TARGET=target is None, **consts,

@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import DEVICE, max_rel_err, randomize, tiny_config
 
+from atfnn_fast.kernels import fenc_common as fc
 from atfnn_fast.kernels import freq_encoder_math as fm
 from atfnn_fast.kernels import torch_ops, triton_freq_encoder, use_backend
 from atfnn_fast.reference import FrequencyEncoder
@@ -18,8 +19,8 @@ from atfnn_fast.reference import FrequencyEncoder
 EPS = 1e-5
 
 
-def make_encoder(heads, channels, n_mels=10, scale=0.5):
-    cfg = tiny_config(num_heads=heads, channels=channels, n_mels=n_mels)
+def make_encoder(heads, channels, n_mels=10, scale=0.5, **changes):
+    cfg = tiny_config(num_heads=heads, channels=channels, n_mels=n_mels, **changes)
     return randomize(FrequencyEncoder(cfg), scale).to(DEVICE)
 
 
@@ -98,6 +99,19 @@ def test_fused_forward_and_gradients(heads, channels, frames, with_time):
     assert_as_accurate(enc, x, wt)
 
 
+@pytest.mark.parametrize("ffn_kernel,ffn_channels", [(1, 6), (3, 6), (5, 17)])
+def test_ffn_kernel_sizes(ffn_kernel, ffn_channels):
+    """The band sweep keeps +-2 neighbours: kernels 1, 3 and 5, odd FFN widths."""
+    enc = make_encoder(2, 8, ffn_kernel=ffn_kernel, ffn_channels=ffn_channels)
+    x = torch.randn(2, 1, 10, 8, device=DEVICE) * 2
+    assert_as_accurate(enc, x, torch.rand(2, 10, 8, device=DEVICE))
+
+
+def test_wider_ffn_kernel_has_no_triton_kernel():
+    assert triton_freq_encoder.supports([8, 2, 7, 32]) is not None
+    assert triton_freq_encoder.supports([8, 2, 5, 32]) is None
+
+
 @pytest.mark.parametrize("n_mels,batch", [(5, 3), (20, 1), (80, 1)])
 def test_band_counts_and_batches(n_mels, batch):
     enc = make_encoder(2, 8, n_mels=n_mels)
@@ -157,13 +171,29 @@ def test_torch_ops_time_weights_match_the_reference_multiply():
     assert max_rel_err(got, want) <= 1e-5
 
 
+def packed_params(enc, heads, requires_grad=False):
+    derived = fm.derive(*enc.op_params(), num_heads=heads)
+    packed = fc.pack(derived).detach().requires_grad_(requires_grad)
+    return packed, list(fc.dims(derived))
+
+
+def test_packed_layout_round_trips():
+    enc = make_encoder(4, 16)
+    derived = fm.derive(*enc.op_params(), num_heads=4)
+    back = fc.unpack(fc.pack(derived), *fc.dims(derived))
+    assert all(torch.equal(a, b) for a, b in zip(back, derived, strict=True))
+    assert fc.pack(derived).numel() == fc.packed_size(*fc.dims(derived))
+
+
 def test_bad_shapes_are_refused():
     enc = make_encoder(2, 8)
-    derived = fm.derive(*enc.op_params(), num_heads=2)
+    packed, dims = packed_params(enc, 2)
     with pytest.raises(ValueError, match=r"x must be \(B, 1, F, T\)"):
-        torch.ops.atfnn.freq_encoder(torch.randn(2, 10, 8), None, *derived, EPS)
+        torch.ops.atfnn.freq_encoder(torch.randn(2, 10, 8), None, packed, dims, EPS)
     with pytest.raises(ValueError, match=r"time_weights must be \(B, F, T\) = \(2, 10, 8\)"):
-        torch.ops.atfnn.freq_encoder(torch.randn(2, 1, 10, 8), torch.rand(2, 8, 10), *derived, EPS)
+        torch.ops.atfnn.freq_encoder(torch.randn(2, 1, 10, 8), torch.rand(2, 8, 10), packed, dims, EPS)
+    with pytest.raises(ValueError, match=r"packed buffer of \d+ values"):
+        torch.ops.atfnn.freq_encoder(torch.randn(2, 1, 10, 8), None, packed[:-1], dims, EPS)
 
 
 @pytest.mark.parametrize("with_time", [True, False])
@@ -171,7 +201,7 @@ def test_opcheck(with_time):
     """torch.library's consistency checks; on the CPU they exercise the op's torch branch
     (with the hand-written backward) and its fake implementation."""
     enc = make_encoder(2, 8)
-    derived = [t.detach().requires_grad_() for t in fm.derive(*enc.op_params(), num_heads=2)]
+    packed, dims = packed_params(enc, 2, requires_grad=True)
     x = torch.randn(2, 1, 10, 8, device=DEVICE, requires_grad=True)
     wt = torch.rand(2, 10, 8, device=DEVICE, requires_grad=True) if with_time else None
     tests = ("test_schema", "test_autograd_registration", "test_faketensor")
@@ -179,17 +209,17 @@ def test_opcheck(with_time):
         tests += ("test_aot_dispatch_dynamic",)
     with use_backend("auto"):
         torch.library.opcheck(
-            torch.ops.atfnn.freq_encoder.default, (x, wt, *derived, EPS), test_utils=tests
+            torch.ops.atfnn.freq_encoder.default, (x, wt, packed, dims, EPS), test_utils=tests
         )
 
 
 def test_op_compiles_without_graph_break():
     enc = make_encoder(2, 8)
-    derived = fm.derive(*enc.op_params(), num_heads=2)
+    packed, dims = packed_params(enc, 2)
     x = torch.randn(2, 1, 10, 8, device=DEVICE)
 
     def fn(x):
-        return torch.ops.atfnn.freq_encoder(x, None, *derived, EPS)
+        return torch.ops.atfnn.freq_encoder(x, None, packed, dims, EPS)
 
     with use_backend("auto"):
         got = torch.compile(fn, fullgraph=True)(x)

@@ -1,0 +1,195 @@
+"""F-Encoder forward sweep (Triton): ``_fenc_sweep_kernel``.
+
+A program owns ``BT`` frames of one utterance and sweeps the F bands once, in order. Per band
+it runs the rank-one attention (every head, band chunks of ``GB``: :func:`_band_softmax`) and
+LayerNorm1, giving ``y1`` of that band as a ``[BT, CK]`` tile. The conv FFN (kernel
+``K <= 5`` along F) needs each band's +-2 neighbours, so the sweep keeps them in registers:
+
+* ``y_m2 .. y_p2``: a ring of the last five ``y1`` tiles (bands ``it-4 .. it``);
+* FFN1 of band ``it-2`` reads that ring: ``h1 = sum_j y1[it-2+j] @ W1_j`` (K dots of
+  ``[BT, CK] x [CK, PK]``), ``a1 = relu(h1 + b1)``;
+* FFN2 is *pushed*: ``a1[it-2] @ W2_j`` is added to the output accumulator of band
+  ``it-2-j`` (ring ``acc_m2 .. acc_p2``, bands ``it-4 .. it``);
+* band ``it-4`` is then complete: ``+ y1 + b2``, LayerNorm2, ``* (1 + w_t)``, stored.
+
+So band ``o`` leaves the sweep 4 steps after its attention, and nothing but the input is
+read from global memory (the band chunks of the softmax come from L1/L2). The rings are
+10 small tiles; the weights 2K tiles.
+
+With ``GRAD`` the same sweep is the first backward kernel: instead of storing the output it
+reads ``d out``, writes ``d w_t``, runs the T-Attention multiply and LayerNorm2 backward and
+writes ``y1`` and ``d r2`` (= ``d`` FFN2 output) of each band to float32 scratch for
+:mod:`.fenc_backward`, plus the partial sums of LayerNorm2's parameter gradients.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .fenc_common import (
+    _band_softmax,
+    _channel_vec,
+    _frame_range,
+    _head_params,
+    _layer_norm,
+    _layer_norm_bwd,
+    _offsets,
+    _token,
+    _w1_tile,
+    _w2_tile,
+)
+
+
+@triton.jit
+def _band_y1(
+    x_ptr, row_off, tmask, cmask, band, NF: tl.constexpr, x_sf, xmax, xmin, a, bh, u, wl, eb, g1, bn1,
+    eps, C: tl.constexpr, BT: tl.constexpr, HP: tl.constexpr, GB: tl.constexpr,
+):  # fmt: skip
+    """``y1`` (after attention and LayerNorm1) of ``band`` as [BT, CK]; zero outside the
+    bands (the FFN's zero padding)."""
+    inside = band < NF
+    safe = tl.minimum(band, NF - 1)
+    xf = tl.load(x_ptr + row_off + safe * x_sf, mask=tmask, other=0.0).to(tl.float32)
+    _, _, _, m, _ = _band_softmax(
+        x_ptr, row_off, tmask, NF, x_sf, xf, xmax, xmin, a, bh, BT, HP, GB, False
+    )
+    n1, _ = _layer_norm(_token(xf, m, wl, eb, u), cmask, C, eps)
+    y1 = n1 * g1[None, :] + bn1[None, :]
+    return tl.where(cmask[None, :] & inside, y1, 0.0)
+
+
+@triton.jit
+def _fenc_sweep_kernel(
+    x_ptr,  # x' (B, 1, F, T), any strides
+    wt_ptr,  # T-Attention weights (B, F, T) if HAS_WT (else a stand-in, never read)
+    prm_ptr,  # packed derived parameters, float32 (fenc_common.param_layout)
+    out_ptr,  # forward: the output (B, T, F, C), any strides (the LSTM input)
+    gout_ptr,  # GRAD: d out (B, T, F, C), any strides
+    dwt_ptr,  # GRAD and HAS_WT: d w_t (B, F, T), any strides
+    y1_ptr,  # GRAD: scratch (B, F, T, C) float32, contiguous: y1 of every band
+    df2_ptr,  # GRAD: scratch (B, F, T, C) float32, contiguous: d (FFN2 output)
+    part_ptr,  # GRAD: per-program gradient partials (programs, packed size) float32
+    n_t, n_tb, eps, total,
+    x_sb, x_sf, x_st, w_sb, w_sf, w_st, o_sb, o_st, o_sf, o_sc, dw_sb, dw_sf, dw_st,
+    NF: tl.constexpr, C: tl.constexpr, H: tl.constexpr, K: tl.constexpr, P: tl.constexpr,
+    CK: tl.constexpr, PK: tl.constexpr, HP: tl.constexpr, BT: tl.constexpr,
+    GB: tl.constexpr, HAS_WT: tl.constexpr, GRAD: tl.constexpr, PREC: tl.constexpr,
+):  # fmt: skip
+    pid = tl.program_id(0)
+    b = pid // n_tb
+    tt = (pid % n_tb) * BT + tl.arange(0, BT)
+    tmask = tt < n_t
+    cc = tl.arange(0, CK)
+    cmask = cc < C
+    pp = tl.arange(0, PK)
+    row_off = b * x_sb + tt * x_st  # x element (b, 0, band, t) = row_off + band * x_sf
+
+    wl = _channel_vec(prm_ptr, 0, C, CK)
+    eb = _channel_vec(prm_ptr, 1, C, CK)
+    g1 = _channel_vec(prm_ptr, 2, C, CK)
+    bn1 = _channel_vec(prm_ptr, 3, C, CK)
+    b2 = _channel_vec(prm_ptr, 4, C, CK)
+    g2 = _channel_vec(prm_ptr, 5, C, CK)
+    bn2 = _channel_vec(prm_ptr, 6, C, CK)
+    a, bh, u = _head_params(prm_ptr, C, H, K, P, CK, HP)
+    _, _, _, o_b1, _, _ = _offsets(C, H, K, P)
+    b1 = tl.load(prm_ptr + o_b1 + pp, mask=pp < P, other=0.0)
+    HALF: tl.constexpr = K // 2
+    w1_0 = _w1_tile(prm_ptr, 0, C, H, K, P, CK, PK, False)
+    w2_0 = _w2_tile(prm_ptr, 0, C, H, K, P, CK, PK, False)
+    if HALF >= 1:
+        w1_m1 = _w1_tile(prm_ptr, -1, C, H, K, P, CK, PK, False)
+        w1_p1 = _w1_tile(prm_ptr, 1, C, H, K, P, CK, PK, False)
+        w2_m1 = _w2_tile(prm_ptr, -1, C, H, K, P, CK, PK, False)
+        w2_p1 = _w2_tile(prm_ptr, 1, C, H, K, P, CK, PK, False)
+    if HALF >= 2:
+        w1_m2 = _w1_tile(prm_ptr, -2, C, H, K, P, CK, PK, False)
+        w1_p2 = _w1_tile(prm_ptr, 2, C, H, K, P, CK, PK, False)
+        w2_m2 = _w2_tile(prm_ptr, -2, C, H, K, P, CK, PK, False)
+        w2_p2 = _w2_tile(prm_ptr, 2, C, H, K, P, CK, PK, False)
+
+    xmax, xmin = _frame_range(x_ptr, row_off, tmask, NF, x_sf, BT, GB)
+    zero_c = tl.zeros([BT, CK], dtype=tl.float32)
+    y_m2 = zero_c  # y1 ring: bands it-4 .. it after the shift of step it
+    y_m1 = zero_c
+    y_0 = zero_c
+    y_p1 = zero_c
+    y_p2 = zero_c
+    acc_m2 = zero_c  # FFN2 output accumulators of bands it-4 .. it
+    acc_m1 = zero_c
+    acc_0 = zero_c
+    acc_p1 = zero_c
+    acc_p2 = zero_c
+    acc_g2 = tl.zeros([CK], dtype=tl.float32)
+    acc_bn2 = tl.zeros([CK], dtype=tl.float32)
+
+    for it in range(0, NF + 4):
+        # ---- attention + LayerNorm1 of band it enters the ring
+        y_new = _band_y1(
+            x_ptr, row_off, tmask, cmask, it, NF, x_sf, xmax, xmin, a, bh, u, wl, eb, g1,
+            bn1, eps, C, BT, HP, GB,
+        )  # fmt: skip
+        y_m2 = y_m1
+        y_m1 = y_0
+        y_0 = y_p1
+        y_p1 = y_p2
+        y_p2 = y_new
+        acc_m2 = acc_m1
+        acc_m1 = acc_0
+        acc_0 = acc_p1
+        acc_p1 = acc_p2
+        acc_p2 = zero_c
+
+        # ---- FFN1 of band it-2 (zero outside the bands), pushed through FFN2
+        fb = it - 2
+        h1 = tl.dot(y_0, w1_0, input_precision=PREC) + b1[None, :]
+        if HALF >= 1:
+            h1 += tl.dot(y_m1, w1_m1, input_precision=PREC)
+            h1 += tl.dot(y_p1, w1_p1, input_precision=PREC)
+        if HALF >= 2:
+            h1 += tl.dot(y_m2, w1_m2, input_precision=PREC)
+            h1 += tl.dot(y_p2, w1_p2, input_precision=PREC)
+        a1 = tl.where((fb >= 0) & (fb < NF), tl.maximum(h1, 0.0), 0.0)
+        acc_0 += tl.dot(a1, w2_0, input_precision=PREC)
+        if HALF >= 1:
+            acc_p1 += tl.dot(a1, w2_m1, input_precision=PREC)  # band fb+1 reads a1[fb] at j=-1
+            acc_m1 += tl.dot(a1, w2_p1, input_precision=PREC)
+        if HALF >= 2:
+            acc_p2 += tl.dot(a1, w2_m2, input_precision=PREC)
+            acc_m2 += tl.dot(a1, w2_p2, input_precision=PREC)
+
+        # ---- band it-4 is complete: residual, LayerNorm2, T-Attention multiply
+        o = it - 4
+        if o >= 0:
+            n2, rstd2 = _layer_norm(y_m2 + acc_m2 + b2[None, :], cmask, C, eps)
+            y2 = n2 * g2[None, :] + bn2[None, :]
+            omask = tmask[:, None] & cmask[None, :]
+            if HAS_WT:
+                wv = tl.load(wt_ptr + b * w_sb + o * w_sf + tt * w_st, mask=tmask, other=0.0)
+                scale = 1.0 + wv.to(tl.float32)
+            o_off = b * o_sb + tt[:, None] * o_st + o * o_sf + cc[None, :] * o_sc
+            if GRAD:
+                dout = tl.load(gout_ptr + o_off, mask=omask, other=0.0).to(tl.float32)
+                if HAS_WT:
+                    dwt = tl.sum(dout * y2, axis=1)
+                    tl.store(
+                        dwt_ptr + b * dw_sb + o * dw_sf + tt * dw_st,
+                        dwt.to(dwt_ptr.dtype.element_ty), mask=tmask,
+                    )  # fmt: skip
+                    dout = dout * scale[:, None]
+                acc_g2 += tl.sum(dout * n2, axis=0)
+                acc_bn2 += tl.sum(dout, axis=0)
+                df2 = _layer_norm_bwd(dout, n2, rstd2, g2, cmask, C)
+                s_off = ((b * NF + o) * n_t + tt[:, None]) * C + cc[None, :]
+                tl.store(y1_ptr + s_off, y_m2, mask=omask)
+                tl.store(df2_ptr + s_off, df2, mask=omask)
+            else:
+                if HAS_WT:
+                    y2 = y2 * scale[:, None]
+                tl.store(out_ptr + o_off, y2.to(out_ptr.dtype.element_ty), mask=omask)
+
+    if GRAD:
+        part = part_ptr + pid * total
+        tl.store(part + 5 * C + cc, acc_g2, mask=cmask)  # norm2_weight
+        tl.store(part + 6 * C + cc, acc_bn2, mask=cmask)  # norm2_bias
