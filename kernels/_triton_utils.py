@@ -16,6 +16,7 @@ import torch
 from torch.library import wrap_triton
 from triton.runtime.interpreter import InterpretedFunction
 
+from . import dispatch
 from .dispatch import get_backend
 
 MAX_OFFSET = 2**31 - 1
@@ -30,10 +31,12 @@ def recording(recorder: Callable) -> Iterator[None]:
     device, and let CPU tensors take the ops' Triton branch (see the module docstring)."""
     global _recorder
     previous, _recorder = _recorder, recorder
+    was, dispatch.recording_launches = dispatch.recording_launches, True
     try:
         yield
     finally:
         _recorder = previous
+        dispatch.recording_launches = was
 
 
 def launch(kernel, grid: tuple[int, ...], *args, **kwargs) -> None:

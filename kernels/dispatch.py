@@ -52,6 +52,11 @@ def use_backend(name: str) -> Iterator[None]:
         set_backend(previous)
 
 
+# set while benchmarks.resources records launches (see _triton_utils.recording): CPU tensors
+# may then take the Triton implementations, which compile but never run
+recording_launches = False
+
+
 def interpreter_enabled() -> bool:
     return os.environ.get(ENV_INTERPRET, "0") not in ("", "0")
 
@@ -71,7 +76,7 @@ def select(op: str, tensor: torch.Tensor, torch_impl: Callable, triton_impl: Cal
             f"{ENV_BACKEND}=triton, but op atfnn::{op} has no Triton implementation yet; "
             f"use {ENV_BACKEND}=auto or torch"
         )
-    if not tensor.is_cuda and not interpreter_enabled():
+    if not tensor.is_cuda and not interpreter_enabled() and not recording_launches:
         raise RuntimeError(
             f"{ENV_BACKEND}=triton with a {tensor.device.type} tensor needs "
             f"{ENV_INTERPRET}=1 (set before importing atfnn_fast) to run atfnn::{op} "

@@ -36,9 +36,12 @@ import triton.language as tl
 
 from .fenc_common import (
     _band_softmax,
+    _band_tile,
     _channel_vec,
     _frame_range,
+    _head_col,
     _head_params,
+    _head_row,
     _layer_norm,
     _layer_norm_bwd,
     _offsets,
@@ -46,14 +49,6 @@ from .fenc_common import (
     _w1_tile,
     _w2_tile,
 )
-
-
-@triton.jit
-def _band_tile(ptr, b, band, NF: tl.constexpr, n_t, tt, tmask, cc, C: tl.constexpr):
-    """[BT, CK] tile of a (B, F, T, C) float32 scratch at ``band`` (zero outside)."""
-    ok = (band >= 0) & (band < NF)
-    off = ((b * NF + band) * n_t + tt[:, None]) * C + cc[None, :]
-    return tl.load(ptr + off, mask=ok & tmask[:, None] & (cc < C)[None, :], other=0.0)
 
 
 @triton.jit
@@ -84,6 +79,7 @@ def _fenc_bwd_ffn_kernel(
     n_t, n_tb, total,
     NF: tl.constexpr, C: tl.constexpr, H: tl.constexpr, K: tl.constexpr, P: tl.constexpr,
     CK: tl.constexpr, PK: tl.constexpr, BT: tl.constexpr, PREC: tl.constexpr,
+    DY1: tl.constexpr, WGRAD: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
     b = pid // n_tb
@@ -98,15 +94,12 @@ def _fenc_bwd_ffn_kernel(
     zero_w1 = tl.zeros([CK, PK], dtype=tl.float32)
     zero_w2 = tl.zeros([PK, CK], dtype=tl.float32)
     w1_0 = _w1_tile(prm_ptr, 0, C, H, K, P, CK, PK, False)
-    w1t_0 = _w1_tile(prm_ptr, 0, C, H, K, P, CK, PK, True)
     w2t_0 = _w2_tile(prm_ptr, 0, C, H, K, P, CK, PK, True)
     dw1_0 = zero_w1
     dw2_0 = zero_w2
     if HALF >= 1:
         w1_m1 = _w1_tile(prm_ptr, -1, C, H, K, P, CK, PK, False)
         w1_p1 = _w1_tile(prm_ptr, 1, C, H, K, P, CK, PK, False)
-        w1t_m1 = _w1_tile(prm_ptr, -1, C, H, K, P, CK, PK, True)
-        w1t_p1 = _w1_tile(prm_ptr, 1, C, H, K, P, CK, PK, True)
         w2t_m1 = _w2_tile(prm_ptr, -1, C, H, K, P, CK, PK, True)
         w2t_p1 = _w2_tile(prm_ptr, 1, C, H, K, P, CK, PK, True)
         dw1_m1 = zero_w1
@@ -116,8 +109,6 @@ def _fenc_bwd_ffn_kernel(
     if HALF >= 2:
         w1_m2 = _w1_tile(prm_ptr, -2, C, H, K, P, CK, PK, False)
         w1_p2 = _w1_tile(prm_ptr, 2, C, H, K, P, CK, PK, False)
-        w1t_m2 = _w1_tile(prm_ptr, -2, C, H, K, P, CK, PK, True)
-        w1t_p2 = _w1_tile(prm_ptr, 2, C, H, K, P, CK, PK, True)
         w2t_m2 = _w2_tile(prm_ptr, -2, C, H, K, P, CK, PK, True)
         w2t_p2 = _w2_tile(prm_ptr, 2, C, H, K, P, CK, PK, True)
         dw1_m2 = zero_w1
@@ -162,28 +153,32 @@ def _fenc_bwd_ffn_kernel(
         dh1 = tl.where(live & (h1 > 0), da1, 0.0)
         acc_b1 += tl.sum(dh1, axis=0)
         acc_b2 += tl.sum(g_0, axis=0)
-        a1t = tl.trans(a1)
-        dw1_0 += tl.dot(tl.trans(y_0), dh1, input_precision=PREC)
-        dw2_0 += tl.dot(a1t, g_0, input_precision=PREC)
-        d_0 += tl.dot(dh1, w1t_0, input_precision=PREC)
-        if HALF >= 1:
-            dw1_m1 += tl.dot(tl.trans(y_m1), dh1, input_precision=PREC)
-            dw1_p1 += tl.dot(tl.trans(y_p1), dh1, input_precision=PREC)
-            dw2_m1 += tl.dot(a1t, g_m1, input_precision=PREC)
-            dw2_p1 += tl.dot(a1t, g_p1, input_precision=PREC)
-            d_m1 += tl.dot(dh1, w1t_m1, input_precision=PREC)
-            d_p1 += tl.dot(dh1, w1t_p1, input_precision=PREC)
-        if HALF >= 2:
-            dw1_m2 += tl.dot(tl.trans(y_m2), dh1, input_precision=PREC)
-            dw1_p2 += tl.dot(tl.trans(y_p2), dh1, input_precision=PREC)
-            dw2_m2 += tl.dot(a1t, g_m2, input_precision=PREC)
-            dw2_p2 += tl.dot(a1t, g_p2, input_precision=PREC)
-            d_m2 += tl.dot(dh1, w1t_m2, input_precision=PREC)
-            d_p2 += tl.dot(dh1, w1t_p2, input_precision=PREC)
+        if WGRAD:
+            a1t = tl.trans(a1)
+            dw1_0 += tl.dot(tl.trans(y_0), dh1, input_precision=PREC)
+            dw2_0 += tl.dot(a1t, g_0, input_precision=PREC)
+            if HALF >= 1:
+                dw1_m1 += tl.dot(tl.trans(y_m1), dh1, input_precision=PREC)
+                dw1_p1 += tl.dot(tl.trans(y_p1), dh1, input_precision=PREC)
+                dw2_m1 += tl.dot(a1t, g_m1, input_precision=PREC)
+                dw2_p1 += tl.dot(a1t, g_p1, input_precision=PREC)
+            if HALF >= 2:
+                dw1_m2 += tl.dot(tl.trans(y_m2), dh1, input_precision=PREC)
+                dw1_p2 += tl.dot(tl.trans(y_p2), dh1, input_precision=PREC)
+                dw2_m2 += tl.dot(a1t, g_m2, input_precision=PREC)
+                dw2_p2 += tl.dot(a1t, g_p2, input_precision=PREC)
+        if DY1:
+            d_0 += tl.dot(dh1, tl.trans(w1_0), input_precision=PREC)
+            if HALF >= 1:
+                d_m1 += tl.dot(dh1, tl.trans(w1_m1), input_precision=PREC)
+                d_p1 += tl.dot(dh1, tl.trans(w1_p1), input_precision=PREC)
+            if HALF >= 2:
+                d_m2 += tl.dot(dh1, tl.trans(w1_m2), input_precision=PREC)
+                d_p2 += tl.dot(dh1, tl.trans(w1_p2), input_precision=PREC)
 
         # band f-2 has all its contributions: d y1 = d r2 (residual) + the FFN1 path
         o = f - 2
-        if o >= 0:
+        if (o >= 0) and DY1:
             dy1 = d_m2 + _band_tile(df2_ptr, b, o, NF, n_t, tt, tmask, cc, C)
             off = ((b * NF + o) * n_t + tt[:, None]) * C + cc[None, :]
             tl.store(dy1_ptr + off, dy1, mask=tmask[:, None] & cmask[None, :])
@@ -194,20 +189,22 @@ def _fenc_bwd_ffn_kernel(
         d_p2 = zero_c
 
     part = part_ptr + pid * total
-    tl.store(part + o_b1 + pp, acc_b1, mask=pp < P)
-    tl.store(part + 4 * C + cc, acc_b2, mask=cmask)  # ffn2_bias
-    _store_w_grad(part, dw1_0, 0, 1, C, H, K, P, CK, PK)
-    _store_w_grad(part, dw2_0, 0, 2, C, H, K, P, CK, PK)
-    if HALF >= 1:
-        _store_w_grad(part, dw1_m1, -1, 1, C, H, K, P, CK, PK)
-        _store_w_grad(part, dw1_p1, 1, 1, C, H, K, P, CK, PK)
-        _store_w_grad(part, dw2_m1, -1, 2, C, H, K, P, CK, PK)
-        _store_w_grad(part, dw2_p1, 1, 2, C, H, K, P, CK, PK)
-    if HALF >= 2:
-        _store_w_grad(part, dw1_m2, -2, 1, C, H, K, P, CK, PK)
-        _store_w_grad(part, dw1_p2, 2, 1, C, H, K, P, CK, PK)
-        _store_w_grad(part, dw2_m2, -2, 2, C, H, K, P, CK, PK)
-        _store_w_grad(part, dw2_p2, 2, 2, C, H, K, P, CK, PK)
+    if DY1:
+        tl.store(part + o_b1 + pp, acc_b1, mask=pp < P)
+        tl.store(part + 4 * C + cc, acc_b2, mask=cmask)  # ffn2_bias
+    if WGRAD:
+        _store_w_grad(part, dw1_0, 0, 1, C, H, K, P, CK, PK)
+        _store_w_grad(part, dw2_0, 0, 2, C, H, K, P, CK, PK)
+        if HALF >= 1:
+            _store_w_grad(part, dw1_m1, -1, 1, C, H, K, P, CK, PK)
+            _store_w_grad(part, dw1_p1, 1, 1, C, H, K, P, CK, PK)
+            _store_w_grad(part, dw2_m1, -1, 2, C, H, K, P, CK, PK)
+            _store_w_grad(part, dw2_p1, 1, 2, C, H, K, P, CK, PK)
+        if HALF >= 2:
+            _store_w_grad(part, dw1_m2, -2, 1, C, H, K, P, CK, PK)
+            _store_w_grad(part, dw1_p2, 2, 1, C, H, K, P, CK, PK)
+            _store_w_grad(part, dw2_m2, -2, 2, C, H, K, P, CK, PK)
+            _store_w_grad(part, dw2_p2, 2, 2, C, H, K, P, CK, PK)
 
 
 @triton.jit
@@ -249,7 +246,7 @@ def _fenc_bwd_norm1_kernel(
         s, _, den, m, var = _band_softmax(
             x_ptr, row_off, tmask, NF, x_sf, xf, xmax, xmin, a, bh, BT, HP, GB, True
         )
-        n1, rstd1 = _layer_norm(_token(xf, m, wl, eb, u), cmask, C, eps)
+        n1, rstd1 = _layer_norm(_token(xf, m, wl, eb, u, H, HP), cmask, C, eps)
         off = ((b * NF + f) * n_t + tt[:, None]) * C + cc[None, :]
         dy1 = tl.load(dy1_ptr + off, mask=tmask[:, None] & cmask[None, :], other=0.0)
         acc_g1 += tl.sum(dy1 * n1, axis=0)
@@ -257,8 +254,13 @@ def _fenc_bwd_norm1_kernel(
         dr = _layer_norm_bwd(dy1, n1, rstd1, g1, cmask, C)
         acc_wl += tl.sum(dr * xf[:, None], axis=0)
         acc_e += tl.sum(dr, axis=0)
-        acc_u += tl.sum(m[:, :, None] * dr[:, None, :], axis=0)
-        dm = tl.sum(dr[:, None, :] * u[None, :, :], axis=2)  # [BT, HP]
+        dm = tl.zeros([BT, HP], dtype=tl.float32)
+        for h in tl.static_range(H):
+            u_h = _head_row(u, h, HP)
+            acc_u += tl.where(
+                hh[:, None] == h, tl.sum(_head_col(m, h, HP)[:, None] * dr, axis=0)[None, :], 0.0
+            )
+            dm += tl.where(hh[None, :] == h, tl.sum(dr * u_h[None, :], axis=1)[:, None], 0.0)
         ds = dm * var
         acc_a += tl.sum(ds * xf[:, None], axis=0)
         acc_bh += tl.sum(ds, axis=0)
@@ -311,9 +313,9 @@ def _fenc_bwd_softmax_kernel(
             f = f0 + tl.arange(0, GB)
             fmask = f < NF
             lmask = tmask[:, None] & fmask[None, :]
-            xf = tl.load(
-                x_ptr + row_off[:, None] + f[None, :] * x_sf, mask=lmask, other=0.0
-            ).to(tl.float32)
+            xf = tl.load(x_ptr + row_off[:, None] + f[None, :] * x_sf, mask=lmask, other=0.0).to(
+                tl.float32
+            )
             s = xf[:, None, :] * a[None, :, None] + bh[None, :, None]  # [BT, HP, GB]
             xref = tl.where(s >= 0, xmax[:, None, None], xmin[:, None, None])
             e = tl.exp(s * (xg[:, None, None] - xref))  # exp(s_f x_g - M_f)

@@ -145,6 +145,14 @@ def _w2_tile(
 
 
 @triton.jit
+def _band_tile(ptr, b, band, NF: tl.constexpr, n_t, tt, tmask, cc, C: tl.constexpr):
+    """[BT, CK] tile of a (B, F, T, C) float32 scratch at ``band`` (zero outside)."""
+    ok = (band >= 0) & (band < NF)
+    off = ((b * NF + band) * n_t + tt[:, None]) * C + cc[None, :]
+    return tl.load(ptr + off, mask=ok & tmask[:, None] & (cc < C)[None, :], other=0.0)
+
+
+@triton.jit
 def _frame_range(x_ptr, row_off, tmask, NF: tl.constexpr, x_sf, BT: tl.constexpr, GB: tl.constexpr):
     """Per frame, the largest and smallest band value ([BT] each): with them the softmax
     row maximum of every band is known without a pass (freq_encoder_math)."""
@@ -177,7 +185,6 @@ def _band_softmax(
     probability mass concentrates on, so the shifted sums do not cancel); else 0."""
     s = xf[:, None] * a[None, :] + bh[None, :]
     xref = tl.where(s >= 0, xmax[:, None], xmin[:, None])
-    mx = s * xref
     den = tl.zeros([BT, HP], dtype=tl.float32)
     num = tl.zeros([BT, HP], dtype=tl.float32)
     sq = tl.zeros([BT, HP], dtype=tl.float32)
@@ -204,9 +211,25 @@ def _band_softmax(
 
 
 @triton.jit
-def _token(xf, m, wl, eb, u):
+def _head_col(t, h: tl.constexpr, HP: tl.constexpr):
+    """Column ``h`` of a [BT, HP] tile as [BT] (a select and an in-thread sum; an explicit
+    loop keeps the compiler from turning the head contractions into a tf32 tl.dot)."""
+    return tl.sum(tl.where(tl.arange(0, HP)[None, :] == h, t, 0.0), axis=1)
+
+
+@triton.jit
+def _head_row(u, h: tl.constexpr, HP: tl.constexpr):
+    """Row ``h`` of a [HP, CK] tile as [CK]."""
+    return tl.sum(tl.where(tl.arange(0, HP)[:, None] == h, u, 0.0), axis=0)
+
+
+@triton.jit
+def _token(xf, m, wl, eb, u, H: tl.constexpr, HP: tl.constexpr):
     """Pre-norm token ``r = x w + sum_h m_h U_h + e`` [BT, CK]."""
-    return xf[:, None] * wl[None, :] + eb[None, :] + tl.sum(m[:, :, None] * u[None, :, :], axis=1)
+    r = xf[:, None] * wl[None, :] + eb[None, :]
+    for h in tl.static_range(H):
+        r += _head_col(m, h, HP)[:, None] * _head_row(u, h, HP)[None, :]
+    return r
 
 
 @triton.jit

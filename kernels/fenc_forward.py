@@ -29,6 +29,7 @@ import triton.language as tl
 
 from .fenc_common import (
     _band_softmax,
+    _band_tile,
     _channel_vec,
     _frame_range,
     _head_params,
@@ -44,7 +45,8 @@ from .fenc_common import (
 @triton.jit
 def _band_y1(
     x_ptr, row_off, tmask, cmask, band, NF: tl.constexpr, x_sf, xmax, xmin, a, bh, u, wl, eb, g1, bn1,
-    eps, C: tl.constexpr, BT: tl.constexpr, HP: tl.constexpr, GB: tl.constexpr,
+    eps, C: tl.constexpr, H: tl.constexpr, BT: tl.constexpr, HP: tl.constexpr,
+    GB: tl.constexpr,
 ):  # fmt: skip
     """``y1`` (after attention and LayerNorm1) of ``band`` as [BT, CK]; zero outside the
     bands (the FFN's zero padding)."""
@@ -54,27 +56,58 @@ def _band_y1(
     _, _, _, m, _ = _band_softmax(
         x_ptr, row_off, tmask, NF, x_sf, xf, xmax, xmin, a, bh, BT, HP, GB, False
     )
-    n1, _ = _layer_norm(_token(xf, m, wl, eb, u), cmask, C, eps)
+    n1, _ = _layer_norm(_token(xf, m, wl, eb, u, H, HP), cmask, C, eps)
     y1 = n1 * g1[None, :] + bn1[None, :]
     return tl.where(cmask[None, :] & inside, y1, 0.0)
 
 
 @triton.jit
-def _fenc_sweep_kernel(
+def _fenc_norm1_kernel(
     x_ptr,  # x' (B, 1, F, T), any strides
+    prm_ptr,  # packed derived parameters, float32 (fenc_common.param_layout)
+    y1_ptr,  # out: (B, F, T, C) float32, contiguous: y1 of every band
+    n_t, n_tb, eps,
+    x_sb, x_sf, x_st,
+    NF: tl.constexpr, C: tl.constexpr, H: tl.constexpr, K: tl.constexpr, P: tl.constexpr,
+    CK: tl.constexpr, HP: tl.constexpr, BT: tl.constexpr, GB: tl.constexpr,
+):  # fmt: skip
+    pid = tl.program_id(0)
+    b = pid // n_tb
+    tt = (pid % n_tb) * BT + tl.arange(0, BT)
+    tmask = tt < n_t
+    cc = tl.arange(0, CK)
+    cmask = cc < C
+    row_off = b * x_sb + tt * x_st  # x element (b, 0, band, t) = row_off + band * x_sf
+    wl = _channel_vec(prm_ptr, 0, C, CK)
+    eb = _channel_vec(prm_ptr, 1, C, CK)
+    g1 = _channel_vec(prm_ptr, 2, C, CK)
+    bn1 = _channel_vec(prm_ptr, 3, C, CK)
+    a, bh, u = _head_params(prm_ptr, C, H, K, P, CK, HP)
+    xmax, xmin = _frame_range(x_ptr, row_off, tmask, NF, x_sf, BT, GB)
+    for f in range(0, NF):
+        y1 = _band_y1(
+            x_ptr, row_off, tmask, cmask, f, NF, x_sf, xmax, xmin, a, bh, u, wl, eb, g1,
+            bn1, eps, C, H, BT, HP, GB,
+        )  # fmt: skip
+        off = ((b * NF + f) * n_t + tt[:, None]) * C + cc[None, :]
+        tl.store(y1_ptr + off, y1, mask=tmask[:, None] & cmask[None, :])
+
+
+@triton.jit
+def _fenc_ffn_kernel(
+    y1_ptr,  # (B, F, T, C) float32, contiguous: y1 (from _fenc_norm1_kernel)
     wt_ptr,  # T-Attention weights (B, F, T) if HAS_WT (else a stand-in, never read)
     prm_ptr,  # packed derived parameters, float32 (fenc_common.param_layout)
     out_ptr,  # forward: the output (B, T, F, C), any strides (the LSTM input)
     gout_ptr,  # GRAD: d out (B, T, F, C), any strides
     dwt_ptr,  # GRAD and HAS_WT: d w_t (B, F, T), any strides
-    y1_ptr,  # GRAD: scratch (B, F, T, C) float32, contiguous: y1 of every band
-    df2_ptr,  # GRAD: scratch (B, F, T, C) float32, contiguous: d (FFN2 output)
+    df2_ptr,  # GRAD: out: (B, F, T, C) float32, contiguous: d (FFN2 output)
     part_ptr,  # GRAD: per-program gradient partials (programs, packed size) float32
-    n_t, n_tb, eps, total,
-    x_sb, x_sf, x_st, w_sb, w_sf, w_st, o_sb, o_st, o_sf, o_sc, dw_sb, dw_sf, dw_st,
+    n_t, n_tb, eps, total, n_zero,
+    w_sb, w_sf, w_st, o_sb, o_st, o_sf, o_sc, dw_sb, dw_sf, dw_st,
     NF: tl.constexpr, C: tl.constexpr, H: tl.constexpr, K: tl.constexpr, P: tl.constexpr,
-    CK: tl.constexpr, PK: tl.constexpr, HP: tl.constexpr, BT: tl.constexpr,
-    GB: tl.constexpr, HAS_WT: tl.constexpr, GRAD: tl.constexpr, PREC: tl.constexpr,
+    CK: tl.constexpr, PK: tl.constexpr, BT: tl.constexpr, HAS_WT: tl.constexpr,
+    GRAD: tl.constexpr, PREC: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
     b = pid // n_tb
@@ -83,40 +116,15 @@ def _fenc_sweep_kernel(
     cc = tl.arange(0, CK)
     cmask = cc < C
     pp = tl.arange(0, PK)
-    row_off = b * x_sb + tt * x_st  # x element (b, 0, band, t) = row_off + band * x_sf
-
-    wl = _channel_vec(prm_ptr, 0, C, CK)
-    eb = _channel_vec(prm_ptr, 1, C, CK)
-    g1 = _channel_vec(prm_ptr, 2, C, CK)
-    bn1 = _channel_vec(prm_ptr, 3, C, CK)
+    omask = tmask[:, None] & cmask[None, :]
     b2 = _channel_vec(prm_ptr, 4, C, CK)
     g2 = _channel_vec(prm_ptr, 5, C, CK)
     bn2 = _channel_vec(prm_ptr, 6, C, CK)
-    a, bh, u = _head_params(prm_ptr, C, H, K, P, CK, HP)
     _, _, _, o_b1, _, _ = _offsets(C, H, K, P)
     b1 = tl.load(prm_ptr + o_b1 + pp, mask=pp < P, other=0.0)
     HALF: tl.constexpr = K // 2
-    w1_0 = _w1_tile(prm_ptr, 0, C, H, K, P, CK, PK, False)
-    w2_0 = _w2_tile(prm_ptr, 0, C, H, K, P, CK, PK, False)
-    if HALF >= 1:
-        w1_m1 = _w1_tile(prm_ptr, -1, C, H, K, P, CK, PK, False)
-        w1_p1 = _w1_tile(prm_ptr, 1, C, H, K, P, CK, PK, False)
-        w2_m1 = _w2_tile(prm_ptr, -1, C, H, K, P, CK, PK, False)
-        w2_p1 = _w2_tile(prm_ptr, 1, C, H, K, P, CK, PK, False)
-    if HALF >= 2:
-        w1_m2 = _w1_tile(prm_ptr, -2, C, H, K, P, CK, PK, False)
-        w1_p2 = _w1_tile(prm_ptr, 2, C, H, K, P, CK, PK, False)
-        w2_m2 = _w2_tile(prm_ptr, -2, C, H, K, P, CK, PK, False)
-        w2_p2 = _w2_tile(prm_ptr, 2, C, H, K, P, CK, PK, False)
-
-    xmax, xmin = _frame_range(x_ptr, row_off, tmask, NF, x_sf, BT, GB)
     zero_c = tl.zeros([BT, CK], dtype=tl.float32)
-    y_m2 = zero_c  # y1 ring: bands it-4 .. it after the shift of step it
-    y_m1 = zero_c
-    y_0 = zero_c
-    y_p1 = zero_c
-    y_p2 = zero_c
-    acc_m2 = zero_c  # FFN2 output accumulators of bands it-4 .. it
+    acc_m2 = zero_c  # FFN2 output accumulators of bands f-2 .. f+2 during step f
     acc_m1 = zero_c
     acc_0 = zero_c
     acc_p1 = zero_c
@@ -124,47 +132,72 @@ def _fenc_sweep_kernel(
     acc_g2 = tl.zeros([CK], dtype=tl.float32)
     acc_bn2 = tl.zeros([CK], dtype=tl.float32)
 
-    for it in range(0, NF + 4):
-        # ---- attention + LayerNorm1 of band it enters the ring
-        y_new = _band_y1(
-            x_ptr, row_off, tmask, cmask, it, NF, x_sf, xmax, xmin, a, bh, u, wl, eb, g1,
-            bn1, eps, C, BT, HP, GB,
-        )  # fmt: skip
-        y_m2 = y_m1
-        y_m1 = y_0
-        y_0 = y_p1
-        y_p1 = y_p2
-        y_p2 = y_new
-        acc_m2 = acc_m1
-        acc_m1 = acc_0
-        acc_0 = acc_p1
-        acc_p1 = acc_p2
-        acc_p2 = zero_c
-
-        # ---- FFN1 of band it-2 (zero outside the bands), pushed through FFN2
-        fb = it - 2
-        h1 = tl.dot(y_0, w1_0, input_precision=PREC) + b1[None, :]
+    for f in range(0, NF + 2):
+        # ---- FFN1 of band f from the y1 tiles of f-2 .. f+2 (zero outside the bands)
+        y_0 = _band_tile(y1_ptr, b, f, NF, n_t, tt, tmask, cc, C)
+        h1 = tl.dot(
+            y_0, _w1_tile(prm_ptr + f * n_zero, 0, C, H, K, P, CK, PK, False), input_precision=PREC
+        )
         if HALF >= 1:
-            h1 += tl.dot(y_m1, w1_m1, input_precision=PREC)
-            h1 += tl.dot(y_p1, w1_p1, input_precision=PREC)
+            y_m1 = _band_tile(y1_ptr, b, f - 1, NF, n_t, tt, tmask, cc, C)
+            h1 += tl.dot(
+                y_m1,
+                _w1_tile(prm_ptr + f * n_zero, -1, C, H, K, P, CK, PK, False),
+                input_precision=PREC,
+            )
+            y_p1 = _band_tile(y1_ptr, b, f + 1, NF, n_t, tt, tmask, cc, C)
+            h1 += tl.dot(
+                y_p1,
+                _w1_tile(prm_ptr + f * n_zero, 1, C, H, K, P, CK, PK, False),
+                input_precision=PREC,
+            )
         if HALF >= 2:
-            h1 += tl.dot(y_m2, w1_m2, input_precision=PREC)
-            h1 += tl.dot(y_p2, w1_p2, input_precision=PREC)
-        a1 = tl.where((fb >= 0) & (fb < NF), tl.maximum(h1, 0.0), 0.0)
-        acc_0 += tl.dot(a1, w2_0, input_precision=PREC)
+            y_m2 = _band_tile(y1_ptr, b, f - 2, NF, n_t, tt, tmask, cc, C)
+            h1 += tl.dot(
+                y_m2,
+                _w1_tile(prm_ptr + f * n_zero, -2, C, H, K, P, CK, PK, False),
+                input_precision=PREC,
+            )
+            y_p2 = _band_tile(y1_ptr, b, f + 2, NF, n_t, tt, tmask, cc, C)
+            h1 += tl.dot(
+                y_p2,
+                _w1_tile(prm_ptr + f * n_zero, 2, C, H, K, P, CK, PK, False),
+                input_precision=PREC,
+            )
+        a1 = tl.where(f < NF, tl.maximum(h1 + b1[None, :], 0.0), 0.0)
+        # ---- pushed through FFN2: a1[f] reaches the output of band f-j with weights W2_j
+        acc_0 += tl.dot(
+            a1, _w2_tile(prm_ptr + f * n_zero, 0, C, H, K, P, CK, PK, False), input_precision=PREC
+        )
         if HALF >= 1:
-            acc_p1 += tl.dot(a1, w2_m1, input_precision=PREC)  # band fb+1 reads a1[fb] at j=-1
-            acc_m1 += tl.dot(a1, w2_p1, input_precision=PREC)
+            acc_p1 += tl.dot(
+                a1,
+                _w2_tile(prm_ptr + f * n_zero, -1, C, H, K, P, CK, PK, False),
+                input_precision=PREC,
+            )
+            acc_m1 += tl.dot(
+                a1,
+                _w2_tile(prm_ptr + f * n_zero, 1, C, H, K, P, CK, PK, False),
+                input_precision=PREC,
+            )
         if HALF >= 2:
-            acc_p2 += tl.dot(a1, w2_m2, input_precision=PREC)
-            acc_m2 += tl.dot(a1, w2_p2, input_precision=PREC)
+            acc_p2 += tl.dot(
+                a1,
+                _w2_tile(prm_ptr + f * n_zero, -2, C, H, K, P, CK, PK, False),
+                input_precision=PREC,
+            )
+            acc_m2 += tl.dot(
+                a1,
+                _w2_tile(prm_ptr + f * n_zero, 2, C, H, K, P, CK, PK, False),
+                input_precision=PREC,
+            )
 
-        # ---- band it-4 is complete: residual, LayerNorm2, T-Attention multiply
-        o = it - 4
+        # ---- band f-2 is complete: residual, LayerNorm2, T-Attention multiply
+        o = f - 2
         if o >= 0:
-            n2, rstd2 = _layer_norm(y_m2 + acc_m2 + b2[None, :], cmask, C, eps)
+            y_res = _band_tile(y1_ptr, b, o, NF, n_t, tt, tmask, cc, C)
+            n2, rstd2 = _layer_norm(y_res + acc_m2 + b2[None, :], cmask, C, eps)
             y2 = n2 * g2[None, :] + bn2[None, :]
-            omask = tmask[:, None] & cmask[None, :]
             if HAS_WT:
                 wv = tl.load(wt_ptr + b * w_sb + o * w_sf + tt * w_st, mask=tmask, other=0.0)
                 scale = 1.0 + wv.to(tl.float32)
@@ -182,12 +215,16 @@ def _fenc_sweep_kernel(
                 acc_bn2 += tl.sum(dout, axis=0)
                 df2 = _layer_norm_bwd(dout, n2, rstd2, g2, cmask, C)
                 s_off = ((b * NF + o) * n_t + tt[:, None]) * C + cc[None, :]
-                tl.store(y1_ptr + s_off, y_m2, mask=omask)
                 tl.store(df2_ptr + s_off, df2, mask=omask)
             else:
                 if HAS_WT:
                     y2 = y2 * scale[:, None]
                 tl.store(out_ptr + o_off, y2.to(out_ptr.dtype.element_ty), mask=omask)
+        acc_m2 = acc_m1
+        acc_m1 = acc_0
+        acc_0 = acc_p1
+        acc_p1 = acc_p2
+        acc_p2 = zero_c
 
     if GRAD:
         part = part_ptr + pid * total

@@ -46,15 +46,8 @@ from .fenc_backward import (
     _fenc_bwd_norm1_kernel,
     _fenc_bwd_softmax_kernel,
 )
-from .fenc_forward import _fenc_sweep_kernel
+from .fenc_forward import _fenc_ffn_kernel, _fenc_norm1_kernel
 from .tuning import freq_encoder_settings
-
-KERNELS = (
-    _fenc_sweep_kernel,
-    _fenc_bwd_ffn_kernel,
-    _fenc_bwd_norm1_kernel,
-    _fenc_bwd_softmax_kernel,
-)
 
 
 def _p2(n: int, floor: int = 16) -> int:
@@ -67,14 +60,36 @@ def _launch_consts(x: torch.Tensor, dim: list[int]):
     s = freq_encoder_settings(x.shape[2], c, p)
     consts = dict(
         NF=x.shape[2], C=c, H=h, K=k, P=p, CK=_p2(c), HP=max(2, triton.next_power_of_2(h)),
-        BT=s.block_t,
     )  # fmt: skip
-    n_tb = triton.cdiv(x.shape[3], s.block_t)
-    return s, consts, n_tb
+    return s, consts
+
+
+def _grid(x: torch.Tensor, kl) -> tuple[tuple[int], int, dict]:
+    """Grid, blocks per utterance and launch kwargs of one kernel's KernelLaunch."""
+    n_tb = triton.cdiv(x.shape[3], kl.block_t)
+    return (x.shape[0] * n_tb,), n_tb, dict(BT=kl.block_t, num_warps=kl.num_warps)
 
 
 def _precision(x: torch.Tensor) -> str:
-    return "ieee" if x.dtype in (torch.float32, torch.float64) else "tf32"
+    """All dots run in float32 ("ieee"): the inputs are converted to float32 anyway, and
+    tf32 operands cost more registers in these small-K dots than they save."""
+    return "ieee"
+
+
+def _no_hp(consts: dict) -> dict:
+    return {k: v for k, v in consts.items() if k != "HP"}
+
+
+def _norm1(x, prm, eps, s, consts) -> torch.Tensor:
+    """Attention + LayerNorm1 of every band: y1 as (B, F, T, C) float32."""
+    b, _, f, t = x.shape
+    y1 = torch.empty((b, f, t, consts["C"]), dtype=torch.float32, device=x.device)
+    grid, n_tb, kw = _grid(x, s.norm1)
+    launch(
+        _fenc_norm1_kernel, grid,
+        x, prm, y1, t, n_tb, eps, *_xs(x), GB=s.band_chunk, **kw, **consts,
+    )  # fmt: skip
+    return y1
 
 
 def supports(dim: list[int] | tuple[int, ...]) -> str | None:
@@ -125,19 +140,20 @@ def freq_encoder_op(
     ``params``: the packed derived parameters (:func:`.fenc_common.pack`); ``dim``:
     ``(C, H, K, P)``."""
     _check(x, time_weights, params, dim)
-    if plain_torch(x, _fenc_sweep_kernel):
+    if plain_torch(x, _fenc_norm1_kernel):
         return fm.forward(x, time_weights, fc.unpack(params, *dim), eps)
-    s, consts, n_tb = _launch_consts(x, dim)
+    s, consts = _launch_consts(x, dim)
     b, _, f, t = x.shape
     out = torch.empty((b, t, f, dim[0]), dtype=x.dtype, device=x.device)
     wt = time_weights if time_weights is not None else x  # stand-in, never read
     prm = params.float().contiguous()
+    y1 = _norm1(x, prm, eps, s, consts)
+    grid, n_tb, kw = _grid(x, s.ffn)
     launch(
-        _fenc_sweep_kernel, (b * n_tb,),
-        x, wt, prm, out, out, out, prm, prm, prm,
-        t, n_tb, eps, 0, *_xs(x), *_xs(wt), *out.stride(), 0, 0, 0,
-        PK=_p2(dim[3]), GB=s.band_chunk, HAS_WT=time_weights is not None, GRAD=False,
-        PREC=_precision(x), num_warps=s.warps_sweep, **consts,
+        _fenc_ffn_kernel, grid,
+        y1, wt, prm, out, out, out, y1, prm, t, n_tb, eps, 0, 0, *_xs(wt), *out.stride(),
+        0, 0, 0, PK=_p2(dim[3]), HAS_WT=time_weights is not None, GRAD=False,
+        PREC=_precision(x), **kw, **_no_hp(consts),
     )  # fmt: skip
     return out
 
@@ -152,15 +168,14 @@ def freq_encoder_backward_op(
     eps: float,
 ) -> list[torch.Tensor]:
     """``[dx, d time_weights (empty without them), d params (packed)]``."""
-    if plain_torch(x, _fenc_sweep_kernel):
+    if plain_torch(x, _fenc_norm1_kernel):
         dx, d_time, grads = fm.backward(grad_out, x, time_weights, fc.unpack(params, *dim), eps)
         if d_time is None:
             d_time = torch.empty(0, dtype=x.dtype, device=x.device)
         return [dx, d_time, fc.pack(grads).to(params.dtype)]
-    s, consts, n_tb = _launch_consts(x, dim)
+    s, consts = _launch_consts(x, dim)
     b, _, f, t = x.shape
     c, hp = dim[0], consts["HP"]
-    n_prog = b * n_tb
     total = fc.packed_size(*dim)
     dev = x.device
     prm = params.float().contiguous()
@@ -172,35 +187,42 @@ def freq_encoder_backward_op(
         else torch.empty(0, dtype=x.dtype, device=dev)
     )
     wt, dwt = (time_weights, d_time) if has_wt else (x, dx)  # stand-ins, never touched
-    y1 = torch.empty((b, f, t, c), dtype=torch.float32, device=dev)
-    df2 = torch.empty_like(y1)
-    dy1 = torch.empty_like(y1)
+    df2 = torch.empty((b, f, t, c), dtype=torch.float32, device=dev)
+    dy1 = torch.empty_like(df2)
     dxd = torch.empty((b, f, t), dtype=torch.float32, device=dev)
     bg = torch.empty((b, f, t, 2, hp), dtype=torch.float32, device=dev)
-    part = torch.zeros((n_prog, total), dtype=torch.float32, device=dev)
-    pk, prec = _p2(dim[3]), _precision(x)
+    # one row of parameter-gradient partials per program of the widest grid; each kernel
+    # writes its own fields of its programs' rows
+    n_rows = max(_grid(x, kl)[0][0] for kl in (s.ffn, s.ffn_bwd_dy1, s.ffn_bwd_wgrad, s.norm1_bwd))
+    part = torch.zeros((n_rows, total), dtype=torch.float32, device=dev)
+    pk, prec, no_hp = _p2(dim[3]), _precision(x), _no_hp(consts)
+
+    y1 = _norm1(x, prm, eps, s, consts)
+    grid, n_tb, kw = _grid(x, s.ffn)
     launch(
-        _fenc_sweep_kernel, (n_prog,),
-        x, wt, prm, grad_out, grad_out, dwt, y1, df2, part,
-        t, n_tb, eps, total, *_xs(x), *_xs(wt), *grad_out.stride(), *_xs(dwt),
-        PK=pk, GB=s.band_chunk, HAS_WT=has_wt, GRAD=True, PREC=prec,
-        num_warps=s.warps_sweep, **consts,
+        _fenc_ffn_kernel, grid,
+        y1, wt, prm, grad_out, grad_out, dwt, df2, part, t, n_tb, eps, total, 0,
+        *_xs(wt), *grad_out.stride(), *_xs(dwt),
+        PK=pk, HAS_WT=has_wt, GRAD=True, PREC=prec, **kw, **no_hp,
     )  # fmt: skip
-    ffn_consts = {k_: v for k_, v in consts.items() if k_ != "HP"}
+    for kl, dy1_part in ((s.ffn_bwd_dy1, True), (s.ffn_bwd_wgrad, False)):
+        grid, n_tb, kw = _grid(x, kl)
+        launch(
+            _fenc_bwd_ffn_kernel, grid,
+            prm, y1, df2, dy1, part, t, n_tb, total,
+            PK=pk, PREC=prec, DY1=dy1_part, WGRAD=not dy1_part, **kw, **no_hp,
+        )  # fmt: skip
+    grid, n_tb, kw = _grid(x, s.norm1_bwd)
     launch(
-        _fenc_bwd_ffn_kernel, (n_prog,),
-        prm, y1, df2, dy1, part, t, n_tb, total,
-        PK=pk, PREC=prec, num_warps=s.warps_ffn_bwd, **ffn_consts,
-    )  # fmt: skip
-    launch(
-        _fenc_bwd_norm1_kernel, (n_prog,),
+        _fenc_bwd_norm1_kernel, grid,
         x, prm, dy1, dxd, bg, part, t, n_tb, eps, total, *_xs(x),
-        GB=s.band_chunk, num_warps=s.warps_norm1_bwd, **consts,
+        GB=s.band_chunk, **kw, **consts,
     )  # fmt: skip
+    grid, n_tb, kw = _grid(x, s.softmax_bwd)
     launch(
-        _fenc_bwd_softmax_kernel, (n_prog,),
+        _fenc_bwd_softmax_kernel, grid,
         x, prm, dxd, bg, dx, t, n_tb, *_xs(x), *_xs(dx),
-        GB=s.band_chunk, num_warps=s.warps_softmax_bwd, **consts,
+        GB=s.band_chunk, **kw, **consts,
     )  # fmt: skip
     return [dx, d_time, part.sum(dim=0).to(params.dtype)]
 

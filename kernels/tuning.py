@@ -24,27 +24,36 @@ WARPS_TARGET = {80: 16, 86: 12, 89: 12, 90: 16}
 
 
 @dataclass(frozen=True)
-class FreqEncoderSettings:
-    """Frames per program (``block_t``, the M dim of every dot), band chunk of the softmax
-    streams (``band_chunk``) and warps of each F-Encoder kernel."""
+class KernelLaunch:
+    """Frames per program (the M dim of every dot) and warps of one kernel."""
 
-    block_t: int = 16
+    block_t: int
+    num_warps: int
+
+
+@dataclass(frozen=True)
+class FreqEncoderSettings:
+    """Launch settings of every F-Encoder kernel, and the band chunk of the softmax
+    streams (``band_chunk``)."""
+
+    norm1: KernelLaunch = KernelLaunch(16, 4)
+    ffn: KernelLaunch = KernelLaunch(64, 16)
+    ffn_bwd_dy1: KernelLaunch = KernelLaunch(16, 16)
+    ffn_bwd_wgrad: KernelLaunch = KernelLaunch(16, 8)
+    norm1_bwd: KernelLaunch = KernelLaunch(16, 8)
+    softmax_bwd: KernelLaunch = KernelLaunch(16, 4)
     band_chunk: int = 16
-    warps_sweep: int = 4
-    warps_ffn_bwd: int = 8
-    warps_norm1_bwd: int = 4
-    warps_softmax_bwd: int = 4
 
 
 def freq_encoder_settings(n_f: int, channels: int, ffn_channels: int) -> FreqEncoderSettings:
     """Launch settings of ``atfnn::freq_encoder`` (forward and backward) for a model size.
 
-    Wide FFN tiles (more than 32 hidden channels or 16 channels) double the register
-    footprint of the weight tiles, so the backward FFN kernel then gets 8 warps' worth of
-    registers per tile row in all kernels that hold weights."""
-    del n_f  # bands are streamed: the tiles do not depend on F
-    wide = ffn_channels > 32 or channels > 16
-    return FreqEncoderSettings(warps_sweep=8 if wide else 4)
+    The FFN kernels hold the operands of 10-15 small dots per band in registers and shared
+    memory; the settings are the ones the resource table shows fitting every arch at the
+    occupancy targets (docs/design.md#kernel-resources): the forward FFN with 64 frames
+    and 16 warps (one 90 KB block per SM), the backward FFN with 16 frames."""
+    del n_f, channels, ffn_channels  # bands are streamed; one setting fits the sizes tested
+    return FreqEncoderSettings()
 
 
 @dataclass(frozen=True)
@@ -57,10 +66,13 @@ class BandAttentionSettings:
 
 def band_attention_settings(kp: int, gwp: int, backward: bool) -> BandAttentionSettings:
     """Windows per program from the widest per-window tile (``kp`` source values, ``gwp``
-    target values, both padded to powers of two): each ``[block, width]`` float32 tile stays
-    at <= 16 registers per thread in the forward and <= 8 in the backward, which holds
-    four such tiles (source, its gradient, target, d out)."""
+    target values, both padded to powers of two).
+
+    Forward: each ``[block, width]`` float32 tile at <= 16 values per thread. Backward (four
+    such tiles live: source, its gradient, target, d out): 64 windows for rows of up to 16
+    values, else 16 windows on 8 warps (T-Attention reading the encoding, 64-wide rows);
+    smaller blocks on 4 warps make ptxas use a stack frame on sm_86/sm_89."""
     widest = max(kp, gwp)
-    per_thread = 8 if backward else 16
-    block = max(16, min(128, triton.next_power_of_2(per_thread * 128 // widest)))
-    return BandAttentionSettings(block=block)
+    if backward:
+        return BandAttentionSettings(64) if widest <= 16 else BandAttentionSettings(16, 8)
+    return BandAttentionSettings(max(16, min(128, triton.next_power_of_2(16 * 128 // widest))))
