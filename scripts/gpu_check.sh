@@ -1,23 +1,25 @@
 #!/usr/bin/env bash
-# Everything a CUDA machine should check, in one call (the device tool's `run`):
-#   bash scripts/gpu_check.sh            # results under $OUT (or ./gpu-out)
-# 1. the whole test suite with the kernels compiled for real (bf16/fp16, opcheck's aot
-#    dispatch, torch.compile without graph breaks, the no-score-tensor memory check),
-# 2. the benchmark suite at all CUDA sizes, recorded as benchmarks/results/<gpu>-<date>.*,
-# 3. where the full forward's time goes (torch.profiler), eager and fused.
-# The machine has torch, triton, pytest, pytest-benchmark, onnx(runtime) and matplotlib but
-# no registry: the checkout runs from PYTHONPATH, nothing is installed. It writes 7 files
-# (the device tool brings back at most 8): tests.log, bench.log, the results .json/.md/.png
-# and profile-{eager,fused}.json.
+# One call on a CUDA machine (the device tool's `run`), about 6 minutes on an H100. Checks, in
+# order, each writing its own file under $OUT (or ./gpu-out) as soon as it finishes:
+#   resources-device.{json,txt}  every kernel the fused front-end launches, compiled and
+#                                launched on this GPU (fp32, bf16, fp16; default and encoding
+#                                configs): registers / shared / local from the cubin, and the
+#                                registers and spills the driver reports, vs the CPU prediction
+#   tests.log                    the kernel and model tests with compiled kernels (fp32 parity,
+#                                bf16/fp16, opcheck's aot dispatch, torch.compile, memory)
+#   timing.json / timing.log     device time per case x provider at B = 128, fp32 and bf16
+#                                (scripts/gpu_timing.py: CUDA events, CUDA-graph variant)
+# The machine has torch, triton and pytest but no package registry: the checkout runs from
+# PYTHONPATH and nothing is installed. Tests that need soundfile or onnx are not run here.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-gpu-out}"
 mkdir -p "$out"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-nvidia-smi
-python -m pytest tests -m "" -q -p no:cacheprovider 2>&1 | tee "$out/tests.log"
-python -m benchmarks.report --out "$out" -- -q -p no:cacheprovider 2>&1 | tee "$out/bench.log"
-for provider in eager fused; do
-    python -m benchmarks.profile --batch 128 --provider "$provider" \
-        --json "$out/profile-$provider.json"
-done
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv
+timeout 80 python -m benchmarks.resources --device --config default encoding \
+    --json "$out/resources-device.json" > "$out/resources-device.txt" 2>&1
+tail -3 "$out/resources-device.txt"
+timeout 120 python -m pytest tests/test_freq_encoder.py tests/test_band_attention.py \
+    tests/test_model.py -x -q -p no:cacheprovider 2>&1 | tee "$out/tests.log" | tail -15
+timeout 150 python scripts/gpu_timing.py --out "$out/timing.json" 2>&1 | tee "$out/timing.log" | cut -c1-220
