@@ -71,7 +71,7 @@ def configs() -> dict:
         "default": ATFNNConfig(),
         "tiny": ATFNNConfig(**PRESETS["tiny"]),
         "encoding": ATFNNConfig(t_attention_source="encoding"),
-        "wide": ATFNNConfig(n_mels=64, f_group=4, channels=16, num_heads=4, ffn_channels=48),
+        "wide": ATFNNConfig(n_mels=64, f_group=4, channels=16, num_heads=4),
     }
 
 
@@ -150,6 +150,26 @@ def cubin_resources(cubin: bytes) -> dict:
     return {k: int(v) for k, v in fields.items()}
 
 
+def row_for(compiled, arch: int, dtype: str, config: str, **extra) -> dict:
+    """The judged resource row of one compiled kernel."""
+    res = cubin_resources(compiled.asm["cubin"])
+    row = dict(
+        kernel=compiled.metadata.name, arch=arch, dtype=dtype, config=config,
+        num_warps=compiled.metadata.num_warps, regs=res["REG"],
+        shared_bytes=compiled.metadata.shared + res.get("SHARED", 0),
+        local_bytes=res.get("LOCAL", 0) + res.get("STACK", 0), **extra,
+    )  # fmt: skip
+    return judge(row) if arch in ARCHS else row
+
+
+def compile_for(arch: int, kernel, grid, *args, **kwargs):
+    """Compile ``kernel[grid](*args, **kwargs)`` for ``arch`` without launching it."""
+    from triton.runtime import driver
+
+    driver.set_active(StandInDriver(arch))
+    return kernel.warmup(*args, grid=grid, **kwargs)
+
+
 def _run_front_end(cfg, dtype, device: str = "cpu", batch: int = 2) -> None:
     """The fused front-end of ATFNN, forward and backward (what training launches)."""
     import torch
@@ -191,17 +211,7 @@ def compile_rows(arch: int, dtype_name: str, config_names: list[str]) -> list[di
             if key in seen:
                 continue
             seen.add(key)
-            res = cubin_resources(compiled.asm["cubin"])
-            rows.append(
-                judge(
-                    dict(
-                        kernel=compiled.metadata.name, arch=arch, dtype=dtype_name, config=name,
-                        num_warps=compiled.metadata.num_warps, regs=res["REG"],
-                        shared_bytes=compiled.metadata.shared + res.get("SHARED", 0),
-                        local_bytes=res.get("LOCAL", 0) + res.get("STACK", 0),
-                    )
-                )
-            )  # fmt: skip
+            rows.append(row_for(compiled, arch, dtype_name, name))
     return rows
 
 
@@ -272,16 +282,12 @@ def device_rows(config_names: list[str], dtypes=DTYPES) -> list[dict]:
             torch.cuda.synchronize()
             for compiled in {c.hash: c for c in launched}.values():
                 compiled._init_handles()
-                res = cubin_resources(compiled.asm["cubin"])
-                row = dict(
-                    kernel=compiled.metadata.name, arch=arch, dtype=dt, config=name,
-                    num_warps=compiled.metadata.num_warps, regs=res["REG"],
-                    shared_bytes=compiled.metadata.shared + res.get("SHARED", 0),
-                    local_bytes=res.get("LOCAL", 0) + res.get("STACK", 0),
-                    launched=True, driver_regs=compiled.n_regs,
-                    driver_spills=compiled.n_spills,
+                rows.append(
+                    row_for(
+                        compiled, arch, dt, name, launched=True,
+                        driver_regs=compiled.n_regs, driver_spills=compiled.n_spills,
+                    )
                 )  # fmt: skip
-                rows.append(judge(row) if arch in ARCHS else row)
     return _dedupe_kernels(rows)
 
 
@@ -300,6 +306,20 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+OP_OF_KERNEL = {"_fenc": "freq_encoder", "_band": "band_attention"}
+
+
+def needs_from_rows(rows: list[dict]) -> dict[str, dict[str, int]]:
+    """Per op and arch, the most shared memory per block any of its kernels uses: the
+    table :mod:`atfnn_fast.kernels.fit` checks devices against."""
+    out: dict[str, dict[str, int]] = {}
+    for r in rows:
+        op = next(v for k, v in OP_OF_KERNEL.items() if r["kernel"].startswith(k))
+        per_arch = out.setdefault(op, {})
+        per_arch[str(r["arch"])] = max(per_arch.get(str(r["arch"]), 0), r["shared_bytes"])
+    return {op: dict(sorted(v.items())) for op, v in sorted(out.items())}
+
+
 def shortfalls(rows: list[dict]) -> list[dict]:
     return [r for r in rows if not r.get("meets_target")]
 
@@ -316,6 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--json", type=Path, help="write the rows here")
     ap.add_argument("--device", action="store_true", help="compile and launch on this GPU")
+    ap.add_argument("--write-needs", action="store_true",
+                    help="write atfnn_fast/kernels/resource_needs.json from the rows")  # fmt: skip
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     names = args.config or list(configs())
@@ -332,6 +354,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(rows, indent=1))
+    if args.write_needs:
+        from atfnn_fast.kernels.fit import NEEDS_FILE
+
+        NEEDS_FILE.write_text(json.dumps(needs_from_rows(rows), indent=1) + "\n")
     print(table(rows))
     short = shortfalls(rows)
     print(f"\n{len(rows)} rows, {len(short)} short of fitting or of the occupancy target")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from collections.abc import Callable, Iterator
 
 import torch
@@ -61,21 +62,54 @@ def interpreter_enabled() -> bool:
     return os.environ.get(ENV_INTERPRET, "0") not in ("", "0")
 
 
-def select(op: str, tensor: torch.Tensor, torch_impl: Callable, triton_impl: Callable | None):
-    """Pick the implementation of ``op`` for a call whose main input is ``tensor``."""
+_warned: set[tuple[str, str]] = set()
+
+
+def select(
+    op: str,
+    tensor: torch.Tensor,
+    torch_impl: Callable,
+    triton_impl: Callable | None,
+    unsupported: str | None = None,
+):
+    """Pick the implementation of ``op`` for a call whose main input is ``tensor``.
+
+    ``unsupported``: why the Triton kernels cannot run this call's sizes (None if they
+    can). On CUDA the device must also fit the kernels (:func:`.fit.problem`): under
+    ``auto`` a call that cannot use Triton takes plain torch with one warning per op and
+    device; under ``triton`` it raises."""
     if torch.onnx.is_in_onnx_export():
         return torch_impl
     backend = _backend
     if backend == "torch":
         return torch_impl
+    if tensor.is_cuda and triton_impl is not None and unsupported is None:
+        from .fit import problem
+
+        unsupported = problem(op, tensor.device)
     if backend == "auto":
-        return triton_impl if (tensor.is_cuda and triton_impl is not None) else torch_impl
+        if not tensor.is_cuda or triton_impl is None:
+            return torch_impl
+        if unsupported is not None:
+            key = (op, str(tensor.device))
+            if key not in _warned:
+                _warned.add(key)
+                warnings.warn(
+                    f"atfnn::{op}: {unsupported}; running the plain-torch implementation "
+                    f"instead (set {ENV_BACKEND}=triton to make this an error)",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+            return torch_impl
+        return triton_impl
     # backend == "triton": asked for explicitly, so never fall back silently.
     if triton_impl is None:
         raise NotImplementedError(
             f"{ENV_BACKEND}=triton, but op atfnn::{op} has no Triton implementation yet; "
             f"use {ENV_BACKEND}=auto or torch"
         )
+    if unsupported is not None and (tensor.is_cuda or interpreter_enabled()):
+        raise RuntimeError(f"{ENV_BACKEND}=triton, but atfnn::{op} cannot run here: {unsupported}")
     if not tensor.is_cuda and not interpreter_enabled() and not recording_launches:
         raise RuntimeError(
             f"{ENV_BACKEND}=triton with a {tensor.device.type} tensor needs "

@@ -48,5 +48,12 @@ def freq_encoder(
 ):
     """The F-Encoder (times ``1 + w_t`` with ``time_weights``); see
     :func:`.torch_ops.freq_encoder` for the contract."""
-    impl = select("freq_encoder", x, torch_ops.freq_encoder, TRITON_IMPLS.get("freq_encoder"))
+    unsupported = None
+    if "freq_encoder" in TRITON_IMPLS:
+        k = params[8].shape[-1]  # ffn1.weight (P, c, k)
+        dims = [params[0].shape[0], num_heads, k, params[8].shape[0]]
+        unsupported = triton_freq_encoder.supports(dims, x.device.type)
+    impl = select(
+        "freq_encoder", x, torch_ops.freq_encoder, TRITON_IMPLS.get("freq_encoder"), unsupported
+    )
     return impl(x, *params, num_heads=num_heads, eps=eps, time_weights=time_weights)

@@ -121,7 +121,7 @@ def _band_bwd_kernel(
     dt_b, dt_i, dt_j, dt_k, dt_c,
     C: tl.constexpr, CIN: tl.constexpr, G: tl.constexpr, W: tl.constexpr,
     KP: tl.constexpr, GWP: tl.constexpr, GP: tl.constexpr, BLOCK: tl.constexpr,
-    HAS_GMAP: tl.constexpr, FUSED_TARGET: tl.constexpr,
+    HAS_GMAP: tl.constexpr, FUSED_TARGET: tl.constexpr, CP: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
     b, i, j, wmask, q, qmask, src, weight = _window_weights(
@@ -153,14 +153,22 @@ def _band_bwd_kernel(
     dtgt = gout + weight[:, None] * gout
 
     dsrc = tl.zeros([BLOCK, KP], dtype=tl.float32)
+    crow = tl.arange(0, CP)
+    acc_w = tl.zeros([CP, KP], dtype=tl.float32)  # this program's d weight partial
+    acc_b = tl.zeros([CP], dtype=tl.float32)
     for c in tl.static_range(C):
         w_row = tl.load(w_ptr + c * CIN * G + q, mask=qmask, other=0.0).to(tl.float32)
         z = tl.sum(src * w_row[None, :], axis=1) + tl.load(b_ptr + c).to(tl.float32)
         a = tl.sigmoid(z)
         dz = dweight * a * (1.0 - a)
         dsrc += dz[:, None] * w_row[None, :]
-        tl.store(dw_part_ptr + (pid * C + c) * KP + q, tl.sum(dz[:, None] * src, axis=0))
-        tl.store(db_part_ptr + pid * C + c, tl.sum(dz, axis=0))
+        acc_w = tl.where(crow[:, None] == c, tl.sum(dz[:, None] * src, axis=0)[None, :], acc_w)
+        acc_b = tl.where(crow == c, tl.sum(dz, axis=0), acc_b)
+    cmask = crow < C
+    tl.store(
+        dw_part_ptr + (pid * C + crow[:, None]) * KP + q[None, :], acc_w, mask=cmask[:, None]
+    )  # fmt: skip
+    tl.store(db_part_ptr + pid * C + crow, acc_b, mask=cmask)
 
     if FUSED_TARGET:
         # F-Attention: source and target are the same tensor (C_in = W = 1, KP = GWP)
@@ -324,7 +332,8 @@ def band_attention_backward_op(
         _band_bwd_kernel, (n_prog,), source, weight, bias, tgt, grad_out, gmap, dsrc, dtgt_arg, dw_part, db_part,
         n_windows, n_i, n_j, *src_s, *tgt_s, *gout_s, *map_s,
         *_src_strides(dsrc, group, time_axis), *dtgt_s,
-        HAS_GMAP=grad_map is not None, FUSED_TARGET=target is None, **consts,
+        HAS_GMAP=grad_map is not None, FUSED_TARGET=target is None,
+        CP=triton.next_power_of_2(c), **consts,
     )  # fmt: skip
     dweight = dw_part.sum(dim=0)[:, : consts["CIN"] * group].reshape(weight.shape)
     return dsrc, dtgt, dweight.to(weight.dtype), db_part.sum(dim=0).to(bias.dtype)

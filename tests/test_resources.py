@@ -1,0 +1,81 @@
+"""GPU fitness without a GPU: every kernel the fused ops launch, compiled for sm_80/86/89/90
+(benchmarks.resources), fits each arch at the occupancy targets; a kernel that would not
+launch or would spill is reported."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _env():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "tests")])
+    return env
+
+
+@pytest.mark.slow
+def test_every_kernel_fits_every_arch_dtype_and_config(tmp_path):
+    rows_file = tmp_path / "rows.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.resources", "--json", str(rows_file)],
+        capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=1200,
+    )  # fmt: skip
+    assert rows_file.exists(), proc.stderr[-3000:]
+    rows = json.loads(rows_file.read_text())
+    short = [line for line in proc.stdout.splitlines() if "SHORT:" in line]
+    assert not short, "kernels short of fitting or of the occupancy target:\n" + "\n".join(short)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    archs = {r["arch"] for r in rows}
+    assert archs == {80, 86, 89, 90}
+    assert {r["dtype"] for r in rows} == {"float32", "bfloat16", "float16"}
+    assert {r["config"] for r in rows} == {"default", "tiny", "encoding", "wide"}
+    kernels = {r["kernel"] for r in rows}
+    assert {"_band_fwd_kernel", "_band_bwd_kernel", "_fenc_norm1_kernel", "_fenc_ffn_kernel",
+            "_fenc_bwd_ffn_kernel", "_fenc_bwd_norm1_kernel", "_fenc_bwd_softmax_kernel"} <= kernels  # fmt: skip
+    assert all(r["local_bytes"] == 0 for r in rows)
+    # the dispatcher's table of needs is the one these kernels give
+    from benchmarks.resources import needs_from_rows
+
+    from atfnn_fast.kernels.fit import NEEDS_FILE
+
+    assert json.loads(NEEDS_FILE.read_text()) == needs_from_rows(rows), (
+        "kernels/resource_needs.json is stale: python -m benchmarks.resources --write-needs"
+    )
+
+
+def test_an_oversized_block_is_reported_short():
+    code = """
+import json, torch
+from benchmarks.resources import compile_for, row_for, shortfalls
+from _oversized_kernel import oversized_kernel
+a, b, c = torch.empty(256 * 128), torch.empty(128 * 256), torch.empty(256 * 256)
+compiled = compile_for(86, oversized_kernel, (1,), a, b, c, M=256, K=128, N=256, num_warps=4)
+row = row_for(compiled, 86, "float32", "oversized")
+print(json.dumps([row, len(shortfalls([row]))]))
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=_env(), cwd=ROOT,
+        timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row, n_short = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert row["shared_bytes"] > 99 * 1024
+    assert row["fits"] is False and row["meets_target"] is False and n_short == 1
+
+
+def test_occupancy_arithmetic():
+    from benchmarks.resources import warps_per_sm
+
+    # 128 registers x 4 warps: 4 blocks of 4 warps on 64 K registers
+    assert warps_per_sm(80, 4, 128, 0) == 16
+    # the old band-attention backward: 151 registers x 4 warps -> 12 warps
+    assert warps_per_sm(90, 4, 151, 1152) == 12
+    # 90 KB blocks: one per SM on sm_86 (100 KB), 16 warps of 16-warp blocks
+    assert warps_per_sm(86, 16, 100, 91136) == 16
+    assert warps_per_sm(86, 4, 40, 152 * 1024) == 0  # does not fit at all
