@@ -8,7 +8,13 @@ measured on its own. Providers:
 * ``compile``: the same model with its front-end (or the case's block) under
   ``torch.compile`` (default mode); the Bi-LSTM stays eager (dynamo graph-breaks on RNNs);
 * ``fused``: :class:`atfnn_fast.ATFNN` with its Triton ops, CUDA only;
+* ``cudagraph``: ``fused`` captured once in a CUDA graph and replayed (inference cases,
+  CUDA only): the same kernels without the host's launch overhead;
 * ``onnxruntime``: the exported graph in ONNX Runtime (``full_fwd`` only).
+
+Timing: on CUDA every provider is timed the same way, by CUDA events
+(:class:`CudaEventClock`, installed as pytest-benchmark's timer), and no timed call
+synchronises; on the CPU by ``time.perf_counter``.
 
 Roofline counts (:func:`flops` and :func:`bytes_moved`) are *model estimates* written next
 to the cases: flops count multiply-adds as 2 and transcendental functions as 4; the
@@ -39,7 +45,7 @@ CASES = (
     "full_fwd",
     "train_step",
 )
-PROVIDERS = ("eager", "compile", "fused", "onnxruntime")
+PROVIDERS = ("eager", "compile", "fused", "cudagraph", "onnxruntime")
 # the fused ops each case needs before its "fused" provider can run
 CASE_OPS = {
     "band_attention": ("band_attention",),
@@ -72,7 +78,12 @@ def skip_reason(
 
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 return "CUDA case: this onnxruntime has no CUDA execution provider"
-    if provider == "fused":
+    if provider == "cudagraph":
+        if device.type != "cuda":
+            return "the cudagraph provider captures CUDA kernels: CUDA only"
+        if has_backward(case):
+            return "the cudagraph provider runs the inference cases"
+    if provider in ("fused", "cudagraph"):
         if device.type != "cuda":
             return "the fused provider runs Triton kernels on CUDA only"
         missing = [op for op in CASE_OPS[block(case)] if op not in ops.TRITON_IMPLS]
@@ -179,8 +190,26 @@ class Bench:
     compile_s: float | None
 
 
+class CudaEventClock:
+    """A pytest-benchmark timer in seconds of *device* time: each reading records a CUDA
+    event and waits for it, so the span between two readings is the GPU time of the work
+    issued in between (including any time the GPU waited for the host to launch it)."""
+
+    def __init__(self) -> None:
+        self._base = torch.cuda.Event(enable_timing=True)
+        self._base.record()
+        torch.cuda.synchronize()
+
+    def __call__(self) -> float:
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        event.synchronize()
+        return self._base.elapsed_time(event) / 1e3
+
+
 def _sync(device: torch.device) -> Callable[[], None]:
-    return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    """Nothing on CUDA (the event clock waits for the work), nothing on the CPU."""
+    return lambda: None
 
 
 def build(
@@ -238,7 +267,7 @@ def build(
 
     if provider == "onnxruntime":
         body = _onnxruntime_body(model, x, device)
-    elif provider not in ("eager", "compile", "fused"):
+    elif provider not in ("eager", "compile", "fused", "cudagraph"):
         raise ValueError(f"unknown provider {provider!r}")
     if provider == "compile":
         if blk in ("full", "train"):
@@ -283,7 +312,29 @@ def build(
     start = time.perf_counter()
     step()  # first call: compiles (compile provider) or warms the caches
     first = time.perf_counter() - start
+    if provider == "cudagraph":
+        step = _captured(step)
     return Bench(step, setup, first if provider == "compile" else None)
+
+
+def _captured(step: Callable[[], object]) -> Callable[[], object]:
+    """``step`` (an inference call) captured in a CUDA graph; returns its replay, which
+    gives the captured outputs (rewritten in place by each replay)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(2):
+            step()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = step()
+
+    def replay():
+        graph.replay()
+        return out
+
+    return replay
 
 
 _EXPORTS: dict[str, str] = {}  # config JSON -> exported file, once per process

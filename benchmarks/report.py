@@ -52,6 +52,7 @@ def case_rows(benchmarks: list[dict], peaks: dict[str, float]) -> list[dict]:
             "iqr_ms": round(stats["iqr"] * 1e3, 4) if "iqr" in stats else None,
             "rounds": stats.get("rounds"),
             "compile_s": info.get("compile_s"),
+            "host_ms": info.get("host_ms"),
             "bytes": info["bytes"],
             "flops": info["flops"],
             "gbps": round(gbps, 3),
@@ -67,8 +68,9 @@ def case_rows(benchmarks: list[dict], peaks: dict[str, float]) -> list[dict]:
     for r in rows:
         base = eager.get(_key(r))
         r["speedup_vs_eager"] = round(base / r["median_ms"], 3) if base else None
-    order = {"eager": 0, "compile": 1, "fused": 2, "onnxruntime": 3}
-    from benchmarks.cases import CASES
+    from benchmarks.cases import CASES, PROVIDERS
+
+    order = {p: i for i, p in enumerate(PROVIDERS)}
 
     rows.sort(key=lambda r: (CASES.index(r["case"]), r["dtype"], r["batch"], order[r["provider"]]))
     return rows
@@ -158,7 +160,9 @@ def plot(results: dict, path: Path) -> Path:
     panels = sorted({(r["dtype"], r["batch"]) for r in results["cases"]})
     fig, axes = plt.subplots(len(panels), 1, figsize=(10, 3.2 * len(panels)), squeeze=False)
     present = {r["provider"] for r in results["cases"]}
-    providers = [p for p in ("eager", "compile", "fused", "onnxruntime") if p in present]
+    from benchmarks.cases import PROVIDERS
+
+    providers = [p for p in PROVIDERS if p in present]
     for ax, (dtype, batch) in zip(axes[:, 0], panels, strict=True):
         rows = [r for r in results["cases"] if (r["dtype"], r["batch"]) == (dtype, batch)]
         names = list(dict.fromkeys(r["case"] for r in rows))

@@ -34,6 +34,19 @@ def _rounds(bench: cases.Bench, device: torch.device) -> int:
     return int(min(high, max(low, 1.0 / once)))
 
 
+def _host_ms(bench: cases.Bench, device: torch.device) -> float | None:
+    """Host time of issuing one call (CUDA: launch overhead; no synchronisation inside)."""
+    if device.type != "cuda":
+        return None
+    bench.setup()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    bench.fn()
+    host = time.perf_counter() - start
+    torch.cuda.synchronize()
+    return round(host * 1e3, 4)
+
+
 def test_case(benchmark, bench_env, device, case, provider, dtype, batch):
     device = bench_env["torch_device"]
     reason = cases.skip_reason(case, provider, device, dtype)
@@ -42,7 +55,14 @@ def test_case(benchmark, bench_env, device, case, provider, dtype, batch):
     cfg = ATFNNConfig()
     frames = bench_env["frames"]
     elem = 4 if dtype == "float32" else 2
-    bench = cases.build(case, provider, cfg, batch, frames, getattr(torch, dtype), device)
+    try:
+        bench = cases.build(case, provider, cfg, batch, frames, getattr(torch, dtype), device)
+    except torch.cuda.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        total = torch.cuda.get_device_properties(device).total_memory / 2**30
+        pytest.skip(f"B={batch} does not fit in this device's {total:.0f} GiB of memory")
+    if device.type == "cuda":
+        benchmark._timer = cases.CudaEventClock()  # device time, the same for every provider
     benchmark.group = f"{case} {dtype} B={batch}"
     benchmark.extra_info.update(
         case=case, provider=provider, dtype=dtype, batch=batch, frames=frames,
@@ -50,6 +70,7 @@ def test_case(benchmark, bench_env, device, case, provider, dtype, batch):
         flops=cases.flops(cfg, case, batch, frames),
         compile_s=None if bench.compile_s is None else round(bench.compile_s, 3),
         peak_mem_mb=_peak_memory_mb(bench, device),
+        host_ms=_host_ms(bench, device),
     )  # fmt: skip
     rounds = 1 if benchmark.disabled else _rounds(bench, device)
     result = benchmark.pedantic(bench.fn, setup=bench.setup, rounds=rounds, warmup_rounds=1)

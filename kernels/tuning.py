@@ -69,11 +69,12 @@ def band_attention_settings(kp: int, gwp: int, backward: bool) -> BandAttentionS
     target values, both padded to powers of two).
 
     Forward: each ``[block, width]`` float32 tile at <= 16 values per thread. Backward (four
-    such tiles live: source, its gradient, target, d out): 32 windows for rows of up to 16
-    values, else 16 (T-Attention reading the encoding, 64-wide rows), on 4 warps. Chosen
-    from the resource table: 64 windows make ptxas use a stack frame on sm_86/sm_89 for
-    the F-Attention backward, 128 cost 150 registers for the T-Attention one."""
+    such tiles live: source, its gradient, target, d out): 32 windows on 4 warps for rows of
+    up to 16 values, else 16 windows on 8 warps (T-Attention reading the encoding, 64-wide
+    rows). Chosen from the resource table: 64 windows make ptxas use a stack frame on
+    sm_86/sm_89 for the F-Attention backward, 128 cost 150 registers for the T-Attention
+    one, and the encoding reader on 4 warps takes 168 registers in bf16 on sm_80."""
     widest = max(kp, gwp)
     if backward:
-        return BandAttentionSettings(32 if widest <= 16 else 16)
+        return BandAttentionSettings(32) if widest <= 16 else BandAttentionSettings(16, 8)
     return BandAttentionSettings(max(16, min(128, triton.next_power_of_2(16 * 128 // widest))))

@@ -57,19 +57,30 @@ def test_48_kb_device_falls_back_with_one_warning(monkeypatch):
     need = fit.need_for("freq_encoder", 86)
     assert need > 48 * 1024  # the forward FFN kernel's 64-frame block
     with use_backend("auto"):
-        with pytest.warns(RuntimeWarning, match=r"atfnn::freq_encoder: Mock GeForce RTX 3090 "
-                          r"\(sm_86\) has 48 KB of shared memory per block; its kernels need \d+ KB"):
-            assert dispatch.select("freq_encoder", CudaStub(), torch_impl, triton_impl) is torch_impl
+        with pytest.warns(
+            RuntimeWarning,
+            match=r"atfnn::freq_encoder: Mock GeForce RTX 3090 "
+            r"\(sm_86\) has 48 KB of shared memory per block; its kernels need \d+ KB",
+        ):
+            assert (
+                dispatch.select("freq_encoder", CudaStub(), torch_impl, triton_impl) is torch_impl
+            )
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # once per op and device
-            assert dispatch.select("freq_encoder", CudaStub(), torch_impl, triton_impl) is torch_impl
+            assert (
+                dispatch.select("freq_encoder", CudaStub(), torch_impl, triton_impl) is torch_impl
+            )
 
 
 def test_48_kb_device_is_an_error_under_the_triton_backend(monkeypatch):
     mock_device(monkeypatch, 48)
-    with use_backend("triton"), pytest.raises(
-        RuntimeError, match=r"ATFNN_BACKEND=triton, but atfnn::freq_encoder cannot run here: "
-        r"Mock GeForce RTX 3090 \(sm_86\) has 48 KB"
+    with (
+        use_backend("triton"),
+        pytest.raises(
+            RuntimeError,
+            match=r"ATFNN_BACKEND=triton, but atfnn::freq_encoder cannot run here: "
+            r"Mock GeForce RTX 3090 \(sm_86\) has 48 KB",
+        ),
     ):
         dispatch.select("freq_encoder", CudaStub(), torch_impl, triton_impl)
 
@@ -82,7 +93,10 @@ def test_small_band_attention_blocks_fit_48_kb(monkeypatch):
 def test_gpu_older_than_sm80_takes_plain_torch(monkeypatch):
     mock_device(monkeypatch, 64, major=7, minor=5, name="Mock Tesla T4")
     msg = fit.problem("band_attention", torch.device("cuda", 0))
-    assert msg == "Mock Tesla T4 (sm_75) is older than sm_80, the lowest arch the kernels are built for"
+    assert (
+        msg
+        == "Mock Tesla T4 (sm_75) is older than sm_80, the lowest arch the kernels are built for"
+    )
 
 
 def test_newer_arch_is_held_to_the_largest_known_need(monkeypatch):

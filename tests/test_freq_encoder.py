@@ -191,7 +191,9 @@ def test_bad_shapes_are_refused():
     with pytest.raises(ValueError, match=r"x must be \(B, 1, F, T\)"):
         torch.ops.atfnn.freq_encoder(torch.randn(2, 10, 8), None, packed, dims, EPS)
     with pytest.raises(ValueError, match=r"time_weights must be \(B, F, T\) = \(2, 10, 8\)"):
-        torch.ops.atfnn.freq_encoder(torch.randn(2, 1, 10, 8), torch.rand(2, 8, 10), packed, dims, EPS)
+        torch.ops.atfnn.freq_encoder(
+            torch.randn(2, 1, 10, 8), torch.rand(2, 8, 10), packed, dims, EPS
+        )
     with pytest.raises(ValueError, match=r"packed buffer of \d+ values"):
         torch.ops.atfnn.freq_encoder(torch.randn(2, 1, 10, 8), None, packed[:-1], dims, EPS)
 

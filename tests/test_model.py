@@ -207,3 +207,14 @@ def test_environment_variable_is_read_at_import(value, ok):
     else:
         assert proc.returncode != 0
         assert "ATFNN_BACKEND must be one of" in proc.stderr
+
+
+def test_fused_front_end_has_no_graph_break():
+    """The custom ops are opaque to dynamo: the whole fused front-end (both band-attention
+    calls and the F-Encoder) is one graph, so torch.compile's CUDA-graph mode
+    (``mode="reduce-overhead"``) and the benchmarks' captured provider can take it whole."""
+    model = ATFNN(tiny_config(), check_finite=False)
+    x = torch.randn(2, 1, 10, 16)
+    explanation = torch._dynamo.explain(model.front_end)(x)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1

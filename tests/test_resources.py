@@ -40,9 +40,8 @@ def test_every_kernel_fits_every_arch_dtype_and_config(tmp_path):
             "_fenc_bwd_ffn_kernel", "_fenc_bwd_norm1_kernel", "_fenc_bwd_softmax_kernel"} <= kernels  # fmt: skip
     assert all(r["local_bytes"] == 0 for r in rows)
     # the dispatcher's table of needs is the one these kernels give
-    from benchmarks.resources import needs_from_rows
-
     from atfnn_fast.kernels.fit import NEEDS_FILE
+    from benchmarks.resources import needs_from_rows
 
     assert json.loads(NEEDS_FILE.read_text()) == needs_from_rows(rows), (
         "kernels/resource_needs.json is stale: python -m benchmarks.resources --write-needs"
