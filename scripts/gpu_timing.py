@@ -52,7 +52,7 @@ def _graphed(fn):
 
 def time_case(case, provider, dtype, batch, cfg):
     torch.manual_seed(0)
-    ref = ATFNNReference(cfg, check_finite=False).cuda()
+    ref = ATFNNReference(cfg, check_finite=False).cuda().eval()  # no dropout in the check
     model = ref
     if provider in ("fused", "cudagraph"):
         model = ATFNN(cfg, check_finite=False).cuda()
