@@ -1,30 +1,31 @@
-"""F-Encoder backward (Triton): three kernels after the GRAD sweep of :mod:`.fenc_forward`.
+"""F-Encoder backward (Triton): the kernels after ``_fenc_norm1_kernel`` and the ``GRAD``
+``_fenc_ffn_kernel`` of :mod:`.fenc_forward`.
 
 The backward of band ``f``'s attention needs ``d y1`` of ``f``, which needs the FFN
 gradients of the bands up to ``f+4``, which need the forward of the bands up to ``f+8``; and
-the gradient reaching ``x_g`` through the softmax sums over *every* band ``f``. A single
-sweep would have to hold a 9-deep ring of forward state plus four weight sets and two
-weight-gradient accumulators in registers, far past the register budget of the occupancy
-targets. So the backward runs as four kernels over the same grid (``BT`` frames per
-program), handing each other float32 band tensors ``(B, F, T, C)`` that are written once
-and read once or twice (about 9 KB per frame in total, against ~1 MFLOP of FFN work per
-frame: the kernels stay compute-bound; see ``docs/design.md``):
+the gradient reaching ``x_g`` through the softmax sums over *every* band ``f``. So the
+backward runs as separate launches that hand each other float32 band tensors
+``(B, F, T, ·)``, each written once:
 
-1. the GRAD sweep (:mod:`.fenc_forward`): forward recompute, ``d w_t``, T-Attention
-   multiply and LayerNorm2 backward -> ``y1``, ``d r2``; LayerNorm2 parameter gradients.
-2. :func:`_fenc_bwd_ffn_kernel`: per band ``f`` it loads the ``y1`` and ``d r2`` tiles of
-   ``f-2 .. f+2`` (shifted loads, no ring), recomputes ``h1``, and forms ``d h1``,
-   ``d W1``, ``d W2``, ``d b1``, ``d b2``; ``d y1 = d r2 + sum_j d h1[f-j] W1_j^T`` is
-   pushed into a 5-tile ring and stored when complete.
-3. :func:`_fenc_bwd_norm1_kernel`: per band, recompute the attention (with the variance)
-   and LayerNorm1, then LayerNorm1 backward and the *direct* attention gradients:
-   ``d lift``, ``d e``, ``d U``, ``d A``, ``d B`` partials and ``d x`` except the softmax
-   term; it writes ``beta = (dm/den)(1 - s m)`` and ``gamma = (dm/den) s`` per head.
-4. :func:`_fenc_bwd_softmax_kernel`: the softmax term, as a transposed attention:
-   ``d x_g += sum_h sum_f exp(s_f x_g - M_f) (beta_f + gamma_f x_g)``, streamed over band
+1. ``_fenc_norm1_kernel`` (forward module): ``y1``.
+2. ``_fenc_ffn_kernel`` with ``GRAD``: ``d w_t``, LayerNorm2 backward -> ``d r2``.
+3. :func:`_fenc_bwd_ffn_kernel` with ``DY1``: per band ``f`` it loads the ``y1`` and
+   ``d r2`` tiles of ``f-2 .. f+2`` (shifted loads), recomputes ``h1``, forms ``d h1`` and
+   pushes ``d h1 @ W1_j^T`` into a 5-tile ring; ``d y1 = d r2 + ring`` is stored when a
+   band is complete; ``d b1``, ``d b2``.
+4. the same kernel with ``WGRAD``: the same recompute, then ``d W1_j += y1[f+j]^T d h1``
+   and ``d W2_j += relu(h1)^T d r2[f-j]`` (ten register accumulators). Split from 3
+   because together they need 188 registers a thread; apart, 128 and 74.
+5. :func:`_fenc_bwd_norm1_kernel`: per band, the attention recomputed with its variance
+   (one pass, shifted around the row-maximum value), LayerNorm1 recomputed, its backward,
+   and the *direct* attention gradients (``d lift``, ``d e``, ``d U``, ``d A``, ``d B``
+   partials, ``d x`` but the softmax term); it writes ``beta = (dm/den)(1 - s m)`` and
+   ``gamma = (dm/den) s`` per head.
+6. :func:`_fenc_bwd_softmax_kernel`: the softmax term, a transposed attention
+   ``d x_g += sum_h sum_f exp(s_f x_g - M_f) (beta_f + gamma_f x_g)`` streamed over band
    chunks like the forward.
 
-Parameter gradients: every kernel adds its own fields to the program's row of one partials
+Parameter gradients: every kernel adds its own fields to its program's row of one partials
 buffer (the packed layout of :mod:`.fenc_common`); the host sums the rows in a fixed order,
 so the result is deterministic run to run.
 """

@@ -1,25 +1,30 @@
-"""F-Encoder forward sweep (Triton): ``_fenc_sweep_kernel``.
+"""F-Encoder forward (Triton): ``_fenc_norm1_kernel`` then ``_fenc_ffn_kernel``.
 
-A program owns ``BT`` frames of one utterance and sweeps the F bands once, in order. Per band
-it runs the rank-one attention (every head, band chunks of ``GB``: :func:`_band_softmax`) and
-LayerNorm1, giving ``y1`` of that band as a ``[BT, CK]`` tile. The conv FFN (kernel
-``K <= 5`` along F) needs each band's +-2 neighbours, so the sweep keeps them in registers:
+A program owns ``BT`` frames of one utterance (the rows, the M dimension of every dot).
 
-* ``y_m2 .. y_p2``: a ring of the last five ``y1`` tiles (bands ``it-4 .. it``);
-* FFN1 of band ``it-2`` reads that ring: ``h1 = sum_j y1[it-2+j] @ W1_j`` (K dots of
-  ``[BT, CK] x [CK, PK]``), ``a1 = relu(h1 + b1)``;
-* FFN2 is *pushed*: ``a1[it-2] @ W2_j`` is added to the output accumulator of band
-  ``it-2-j`` (ring ``acc_m2 .. acc_p2``, bands ``it-4 .. it``);
-* band ``it-4`` is then complete: ``+ y1 + b2``, LayerNorm2, ``* (1 + w_t)``, stored.
+1. ``_fenc_norm1_kernel`` sweeps the bands: per band the rank-one attention of every head,
+   streamed over band chunks of ``GB`` with the analytic row maximum (one pass, no
+   ``[F, F]`` tile: :func:`.fenc_common._band_softmax`), the token and LayerNorm1; it
+   writes ``y1`` of every band to a float32 ``(B, F, T, C)`` tensor.
+2. ``_fenc_ffn_kernel`` sweeps the bands again: FFN1 of band ``f`` pulls the ``y1`` tiles
+   of ``f-2 .. f+2`` (shifted loads, zero outside the bands) into ``K`` dots
+   ``[BT, CK] x [CK, PK]``; FFN2 is *pushed*: ``relu(h1[f]) @ W2_j`` goes into the output
+   accumulator of band ``f-j`` (a ring of five ``[BT, CK]`` tiles); band ``f-2`` is then
+   complete: ``+ y1 + b2``, LayerNorm2, ``* (1 + w_t)``, stored into the
+   ``(B, T, F*C)`` LSTM input.
 
-So band ``o`` leaves the sweep 4 steps after its attention, and nothing but the input is
-read from global memory (the band chunks of the softmax come from L1/L2). The rings are
-10 small tiles; the weights 2K tiles.
+Why two kernels and not one sweep: the first design kept the five neighbouring ``y1`` tiles
+in registers, where Triton keeps them as dot operands (a 16 x 16 float32 operand tile costs
+32 registers a thread in the FMA layout): 192-246 registers, 8 warps per SM. Split, the
+attention kernel needs 80 registers and the FFN kernel fits one 16-warp block of 64 frames
+per SM on every arch (docs/design.md#kernel-resources). The price is one float32 ``y1``
+round trip, 32 bytes per band and frame written and read (about 5 KB per frame), against
+about 0.4 MFLOP of FFN work per frame: the F-Encoder stays compute-bound.
 
-With ``GRAD`` the same sweep is the first backward kernel: instead of storing the output it
-reads ``d out``, writes ``d w_t``, runs the T-Attention multiply and LayerNorm2 backward and
-writes ``y1`` and ``d r2`` (= ``d`` FFN2 output) of each band to float32 scratch for
-:mod:`.fenc_backward`, plus the partial sums of LayerNorm2's parameter gradients.
+With ``GRAD`` the FFN kernel is the backward's first step: instead of storing the output it
+reads ``d out``, writes ``d w_t``, runs the T-Attention multiply and LayerNorm2 backward,
+writes ``d r2`` (the gradient of the FFN2 output) for :mod:`.fenc_backward`, and adds
+LayerNorm2's parameter gradients to its partials row.
 """
 
 from __future__ import annotations
@@ -103,7 +108,8 @@ def _fenc_ffn_kernel(
     dwt_ptr,  # GRAD and HAS_WT: d w_t (B, F, T), any strides
     df2_ptr,  # GRAD: out: (B, F, T, C) float32, contiguous: d (FFN2 output)
     part_ptr,  # GRAD: per-program gradient partials (programs, packed size) float32
-    n_t, n_tb, eps, total, n_zero,
+    n_t, n_tb, eps, total,
+    n_zero,  # always 0: the weight loads depend on it, so they stay inside the band loop
     w_sb, w_sf, w_st, o_sb, o_st, o_sf, o_sc, dw_sb, dw_sf, dw_st,
     NF: tl.constexpr, C: tl.constexpr, H: tl.constexpr, K: tl.constexpr, P: tl.constexpr,
     CK: tl.constexpr, PK: tl.constexpr, BT: tl.constexpr, HAS_WT: tl.constexpr,

@@ -3,33 +3,35 @@
 Interface module: the custom ops, their autograd formula and the host code that launches
 the kernels. The kernels live beside it:
 
-* :mod:`.fenc_forward`: the band sweep (forward; with ``GRAD`` the first backward kernel);
-* :mod:`.fenc_backward`: FFN backward, LayerNorm1 + direct attention backward, softmax
-  backward;
+* :mod:`.fenc_forward`: attention + LayerNorm1, then FFN + LayerNorm2 + T-Attention
+  multiply (with ``GRAD``: the first backward step);
+* :mod:`.fenc_backward`: FFN backward (``d y1``; weight gradients), LayerNorm1 + direct
+  attention backward, softmax backward;
 * :mod:`.fenc_common`: the packed parameter buffer and the per-band math they share;
 * :mod:`.freq_encoder_math`: the reference: the same rank-one math in plain torch (the CPU
   implementation of the ops and the kernels' ground truth);
-* :mod:`.tuning`: the launch settings (block of frames, band chunk, warps).
+* :mod:`.tuning`: the launch settings (frames per program and warps of each kernel).
 
 Design (the numbers are in docs/design.md#f-encoder-kernels). The earlier kernel held one
 frame per program with its whole ``[F, F]`` probability tile, its im2col tiles and both
 weight matrices in registers: 152-344 KB of shared memory per block and 12-20 KB of local
 memory per thread, so it could not launch on sm_86/sm_89 at all. Now a program owns a block
-of ``BT`` frames (the M dimension of every ``tl.dot``) and sweeps the bands: the softmax of
-a band is streamed over band chunks with the analytic row maximum of the rank-one identity
-(one pass, no running max, no ``[F, F]`` tile), and the conv FFN keeps only the +-2
-neighbouring bands in registers. The F-Encoder is compute-bound (about 0.2 MFLOP of FFN and
-13 K exponentials per frame against 0.3 KB read and 2.5 KB written in float32), so the
-backward may spend bytes to save registers: it is four kernels that pass float32 band
-tensors (about 9 KB per frame in all) instead of one sweep that would need a 9-band-deep
-ring of state. Forward: one kernel, nothing but the input read and the output written.
+of frames (the M dimension of every ``tl.dot``) and sweeps the bands: the softmax of a band
+is streamed over band chunks with the analytic row maximum of the rank-one identity (one
+pass, no running max, no ``[F, F]`` tile), and the conv FFN reads the +-2 neighbouring bands
+of ``y1`` from a float32 band tensor. Against the floors of ``benchmarks/cases.py`` the
+F-Encoder is compute-bound (about 0.4 MFLOP of FFN and 13 K exponentials per frame, 0.3 KB
+read and 2.5 KB written in float32), so the kernels spend bytes (one ``y1`` round trip
+forward; four band tensors backward, about 9 KB per frame) to stay within 128 registers a
+thread and the shared memory of every arch.
 
-Precision: all math in float32; ``tl.dot`` runs ``input_precision="ieee"`` for float32
-inputs (parity with the reference) and tf32 for bf16/fp16 inputs. The output takes x's
-dtype. Offsets are 32-bit. FFN kernels up to 5 wide (``MAX_FFN_KERNEL``); a wider one has no
-Triton kernel (the dispatcher falls back to plain torch, or refuses under
-``ATFNN_BACKEND=triton``). Parameter gradients are reduced in a fixed order: deterministic.
-No ``[B*T, heads, F, F]`` tensor exists in global memory, forward or backward.
+Precision: all math in float32, every dot ``input_precision="ieee"`` (tf32 operands cost
+more registers in these K = 16 dots than they save). The output takes x's dtype. Offsets
+are 32-bit. On CUDA the kernels run FFN kernel size 5, up to 16 channels and 32 FFN
+channels (:func:`supports`); other sizes take plain torch (the dispatcher warns once, or
+refuses under ``ATFNN_BACKEND=triton``). Parameter gradients are reduced in a fixed order:
+deterministic. No ``[B*T, heads, F, F]`` tensor exists in global memory, forward or
+backward.
 """
 
 from __future__ import annotations
