@@ -1,5 +1,6 @@
 """Checkpoints: round trip, atomic writes, and refusal of corrupted or mismatched files."""
 
+import hashlib
 import json
 import os
 import pickle
@@ -30,6 +31,13 @@ def rewrite_meta(path, **changes):
     meta = json.loads((path / "config.json").read_text())
     meta.update(changes)
     (path / "config.json").write_text(json.dumps(meta))
+
+
+def replace_weights(path, data: bytes):
+    """Tamper with model.safetensors and record the new file's checksum, as an attacker
+    (or a careless edit) with access to both files would."""
+    (path / "model.safetensors").write_bytes(data)
+    rewrite_meta(path, weights_sha256=hashlib.sha256(data).hexdigest())
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
@@ -138,11 +146,10 @@ def test_corrupted_weights_are_refused(tmp_path):
         load_checkpoint(path)
 
 
-def test_truncated_weights_without_checksum_are_refused(tmp_path):
+def test_truncated_weights_with_a_matching_checksum_are_refused(tmp_path):
     path, _, _ = saved(tmp_path)
-    rewrite_meta(path, weights_sha256=None)
     data = (path / "model.safetensors").read_bytes()
-    (path / "model.safetensors").write_bytes(data[: len(data) // 2])
+    replace_weights(path, data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="unreadable safetensors"):
         load_checkpoint(path)
 
@@ -156,8 +163,7 @@ def test_pickle_payload_is_never_executed(tmp_path):
         def __reduce__(self):
             return (open, (str(marker), "w"))
 
-    (path / "model.safetensors").write_bytes(pickle.dumps(Payload()))
-    rewrite_meta(path, weights_sha256=None)
+    replace_weights(path, pickle.dumps(Payload()))
     with pytest.raises(CheckpointError, match="unreadable safetensors"):
         load_checkpoint(path)
     assert not marker.exists()
@@ -212,7 +218,7 @@ def test_missing_and_unexpected_keys_are_listed(tmp_path):
     del state["classifier.bias"]
     state["extra.weight"] = torch.zeros(2)
     save_file(state, str(path / "model.safetensors"))
-    rewrite_meta(path, weights_sha256=None)
+    replace_weights(path, (path / "model.safetensors").read_bytes())
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(path)
     assert "missing key classifier.bias (3,)" in str(info.value)

@@ -234,11 +234,14 @@ def test_cli_export_and_predict(exported, tmp_path, capsys):
         code = main(["predict", *source, "--json", *files])
         captured = capsys.readouterr()
         assert code == 1
-        (result,) = json.loads(captured.out)
+        result, missing, broken = json.loads(captured.out)
         assert result["file"] == files[0] and set(result["scores"]) == set(LABELS)
+        assert missing == {"path": files[1], "error": f"{files[1]}: audio file not found"}
+        assert set(broken) == {"path", "error"} and broken["path"] == files[2]
+        assert broken["error"].startswith(f"{files[2]}: cannot decode audio")
         errors = captured.err.strip().splitlines()
-        assert len(errors) == 2 and "missing.wav: audio file not found" in errors[0]
-        assert "bad.wav" in errors[1] and "Traceback" not in captured.err
+        assert errors == [f"atfnn-fast: error: {missing['error']}",
+                          f"atfnn-fast: error: {broken['error']}"]  # fmt: skip
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
