@@ -173,6 +173,8 @@ def _predict(args: argparse.Namespace) -> int:
             if _debug(args):
                 raise
             message = _one_line(err)
+            if isinstance(err, MemoryError):
+                message = f"out of memory ({message}); try a smaller --batch-size"
             if not message.startswith(str(path)):
                 message = f"{path}: {message}"
             print(f"atfnn-fast: error: {message}", file=sys.stderr, flush=True)
@@ -346,7 +348,10 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 def main(argv: list[str] | None = None) -> int:
     from .errors import UsageError
 
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as stop:  # --help, --version, or a usage error already printed
+        return stop.code if isinstance(stop.code, int) else 2
     with warnings.catch_warnings():
         if not _debug(args):
             warnings.showwarning = _show_warning

@@ -333,4 +333,5 @@ class FeatureCache:
         """Features of every item, with a progress bar; returns {path: log-Mel}."""
         from tqdm import tqdm
 
-        return {item.path: self.get(item.path) for item in tqdm(items, desc=desc, unit="file")}
+        with tqdm(items, desc=desc, unit="file") as bar:  # closed (a newline) on an error too
+            return {item.path: self.get(item.path) for item in bar}

@@ -44,6 +44,7 @@ evaluates, locks and writes.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -502,17 +503,18 @@ def _train_fold(manifest, folder, fold, protocol, tc, resume, cache, items, spli
         # steps (DDP's all-reduce needs that); a last batch smaller than the world is dropped
         batches = [b[rank::world] for b in batches if len(b) >= world]
         total, count = 0.0, 0
-        bar = _progress(batches, f"{fold} epoch {epoch}/{tc.epochs}", tc.progress and rank == 0)
-        for idx in bar:
-            xb, yb = x_train[idx].to(device), y_train[idx].to(device)
-            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                loss = F.cross_entropy(net(xb).float(), yb)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            total += float(loss.detach()) * len(idx)
-            count += len(idx)
+        desc = f"{fold} epoch {epoch}/{tc.epochs}"
+        with _progress(batches, desc, tc.progress and rank == 0) as bar:
+            for idx in bar:
+                xb, yb = x_train[idx].to(device), y_train[idx].to(device)
+                with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                    loss = F.cross_entropy(net(xb).float(), yb)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                total += float(loss.detach()) * len(idx)
+                count += len(idx)
         if not math.isfinite(total):
             raise RunError(
                 f"{folder}: the training loss of epoch {epoch} is not finite (diverged); "
@@ -570,8 +572,9 @@ def _write_log(folder: Path, history: list[dict]) -> None:
 
 
 def _progress(iterable, desc: str, enabled: bool):
+    """A context manager giving ``iterable`` or its progress bar (cleared on any exit)."""
     if not enabled:
-        return iterable
+        return contextlib.nullcontext(iterable)
     from tqdm import tqdm
 
     return tqdm(iterable, desc=desc, unit="batch", leave=False)

@@ -235,3 +235,72 @@ def test_missing_pieces(tmp_path):
     (path / "config.json").unlink()
     with pytest.raises(CheckpointError, match=r"config\.json: missing"):
         load_checkpoint(path)
+
+
+# ------------------------------------------------------- untrusted checkpoints (#13)
+def test_a_checkpoint_without_checksum_is_refused_and_can_be_resaved(tmp_path):
+    path, model, _ = saved(tmp_path)
+    rewrite_meta(path, weights_sha256=None)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    assert str(info.value).startswith(f"{path / 'config.json'}: has no weights_sha256, so ")
+    assert f"resave_checkpoint({str(path)!r})" in str(info.value)
+    assert ckpt.resave_checkpoint(path) == path
+    meta = json.loads((path / "config.json").read_text())
+    assert (
+        meta["weights_sha256"]
+        == hashlib.sha256((path / "model.safetensors").read_bytes()).hexdigest()
+    )
+    loaded = load_checkpoint(path)
+    assert loaded.labels == LABELS
+    assert all(torch.equal(loaded.model.state_dict()[k], v) for k, v in model.state_dict().items())
+
+
+def test_non_finite_weights_are_refused_even_with_a_matching_checksum(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    path, _, _ = saved(tmp_path)
+    state = load_file(str(path / "model.safetensors"))
+    state["classifier.weight"][0, :2] = float("inf")
+    state["classifier.bias"][2] = float("nan")
+    save_file(state, str(path / "model.safetensors"))
+    replace_weights(path, (path / "model.safetensors").read_bytes())
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    assert str(info.value) == (
+        f"{path / 'model.safetensors'}: non-finite (NaN or Inf) weights in classifier.bias "
+        "(1 of 3), classifier.weight (2 of 30)"
+    )
+
+
+@pytest.mark.parametrize(
+    "changes,message",
+    [
+        (dict(frames=80_000_000), "frames = 80000000 exceeds the limit of 8192"),
+        (dict(n_mels=100_000, f_group=5), "n_mels = 100000 exceeds the limit of 512"),
+        (dict(n_mels=500, frames=8000, channels=8), "n_mels * frames * channels = 32000000 "
+                                                    "exceeds the limit of 16777216"),
+        (dict(lstm_hidden=4096, lstm_layers=16), "this config has 6,176,399,777 parameters, "
+                                                 "more than the limit of 200,000,000"),
+    ],
+)  # fmt: skip
+def test_sizes_in_config_json_are_bounded_before_any_allocation(tmp_path, changes, message):
+    import resource
+
+    path, _, _ = saved(tmp_path)
+    meta = json.loads((path / "config.json").read_text())
+    rewrite_meta(path, model={**meta["model"], **changes}, norm_stats=None)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    assert str(info.value) == f"{path / 'config.json'}: {message}"
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000  # KiB
+
+
+def test_extra_files_travel_in_the_same_atomic_commit(tmp_path):
+    path, _, _ = saved(tmp_path, extra_files={"state.json": b'{"epoch": 3}', "o.pt": b"x"})
+    assert sorted(os.listdir(path)) == ["config.json", "model.safetensors", "o.pt", "state.json"]
+    assert (path / "state.json").read_bytes() == b'{"epoch": 3}'
+    with pytest.raises(ValueError, match=r"extra_files: '\.\./x' is not a plain file name"):
+        saved(tmp_path, name="other", extra_files={"../x": b""})
+    assert not (tmp_path / "other").exists()
