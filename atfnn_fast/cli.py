@@ -224,10 +224,18 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _default(function, name: str):
+    """The default of ``function``'s parameter ``name``: the owning module's value."""
+    import inspect
+
+    return inspect.signature(function).parameters[name].default
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .data import DATASETS
-    from .predict import DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE
+    from .export.onnx_export import DEFAULT_OPSET, DTYPES
+    from .predict import DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE, CheckpointPredictor
     from .train import AMP_MODES, DEVICES, PRESETS, PROTOCOLS, default
 
     common = argparse.ArgumentParser(add_help=False)
@@ -318,8 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--output", required=True, help="the .onnx file to write")
     export.add_argument("--validate", action="store_true",
                         help="check it in ONNX Runtime; a failing graph is kept as OUTPUT.failed")  # fmt: skip
-    export.add_argument("--dtype", choices=("float32", "float16"), default="float32")
-    export.add_argument("--opset", type=int, default=None, help="ONNX opset (>= 18)")
+    export.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
+    export.add_argument("--opset", type=_int_in(DEFAULT_OPSET), default=None,
+                        help=f"ONNX opset (>= {DEFAULT_OPSET})")  # fmt: skip
     export.add_argument(
         "--static-batch", action="store_true", help="batch fixed at 1 (default: dynamic)"
     )
@@ -330,7 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--checkpoint", help="a checkpoint directory (PyTorch)")
     source.add_argument("--onnx", help="an exported .onnx file (ONNX Runtime)")
     predict.add_argument("--json", action="store_true", help="print a JSON list")
-    predict.add_argument("--device", default="cpu", help="with --checkpoint (default cpu)")
+    predict.add_argument("--device", default=_default(CheckpointPredictor, "device"),
+                         help="with --checkpoint (default %(default)s)")  # fmt: skip
     predict.add_argument(
         "--batch-size", type=_int_in(1, MAX_BATCH_SIZE), default=DEFAULT_BATCH_SIZE,
         help=f"segments per forward pass (default {DEFAULT_BATCH_SIZE}); memory does not "

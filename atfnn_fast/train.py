@@ -213,7 +213,8 @@ def inside(out: str | os.PathLike, *parts: str) -> Path:
 # ------------------------------------------------------------------------- run directory
 class RunLock:
     """``with RunLock(folder):`` -- one writer per fold directory (see the module
-    docstring). The lock file holds the owner's PID; it is removed on exit."""
+    docstring). The lock file holds the owner's PID; it is removed on exit. POSIX only
+    (``fcntl.flock``; local file systems, where flock is reliable)."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
