@@ -8,7 +8,14 @@ Writes are atomic: both files are written and fsynced into a hidden temporary di
 to the target, which is then renamed into place, so a crash leaves either the old checkpoint
 or the new one, never a mixture or a half-written file. Overwriting an existing checkpoint
 moves the old one aside, renames the new one in and deletes the old one; a directory that is
-not a checkpoint is never overwritten.
+not a checkpoint is never overwritten. ``extra_files`` (name -> bytes) travel inside the same
+atomic rename: training stores its resume state (``optimizer.pt``, ``state.json``) in the
+``last`` checkpoint this way, so a crash leaves the old epoch or the new one, never a mix.
+
+Loading treats the directory as untrusted: ``weights_sha256`` must be present and match;
+model sizes are checked against :data:`atfnn_fast.config.SIZE_LIMITS` before the model is
+built; non-finite weights are refused. A checkpoint written without ``weights_sha256`` is
+refused with the command that re-saves it (:func:`resave_checkpoint`).
 """
 
 from __future__ import annotations
@@ -104,8 +111,10 @@ def save_checkpoint(
     norm_stats: NormStats | None = None,
     features: FeatureConfig | None = None,
     extra: dict[str, Any] | None = None,
+    extra_files: dict[str, bytes] | None = None,
 ) -> Path:
-    """Write ``model`` (an ATFNN or ATFNNReference) atomically to ``directory``."""
+    """Write ``model`` (an ATFNN or ATFNNReference) atomically to ``directory``, with
+    ``extra_files`` (plain file names -> contents) in the same atomic step."""
     from safetensors.torch import save_file
 
     config = getattr(model, "config", None)
@@ -115,6 +124,14 @@ def save_checkpoint(
             f"got {type(model).__name__}"
         )
     labels = check_deployment_info(config, labels, norm_stats)
+    extra_files = extra_files or {}
+    for name in extra_files:
+        if (
+            name in (WEIGHTS_FILE, CONFIG_FILE)
+            or Path(name).name != name
+            or name in ("", "..", ".")
+        ):
+            raise ValueError(f"extra_files: {name!r} is not a plain file name of its own")
     target = Path(directory)
     if target.exists() and not target.is_dir():
         raise CheckpointError(f"{target}: exists and is not a directory")
@@ -140,6 +157,9 @@ def save_checkpoint(
         }
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         _fsync_file(tmp / CONFIG_FILE)
+        for name, content in extra_files.items():
+            (tmp / name).write_bytes(content)
+            _fsync_file(tmp / name)
         _fsync_dir(tmp)
         if target.exists():
             old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
@@ -182,11 +202,14 @@ def load_checkpoint(
     *,
     model_class: type[nn.Module] | None = None,
     map_location: str | torch.device = "cpu",
+    allow_missing_checksum: bool = False,
 ) -> Checkpoint:
     """Load a checkpoint into a new ``model_class`` (default :class:`atfnn_fast.ATFNN`).
 
     Refuses, with a :class:`CheckpointError` naming the file and listing the problems,
-    anything that does not match: a checksum, a missing or unexpected key, a shape.
+    anything that does not match: a missing or wrong checksum, sizes beyond the limits, a
+    missing or unexpected key, a shape, a non-finite weight. ``allow_missing_checksum``
+    accepts a file without ``weights_sha256`` (only :func:`resave_checkpoint` uses it).
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -204,15 +227,35 @@ def load_checkpoint(
         features = FeatureConfig.from_dict(meta.get("features") or {})
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{cfg_path}: invalid contents ({err})") from None
-    if labels is not None and (not isinstance(labels, list) or len(labels) != config.num_classes):
+    try:
+        config.check_size_limits(str(cfg_path))  # before anything of that size is built
+    except ValueError as err:
+        raise CheckpointError(str(err)) from None
+    if labels is not None and (
+        not isinstance(labels, list)
+        or len(labels) != config.num_classes
+        or not all(isinstance(label, str) for label in labels)
+    ):
         raise CheckpointError(
             f"{cfg_path}: labels must be a list of {config.num_classes} names, got {labels!r}"
+        )
+    if stats is not None and stats.n_mels != config.n_mels:
+        raise CheckpointError(
+            f"{cfg_path}: norm_stats has {stats.n_mels} bands, the model config "
+            f"n_mels = {config.n_mels}"
         )
     weights = directory / WEIGHTS_FILE
     if not weights.is_file():
         raise CheckpointError(f"{weights}: missing")
     expected_sha = meta.get("weights_sha256")
-    if expected_sha is not None and _sha256(weights) != expected_sha:
+    if not allow_missing_checksum and not isinstance(expected_sha, str):
+        raise CheckpointError(
+            f"{cfg_path}: has no weights_sha256, so {WEIGHTS_FILE} cannot be verified "
+            "(written by an older atfnn-fast, or edited). If you trust this checkpoint, "
+            're-save it with: python -c "from atfnn_fast.checkpoint import resave_checkpoint; '
+            f'resave_checkpoint({str(directory)!r})"'
+        )
+    if isinstance(expected_sha, str) and _sha256(weights) != expected_sha:
         raise CheckpointError(
             f"{weights}: SHA-256 differs from the one recorded in {CONFIG_FILE}; "
             "the file is corrupted or was replaced"
@@ -237,6 +280,29 @@ def load_checkpoint(
             f"{weights}: does not match a {config.variant} model with the config in "
             f"{CONFIG_FILE}:\n  " + "\n  ".join(problems)
         )
+    bad = [
+        f"{k} ({int((~torch.isfinite(v)).sum())} of {v.numel()})"
+        for k, v in state.items()
+        if v.is_floating_point() and not bool(torch.isfinite(v).all())
+    ]
+    if bad:
+        raise CheckpointError(
+            f"{weights}: non-finite (NaN or Inf) weights in " + ", ".join(sorted(bad))
+        )
     model.load_state_dict(state)
     model.to(map_location)
     return Checkpoint(model, config, labels, stats, features, meta.get("extra") or {})
+
+
+def resave_checkpoint(
+    directory: str | os.PathLike, output: str | os.PathLike | None = None
+) -> Path:
+    """Re-save a checkpoint that has no ``weights_sha256`` (an older atfnn-fast wrote it) so
+    that it records one; every other check of :func:`load_checkpoint` still applies. Writes
+    to ``output`` (default: in place, atomically) and returns it. Only for files you
+    trust: the checksum guards against later changes, not earlier ones."""
+    ckpt = load_checkpoint(directory, allow_missing_checksum=True)
+    return save_checkpoint(
+        output if output is not None else directory, ckpt.model, labels=ckpt.labels,
+        norm_stats=ckpt.norm_stats, features=ckpt.features, extra=ckpt.extra,
+    )  # fmt: skip

@@ -13,6 +13,19 @@ from typing import Any
 
 T_ATTENTION_SOURCES = ("input", "encoding")
 
+# Upper bounds for sizes read from files (checkpoint config.json, ONNX metadata), checked by
+# :meth:`ATFNNConfig.check_size_limits` before anything is allocated. Generous (A): the
+# paper's model is 80 bands x 128 frames, 8 channels, 3 x 128 LSTM units, 1.6 M parameters.
+SIZE_LIMITS = {
+    "num_classes": 1000, "n_mels": 512, "frames": 8192, "channels": 256, "f_group": 512,
+    "t_group": 8192, "num_heads": 64, "ffn_channels": 1024, "ffn_kernel": 63,
+    "lstm_hidden": 4096, "lstm_layers": 16,
+}  # fmt: skip
+# elements of one segment's largest activation, n_mels * frames * channels (paper: 81,920)
+MAX_SEGMENT_ELEMENTS = 1 << 24
+# parameters of the whole model, counted without allocating (paper: 1.6 M)
+MAX_PARAMETERS = 200_000_000
+
 
 @dataclass(frozen=True)
 class ATFNNConfig:
@@ -150,6 +163,34 @@ class ATFNNConfig:
             ("t_encoder",): "AFNN",
         }
         return names.get(off, "ATFNN without " + ", ".join(off))
+
+    def check_size_limits(self, source: str = "ATFNNConfig") -> None:
+        """Refuse sizes beyond :data:`SIZE_LIMITS`, :data:`MAX_SEGMENT_ELEMENTS` and
+        :data:`MAX_PARAMETERS` with a ValueError naming ``source`` (the file), the field, the
+        value and the limit. Used for configs read from files, whose sizes are untrusted: a
+        ``frames`` of 80,000,000 would otherwise allocate gigabytes. Nothing is allocated
+        (the parameters are counted on the meta device)."""
+        for name, limit in SIZE_LIMITS.items():
+            value = getattr(self, name)
+            if value > limit:
+                raise ValueError(f"{source}: {name} = {value} exceeds the limit of {limit}")
+        elements = self.n_mels * self.frames * max(self.channels, 1)
+        if elements > MAX_SEGMENT_ELEMENTS:
+            raise ValueError(
+                f"{source}: n_mels * frames * channels = {elements} exceeds the limit of "
+                f"{MAX_SEGMENT_ELEMENTS}"
+            )
+        import torch
+
+        from .reference import ATFNNReference
+
+        with torch.device("meta"):
+            count = sum(p.numel() for p in ATFNNReference(self).parameters())
+        if count > MAX_PARAMETERS:
+            raise ValueError(
+                f"{source}: this config has {count:,} parameters, more than the limit of "
+                f"{MAX_PARAMETERS:,}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

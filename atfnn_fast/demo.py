@@ -112,7 +112,7 @@ def run_pipeline(out_dir="demo-output", epochs: int = 12, seed: int = 0, out=sys
     say(f"corpus         {manifest}: 5 synthetic speakers x {len(CLASSES)} classes x 8")
     say("               (synthetic prosody classes, NOT emotions: " + ", ".join(CLASSES) + ")")
     tc = TrainConfig(epochs=epochs, batch_size=32, hop=32, preset="tiny", seed=seed, device="cpu")
-    best = train(manifest, out_dir / "runs", fold="spk1", tc=tc)
+    best = train(manifest, out_dir / "runs", fold="spk1", tc=tc, overwrite=True)  # a re-run
     fold_dir = best.parent
     metrics = json.loads((fold_dir / "metrics.json").read_text())
     say(f"test speaker   spk1: WAR {metrics['war']:.1%}, UAR {metrics['uar']:.1%} "

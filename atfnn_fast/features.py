@@ -4,6 +4,13 @@ Pipeline: :func:`load_audio` (soundfile; any rate, any channel count -> 16 kHz m
 :func:`log_mel` ``(n_mels, N)`` -> :func:`segment` ``(S, n_mels, frames)`` ->
 :meth:`NormStats.apply`. :func:`file_segments` runs all four for one file.
 
+The same pipeline in bounded memory, for files of any length (prediction):
+:func:`iter_audio` reads and resamples blocks of ``AUDIO_BLOCK_SECONDS``, :func:`iter_log_mel`
+turns them into log-Mel frames, :func:`iter_segment_batches` cuts, normalises and groups the
+segments into batches. Memory is set by the block and batch sizes, not by the file's length;
+the result equals the whole-file pipeline's (to float rounding of the resampling and
+STFT).
+
 Choices where the paper and SPEC are silent (A):
 * MelSpectrogram: power spectrum (power 2), ``center=True`` with reflect padding (frame i is
   centred on sample ``i*hop``, so N samples give ``1 + N // hop`` frames), HTK Mel scale
@@ -15,6 +22,9 @@ Choices where the paper and SPEC are silent (A):
 * Normalisation: per Mel band mean and standard deviation over all frames of the training
   split (``NormStats.fit``); the standard deviation is floored at ``min_std`` so a constant
   band cannot divide by zero.
+* Feature parameters read from files are bounded (:data:`FEATURE_LIMITS`) so an edited
+  file cannot request a huge window; log-Mel values that are not finite (samples so large
+  that the power overflows) are refused with an :class:`AudioError` naming the file.
 """
 
 from __future__ import annotations
@@ -31,6 +41,11 @@ from typing import Any
 
 import numpy as np
 import torch
+
+# Upper bounds of FeatureConfig's sizes (A): far above any speech front-end's needs.
+FEATURE_LIMITS = {"sample_rate": 384_000, "n_fft": 16_384, "win_length": 16_384,
+                  "hop_length": 16_384}  # fmt: skip
+AUDIO_BLOCK_SECONDS = 30.0  # (A) audio read and resampled per step by iter_audio
 
 
 class AudioError(ValueError):
@@ -59,6 +74,18 @@ class FeatureConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"FeatureConfig.{name} must be a positive int, got {value!r}")
+            if value > FEATURE_LIMITS[name]:
+                raise ValueError(
+                    f"FeatureConfig.{name} = {value} exceeds the limit of {FEATURE_LIMITS[name]}"
+                )
+        for name in ("f_min", "f_max", "log_offset"):
+            value = getattr(self, name)
+            if value is None and name == "f_max":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"FeatureConfig.{name} must be a number, got {value!r}")
+            if not math.isfinite(value):
+                raise ValueError(f"FeatureConfig.{name} must be finite, got {value}")
         if self.win_length > self.n_fft:
             raise ValueError(
                 f"FeatureConfig.win_length ({self.win_length}) must be <= n_fft ({self.n_fft})"
@@ -84,30 +111,51 @@ class FeatureConfig:
 
 
 # ------------------------------------------------------------------------------ audio
-def load_audio(path: str | os.PathLike, sample_rate: int = 16_000) -> torch.Tensor:
-    """Read an audio file with soundfile and return a float32 mono waveform ``(N,)`` at
-    ``sample_rate``. Missing, unreadable, truncated, empty or non-finite audio raises
-    :class:`FileNotFoundError` or :class:`AudioError`, both naming the file."""
+def _open_audio(path: Path):
+    """An open ``soundfile.SoundFile`` after the checks every reader shares; errors name the
+    file."""
     import soundfile as sf
 
-    path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: audio file not found")
     if path.is_dir():
         raise AudioError(path, "is a directory, not an audio file")
     try:
         info = sf.info(str(path))
-        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        handle = sf.SoundFile(str(path))
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as err:
         raise AudioError(path, f"cannot decode audio ({err})") from None
     # libsndfile reads what is there of a cut-off file and notes the header mismatch.
     if "should be" in (info.extra_info or ""):
+        handle.close()
         raise AudioError(path, "truncated audio file (the header declares more data)")
-    if data.shape[0] == 0:
-        raise AudioError(path, "empty audio (0 samples)")
+    return handle
+
+
+def _read(path: Path, handle, count: int) -> np.ndarray:
+    """``count`` frames from ``handle`` mixed down to float32 mono, checked."""
+    import soundfile as sf
+
+    try:
+        data = handle.read(count, dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as err:
+        raise AudioError(path, f"cannot decode audio ({err})") from None
     if not np.isfinite(data).all():
         raise AudioError(path, "audio contains NaN or Inf samples")
-    wave = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1, dtype=np.float32)))
+    return np.ascontiguousarray(data.mean(axis=1, dtype=np.float32))
+
+
+def load_audio(path: str | os.PathLike, sample_rate: int = 16_000) -> torch.Tensor:
+    """Read an audio file with soundfile and return a float32 mono waveform ``(N,)`` at
+    ``sample_rate``. Missing, unreadable, truncated, empty or non-finite audio raises
+    :class:`FileNotFoundError` or :class:`AudioError`, both naming the file."""
+    path = Path(path)
+    with _open_audio(path) as handle:
+        rate = handle.samplerate
+        data = _read(path, handle, -1)
+    if data.shape[0] == 0:
+        raise AudioError(path, "empty audio (0 samples)")
+    wave = torch.from_numpy(data)
     if rate != sample_rate:
         import torchaudio.functional as AF
 
@@ -115,9 +163,59 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16_000) -> torch.Tens
     return wave
 
 
+def _resample_context(orig: int, new: int) -> tuple[int, int, int]:
+    """(orig, new) in lowest terms and the input samples of context each side that make a
+    block of torchaudio's sinc resampler (its default ``lowpass_filter_width=6``,
+    ``rolloff=0.99``) equal to the same samples of a whole-file resampling: at least the
+    kernel's half width plus one input period, rounded up to whole periods."""
+    g = math.gcd(orig, new)
+    orig, new = orig // g, new // g
+    width = math.ceil(6 * orig / (min(orig, new) * 0.99))
+    return orig, new, orig * (math.ceil((width + orig) / orig) + 1)
+
+
+def iter_audio(
+    path: str | os.PathLike,
+    sample_rate: int = 16_000,
+    block_seconds: float = AUDIO_BLOCK_SECONDS,
+):
+    """:func:`load_audio` in blocks: yields float32 mono chunks at ``sample_rate`` whose
+    concatenation is the file's waveform, reading about ``block_seconds`` of audio at a
+    time (resampling each block with enough context on both sides to match a whole-file
+    resampling). Same errors as :func:`load_audio`, raised when the bad block is reached."""
+    path = Path(path)
+    with _open_audio(path) as handle:
+        rate, total = handle.samplerate, handle.frames
+        if total == 0:
+            raise AudioError(path, "empty audio (0 samples)")
+        if rate == sample_rate:
+            block = max(1, int(block_seconds * rate))
+            for start in range(0, total, block):
+                data = _read(path, handle, min(block, total - start))
+                if data.shape[0] == 0:
+                    raise AudioError(path, "truncated audio file (ends before its header says)")
+                yield torch.from_numpy(data)
+            return
+        import torchaudio.functional as AF
+
+        orig, new, context = _resample_context(rate, sample_rate)
+        block = orig * max(1, round(block_seconds * rate / orig))
+        for start in range(0, total, block):
+            end = min(start + block, total)
+            first, last = max(0, start - context), min(total, end + context)
+            handle.seek(first)
+            data = _read(path, handle, last - first)
+            if data.shape[0] != last - first:
+                raise AudioError(path, "truncated audio file (ends before its header says)")
+            out = AF.resample(torch.from_numpy(data), rate, sample_rate)
+            offset = (start - first) // orig * new
+            count = -(-end * new // orig) - start // orig * new
+            yield out[offset : offset + count]
+
+
 # ---------------------------------------------------------------------------- log-Mel
 @functools.lru_cache(maxsize=8)
-def _mel_transform(n_mels: int, features: FeatureConfig):
+def _mel_transform(n_mels: int, features: FeatureConfig, center: bool = True):
     import torchaudio
 
     return torchaudio.transforms.MelSpectrogram(
@@ -130,7 +228,7 @@ def _mel_transform(n_mels: int, features: FeatureConfig):
         n_mels=n_mels,
         window_fn=torch.hamming_window,
         power=2.0,
-        center=True,
+        center=center,
         pad_mode="reflect",
         mel_scale="htk",
         norm=None,
@@ -153,6 +251,60 @@ def log_mel(
         )
     mel = _mel_transform(n_mels, features)(wave.float())
     return torch.log(mel + features.log_offset)
+
+
+def iter_log_mel(chunks: Iterable[torch.Tensor], n_mels: int = 80,
+                 features: FeatureConfig | None = None):  # fmt: skip
+    """:func:`log_mel` of the concatenation of ``chunks`` (1-D waveform pieces), as
+    ``(n_mels, k)`` blocks of consecutive frames: the reflect padding of ``center=True`` is
+    applied at the two ends of the stream and the frames in between are computed with
+    ``center=False`` on a buffer that never holds much more than one chunk."""
+    features = features or FeatureConfig()
+    n_fft, hop = features.n_fft, features.hop_length
+    pad = n_fft // 2
+    mel = _mel_transform(n_mels, features, center=False)
+    empty = torch.zeros(0)
+    head = empty  # samples held back until the start can be reflected (needs pad + 1)
+    tail = empty  # the last pad + 1 samples, for the reflection at the end
+    buf, pos, frame = empty, 0, 0  # buffer of the padded stream, its start, the next frame
+    total = 0
+
+    def frames_from(samples: torch.Tensor):
+        nonlocal buf, pos, frame
+        buf = torch.cat([buf, samples])
+        skip = min(max(0, frame * hop - pos), buf.numel())  # a hop longer than the window
+        buf, pos = buf[skip:], pos + skip
+        end = pos + buf.numel()  # frames whose whole window [j*hop, j*hop + n_fft) is here
+        if end < frame * hop + n_fft:
+            return None
+        count = 1 + (end - n_fft - frame * hop) // hop
+        start = frame * hop - pos
+        out = mel(buf[start : start + (count - 1) * hop + n_fft])
+        frame += count
+        drop = min(frame * hop - pos, buf.numel())
+        buf, pos = buf[drop:], pos + drop
+        return torch.log(out + features.log_offset)
+
+    for chunk in chunks:
+        chunk = chunk.float()
+        total += chunk.numel()
+        tail = torch.cat([tail, chunk])[-(pad + 1) :]
+        if head is not None:
+            head = torch.cat([head, chunk])
+            if head.numel() <= pad:
+                continue
+            chunk, head = torch.cat([head[1 : pad + 1].flip(0), head]), None
+        out = frames_from(chunk)
+        if out is not None:
+            yield out
+    if total <= pad:
+        raise ValueError(
+            f"wave must have more than n_fft // 2 = {pad} samples "
+            f"({pad / features.sample_rate * 1000:.0f} ms), got {total}"
+        )
+    out = frames_from(tail[:-1].flip(0)[:pad])
+    if out is not None:
+        yield out
 
 
 # ------------------------------------------------------------------------ segmentation
@@ -288,3 +440,59 @@ def file_segments(
     if stats is not None:
         segs = stats.apply(segs)
     return segs.unsqueeze(1)
+
+
+def iter_segment_batches(
+    path: str | os.PathLike,
+    *,
+    n_mels: int = 80,
+    frames: int = 128,
+    stats: NormStats | None = None,
+    features: FeatureConfig | None = None,
+    batch_size: int = 64,
+):
+    """:func:`file_segments` (non-overlapping segments) in bounded memory: yields
+    ``(b, 1, n_mels, frames)`` batches of at most ``batch_size`` segments, in order, whose
+    concatenation equals ``file_segments(path, ...)``. Errors name the file."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    features = features or FeatureConfig()
+    pad_value = features.silence_value
+    pending: list[torch.Tensor] = []  # log-Mel blocks not yet cut into segments
+    ready: list[torch.Tensor] = []  # cut segments not yet yielded
+    n_pending = n_ready = 0
+
+    def batches(final: bool):
+        nonlocal ready, n_ready
+        while n_ready >= batch_size or (final and n_ready):
+            segs = torch.cat(ready)
+            out, rest = segs[:batch_size], segs[batch_size:]
+            ready, n_ready = ([rest] if rest.shape[0] else []), rest.shape[0]
+            if stats is not None:
+                out = stats.apply(out)
+            yield out.unsqueeze(1)
+
+    try:
+        for lm in iter_log_mel(iter_audio(path, features.sample_rate), n_mels, features):
+            if not bool(torch.isfinite(lm).all()):
+                raise AudioError(path, "log-Mel features are not finite (samples too large?)")
+            pending.append(lm)
+            n_pending += lm.shape[1]
+            if n_pending >= frames:
+                block = torch.cat(pending, dim=1)
+                whole = n_pending // frames * frames
+                segs = block[:, :whole].reshape(n_mels, -1, frames).permute(1, 0, 2)
+                ready.append(segs.contiguous())
+                n_ready += segs.shape[0]
+                pending, n_pending = [block[:, whole:]], n_pending - whole
+                yield from batches(final=False)
+        if n_pending:  # the tail, padded with silence like segment() does
+            block = torch.cat(pending, dim=1)
+            block = torch.nn.functional.pad(block, (0, frames - n_pending), value=pad_value)
+            ready.append(block[None])
+            n_ready += 1
+        yield from batches(final=True)
+    except AudioError:
+        raise
+    except ValueError as err:  # too short for one frame
+        raise AudioError(path, str(err)) from None

@@ -1,16 +1,28 @@
 """Utterance predictions with a PyTorch checkpoint (the ONNX twin is
 :class:`atfnn_fast.export.OnnxPredictor`): label and per-class scores, the scores being the
-mean of the segments' softmax probabilities (SPEC section 5, (A))."""
+mean of the segments' softmax probabilities (SPEC section 5, (A)).
+
+Memory stays flat in the file's length: the audio is read and turned into features in
+blocks (:func:`atfnn_fast.features.iter_segment_batches`) and the segments go through the
+model ``batch_size`` at a time (default :data:`DEFAULT_BATCH_SIZE`); the probabilities are
+summed in float64 as the batches finish.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .checkpoint import load_checkpoint
-from .features import file_segments
+from .errors import resolve_device
+from .features import iter_segment_batches
+
+DEFAULT_BATCH_SIZE = 64  # segments per forward pass of `predict` (A)
+MAX_BATCH_SIZE = 4096  # also the dynamic batch range of exported ONNX graphs
 
 
 @dataclass
@@ -20,7 +32,9 @@ class Prediction:
     scores: dict[str, float]
 
     def to_dict(self) -> dict:
-        return {"file": self.file, "label": self.label, "scores": self.scores}
+        """``file`` (and ``path``, the same value, the key error entries use), ``label``,
+        ``scores``."""
+        return {"file": self.file, "path": self.file, "label": self.label, "scores": self.scores}
 
     def __str__(self) -> str:
         ranked = sorted(self.scores.items(), key=lambda kv: -kv[1])
@@ -34,23 +48,56 @@ def make_prediction(path, labels: list[str], probs) -> Prediction:
     return Prediction(str(path), labels[best], dict(zip(labels, probs, strict=True)))
 
 
+def check_batch_size(batch_size: int) -> int:
+    if (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, int)
+        or not 1 <= batch_size <= MAX_BATCH_SIZE
+    ):
+        raise ValueError(f"batch_size must be an int in 1..{MAX_BATCH_SIZE}, got {batch_size!r}")
+    return batch_size
+
+
+def mean_probabilities(
+    batches: Iterable[torch.Tensor], probabilities: Callable[[torch.Tensor], np.ndarray]
+) -> np.ndarray:
+    """Mean over all segments of ``probabilities(batch)`` (``(b, C)`` per batch), summed in
+    float64 batch by batch so no more than one batch is held."""
+    total, count = None, 0
+    for batch in batches:
+        probs = np.asarray(probabilities(batch), dtype=np.float64)
+        total = probs.sum(0) if total is None else total + probs.sum(0)
+        count += probs.shape[0]
+    if not count:
+        raise ValueError("no segments to predict from")
+    return total / count
+
+
 class CheckpointPredictor:
     """``CheckpointPredictor("ckpt/").predict_file("a.wav")`` -> :class:`Prediction`."""
 
-    def __init__(self, directory: str | os.PathLike, device: str = "cpu") -> None:
-        ckpt = load_checkpoint(directory, map_location=device)
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        device: str = "cpu",
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> None:
+        self.device = resolve_device(device)
+        self.batch_size = check_batch_size(batch_size)
+        ckpt = load_checkpoint(directory, map_location=self.device)
         self.model = ckpt.model.eval()
         self.config = ckpt.config
         self.labels = ckpt.labels or [f"class_{i}" for i in range(ckpt.config.num_classes)]
         self.norm_stats = ckpt.norm_stats
         self.features = ckpt.features
-        self.device = device
+
+    def _probabilities(self, segs: torch.Tensor) -> np.ndarray:
+        with torch.inference_mode():
+            return self.model(segs.to(self.device)).float().softmax(-1).cpu().numpy()
 
     def predict_file(self, path: str | os.PathLike) -> Prediction:
-        segs = file_segments(
+        batches = iter_segment_batches(
             path, n_mels=self.config.n_mels, frames=self.config.frames,
-            stats=self.norm_stats, features=self.features,
+            stats=self.norm_stats, features=self.features, batch_size=self.batch_size,
         )  # fmt: skip
-        with torch.inference_mode():
-            probs = self.model(segs.to(self.device)).softmax(-1).mean(0)
-        return make_prediction(path, self.labels, probs.cpu())
+        return make_prediction(path, self.labels, mean_probabilities(batches, self._probabilities))

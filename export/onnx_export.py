@@ -36,12 +36,13 @@ from torch import nn
 from atfnn_fast.checkpoint import check_deployment_info
 from atfnn_fast.config import ATFNNConfig
 from atfnn_fast.features import FeatureConfig, NormStats
+from atfnn_fast.predict import MAX_BATCH_SIZE
 from atfnn_fast.reference import ATFNNReference
 
 INPUT_NAME = "spectrogram"
 OUTPUT_NAME = "logits"
 DEFAULT_OPSET = 18
-MAX_BATCH = 4096
+MAX_BATCH = MAX_BATCH_SIZE
 FOLD_LIMIT = 1 << 26  # elements: constant folding may build any weight of the model
 FORMAT = "atfnn-fast-onnx"
 FORMAT_VERSION = 1
@@ -206,15 +207,41 @@ def load_model(path: str | os.PathLike):
         raise OnnxError(f"{path}: not a readable ONNX model ({type(err).__name__})") from None
 
 
-def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The deployment metadata of an exported file: config, labels, norm_stats, features."""
-    proto = load_model(path)
+_ELEM_TYPES = {"float32": 1, "float16": 10}  # onnx.TensorProto.FLOAT / FLOAT16
+
+
+def _dims(value_info) -> list[int | str | None]:
+    """A graph input's / output's declared dims: an int, a symbolic name, or None."""
+    dims = []
+    for d in value_info.type.tensor_type.shape.dim:
+        which = d.WhichOneof("value")
+        dims.append(d.dim_value if which == "dim_value" else d.dim_param or None)
+    return dims
+
+
+def read_metadata(path: str | os.PathLike, proto=None) -> dict[str, Any]:
+    """The deployment metadata of an exported file: config, labels, norm_stats, features,
+    dtype, version and ``batch`` (the graph's fixed batch size, or None when dynamic).
+
+    The file is untrusted: the metadata's own fields are checked (format version, dtype,
+    sizes within :data:`atfnn_fast.config.SIZE_LIMITS`, label count and types, the
+    statistics' band count) and so is the graph against them (one input ``spectrogram``
+    ``(batch, 1, n_mels, frames)`` of the declared dtype, one output ``logits``
+    ``(batch, num_classes)``). A mismatch raises :class:`OnnxError` naming the file, the
+    field and both values."""
+    proto = load_model(path) if proto is None else proto
     props = {p.key: p.value for p in proto.metadata_props}
     if props.get("atfnn.format") != FORMAT:
         raise OnnxError(f"{path}: not exported by atfnn-fast (no atfnn.format metadata)")
+    version = props.get("atfnn.format_version")
+    if version != str(FORMAT_VERSION):
+        raise OnnxError(
+            f"{path}: metadata atfnn.format_version is {version!r}, this atfnn-fast reads "
+            f"{str(FORMAT_VERSION)!r}"
+        )
     try:
         stats = json.loads(props["atfnn.norm_stats"])
-        return {
+        meta = {
             "config": ATFNNConfig.from_json(props["atfnn.config"]),
             "labels": json.loads(props["atfnn.labels"]),
             "norm_stats": NormStats.from_dict(stats) if stats is not None else None,
@@ -224,3 +251,83 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
         }
     except (KeyError, TypeError, ValueError) as err:
         raise OnnxError(f"{path}: invalid atfnn metadata ({err})") from None
+    cfg = meta["config"]
+    try:
+        cfg.check_size_limits("metadata atfnn.config")
+    except ValueError as err:
+        raise OnnxError(f"{path}: {err}") from None
+    if meta["dtype"] not in DTYPES:
+        raise OnnxError(
+            f"{path}: metadata atfnn.dtype is {meta['dtype']!r}, expected one of {sorted(DTYPES)}"
+        )
+    labels = meta["labels"]
+    if labels is not None:
+        if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+            raise OnnxError(
+                f"{path}: metadata atfnn.labels must be a list of names, got {labels!r}"
+            )
+        if len(labels) != cfg.num_classes:
+            raise OnnxError(
+                f"{path}: metadata atfnn.labels has {len(labels)} names, atfnn.config "
+                f"num_classes is {cfg.num_classes}"
+            )
+    if meta["norm_stats"] is not None and meta["norm_stats"].n_mels != cfg.n_mels:
+        raise OnnxError(
+            f"{path}: metadata atfnn.norm_stats has {meta['norm_stats'].n_mels} bands, "
+            f"atfnn.config n_mels is {cfg.n_mels}"
+        )
+    meta["batch"] = _check_graph(path, proto, cfg, meta["dtype"])
+    return meta
+
+
+def _check_graph(path, proto, cfg: ATFNNConfig, dtype: str) -> int | None:
+    """Compare the graph's input and output with the metadata; returns the fixed batch size
+    (None: dynamic)."""
+    graph = proto.graph
+    initializers = {t.name for t in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in initializers]
+    if [i.name for i in inputs] != [INPUT_NAME] or [o.name for o in graph.output] != [OUTPUT_NAME]:
+        raise OnnxError(
+            f"{path}: graph inputs {[i.name for i in inputs]} and outputs "
+            f"{[o.name for o in graph.output]}, expected [{INPUT_NAME!r}] and [{OUTPUT_NAME!r}]"
+        )
+    (inp,), (out,) = inputs, graph.output
+    elem = inp.type.tensor_type.elem_type
+    if elem != _ELEM_TYPES[dtype]:
+        raise OnnxError(
+            f"{path}: metadata atfnn.dtype is {dtype!r}, the graph input {INPUT_NAME!r} has "
+            f"element type {elem} (ONNX TensorProto; float32 is 1, float16 is 10)"
+        )
+    in_dims, out_dims = _dims(inp), _dims(out)
+    if len(in_dims) != 4:
+        raise OnnxError(
+            f"{path}: graph input {INPUT_NAME!r} has {len(in_dims)} dims {in_dims}, "
+            "expected 4 (batch, 1, n_mels, frames)"
+        )
+    if len(out_dims) != 2:
+        raise OnnxError(
+            f"{path}: graph output {OUTPUT_NAME!r} has {len(out_dims)} dims {out_dims}, "
+            "expected 2 (batch, num_classes)"
+        )
+    checks = [
+        ("the channel count (always)", 1, in_dims[1], f"graph input {INPUT_NAME!r} dim 1"),
+        ("metadata atfnn.config n_mels", cfg.n_mels, in_dims[2], f"graph input {INPUT_NAME!r} dim 2"),
+        ("metadata atfnn.config frames", cfg.frames, in_dims[3], f"graph input {INPUT_NAME!r} dim 3"),
+        ("metadata atfnn.config num_classes", cfg.num_classes, out_dims[1],
+         f"graph output {OUTPUT_NAME!r} dim 1"),
+    ]  # fmt: skip
+    for field_name, want, got, where in checks:
+        if got != want:
+            raise OnnxError(
+                f"{path}: {field_name} is {want}, {where} is "
+                f"{got if got is not None else 'unknown'}"
+            )
+    batch = in_dims[0]
+    if isinstance(batch, int) and not 1 <= batch <= MAX_BATCH:
+        raise OnnxError(f"{path}: graph input {INPUT_NAME!r} has a batch of {batch}")
+    if isinstance(batch, int) and out_dims[0] != batch:
+        raise OnnxError(
+            f"{path}: graph input {INPUT_NAME!r} batch is {batch}, graph output "
+            f"{OUTPUT_NAME!r} batch is {out_dims[0]}"
+        )
+    return batch if isinstance(batch, int) else None

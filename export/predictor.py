@@ -3,6 +3,10 @@
 Features are computed outside the graph with the feature parameters and normalisation
 statistics stored in the file's metadata (:mod:`atfnn_fast.features`); an utterance's
 scores are the mean of its segments' softmax probabilities (SPEC section 5, (A)).
+
+Memory stays flat in the file's length, as with :class:`atfnn_fast.predict.CheckpointPredictor`:
+features in blocks, segments through the graph ``batch_size`` at a time (a graph exported
+with a static batch gets exactly its batch size per call, the tail padded and dropped).
 """
 
 from __future__ import annotations
@@ -11,8 +15,14 @@ import os
 
 import numpy as np
 
-from atfnn_fast.features import file_segments
-from atfnn_fast.predict import Prediction, make_prediction
+from atfnn_fast.features import iter_segment_batches
+from atfnn_fast.predict import (
+    DEFAULT_BATCH_SIZE,
+    Prediction,
+    check_batch_size,
+    make_prediction,
+    mean_probabilities,
+)
 
 from .onnx_export import INPUT_NAME, read_metadata
 from .validate import session
@@ -27,14 +37,21 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 class OnnxPredictor:
     """``OnnxPredictor("model.onnx").predict_file("a.wav")`` -> :class:`Prediction`."""
 
-    def __init__(self, path: str | os.PathLike, providers: list[str] | None = None) -> None:
-        meta = read_metadata(path)
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        providers: list[str] | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> None:
+        meta = read_metadata(path)  # checked against the graph: fails here, not in a run
         self.path = str(path)
         self.config = meta["config"]
         self.labels = meta["labels"] or [f"class_{i}" for i in range(self.config.num_classes)]
         self.norm_stats = meta["norm_stats"]
         self.features = meta["features"]
         self.dtype = np.float16 if meta["dtype"] == "float16" else np.float32
+        self.fixed_batch = meta["batch"]  # None: dynamic batch axis
+        self.batch_size = meta["batch"] or check_batch_size(batch_size)
         self.session = session(path, providers)
 
     def predict_spectrograms(self, x) -> np.ndarray:
@@ -50,13 +67,23 @@ class OnnxPredictor:
             )
         if not np.isfinite(x).all():
             raise ValueError("spectrograms contain NaN or Inf values")
-        logits = self.session.run(None, {INPUT_NAME: x.astype(self.dtype)})[0]
-        return softmax(logits.astype(np.float64))
+        out = []
+        for start in range(0, x.shape[0], self.batch_size):
+            chunk = x[start : start + self.batch_size].astype(self.dtype)
+            n = chunk.shape[0]
+            if self.fixed_batch is not None and n < self.fixed_batch:
+                chunk = np.concatenate(
+                    [chunk, np.zeros_like(chunk[:1]).repeat(self.fixed_batch - n, 0)]
+                )
+            logits = self.session.run(None, {INPUT_NAME: chunk})[0][:n]
+            out.append(softmax(logits.astype(np.float64)))
+        return np.concatenate(out) if out else np.zeros((0, self.config.num_classes))
 
     def predict_file(self, path: str | os.PathLike) -> Prediction:
         """One audio file (any rate, any channels) -> label and per-class scores."""
-        segs = file_segments(
+        batches = iter_segment_batches(
             path, n_mels=self.config.n_mels, frames=self.config.frames,
-            stats=self.norm_stats, features=self.features,
+            stats=self.norm_stats, features=self.features, batch_size=self.batch_size,
         )  # fmt: skip
-        return make_prediction(path, self.labels, self.predict_spectrograms(segs.numpy()).mean(0))
+        probs = mean_probabilities(batches, lambda b: self.predict_spectrograms(b.numpy()))
+        return make_prediction(path, self.labels, probs)

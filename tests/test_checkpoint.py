@@ -1,5 +1,6 @@
 """Checkpoints: round trip, atomic writes, and refusal of corrupted or mismatched files."""
 
+import hashlib
 import json
 import os
 import pickle
@@ -30,6 +31,13 @@ def rewrite_meta(path, **changes):
     meta = json.loads((path / "config.json").read_text())
     meta.update(changes)
     (path / "config.json").write_text(json.dumps(meta))
+
+
+def replace_weights(path, data: bytes):
+    """Tamper with model.safetensors and record the new file's checksum, as an attacker
+    (or a careless edit) with access to both files would."""
+    (path / "model.safetensors").write_bytes(data)
+    rewrite_meta(path, weights_sha256=hashlib.sha256(data).hexdigest())
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
@@ -138,11 +146,10 @@ def test_corrupted_weights_are_refused(tmp_path):
         load_checkpoint(path)
 
 
-def test_truncated_weights_without_checksum_are_refused(tmp_path):
+def test_truncated_weights_with_a_matching_checksum_are_refused(tmp_path):
     path, _, _ = saved(tmp_path)
-    rewrite_meta(path, weights_sha256=None)
     data = (path / "model.safetensors").read_bytes()
-    (path / "model.safetensors").write_bytes(data[: len(data) // 2])
+    replace_weights(path, data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="unreadable safetensors"):
         load_checkpoint(path)
 
@@ -156,8 +163,7 @@ def test_pickle_payload_is_never_executed(tmp_path):
         def __reduce__(self):
             return (open, (str(marker), "w"))
 
-    (path / "model.safetensors").write_bytes(pickle.dumps(Payload()))
-    rewrite_meta(path, weights_sha256=None)
+    replace_weights(path, pickle.dumps(Payload()))
     with pytest.raises(CheckpointError, match="unreadable safetensors"):
         load_checkpoint(path)
     assert not marker.exists()
@@ -212,7 +218,7 @@ def test_missing_and_unexpected_keys_are_listed(tmp_path):
     del state["classifier.bias"]
     state["extra.weight"] = torch.zeros(2)
     save_file(state, str(path / "model.safetensors"))
-    rewrite_meta(path, weights_sha256=None)
+    replace_weights(path, (path / "model.safetensors").read_bytes())
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(path)
     assert "missing key classifier.bias (3,)" in str(info.value)
@@ -229,3 +235,72 @@ def test_missing_pieces(tmp_path):
     (path / "config.json").unlink()
     with pytest.raises(CheckpointError, match=r"config\.json: missing"):
         load_checkpoint(path)
+
+
+# ------------------------------------------------------- untrusted checkpoints (#13)
+def test_a_checkpoint_without_checksum_is_refused_and_can_be_resaved(tmp_path):
+    path, model, _ = saved(tmp_path)
+    rewrite_meta(path, weights_sha256=None)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    assert str(info.value).startswith(f"{path / 'config.json'}: has no weights_sha256, so ")
+    assert f"resave_checkpoint({str(path)!r})" in str(info.value)
+    assert ckpt.resave_checkpoint(path) == path
+    meta = json.loads((path / "config.json").read_text())
+    assert (
+        meta["weights_sha256"]
+        == hashlib.sha256((path / "model.safetensors").read_bytes()).hexdigest()
+    )
+    loaded = load_checkpoint(path)
+    assert loaded.labels == LABELS
+    assert all(torch.equal(loaded.model.state_dict()[k], v) for k, v in model.state_dict().items())
+
+
+def test_non_finite_weights_are_refused_even_with_a_matching_checksum(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    path, _, _ = saved(tmp_path)
+    state = load_file(str(path / "model.safetensors"))
+    state["classifier.weight"][0, :2] = float("inf")
+    state["classifier.bias"][2] = float("nan")
+    save_file(state, str(path / "model.safetensors"))
+    replace_weights(path, (path / "model.safetensors").read_bytes())
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    assert str(info.value) == (
+        f"{path / 'model.safetensors'}: non-finite (NaN or Inf) weights in classifier.bias "
+        "(1 of 3), classifier.weight (2 of 30)"
+    )
+
+
+@pytest.mark.parametrize(
+    "changes,message",
+    [
+        (dict(frames=80_000_000), "frames = 80000000 exceeds the limit of 8192"),
+        (dict(n_mels=100_000, f_group=5), "n_mels = 100000 exceeds the limit of 512"),
+        (dict(n_mels=500, frames=8000, channels=8), "n_mels * frames * channels = 32000000 "
+                                                    "exceeds the limit of 16777216"),
+        (dict(lstm_hidden=4096, lstm_layers=16), "this config has 6,176,399,777 parameters, "
+                                                 "more than the limit of 200,000,000"),
+    ],
+)  # fmt: skip
+def test_sizes_in_config_json_are_bounded_before_any_allocation(tmp_path, changes, message):
+    import resource
+
+    path, _, _ = saved(tmp_path)
+    meta = json.loads((path / "config.json").read_text())
+    rewrite_meta(path, model={**meta["model"], **changes}, norm_stats=None)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    assert str(info.value) == f"{path / 'config.json'}: {message}"
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000  # KiB
+
+
+def test_extra_files_travel_in_the_same_atomic_commit(tmp_path):
+    path, _, _ = saved(tmp_path, extra_files={"state.json": b'{"epoch": 3}', "o.pt": b"x"})
+    assert sorted(os.listdir(path)) == ["config.json", "model.safetensors", "o.pt", "state.json"]
+    assert (path / "state.json").read_bytes() == b'{"epoch": 3}'
+    with pytest.raises(ValueError, match=r"extra_files: '\.\./x' is not a plain file name"):
+        saved(tmp_path, name="other", extra_files={"../x": b""})
+    assert not (tmp_path / "other").exists()

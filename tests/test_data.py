@@ -1,6 +1,8 @@
 """Corpus readers on synthetic trees that mimic each corpus's published layout, the manifest
 format, and the feature cache."""
 
+import re
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -132,3 +134,102 @@ def test_feature_cache_computes_once(tmp_path, monkeypatch):
     (entry,) = (tmp_path / "cache").glob("*.pt")
     entry.write_bytes(b"damaged")
     assert torch.equal(cache.get(wav), first) and len(calls) == 2  # recomputed
+
+
+# ------------------------------------------------------------------ manifest checks (#13)
+def write_rows(path, rows, header="path,label,speaker", bom=False, newline="\n"):
+    text = newline.join([header, *(",".join(r) for r in rows)]) + newline
+    path.write_bytes(("\ufeff" if bom else "").encode() + text.encode())
+    return path
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+def test_bom_and_crlf_are_accepted(tmp_path, newline):
+    rows = [("a.wav", "sad", "s1"), ("b.wav", "angry", "s2")]
+    plain = read_manifest(write_rows(tmp_path / "plain.csv", rows))
+    spreadsheet = read_manifest(write_rows(tmp_path / "bom.csv", rows, bom=True, newline=newline))
+    assert spreadsheet == plain
+    assert [(i.path.name, i.label, i.speaker) for i in plain] == [
+        ("a.wav", "sad", "s1"),
+        ("b.wav", "angry", "s2"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "value,reason",
+    [
+        ("../../escaped_fold", "contains a path separator"),
+        ("/tmp/escaped_fold", "is an absolute path"),
+        ("..", r"is a relative path \(\. or \.\.\)"),
+        (".", r"is a relative path \(\. or \.\.\)"),
+        ("spk\\..\\x", "contains a path separator"),
+        ("spk\x1b[2J", r"contains a control or non-printable character \('\\x1b'\)"),
+        ("spk\x00", r"contains a control or non-printable character \('\\x00'\)"),
+        ("x" * 256, "is longer than 255 bytes"),
+    ],
+)
+@pytest.mark.parametrize("column", ["speaker", "session"])
+def test_fold_names_that_are_paths_are_refused_with_the_row(tmp_path, value, reason, column):
+    rows = [("a.wav", "sad", "s1", "S1"), ("b.wav", "angry", "s2", "S1")]
+    bad = ("c.wav", "sad", value, "S2") if column == "speaker" else ("c.wav", "sad", "s3", value)
+    manifest = write_rows(tmp_path / "m.csv", [*rows, bad], header="path,label,speaker,session")
+    with pytest.raises(ManifestError) as info:
+        read_manifest(manifest)
+    assert re.fullmatch(
+        rf"{re.escape(str(manifest))}:4: {column} {re.escape(repr(value))} {reason}; "
+        "speaker and session values name the fold directories of a training run",
+        str(info.value),
+    ), str(info.value)
+
+
+def test_plain_names_pass():
+    for value in ("Ses01F", "Actor_01", "spk 1", "ÄÖÜ-ß", "a..b", ".hidden", "1001"):
+        assert data.fold_name_problem(value) is None, value
+
+
+def test_duplicate_rows_are_dropped_with_a_warning(tmp_path):
+    rows = [("a.wav", "sad", "s1"), ("b.wav", "angry", "s2"), ("a.wav", "sad", "s1"),
+            ("c.wav", "sad", "s2"), ("./b.wav", "angry", "s2")]  # fmt: skip
+    manifest = write_rows(tmp_path / "m.csv", rows)
+    with pytest.warns(data.ManifestWarning) as record:
+        items = read_manifest(manifest)
+    assert [i.path.name for i in items] == ["a.wav", "b.wav", "c.wav"]
+    (warning,) = record
+    assert str(warning.message) == (
+        f"{manifest}: 2 duplicate row(s) dropped (line 4 repeats line 2, line 6 repeats line 3)"
+    )
+
+
+@pytest.mark.parametrize(
+    "second,what",
+    [
+        (("sub/../a.wav", "sad", "s2", "S1"), "two speakers"),
+        (("a.wav", "angry", "s1", "S1"), "two labels"),
+        (("a.wav", "sad", "s1", "S2"), "two sessions"),
+    ],
+)
+def test_one_file_under_two_speakers_is_refused_naming_both_rows(tmp_path, second, what):
+    rows = [("a.wav", "sad", "s1", "S1"), ("b.wav", "angry", "s2", "S1"), second]
+    manifest = write_rows(tmp_path / "m.csv", rows, header="path,label,speaker,session")
+    with pytest.raises(ManifestError) as info:
+        read_manifest(manifest)
+    first = "(sad, s1, S1)"
+    other = "(" + ", ".join(second[1:]) + ")"
+    assert str(info.value) == (
+        f"{manifest}: {second[0]} is listed under {what}: line 2 {first} and line 4 {other}"
+    )
+
+
+def test_manifest_that_is_not_utf8(tmp_path):
+    manifest = tmp_path / "m.csv"
+    manifest.write_bytes("path,label,speaker\na.wav,sad,Jürgen\n".encode("latin-1"))
+    with pytest.raises(ManifestError, match=r"m\.csv: not UTF-8 text \(invalid"):
+        read_manifest(manifest)
+
+
+def test_features_that_overflow_name_the_file(tmp_path):
+    """Samples that are finite but so large that their power overflows (inf log-Mel)."""
+    wav = tmp_path / "loud.wav"
+    sf.write(str(wav), np.full(8000, 3e38, dtype=np.float32), 16000, subtype="FLOAT")
+    with pytest.raises(data.AudioError, match=r"loud\.wav: log-Mel features are not finite"):
+        FeatureCache(tmp_path / "cache").get(wav)

@@ -1,8 +1,11 @@
 """ONNX export, validation in ONNX Runtime, TensorRT readiness, the predictor and the CLI."""
 
 import json
+import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -234,11 +237,14 @@ def test_cli_export_and_predict(exported, tmp_path, capsys):
         code = main(["predict", *source, "--json", *files])
         captured = capsys.readouterr()
         assert code == 1
-        (result,) = json.loads(captured.out)
+        result, missing, broken = json.loads(captured.out)
         assert result["file"] == files[0] and set(result["scores"]) == set(LABELS)
+        assert missing == {"path": files[1], "error": f"{files[1]}: audio file not found"}
+        assert set(broken) == {"path", "error"} and broken["path"] == files[2]
+        assert broken["error"].startswith(f"{files[2]}: cannot decode audio")
         errors = captured.err.strip().splitlines()
-        assert len(errors) == 2 and "missing.wav: audio file not found" in errors[0]
-        assert "bad.wav" in errors[1] and "Traceback" not in captured.err
+        assert errors == [f"atfnn-fast: error: {missing['error']}",
+                          f"atfnn-fast: error: {broken['error']}"]  # fmt: skip
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
@@ -247,3 +253,274 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == (
         f"atfnn-fast: error: {tmp_path / 'nope'}: checkpoint directory not found"
     )
+
+
+# ---------------------------------------------------------------- issue 13: reliability
+def predict_cli(capsys, *argv):
+    """(exit code, stdout, stderr lines) of `atfnn-fast predict ...`; never a traceback."""
+    code = main(["predict", *map(str, argv)])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    return code, out, err.splitlines()
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny model (10 bands, 16 frames) as a checkpoint, a dynamic-batch and a static-batch
+    ONNX file."""
+    folder = tmp_path_factory.mktemp("tiny")
+    torch.manual_seed(1)
+    model = randomize(ATFNN(tiny_config()), 0.3).eval()
+    stats = NormStats.fit([torch.randn(10, 50, dtype=torch.float64) - 5])
+    labels = ["angry", "happy", "sad"]
+    kw = dict(labels=labels, norm_stats=stats)
+    ckpt = save_checkpoint(folder / "ckpt", model, **kw)
+    dynamic = export_onnx(model, folder / "dynamic.onnx", **kw)
+    static = export_onnx(model, folder / "static.onnx", dynamic_batch=False, **kw)
+    return {"model": model, "ckpt": ckpt, "dynamic": dynamic, "static": static}
+
+
+class Spy:
+    """Records the batch sizes that reach a callable."""
+
+    def __init__(self, fn, size):
+        self.fn, self.size, self.sizes = fn, size, []
+
+    def __call__(self, *args, **kwargs):
+        self.sizes.append(self.size(*args, **kwargs))
+        return self.fn(*args, **kwargs)
+
+
+def test_predictors_run_segments_in_chunks(tiny):
+    from atfnn_fast.predict import CheckpointPredictor
+
+    speech = speech_sample()  # 6.3 s: 40 segments of 16 frames
+    whole = CheckpointPredictor(tiny["ckpt"], batch_size=4096).predict_file(speech)
+    ckpt = CheckpointPredictor(tiny["ckpt"], batch_size=7)
+    ckpt.model = Spy(ckpt.model, lambda x: x.shape[0])
+    chunked = ckpt.predict_file(speech)
+    assert ckpt.model.sizes == [7] * 5 + [5]
+    assert chunked.label == whole.label
+    assert chunked.scores == pytest.approx(whole.scores, abs=1e-6)
+    for name, batches in (("dynamic", [7] * 5 + [5]), ("static", [1] * 40)):
+        onnx_predictor = OnnxPredictor(tiny[name], batch_size=7)
+        run = onnx_predictor.session.run
+        onnx_predictor.session = type("S", (), {})()
+        onnx_predictor.session.run = Spy(run, lambda out, feed: feed["spectrogram"].shape[0])
+        got = onnx_predictor.predict_file(speech)
+        assert onnx_predictor.session.run.sizes == batches, name
+        assert got.label == whole.label and got.scores == pytest.approx(whole.scores, abs=1e-5)
+
+
+def test_cli_batch_size_gives_the_same_scores_and_is_checked(tiny, capsys):
+    speech = speech_sample()
+    results = []
+    for batch in ("1", "3", "64"):
+        code, out, err = predict_cli(capsys, "--onnx", tiny["dynamic"], "--batch-size", batch,
+                                     "--json", speech)  # fmt: skip
+        assert code == 0 and err == []
+        results.append(json.loads(out)[0]["scores"])
+    assert results[0] == pytest.approx(results[1], abs=1e-6) == results[2]
+    for bad, why in (("0", "must be between 1 and 4096, got 0"),
+                     ("5000", "must be between 1 and 4096, got 5000")):  # fmt: skip
+        code, out, err = predict_cli(capsys, "--onnx", tiny["dynamic"], "--batch-size", bad,
+                                     speech)  # fmt: skip
+        assert (code, out, err) == (2, "", [
+            f"atfnn-fast predict: error: argument --batch-size: {why}"
+        ])  # fmt: skip
+
+
+def test_a_failing_file_does_not_lose_the_others(tiny, tmp_path, capsys, monkeypatch):
+    """`long.wav` runs out of memory; a.wav before it and b.wav after it are still reported,
+    each as soon as it is done, and the exit code says that one failed."""
+    from atfnn_fast.predict import CheckpointPredictor
+
+    files = []
+    for name in ("a.wav", "long.wav", "b.wav"):
+        files.append(tmp_path / name)
+        files[-1].write_bytes(speech_sample().read_bytes())
+    real, seen = CheckpointPredictor.predict_file, {}
+
+    def predict_file(self, path):
+        seen[Path(path).name] = capsys.readouterr()  # what was printed so far
+        if Path(path).name == "long.wav":
+            raise MemoryError()
+        return real(self, path)
+
+    monkeypatch.setattr(CheckpointPredictor, "predict_file", predict_file)
+    code, out, err = predict_cli(capsys, "--checkpoint", tiny["ckpt"], "--json", *files)
+    assert code == 1
+    a, failed, b = json.loads("".join(c.out for c in seen.values()) + out)
+    err = [line for c in seen.values() for line in c.err.splitlines()] + err
+    assert a["file"] == a["path"] == str(files[0]) and a["label"] in ("angry", "happy", "sad")
+    assert b["file"] == str(files[2]) and b["scores"] == pytest.approx(a["scores"])
+    error = f"{files[1]}: out of memory (MemoryError); try a smaller --batch-size"
+    assert failed == {"path": str(files[1]), "error": error}
+    assert err == [f"atfnn-fast: error: {error}"]
+    printed, before = "", {}  # stdout as each file began
+    for name, captured in seen.items():
+        printed += captured.out
+        before[name] = printed
+    assert before["a.wav"] == "["
+    assert json.loads(before["long.wav"] + "]") == [a]
+    assert json.loads(before["b.wav"] + "]") == [a, failed]
+    seen.clear()
+    code, out, err = predict_cli(capsys, "--checkpoint", tiny["ckpt"], *files)  # text output
+    out = "".join(c.out for c in seen.values()) + out
+    assert code == 1 and [line.split(":")[0] for line in out.splitlines()] == [
+        str(files[0]),
+        str(files[2]),
+    ]
+
+
+def _tamper_onnx(source, target, **props):
+    proto = onnx.load(str(source))
+    meta = {p.key: p for p in proto.metadata_props}
+    for key, value in props.items():
+        meta[f"atfnn.{key}"].value = value
+    onnx.save(proto, str(target))
+    return target
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (dict(frames=64), "metadata atfnn.config frames is 64, graph input 'spectrogram' dim 3 "
+                          "is 16"),
+        (dict(num_classes=4, labels=["a", "b", "c", "d"]),
+         "metadata atfnn.config num_classes is 4, graph output 'logits' dim 1 is 3"),
+        (dict(labels=["a", "b"]), "metadata atfnn.labels has 2 names, atfnn.config num_classes "
+                                  "is 3"),
+        (dict(labels=[1, 2, 3]), "metadata atfnn.labels must be a list of names, got [1, 2, 3]"),
+        (dict(dtype="float16"), "metadata atfnn.dtype is 'float16', the graph input "
+                                "'spectrogram' has element type 1 (ONNX TensorProto; float32 "
+                                "is 1, float16 is 10)"),
+        (dict(dtype="int8"), "metadata atfnn.dtype is 'int8', expected one of ['float16', "
+                             "'float32']"),
+        (dict(format_version="2"), "metadata atfnn.format_version is '2', this atfnn-fast "
+                                   "reads '1'"),
+        (dict(n_mels=20, f_group=5), "metadata atfnn.norm_stats has 10 bands, atfnn.config "
+                                     "n_mels is 20"),
+        (dict(frames=80_000_000), "metadata atfnn.config: frames = 80000000 exceeds the limit "
+                                  "of 8192"),
+    ],
+)  # fmt: skip
+def test_tampered_onnx_metadata_is_refused_naming_field_file_and_values(tiny, tmp_path, capsys,
+                                                                        change, message):  # fmt: skip
+    config = json.loads(read_metadata(tiny["dynamic"])["config"].to_json())
+    props = {}
+    for key in ("labels", "dtype", "format_version"):
+        if key in change:
+            value = change.pop(key)
+            props[key] = value if isinstance(value, str) else json.dumps(value)
+    if change:
+        props["config"] = json.dumps({**config, **change})
+    tampered = _tamper_onnx(tiny["dynamic"], tmp_path / "tampered.onnx", **props)
+    code, out, err = predict_cli(capsys, "--onnx", tampered, "--json", speech_sample())
+    assert (code, out, err) == (1, "", [f"atfnn-fast: error: {tampered}: {message}"])
+
+
+def test_tampered_checkpoints_are_refused_before_use(tiny, tmp_path, capsys):
+    import hashlib
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    def copy(name):
+        return Path(shutil.copytree(tiny["ckpt"], tmp_path / name))
+
+    def meta(path, **changes):
+        data = json.loads((path / "config.json").read_text())
+        for key, value in changes.items():
+            if value is None:
+                del data[key]
+            elif key == "model":
+                data["model"].update(value)
+            else:
+                data[key] = value
+        (path / "config.json").write_text(json.dumps(data))
+        return path
+
+    speech = speech_sample()
+    unsigned = meta(copy("unsigned"), weights_sha256=None)
+    code, out, err = predict_cli(capsys, "--checkpoint", unsigned, speech)
+    assert code == 1 and out == ""
+    assert err == [
+        f"atfnn-fast: error: {unsigned / 'config.json'}: has no weights_sha256, so "
+        "model.safetensors cannot be verified (written by an older atfnn-fast, or edited). If "
+        'you trust this checkpoint, re-save it with: python -c "from atfnn_fast.checkpoint '
+        f"import resave_checkpoint; resave_checkpoint('{unsigned}')\""
+    ]
+    subprocess.run([sys.executable, "-c", err[0].split("python -c ")[1][1:-1]], check=True)
+    assert predict_cli(capsys, "--checkpoint", unsigned, speech)[0] == 0  # re-saved: accepted
+
+    nan = copy("nan")
+    state = load_file(str(nan / "model.safetensors"))
+    state["classifier.bias"][1] = float("nan")
+    save_file(state, str(nan / "model.safetensors"))
+    digest = hashlib.sha256((nan / "model.safetensors").read_bytes()).hexdigest()
+    meta(nan, weights_sha256=digest)  # the checksum matches the tampered weights
+    code, out, err = predict_cli(capsys, "--checkpoint", nan, speech)
+    assert (code, out, err) == (1, "", [
+        f"atfnn-fast: error: {nan / 'model.safetensors'}: non-finite (NaN or Inf) weights in "
+        "classifier.bias (1 of 3)"
+    ])  # fmt: skip
+
+    for field, value, limit in (("frames", 80_000_000, "exceeds the limit of 8192"),
+                                ("num_classes", 10**9, "exceeds the limit of 1000")):  # fmt: skip
+        huge = meta(copy(f"huge_{field}"), model={field: value}, labels=None)
+        code, out, err = predict_cli(capsys, "--checkpoint", huge, speech)
+        assert (code, out, err) == (1, "", [
+            f"atfnn-fast: error: {huge / 'config.json'}: {field} = {value} {limit}"
+        ])  # fmt: skip
+
+
+def test_failed_export_validation_keeps_no_output(tiny, tmp_path, capsys, monkeypatch):
+    from atfnn_fast.export import validate
+
+    monkeypatch.setitem(validate.TOLERANCE, "float32", -1.0)  # any difference fails
+    out = tmp_path / "model.onnx"
+    out.write_bytes(b"an earlier, good export")
+    code = main(["export", "--checkpoint", str(tiny["ckpt"]), "--output", str(out), "--validate"])
+    captured = capsys.readouterr()
+    assert code == 1 and "FAIL" in captured.out
+    (err,) = captured.err.splitlines()
+    assert re.fullmatch(
+        rf"atfnn-fast: error: {re.escape(str(out))}: validation failed \(max relative error "
+        rf"\S+ > -1\); the graph is kept as {re.escape(str(out))}\.failed, "
+        rf"{re.escape(str(out))} was not written",
+        err,
+    ), err
+    assert out.read_bytes() == b"an earlier, good export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.onnx.failed"]
+    with pytest.raises(OnnxError):  # what failed is kept for inspection, not deployed
+        OnnxPredictor(tmp_path / "model.onnx")
+
+
+def _peak_rss_mib(argv: list[str]) -> float:
+    """Peak resident memory of `atfnn-fast predict ...` in a fresh process (os.wait4's
+    ru_maxrss, what /usr/bin/time -v reports)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "atfnn_fast.cli", "predict", *map(str, argv)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, proc.stderr.read().decode()[-2000:]
+    return usage.ru_maxrss / 1024
+
+
+@pytest.mark.parametrize("source", ["ckpt", "dynamic"])
+def test_peak_memory_is_flat_in_the_file_length(tiny, tmp_path, source):
+    """1 and 10 minutes of audio (tiny model; the paper-size figures for 1, 10 and 60 minutes
+    are in docs/notes/predict-memory.md): the peak stays within 40 MiB. The whole-file
+    pipeline grew by about 300 MiB between the two."""
+    rate = 16_000
+    peaks = {}
+    for minutes in (1, 10):
+        wav = tmp_path / f"{minutes}min.wav"
+        with sf.SoundFile(str(wav), "w", rate, 1, subtype="PCM_16") as fh:
+            noise = np.random.default_rng(0).standard_normal(60 * rate).astype(np.float32)
+            for _ in range(minutes):
+                fh.write(0.1 * noise)
+        option = "--checkpoint" if source == "ckpt" else "--onnx"
+        peaks[minutes] = _peak_rss_mib([option, tiny[source], "--json", wav])
+    assert peaks[10] - peaks[1] < 40, peaks

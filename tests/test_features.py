@@ -14,6 +14,9 @@ from atfnn_fast.features import (
     FeatureConfig,
     NormStats,
     file_segments,
+    iter_audio,
+    iter_log_mel,
+    iter_segment_batches,
     load_audio,
     log_mel,
     segment,
@@ -208,3 +211,60 @@ def test_feature_config_validation_and_round_trip():
         FeatureConfig(win_length=1024)
     with pytest.raises(ValueError, match="unknown fields"):
         FeatureConfig.from_dict({"hop": 1})
+
+
+# ------------------------------------------------------- bounded-memory pipeline (#13)
+@pytest.mark.parametrize("rate", [8000, 16000, 22050, 44100])
+@pytest.mark.parametrize("seconds", [0.03, 0.9, 4.37])
+def test_streaming_pipeline_equals_the_whole_file_one(tmp_path, rate, seconds):
+    """Blocks of 0.5 s (so a 4.37 s file is read in 9 blocks): the waveform, the log-Mel
+    frames and the segments match the whole-file pipeline (float rounding of the resampler
+    and the STFT aside; log-Mel compared where the power is above 1e-6 of the peak, since
+    the log amplifies rounding in bands that resampling left empty)."""
+    rng = np.random.default_rng(rate)
+    data = (rng.standard_normal((int(rate * seconds), 2)) * 0.1).astype(np.float32)
+    path = tmp_path / "a.wav"
+    sf.write(str(path), data, rate, subtype="FLOAT")
+    whole = load_audio(path)
+    chunks = list(iter_audio(path, block_seconds=0.5))
+    assert len(chunks) == math.ceil(data.shape[0] / (rate * 0.5)) or rate != 16000
+    streamed = torch.cat(chunks)
+    assert streamed.shape == whole.shape
+    torch.testing.assert_close(streamed, whole, rtol=0, atol=1e-6)
+    lm = log_mel(whole)
+    lm_streamed = torch.cat(list(iter_log_mel(iter(chunks))), dim=1)
+    assert lm_streamed.shape == lm.shape == (80, 1 + whole.numel() // 160)
+    loud = lm > math.log(1e-6 * float(lm.exp().max()))
+    torch.testing.assert_close(lm_streamed[loud], lm[loud], rtol=0, atol=1e-4)
+    stats = NormStats.fit([lm])
+    want = file_segments(path, stats=stats)
+    batches = list(iter_segment_batches(path, stats=stats, batch_size=2))
+    assert [b.shape[0] for b in batches] == [2] * (want.shape[0] // 2) + [want.shape[0] % 2] * (
+        want.shape[0] % 2
+    )
+    got = torch.cat(batches)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-3)
+
+
+def test_streaming_errors_name_the_file(tmp_path):
+    for name, reason in _bad_files(tmp_path).items():
+        path = tmp_path / name
+        with pytest.raises(AudioError, match=reason) as info:
+            list(iter_segment_batches(path))
+        assert str(info.value).startswith(str(path)), name
+    sf.write(str(tmp_path / "short.wav"), np.zeros(200), 16000)
+    with pytest.raises(AudioError, match=r"short\.wav: wave must have more than n_fft // 2"):
+        list(iter_segment_batches(tmp_path / "short.wav"))
+    sf.write(str(tmp_path / "loud.wav"), np.full(8000, 3e38), 16000, subtype="FLOAT")
+    with pytest.raises(AudioError, match=r"loud\.wav: log-Mel features are not finite"):
+        list(iter_segment_batches(tmp_path / "loud.wav"))
+    with pytest.raises(ValueError, match="batch_size must be a positive int, got 0"):
+        list(iter_segment_batches(tmp_path / "loud.wav", batch_size=0))
+
+
+def test_feature_sizes_from_files_are_bounded():
+    with pytest.raises(ValueError, match=r"FeatureConfig\.n_fft = 100000000 exceeds the limit"):
+        FeatureConfig.from_dict({"n_fft": 100_000_000, "win_length": 320})
+    with pytest.raises(ValueError, match=r"FeatureConfig\.f_max must be finite, got inf"):
+        FeatureConfig(f_max=float("inf"))

@@ -2,10 +2,12 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -153,3 +155,347 @@ def test_bf16_autocast_training_on_cpu(corpus, tmp_path):
     assert 0 <= metrics["uar"] <= 1
     log = json.loads((tmp_path / "spk1" / "log.jsonl").read_text())
     assert log["train_loss"] == log["train_loss"]  # finite, not NaN
+
+
+# ---------------------------------------------------------------- issue 13: reliability
+ARGS = ["--epochs", "1", "--preset", "tiny", "--batch-size", "16", "--hop", "32",
+        "--device", "cpu"]  # fmt: skip
+
+
+def cli(capsys, *argv):
+    """(exit code, stdout, the lines atfnn-fast wrote on stderr) of one `atfnn-fast` call;
+    progress bars and epoch lines aside, nothing else may be on stderr."""
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    return code, out, [line for line in re.split(r"[\r\n]", err) if line.startswith("atfnn")]
+
+
+def manifest_rows(corpus):
+    lines = corpus.read_text().splitlines()
+    return lines[0], [line.split(",") for line in lines[1:]]
+
+
+def write_manifest_rows(path, header, rows, bom=False, newline="\n"):
+    text = newline.join([header, *(",".join(r) for r in rows)]) + newline
+    path.write_bytes(("\ufeff" if bom else "").encode() + text.encode())
+    return path
+
+
+def tree(folder):
+    return sorted(str(p.relative_to(folder)) for p in Path(folder).rglob("*"))
+
+
+@pytest.mark.parametrize(
+    "speaker,reason",
+    [
+        ("../../escaped_fold", "contains a path separator"),
+        ("ABSOLUTE", "is an absolute path"),
+        ("..", r"is a relative path \(\. or \.\.\)"),
+        ("spk\x07", r"contains a control or non-printable character \('\\x07'\)"),
+    ],
+)
+def test_hostile_manifest_writes_nothing_outside_out(corpus, tmp_path, capsys, speaker, reason):
+    speaker = str(tmp_path / "abs_fold") if speaker == "ABSOLUTE" else speaker
+    header, rows = manifest_rows(corpus)
+    for row in rows[-6:]:
+        row[2] = speaker
+    hostile = write_manifest_rows(corpus.parent / f"hostile{len(speaker)}.csv", header, rows)
+    out = tmp_path / "deep" / "er" / "out"
+    code, out_text, err = cli(capsys, "train", "--manifest", hostile, "--out", out, *ARGS)
+    assert code == 1 and out_text == ""
+    assert len(err) == 1 and re.fullmatch(
+        rf"atfnn-fast: error: {re.escape(str(hostile))}:{len(rows) - 4}: speaker "
+        rf"{re.escape(repr(speaker))} {reason}; speaker and session values name the fold "
+        "directories of a training run",
+        err[0],
+    ), err
+    assert tree(tmp_path) == []  # nothing written, inside --out or outside it
+
+
+def test_fold_directory_symlinked_outside_out_is_refused(corpus, tmp_path, capsys):
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "spk1").symlink_to(tmp_path / "elsewhere")
+    code, _, err = cli(capsys, "train", "--manifest", corpus, "--out", tmp_path / "out",
+                       "--fold", "spk1", *ARGS)  # fmt: skip
+    assert code == 1
+    assert err == [
+        f"atfnn-fast: error: {tmp_path / 'out' / 'spk1'}: resolves to {tmp_path / 'elsewhere'}, "
+        f"outside the output folder {tmp_path / 'out'}"
+    ]
+    assert tree(tmp_path / "elsewhere") == []
+
+
+def test_label_without_training_data_is_refused(corpus, tmp_path, capsys):
+    header, rows = manifest_rows(corpus)
+    for row in rows:
+        if row[2] == "spk3" and row[1] == "low_flat":
+            row[1] = "whisper"  # a class only speaker spk3 has
+    manifest = write_manifest_rows(corpus.parent / "test_only_label.csv", header, rows)
+    code, _, err = cli(capsys, "train", "--manifest", manifest, "--out", tmp_path / "o", *ARGS)
+    assert code == 1
+    assert err == [
+        f"atfnn-fast: error: {manifest}: fold 'spk1': label(s) 'whisper' (only speakers "
+        "['spk3']) have no training utterances; every label needs training data in every fold"
+    ]  # spk1 is checked first; the fold that would train on spk3 is refused as well
+    assert not (tmp_path / "o").exists()
+
+
+def test_single_label_manifest_is_refused(corpus, tmp_path, capsys):
+    header, rows = manifest_rows(corpus)
+    rows = [r for r in rows if r[1] == "low_flat"]
+    manifest = write_manifest_rows(corpus.parent / "one_label.csv", header, rows)
+    code, _, err = cli(capsys, "train", "--manifest", manifest, "--out", tmp_path / "o", *ARGS)
+    assert code == 1
+    assert err == [
+        f"atfnn-fast: error: {manifest}: only one label ('low_flat'); training needs at least "
+        "two classes"
+    ]
+    assert not (tmp_path / "o").exists()
+
+
+def test_file_under_two_speakers_is_refused(corpus, tmp_path, capsys):
+    header, rows = manifest_rows(corpus)
+    leak = [rows[0][0], rows[0][1], "spk2"]
+    manifest = write_manifest_rows(corpus.parent / "leak.csv", header, [*rows, leak])
+    code, _, err = cli(capsys, "train", "--manifest", manifest, "--out", tmp_path / "o", *ARGS)
+    assert code == 1
+    assert err == [
+        f"atfnn-fast: error: {manifest}: {rows[0][0]} is listed under two speakers: line 2 "
+        f"({rows[0][1]}, spk1) and line {len(rows) + 2} ({rows[0][1]}, spk2)"
+    ]
+
+
+def test_spreadsheet_manifest_with_duplicates_trains_on_each_file_once(corpus, tmp_path, capsys):
+    """BOM + CRLF (as spreadsheets save CSV) and two repeated rows of the test speaker."""
+    header, rows = manifest_rows(corpus)
+    spk1 = [r for r in rows if r[2] == "spk1"]
+    manifest = write_manifest_rows(corpus.parent / "excel.csv", header,
+                                   [*rows, spk1[0], spk1[1]], bom=True, newline="\r\n")  # fmt: skip
+    code, out, err = cli(capsys, "train", "--manifest", manifest, "--out", tmp_path / "o",
+                         "--fold", "spk1", *ARGS)  # fmt: skip
+    assert code == 0 and out.strip().endswith(str(tmp_path / "o" / "spk1" / "best"))
+    line = rows.index(spk1[0]) + 2, rows.index(spk1[1]) + 2
+    assert err == [
+        f"atfnn-fast: warning: {manifest}: 2 duplicate row(s) dropped (line {len(rows) + 2} "
+        f"repeats line {line[0]}, line {len(rows) + 3} repeats line {line[1]})"
+    ]
+    metrics = json.loads((tmp_path / "o" / "spk1" / "metrics.json").read_text())
+    assert metrics["utterances"] == len(spk1) == 12  # not 14
+
+
+# ------------------------------------------------------------------ run directories
+@pytest.fixture(scope="module")
+def finished_run(corpus, tmp_path_factory):
+    """A one-epoch run of fold spk1, copied by the tests that change it."""
+    out = tmp_path_factory.mktemp("run")
+    assert main(["train", "--manifest", str(corpus), "--out", str(out), "--fold", "spk1",
+                 *ARGS]) == 0  # fmt: skip
+    return out
+
+
+def copy_run(finished_run, tmp_path):
+    import shutil
+
+    return Path(shutil.copytree(finished_run, tmp_path / "run"))
+
+
+def test_existing_fold_directory_needs_resume_or_overwrite(corpus, finished_run, tmp_path,
+                                                            capsys):  # fmt: skip
+    run = copy_run(finished_run, tmp_path)
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    train_args = ["train", "--manifest", corpus, "--out", run, "--fold", "spk1", *ARGS]
+    code, _, err = cli(capsys, *train_args)
+    assert code == 2
+    assert err == [
+        f"atfnn-fast: error: {run / 'spk1'}: holds a run already (best, confusion.png, last, "
+        "log.jsonl, metrics.json); add --resume to continue it or --overwrite to replace it"
+    ]
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before  # untouched
+    code, _, err = cli(capsys, *train_args, "--resume", "--overwrite")
+    assert code == 2 and err == [
+        "atfnn-fast train: error: argument --overwrite: not allowed with argument --resume"
+    ]
+    (run / "spk1" / "notes.txt").write_text("mine")
+    with open(run / "spk1" / "log.jsonl", "a") as fh:
+        fh.write('{"epoch": 99}\n')  # marks the old log
+    code, _, _ = cli(capsys, *train_args, "--overwrite")
+    assert code == 0
+    log = [json.loads(x) for x in (run / "spk1" / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1]  # a new run, not appended to the old log
+    assert (run / "spk1" / "notes.txt").read_text() == "mine"  # not the trainer's: kept
+    assert not (run / "spk1" / ".lock").exists()  # released
+
+
+def _start_training(corpus, out, epochs):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "atfnn_fast.cli", "train", "--manifest", str(corpus),
+           "--out", str(out), "--fold", "spk1", *ARGS[2:], "--epochs", str(epochs)]  # fmt: skip
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def test_two_runs_at_once_and_a_stale_lock(corpus, tmp_path, capsys):
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    first = _start_training(corpus, out, epochs=200)
+    try:
+        lock = out / "spk1" / ".lock"
+        deadline = time.time() + 120
+        while not (lock.exists() and lock.read_text().strip()) and time.time() < deadline:
+            assert first.poll() is None, first.stderr.read().decode()[-2000:]
+            time.sleep(0.1)
+        assert lock.read_text() == f"{first.pid}\n"
+        code, _, err = cli(capsys, "train", "--manifest", corpus, "--out", out, "--fold", "spk1",
+                           *ARGS, "--resume")  # fmt: skip
+        assert code == 1
+        assert err == [
+            f"atfnn-fast: error: {out / 'spk1'}: another run (PID {first.pid}) is writing to "
+            f"this fold directory (lock file {lock}); wait for it or use another --out"
+        ]
+    finally:
+        first.send_signal(signal.SIGKILL)  # no clean-up runs: the lock file stays behind
+        first.wait()
+    assert lock.read_text() == f"{first.pid}\n"
+    code, _, err = cli(capsys, "train", "--manifest", corpus, "--out", out, "--fold", "spk1",
+                       *ARGS, "--resume")  # fmt: skip
+    assert code == 0
+    assert err[0] == (
+        f"atfnn-fast: warning: {lock}: stale lock of PID {first.pid} (that run ended without "
+        "releasing it); taking it over"
+    )
+    assert not lock.exists()
+
+
+CRASH = """
+import os, sys
+from pathlib import Path
+from atfnn_fast import train
+from atfnn_fast.cli import main
+real = train.save_checkpoint
+def save_then_die(directory, *args, **kwargs):
+    path = real(directory, *args, **kwargs)
+    if Path(directory).name == "last" and kwargs["extra"]["epoch"] == 2:
+        os._exit(9)  # killed right after `last` of epoch 2 is on disk
+    return path
+train.save_checkpoint = save_then_die
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow  # three trainings of two epochs: 12 to 30 s on two shared cores
+def test_crash_between_the_writes_of_an_epoch_resumes_exactly(corpus, tmp_path, capsys):
+    straight, crashed = tmp_path / "straight", tmp_path / "crashed"
+    common = ["--manifest", corpus, "--fold", "spk1", *ARGS[2:], "--epochs", "2"]
+    assert cli(capsys, "train", "--out", straight, *common)[0] == 0
+    proc = subprocess.run([sys.executable, "-c", CRASH, "train", "--out", str(crashed),
+                           *map(str, common)], capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 9, proc.stderr[-2000:]
+    code, _, _ = cli(capsys, "train", "--out", crashed, *common, "--resume")
+    assert code == 0
+    a = load_file(str(straight / "spk1" / "last" / "model.safetensors"))
+    b = load_file(str(crashed / "spk1" / "last" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # epoch 2 was not trained twice
+    log = [json.loads(x) for x in (crashed / "spk1" / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2]
+    state = json.loads((crashed / "spk1" / "last" / "state.json").read_text())
+    assert state["epoch"] == 2 and [r["epoch"] for r in state["history"]] == [1, 2]
+
+
+# ------------------------------------------------------------- one-line CLI errors
+def _break_state(run):
+    (run / "spk1" / "last" / "state.json").write_text('{"epoch": 1, "best_uar"')
+    return f"{run / 'spk1' / 'last' / 'state.json'}: broken resume state ("
+
+
+def _break_optimizer(run):
+    import pickle
+
+    (run / "spk1" / "last" / "optimizer.pt").write_bytes(pickle.dumps(Item(Path("x"), "a", "b")))
+    return (
+        f"{run / 'spk1' / 'last' / 'optimizer.pt'}: cannot be loaded as plain tensors "
+        "(UnpicklingError); it is damaged or was not written by atfnn-fast, and is not trusted "
+        "as code. Start again with --overwrite"
+    )
+
+
+@pytest.mark.parametrize("breaker", [_break_state, _break_optimizer])
+def test_broken_resume_state_is_one_line_naming_the_file(corpus, finished_run, tmp_path, capsys,
+                                                          breaker):  # fmt: skip
+    run = copy_run(finished_run, tmp_path)
+    expected = breaker(run)
+    code, _, err = cli(capsys, "train", "--manifest", corpus, "--out", run, "--fold", "spk1",
+                       *ARGS[2:], "--epochs", "2", "--resume")  # fmt: skip
+    assert code == 1 and len(err) == 1
+    assert err[0].startswith(f"atfnn-fast: error: {expected}")
+    assert "weights_only=False" not in err[0]
+    assert [json.loads(x)["epoch"] for x in (run / "spk1" / "log.jsonl").read_text().splitlines()
+            ] == [1]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "option,value,message",
+    [
+        ("--batch-size", "0", "atfnn-fast train: error: argument --batch-size: must be >= 1, got 0"),
+        ("--epochs", "0", "atfnn-fast train: error: argument --epochs: must be >= 1, got 0"),
+        ("--lr", "nan", "atfnn-fast train: error: argument --lr: must be a positive number, got nan"),
+        ("--hop", "x", "atfnn-fast train: error: argument --hop: expected an integer, got 'x'"),
+        ("--fold", "spk9", "atfnn-fast: error: fold 'spk9' has no utterances (folds: "
+                           "['spk1', 'spk2', 'spk3'])"),
+        ("--hop", "65", "atfnn-fast: error: TrainConfig.hop = 65 is longer than a segment "
+                        "(64 frames of preset 'tiny'): frames would be skipped"),
+    ],
+)  # fmt: skip
+def test_bad_options_are_usage_errors(corpus, tmp_path, capsys, option, value, message):
+    code, _, err = cli(capsys, "train", "--manifest", corpus, "--out", tmp_path / "o", *ARGS,
+                       option, value)  # fmt: skip
+    assert (code, err) == (2, [message])
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_device_cuda_without_cuda(corpus, tmp_path, capsys):
+    for command in (["train", "--manifest", corpus, "--out", tmp_path / "o", *ARGS[:-2]],
+                    ["evaluate", "--checkpoint", tmp_path, "--manifest", corpus]):  # fmt: skip
+        code, _, err = cli(capsys, *command, "--device", "cuda")
+        assert (code, err) == (2, [
+            "atfnn-fast: error: --device cuda: CUDA is not available on this machine "
+            "(torch.cuda.is_available() is False); use --device cpu or auto"
+        ])  # fmt: skip
+    with pytest.raises(ValueError, match="CUDA is not available"):  # --debug: the traceback
+        main(["--debug", *map(str, command), "--device", "cuda"])
+
+
+@pytest.mark.parametrize(
+    "samples,reason",
+    [(np.full(8000, 3e38), "log-Mel features are not finite (samples too large?)"),
+     (np.r_[np.zeros(4000), np.nan, np.zeros(3999)], "audio contains NaN or Inf samples")],
+)  # fmt: skip
+def test_non_finite_audio_names_the_file(corpus, tmp_path, capsys, samples, reason):
+    import soundfile as sf
+
+    header, rows = manifest_rows(corpus)
+    bad = tmp_path / "bad.wav"
+    sf.write(str(bad), samples.astype(np.float32), 16000, subtype="FLOAT")
+    rows[5][0] = str(bad)
+    manifest = write_manifest_rows(corpus.parent / f"nonfinite{len(reason)}.csv", header, rows)
+    code, _, err = cli(capsys, "train", "--manifest", manifest, "--out", tmp_path / "o",
+                       "--fold", "spk1", *ARGS)  # fmt: skip
+    assert (code, err) == (1, [f"atfnn-fast: error: {bad}: {reason}"])
+
+
+def test_errors_in_a_real_process_are_one_line_and_debug_shows_the_traceback(corpus, tmp_path):
+    cmd = [sys.executable, "-m", "atfnn_fast.cli", "train", "--manifest", str(corpus),
+           "--out", str(tmp_path), "--fold", "spk1", "--protocol", "session"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == (
+        "atfnn-fast: error: protocol 'session' needs a session column in the manifest, with a "
+        "value on every row\n"
+    )
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ,
+                                                                      "ATFNN_DEBUG": "1"})  # fmt: skip
+    assert proc.returncode == 1 and "Traceback (most recent call last)" in proc.stderr
+    assert "UsageError: protocol 'session' needs" in proc.stderr

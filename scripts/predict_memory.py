@@ -1,0 +1,102 @@
+"""Peak memory of ``atfnn-fast predict`` against the length of the audio.
+
+    PYTHONPATH=. python scripts/predict_memory.py --minutes 1 10 60 --out predict-memory
+
+writes a paper-size checkpoint with random weights (``ATFNNConfig()``, 4 classes), its
+ONNX export, and 16 kHz mono WAV files of the given lengths (speech-like noise bursts),
+then runs ``python -m atfnn_fast.cli predict --checkpoint|--onnx ... --json FILE`` once per
+(predictor, length) in a fresh process and reads that process's peak resident set size
+from ``os.wait4`` (the kernel's ``ru_maxrss``, as ``/usr/bin/time -v`` reports it).
+``--source DIR`` runs another checkout's CLI (e.g. the code before the change) on the
+same files. Prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def make_wav(path: Path, minutes: float, rate: int = 16_000) -> Path:
+    """Noise bursts under a syllable-rate envelope, written block by block."""
+    import soundfile as sf
+
+    rng = np.random.default_rng(0)
+    total = int(minutes * 60 * rate)
+    with sf.SoundFile(str(path), "w", rate, 1, subtype="PCM_16") as fh:
+        for start in range(0, total, 60 * rate):
+            n = min(60 * rate, total - start)
+            t = np.arange(start, start + n) / rate
+            envelope = 0.5 + 0.5 * np.sin(2 * np.pi * 4 * t)
+            fh.write((0.2 * envelope * rng.standard_normal(n)).astype(np.float32))
+    return path
+
+
+def make_models(folder: Path) -> tuple[Path, Path]:
+    import torch
+
+    from atfnn_fast import ATFNN, ATFNNConfig
+    from atfnn_fast.checkpoint import save_checkpoint
+    from atfnn_fast.export import export_onnx
+    from atfnn_fast.features import NormStats
+
+    torch.manual_seed(0)
+    model = ATFNN(ATFNNConfig(dropout=0.0)).eval()
+    stats = NormStats.fit([torch.randn(80, 100, dtype=torch.float64) - 5])
+    labels = ["angry", "happy", "sad", "neutral"]
+    ckpt = save_checkpoint(folder / "ckpt", model, labels=labels, norm_stats=stats)
+    onnx = export_onnx(model, folder / "model.onnx", labels=labels, norm_stats=stats)
+    return ckpt, onnx
+
+
+def peak_rss(cmd: list[str], env: dict) -> tuple[float, float, int]:
+    """(peak RSS in MiB, seconds, exit code) of one command."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        print(proc.stderr.read().decode()[-2000:], file=sys.stderr)
+    return usage.ru_maxrss / 1024, time.perf_counter() - start, proc.returncode
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--minutes", type=float, nargs="+", default=[1, 10, 60])
+    parser.add_argument("--out", default="predict-memory")
+    parser.add_argument("--source", default=None, help="checkout whose CLI runs")
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--predictors", nargs="+", default=["checkpoint", "onnx"])
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt, onnx = (out / "ckpt", out / "model.onnx")
+    if not (ckpt.exists() and onnx.exists()):
+        ckpt, onnx = make_models(out)
+    env = dict(os.environ)
+    if args.source:
+        env["PYTHONPATH"] = str(Path(args.source).resolve())
+    extra = ["--batch-size", str(args.batch_size)] if args.batch_size else []
+    print("| predictor | audio | peak RSS | time | exit |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for minutes in args.minutes:
+        wav = out / f"audio-{minutes:g}min.wav"
+        if not wav.exists():
+            make_wav(wav, minutes)
+        for kind in args.predictors:
+            source = ["--checkpoint", str(ckpt)] if kind == "checkpoint" else ["--onnx", str(onnx)]
+            cmd = [sys.executable, "-m", "atfnn_fast.cli", "predict", *source, *extra, "--json",
+                   str(wav)]  # fmt: skip
+            rss, seconds, code = peak_rss(cmd, env)
+            print(f"| {kind} | {minutes:g} min | {rss:,.0f} MiB | {seconds:.0f} s | {code} |",
+                  flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
