@@ -1,6 +1,7 @@
 """Utterance predictions with a PyTorch checkpoint (the ONNX twin is
 :class:`atfnn_fast.export.OnnxPredictor`): label and per-class scores, the scores being the
-mean of the segments' softmax probabilities (SPEC section 5, (A))."""
+mean of the segments' softmax probabilities
+(docs/design.md#choices-the-paper-leaves-open)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,10 @@
-"""Training and evaluation with speaker- or session-independent folds (SPEC section 5).
+"""Training and evaluation with speaker- or session-independent folds
+(docs/design.md#features-and-data).
 
 ``atfnn-fast train`` runs :func:`train_fold` for one fold or all of them. Per fold:
 
 * test = one speaker (``loso``) or one session (``session``); validation = a share of the
-  remaining speakers (``val_fraction``, at least one, chosen with the seed) (A);
+  remaining speakers (``val_fraction``, at least one, chosen with the seed);
 * normalisation statistics from the training utterances only; training segments of
   ``frames`` frames every ``hop`` frames; validation and test score whole utterances (mean of
   segment probabilities);
@@ -14,7 +15,10 @@
 * resuming: after every epoch ``<out>/<fold>/last`` (checkpoint) and ``state.json`` +
   ``optimizer.pt`` (tensors only, loaded with ``weights_only=True``) are written; the data
   order and dropout of epoch e are seeded from (seed, e), so ``resume`` continues exactly
-  where the last finished epoch left off (A: epoch granularity).
+  where the last finished epoch left off (epoch granularity).
+
+The validation split and the epoch granularity of resuming are our choices:
+docs/design.md#choices-the-paper-leaves-open.
 
 Multi-GPU (or multi-process CPU) with ``torchrun``: each process takes every
 ``world_size``-th segment of every batch of the epoch's shuffled order (the global batch stays
@@ -35,6 +39,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ._deps import require
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ATFNNConfig
 from .data import FeatureCache, Item, labels_of, read_manifest
@@ -271,7 +276,7 @@ def train_fold(
 def _progress(iterable, desc: str, enabled: bool):
     if not enabled:
         return iterable
-    from tqdm import tqdm
+    tqdm = require("tqdm", extra="app").tqdm
 
     return tqdm(iterable, desc=desc, unit="batch", leave=False)
 

@@ -2,7 +2,8 @@
 
 Features are computed outside the graph with the feature parameters and normalisation
 statistics stored in the file's metadata (:mod:`atfnn_fast.features`); an utterance's
-scores are the mean of its segments' softmax probabilities (SPEC section 5, (A)).
+scores are the mean of its segments' softmax probabilities
+(docs/design.md#choices-the-paper-leaves-open).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Installed layout (SPEC section 1), console script and demo."""
+"""Installed layout (docs/design.md#overview), console script and demo."""
 
 import io
 import subprocess
