@@ -35,6 +35,7 @@ def test_wheel_installs_everything_under_one_namespace(tmp_path):
     for needed in (
         "atfnn_fast/kernels/__init__.py",
         "atfnn_fast/kernels/dispatch.py",
+        "atfnn_fast/kernels/resource_needs.json",
         "atfnn_fast/export/__init__.py",
         "atfnn_fast/assets/speech.wav",
     ):
