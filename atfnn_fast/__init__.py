@@ -15,8 +15,10 @@ if _os.path.isfile(_os.path.join(_root, "kernels", "triton_band_attention.py")) 
 ):
     __path__.append(_root)
 
-# torch.library.triton_op and wrap_triton (the fused ops) first shipped in torch 2.6.
-MIN_TORCH = (2, 6)
+# torch.library.triton_op and wrap_triton (the fused ops) first shipped in torch 2.6; 2.7 is
+# the first whose custom-op schema inference takes the list[int] and `Tensor | None`
+# annotations the ops use.
+MIN_TORCH = (2, 7)
 
 
 def _check_torch() -> None:
@@ -30,7 +32,7 @@ def _check_torch() -> None:
     if version < MIN_TORCH:
         raise ImportError(
             f"atfnn-fast needs torch >= {MIN_TORCH[0]}.{MIN_TORCH[1]} "
-            f"(torch.library.triton_op / wrap_triton), found torch {torch.__version__}; "
+            f"(its torch.library custom ops), found torch {torch.__version__}; "
             f'upgrade it, e.g. pip install "torch>={MIN_TORCH[0]}.{MIN_TORCH[1]}"'
         )
 
