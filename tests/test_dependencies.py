@@ -67,7 +67,8 @@ def test_require_names_the_extra_to_install():
 
 def test_old_torch_is_refused_at_import(monkeypatch):
     monkeypatch.setattr(torch, "__version__", "2.5.1+cu121")
-    with pytest.raises(ImportError, match=r"torch >= 2\.7.*found torch 2\.5\.1"):
+    major, minor = atfnn_fast.MIN_TORCH
+    with pytest.raises(ImportError, match=rf"torch >= {major}\.{minor}.*found torch 2\.5\.1"):
         atfnn_fast._check_torch()
     monkeypatch.setattr(torch, "__version__", "2.14.1+cu130")
     atfnn_fast._check_torch()
