@@ -1,17 +1,17 @@
 # `make test` and `make demo` are all the set-up there is: each creates .venv and installs
-# the project (editable, with the dev extra) the first time, and again when pyproject.toml
-# changes.
+# the project (editable, with the dev extra, at the versions pinned in constraints.txt) the
+# first time, and again when pyproject.toml or constraints.txt changes.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-fast lint demo bench clean
+.PHONY: test test-fast test-compat lint demo bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
 lint: $(STAMP)
@@ -27,6 +27,30 @@ test: lint
 # The default quick run: everything except the tests marked slow.
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The default suite (`pytest -q`) against the lowest torch pyproject.toml declares and against
+# the newest the registry serves, each installed without constraints.txt in its own
+# throwaway venv under /tmp (deleted afterwards). Downloads torch twice; not part of `make
+# test`. Prints one result line per torch version and fails if either run fails.
+COMPAT_TORCH ?= lowest newest
+test-compat:
+	@status=0; for which in $(COMPAT_TORCH); do \
+	  dir=$$(mktemp -d /tmp/atfnn-compat-$$which.XXXXXX); log=$$dir.log; \
+	  if [ $$which = lowest ]; then \
+	    spec=$$(sed -n 's/^ *"torch>=\([0-9.]*\)",*$$/torch==\1/p' pyproject.toml); \
+	  else spec="torch"; fi; \
+	  echo "== test-compat $$which ($$spec) in $$dir"; \
+	  if $(PYTHON) -m venv $$dir && \
+	     $$dir/bin/python -m pip install --quiet --upgrade pip && \
+	     $$dir/bin/python -m pip install --quiet --upgrade "$$spec" ".[dev]"; then \
+	    version=$$($$dir/bin/python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"); \
+	    $$dir/bin/python -m pytest -q -p no:cacheprovider > $$log 2>&1; rc=$$?; \
+	  else version="install failed"; echo "pip install failed" > $$log; rc=2; fi; \
+	  tail -n 15 $$log; \
+	  echo "== test-compat $$which: $$version: $$(tail -n 1 $$log) (exit $$rc; log $$log)"; \
+	  [ $$rc -eq 0 ] || status=1; \
+	  rm -rf $$dir; \
+	done; exit $$status
 
 demo: $(STAMP)
 	$(BIN)/atfnn-fast demo

@@ -1,6 +1,7 @@
 """atfnn-fast: ATFNN (Attentive Time-Frequency Neural Network) for speech emotion recognition.
 
-``from atfnn_fast import ATFNN, ATFNNReference, ATFNNConfig``; see README.md.
+``from atfnn_fast import ATFNN, ATFNNReference, ATFNNConfig``; see README.md and
+docs/design.md.
 """
 
 import os as _os
@@ -13,6 +14,30 @@ if _os.path.isfile(_os.path.join(_root, "kernels", "triton_band_attention.py")) 
     _os.path.isdir(_os.path.join(_os.path.dirname(_os.path.abspath(__file__)), "kernels"))
 ):
     __path__.append(_root)
+
+# torch.library.triton_op and wrap_triton (the fused ops) first shipped in torch 2.6; 2.7 is
+# the first whose custom-op schema inference takes the list[int] and `Tensor | None`
+# annotations the ops use.
+MIN_TORCH = (2, 7)
+
+
+def _check_torch() -> None:
+    import torch
+
+    found = torch.__version__.split("+")[0].split(".")
+    try:
+        version = tuple(int(part) for part in found[:2])
+    except ValueError:  # a development build with an odd version string: let it try
+        return
+    if version < MIN_TORCH:
+        raise ImportError(
+            f"atfnn-fast needs torch >= {MIN_TORCH[0]}.{MIN_TORCH[1]} "
+            f"(its torch.library custom ops), found torch {torch.__version__}; "
+            f'upgrade it, e.g. pip install "torch>={MIN_TORCH[0]}.{MIN_TORCH[1]}"'
+        )
+
+
+_check_torch()
 
 from .config import ATFNNConfig  # noqa: E402
 from .model import ATFNN  # noqa: E402

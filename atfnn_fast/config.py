@@ -1,7 +1,7 @@
 """Model configuration: the one place every ATFNN size lives.
 
-Defaults follow ../shared/SPEC.md section 2. Choices the paper leaves open, marked (A) in the
-SPEC, are recorded on the fields below.
+Defaults and math: docs/design.md#model-math. Choices the paper leaves open are marked
+"(open)" on the fields below; docs/design.md#choices-the-paper-leaves-open gives the reasons.
 """
 
 from __future__ import annotations
@@ -38,14 +38,14 @@ class ATFNNConfig:
             a multiple of ``t_group`` is accepted at run time.
         channels: ``c``, width of the attention convolutions and of the F-Encoder tokens.
         f_group / t_group: bands / frames pooled by one F- / T-Attention window.
-        num_heads: heads of the F-Encoder self-attention (A: 2).
+        num_heads: heads of the F-Encoder self-attention (open: 2).
         ffn_channels / ffn_kernel: hidden width and kernel size of the F-Encoder's conv FFN
             (32 and 5 in the paper; the kernel must be odd so ``padding = k // 2`` keeps F).
         lstm_hidden / lstm_layers: the Bi-LSTM T-Encoder.
-        layer_norm_eps: epsilon of both F-Encoder LayerNorms (A: PyTorch's 1e-5).
-        dropout: (A) dropout on the 2*lstm_hidden utterance embedding before the classifier,
+        layer_norm_eps: epsilon of both F-Encoder LayerNorms (open: PyTorch's 1e-5).
+        dropout: (open) dropout on the 2*lstm_hidden utterance embedding before the classifier,
             the only dropout in the model; the fused front-end therefore needs none.
-        lstm_dropout: (A) nn.LSTM's dropout between LSTM layers, 0 by default.
+        lstm_dropout: (open) nn.LSTM's dropout between LSTM layers, 0 by default.
 
     Variants (paper Table III): ``f_attention``, ``t_attention``, ``f_encoder``, ``t_encoder``;
     all True is ATFNN. A disabled block has no parameters. ``t_attention_source`` is "input"

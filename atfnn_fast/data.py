@@ -1,4 +1,5 @@
-"""Datasets: the manifest CSV, corpus readers, cached log-Mel features (SPEC section 5).
+"""Datasets: the manifest CSV, corpus readers, cached log-Mel features
+(docs/design.md#features-and-data).
 
 The common format is a manifest CSV with the header ``path,label,speaker[,session]``; paths
 are relative to the CSV's folder. UTF-8, with or without a byte-order mark (as spreadsheet
@@ -44,6 +45,7 @@ from pathlib import Path
 
 import torch
 
+from ._deps import require
 from .features import AudioError, FeatureConfig, load_audio, log_mel
 
 DATASETS = ("iemocap", "casia", "emodb", "ravdess", "cremad")
@@ -331,7 +333,7 @@ class FeatureCache:
 
     def warm(self, items: list[Item], desc: str = "log-Mel features") -> dict[Path, torch.Tensor]:
         """Features of every item, with a progress bar; returns {path: log-Mel}."""
-        from tqdm import tqdm
+        tqdm = require("tqdm", extra="app").tqdm
 
         with tqdm(items, desc=desc, unit="file") as bar:  # closed (a newline) on an error too
             return {item.path: self.get(item.path) for item in bar}

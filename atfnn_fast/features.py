@@ -1,4 +1,5 @@
-"""Audio loading, log-Mel features, segmentation and normalisation (SPEC section 5).
+"""Audio loading, log-Mel features, segmentation and normalisation
+(docs/design.md#features-and-data).
 
 Pipeline: :func:`load_audio` (soundfile; any rate, any channel count -> 16 kHz mono) ->
 :func:`log_mel` ``(n_mels, N)`` -> :func:`segment` ``(S, n_mels, frames)`` ->
@@ -11,10 +12,11 @@ segments into batches. Memory is set by the block and batch sizes, not by the fi
 the result equals the whole-file pipeline's (to float rounding of the resampling and
 STFT).
 
-Choices where the paper and SPEC are silent (A):
+Choices where the paper is silent (docs/design.md#choices-the-paper-leaves-open):
 * MelSpectrogram: power spectrum (power 2), ``center=True`` with reflect padding (frame i is
   centred on sample ``i*hop``, so N samples give ``1 + N // hop`` frames), HTK Mel scale
-  without filter normalisation (torchaudio's defaults), 0 Hz to Nyquist.
+  without filter normalisation (torchaudio's defaults, written here in plain torch), 0 Hz to
+  Nyquist.
 * Multi-channel audio is mixed down by averaging the channels.
 * Padding: a tail shorter than a segment (and an utterance shorter than one segment) is
   padded with the silence value ``log(0 + log_offset)`` *before* normalisation, so padding
@@ -58,8 +60,8 @@ class AudioError(ValueError):
 
 @dataclass(frozen=True)
 class FeatureConfig:
-    """STFT / Mel parameters (SPEC section 5). ``n_mels`` and the segment length are model
-    sizes and come from :class:`atfnn_fast.ATFNNConfig`."""
+    """STFT / Mel parameters (docs/design.md#features-and-data). ``n_mels`` and the segment
+    length are model sizes and come from :class:`atfnn_fast.ATFNNConfig`."""
 
     sample_rate: int = 16_000
     n_fft: int = 512
@@ -157,10 +159,32 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16_000) -> torch.Tens
         raise AudioError(path, "empty audio (0 samples)")
     wave = torch.from_numpy(data)
     if rate != sample_rate:
-        import torchaudio.functional as AF
-
-        wave = AF.resample(wave, rate, sample_rate)
+        wave = resample(wave, rate, sample_rate)
     return wave
+
+
+def resample(wave: torch.Tensor, orig_freq: int, new_freq: int) -> torch.Tensor:
+    """Band-limited sinc resampling of ``wave (..., N)``: Hann-windowed sinc, 6 zero
+    crossings, roll-off 0.99 (the algorithm and defaults of
+    ``torchaudio.functional.resample``, in plain torch so torchaudio is not needed)."""
+    if orig_freq == new_freq:
+        return wave
+    gcd = math.gcd(int(orig_freq), int(new_freq))
+    orig, new = int(orig_freq) // gcd, int(new_freq) // gcd
+    zeros, rolloff = 6, 0.99
+    base = min(orig, new) * rolloff
+    width = math.ceil(zeros * orig / base)
+    idx = torch.arange(-width, width + orig, dtype=wave.dtype)[None, None] / orig
+    t = torch.arange(0, -new, -1, dtype=wave.dtype)[:, None, None] / new + idx
+    t = (t * base).clamp(-zeros, zeros)
+    window = torch.cos(t * math.pi / zeros / 2) ** 2
+    t = t * math.pi
+    kernel = torch.where(t == 0, torch.ones_like(t), t.sin() / t) * (window * (base / orig))
+    shape = wave.shape
+    flat = torch.nn.functional.pad(wave.reshape(-1, shape[-1]), (width, width + orig))
+    out = torch.nn.functional.conv1d(flat[:, None], kernel, stride=orig)
+    out = out.transpose(1, 2).reshape(flat.shape[0], -1)[:, : math.ceil(new * shape[-1] / orig)]
+    return out.reshape(*shape[:-1], out.shape[-1])
 
 
 def _resample_context(orig: int, new: int) -> tuple[int, int, int]:
@@ -196,8 +220,6 @@ def iter_audio(
                     raise AudioError(path, "truncated audio file (ends before its header says)")
                 yield torch.from_numpy(data)
             return
-        import torchaudio.functional as AF
-
         orig, new, context = _resample_context(rate, sample_rate)
         block = orig * max(1, round(block_seconds * rate / orig))
         for start in range(0, total, block):
@@ -207,7 +229,7 @@ def iter_audio(
             data = _read(path, handle, last - first)
             if data.shape[0] != last - first:
                 raise AudioError(path, "truncated audio file (ends before its header says)")
-            out = AF.resample(torch.from_numpy(data), rate, sample_rate)
+            out = resample(torch.from_numpy(data), rate, sample_rate)
             offset = (start - first) // orig * new
             count = -(-end * new // orig) - start // orig * new
             yield out[offset : offset + count]
@@ -215,24 +237,49 @@ def iter_audio(
 
 # ---------------------------------------------------------------------------- log-Mel
 @functools.lru_cache(maxsize=8)
-def _mel_transform(n_mels: int, features: FeatureConfig, center: bool = True):
-    import torchaudio
+def _mel_filters(n_mels: int, features: FeatureConfig) -> torch.Tensor:
+    """Triangular HTK-scale Mel filters without normalisation, ``(n_fft // 2 + 1, n_mels)``
+    (the filter bank of ``torchaudio.functional.melscale_fbanks``, in plain torch)."""
+    sr = features.sample_rate
+    f_max = features.f_max if features.f_max is not None else float(sr // 2)
+    all_freqs = torch.linspace(0, sr // 2, features.n_fft // 2 + 1)
 
-    return torchaudio.transforms.MelSpectrogram(
-        sample_rate=features.sample_rate,
-        n_fft=features.n_fft,
-        win_length=features.win_length,
-        hop_length=features.hop_length,
-        f_min=features.f_min,
-        f_max=features.f_max,
-        n_mels=n_mels,
-        window_fn=torch.hamming_window,
-        power=2.0,
-        center=center,
-        pad_mode="reflect",
-        mel_scale="htk",
-        norm=None,
+    def hz_to_mel(f: float) -> float:
+        return 2595.0 * math.log10(1.0 + f / 700.0)
+
+    m_pts = torch.linspace(hz_to_mel(features.f_min), hz_to_mel(f_max), n_mels + 2)
+    f_pts = 700.0 * (10.0 ** (m_pts / 2595.0) - 1.0)
+    f_diff = f_pts[1:] - f_pts[:-1]
+    slopes = f_pts.unsqueeze(0) - all_freqs.unsqueeze(1)
+    down = -slopes[:, :-2] / f_diff[:-1]
+    up = slopes[:, 2:] / f_diff[1:]
+    return torch.clamp(torch.minimum(down, up), min=0.0)
+
+
+def _mel_power(
+    wave: torch.Tensor, n_mels: int, features: FeatureConfig, center: bool = True
+) -> torch.Tensor:
+    """Power Mel spectrogram ``(..., n_mels, frames)``: frames with a periodic Hamming window,
+    centred and reflect-padded with ``center`` (torchaudio's ``MelSpectrogram`` with these
+    settings)."""
+    shape = wave.shape
+    spec = (
+        torch.stft(
+            wave.reshape(-1, shape[-1]),
+            n_fft=features.n_fft,
+            hop_length=features.hop_length,
+            win_length=features.win_length,
+            window=torch.hamming_window(features.win_length, device=wave.device),
+            center=center,
+            pad_mode="reflect",
+            onesided=True,
+            return_complex=True,
+        ).abs()
+        ** 2
     )
+    fb = _mel_filters(n_mels, features).to(wave.device)
+    mel = torch.matmul(spec.transpose(-1, -2), fb).transpose(-1, -2)
+    return mel.reshape(*shape[:-1], *mel.shape[-2:])
 
 
 def log_mel(
@@ -249,7 +296,7 @@ def log_mel(
             f"({features.n_fft // 2 / features.sample_rate * 1000:.0f} ms), "
             f"got {wave.shape[-1]}"
         )
-    mel = _mel_transform(n_mels, features)(wave.float())
+    mel = _mel_power(wave.float(), n_mels, features)
     return torch.log(mel + features.log_offset)
 
 
@@ -262,7 +309,7 @@ def iter_log_mel(chunks: Iterable[torch.Tensor], n_mels: int = 80,
     features = features or FeatureConfig()
     n_fft, hop = features.n_fft, features.hop_length
     pad = n_fft // 2
-    mel = _mel_transform(n_mels, features, center=False)
+    mel = functools.partial(_mel_power, n_mels=n_mels, features=features, center=False)
     empty = torch.zeros(0)
     head = empty  # samples held back until the start can be reflected (needs pad + 1)
     tail = empty  # the last pad + 1 samples, for the reflection at the end

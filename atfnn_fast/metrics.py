@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ._deps import require
+
 
 def confusion(true: list[int], pred: list[int], n_classes: int) -> np.ndarray:
     """``[true class, predicted class]`` counts."""
@@ -38,7 +40,7 @@ def summarize(true: list[int], pred: list[int], labels: list[str]) -> dict:
 
 def plot_confusion(metrics: dict, path: str | os.PathLike, title: str = "") -> Path:
     """Row-normalised confusion matrix with counts, as a PNG."""
-    import matplotlib
+    matplotlib = require("matplotlib", extra="app")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

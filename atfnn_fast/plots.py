@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from ._deps import require
 from .checkpoint import load_checkpoint
 from .features import load_audio, log_mel, segment
 
@@ -33,7 +34,7 @@ def attention_maps(checkpoint, audio, device: str = "cpu"):
 
 
 def plot_attention(checkpoint, audio, output: str | os.PathLike, device: str = "cpu") -> Path:
-    import matplotlib
+    matplotlib = require("matplotlib", extra="app")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -1,6 +1,6 @@
 """Utterance predictions with a PyTorch checkpoint (the ONNX twin is
 :class:`atfnn_fast.export.OnnxPredictor`): label and per-class scores, the scores being the
-mean of the segments' softmax probabilities (SPEC section 5, (A)).
+mean of the segments' softmax probabilities (docs/design.md#choices-the-paper-leaves-open).
 
 Memory stays flat in the file's length: the audio is read and turned into features in
 blocks (:func:`atfnn_fast.features.iter_segment_batches`) and the segments go through the

@@ -1,11 +1,11 @@
-"""ATFNNReference: the eager PyTorch model, SPEC section 2 in code.
+"""ATFNNReference: the eager PyTorch model, docs/design.md#model-math in code.
 
 Blocks are ordinary nn.Modules (nn.Conv2d, nn.MultiheadAttention, nn.LayerNorm, nn.Conv1d,
 nn.LSTM) whose names give the public state_dict keys. :class:`ATFNNBase` holds everything
 both models share (parameters, input checks, T-Encoder, classifier); its front-end hooks are
 the reference math, which :class:`atfnn_fast.model.ATFNN` replaces by the fused ops.
 
-Choices where the paper is silent (A):
+Choices where the paper is silent (docs/design.md#choices-the-paper-leaves-open):
 * ``x' = x + w_f * x`` and ``x'' = x + w_t * x`` are computed literally as written.
 * Inputs whose dtype differs from the parameters' are cast to the parameter dtype, unless
   autocast is active on the input's device (then autocast decides).
@@ -59,7 +59,7 @@ class BandAttention(nn.Module):
 
 
 class FrequencyEncoder(nn.Module):
-    """Transformer-style encoder over the F bands of each frame (SPEC section 2, step 2)."""
+    """Transformer-style encoder over the F bands of each frame (docs/design.md#f-encoder)."""
 
     def __init__(self, cfg: ATFNNConfig) -> None:
         super().__init__()
@@ -253,7 +253,8 @@ def _tracing() -> bool:
 
 
 class ATFNNReference(ATFNNBase):
-    """Plain eager PyTorch ATFNN: the specification in code (SPEC section 2).
+    """Plain eager PyTorch ATFNN: the specification in code
+    (docs/design.md#model-math).
 
     ``ATFNNReference(config)`` or ``ATFNNReference(num_classes=6, ...)`` (keyword overrides
     of the default config). Its state_dict is the public checkpoint format, identical to

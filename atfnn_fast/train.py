@@ -1,9 +1,10 @@
-"""Training and evaluation with speaker- or session-independent folds (SPEC section 5).
+"""Training and evaluation with speaker- or session-independent folds
+(docs/design.md#features-and-data).
 
 ``atfnn-fast train`` runs :func:`train_fold` for one fold or all of them. Per fold:
 
 * test = one speaker (``loso``) or one session (``session``); validation = a share of the
-  remaining speakers (``val_fraction``, at least one, chosen with the seed) (A);
+  remaining speakers (``val_fraction``, at least one, chosen with the seed);
 * normalisation statistics from the training utterances only; training segments of
   ``frames`` frames every ``hop`` frames; validation and test score whole utterances (mean of
   segment probabilities);
@@ -18,9 +19,10 @@
   rewritten from that state after the commit. ``best`` is written before ``last``: a crash
   between them redoes the epoch on resume, and the data order and dropout of epoch e are
   seeded from (seed, e), so the redone epoch writes the same ``best`` again and ``resume``
-  continues exactly where the last committed epoch left off (A: epoch granularity).
+  continues exactly where the last committed epoch left off (epoch granularity).
 
-Checks before anything is written (A where the issue is silent):
+Checks before anything is written (our choices where the paper is silent,
+docs/design.md#choices-the-paper-leaves-open):
 
 * the manifest needs at least two labels, and every label must have training utterances in
   every fold that is run (otherwise a class has no training data and UAR averages over it);
@@ -35,6 +37,9 @@ Checks before anything is written (A where the issue is silent):
   stops with an error naming the PID. A fold directory that already holds a run is refused
   unless ``resume`` (continue it) or ``overwrite`` (delete the trainer's files in it, and
   nothing else, then start again) is given.
+
+The validation split and the epoch granularity of resuming are our choices:
+docs/design.md#choices-the-paper-leaves-open.
 
 Multi-GPU (or multi-process CPU) with ``torchrun``: each process takes every
 ``world_size``-th segment of every batch of the epoch's shuffled order (the global batch stays
@@ -61,6 +66,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ._deps import require
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import ATFNNConfig
 from .data import (
@@ -576,7 +582,7 @@ def _progress(iterable, desc: str, enabled: bool):
     """A context manager giving ``iterable`` or its progress bar (cleared on any exit)."""
     if not enabled:
         return contextlib.nullcontext(iterable)
-    from tqdm import tqdm
+    tqdm = require("tqdm", extra="app").tqdm
 
     return tqdm(iterable, desc=desc, unit="batch", leave=False)
 

@@ -1,4 +1,4 @@
-"""The benchmark cases of SPEC section 6: what each one runs, per provider, and its roofline.
+"""The benchmark cases of docs/design.md#benchmarks: what each one runs, per provider, and its roofline.
 
 A case is built into a :class:`Bench`: one timed call (synchronised on CUDA, so the time is
 the device time of the work), an untimed setup that clears gradients, and the compile time
@@ -18,7 +18,7 @@ synchronises; on the CPU by ``time.perf_counter``.
 
 Roofline counts (:func:`flops` and :func:`bytes_moved`) are *model estimates* written next
 to the cases: flops count multiply-adds as 2 and transcendental functions as 4; the
-backward of a block counts 2x its forward flops (A); bytes are the floor a fused
+backward of a block counts 2x its forward flops (an assumption); bytes are the floor a fused
 implementation could reach, every tensor that must cross global memory read or written once
 (activations only; parameters are counted where they are not negligible: LSTM and the
 optimiser step).

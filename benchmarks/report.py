@@ -2,12 +2,12 @@
 
 Runs ``pytest benchmarks --benchmark-only`` (extra arguments after ``--`` go to pytest), or
 reads a pytest-benchmark JSON file given with ``--json``, and writes
-``benchmarks/results/<device-slug>-<yyyymmdd>.json`` in the SPEC section 6 schema, a
+``benchmarks/results/<device-slug>-<yyyymmdd>.json`` in the schema of docs/design.md#benchmarks, a
 markdown table next to it (ratios to eager, achieved GB/s and TFLOP/s as fractions of the
 peaks measured in the same run) and a bar chart (PNG). ``--readme`` regenerates the README's
 performance section from the latest results file.
 
-Each case row holds the SPEC fields (case, provider, dtype, batch, frames, median_ms,
+Each case row holds the required fields (case, provider, dtype, batch, frames, median_ms,
 peak_mem_mb) plus: iqr_ms, rounds, compile_s, bytes, flops, gbps, tflops, frac_copy,
 frac_matmul, floor_ms (bytes at the measured copy bandwidth), speedup_vs_eager.
 """

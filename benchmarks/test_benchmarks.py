@@ -1,4 +1,4 @@
-"""The SPEC section 6 cases, timed with pytest-benchmark (no assertion is on a time)."""
+"""The docs/design.md#benchmarks cases, timed with pytest-benchmark (no assertion is on a time)."""
 
 from __future__ import annotations
 

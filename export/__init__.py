@@ -1,6 +1,6 @@
 """ONNX export and ONNX Runtime deployment of ATFNN (installed as ``atfnn_fast.export``).
 
-SPEC section 4: :func:`export_onnx` writes the reference math as a standard-ops ONNX graph
+docs/design.md#onnx-export: :func:`export_onnx` writes the reference math as a standard-ops ONNX graph
 with deployment metadata; :func:`validate_onnx` checks it against eager PyTorch in ONNX
 Runtime; :func:`check_tensorrt_ready` lists what TensorRT's ONNX parser would reject;
 :class:`OnnxPredictor` predicts labels from spectrograms or audio files.

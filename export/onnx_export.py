@@ -1,9 +1,10 @@
-"""``export_onnx``: ATFNN / ATFNNReference -> a self-describing ONNX file (SPEC section 4).
+"""``export_onnx``: ATFNN / ATFNNReference -> a self-describing ONNX file
+(docs/design.md#onnx-export).
 
 What is exported is the reference math (:class:`atfnn_fast.ATFNNReference` carrying the
 model's weights), through ``torch.onnx.export(..., dynamo=True)``: standard ONNX ops only,
 one ``LSTM`` node per layer (bidirectional, ``layout=0``), ``LayerNormalization`` with its Y
-output only, weights as initializers. Choices (A):
+output only, weights as initializers. Choices (docs/design.md#choices-the-paper-leaves-open):
 
 * input ``spectrogram`` ``(batch, 1, n_mels, frames)``, output ``logits``
   ``(batch, num_classes)``; the batch axis is dynamic (1 .. 4096) unless
@@ -33,6 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from atfnn_fast._deps import require
 from atfnn_fast.checkpoint import check_deployment_info
 from atfnn_fast.config import ATFNNConfig
 from atfnn_fast.features import FeatureConfig, NormStats
@@ -92,8 +94,8 @@ def export_onnx(
 
     ``dtype="float16"`` writes a half-precision graph (weights, input and output in fp16).
     """
-    import onnx
-    import onnxscript.optimizer
+    onnx = require("onnx", extra="export")
+    onnxscript_optimizer = require("onnxscript.optimizer", extra="export")
 
     opset = DEFAULT_OPSET if opset is None else opset
     if not isinstance(opset, int) or opset < DEFAULT_OPSET:
@@ -104,7 +106,7 @@ def export_onnx(
     cfg = ref.config
     labels = check_deployment_info(cfg, labels, norm_stats)
     # a dynamic batch is traced at 2 (torch.export specialises sizes 0 and 1); a static
-    # graph takes one segment per call (A)
+    # graph takes one segment per call (docs/design.md#onnx-export)
     example = torch.randn(2 if dynamic_batch else 1, 1, cfg.n_mels, cfg.frames, dtype=DTYPES[dtype])
     dynamic = ({0: torch.export.Dim("batch", min=1, max=MAX_BATCH)},) if dynamic_batch else None
     # torch's exporter logs a warning per torchvision op it cannot register (no torchvision)
@@ -127,7 +129,7 @@ def export_onnx(
         )
     # Fold every constant subgraph, however large: the exporter assembles each LSTM's W and
     # R from the gate slices at run time, and TensorRT wants them as initializers.
-    proto = onnxscript.optimizer.optimize(
+    proto = onnxscript_optimizer.optimize(
         program.model_proto, input_size_limit=FOLD_LIMIT, output_size_limit=FOLD_LIMIT
     )
     for node in proto.graph.node:
@@ -178,7 +180,7 @@ def _set_metadata(proto, cfg, labels, norm_stats, features, dtype) -> None:
 
 
 def _atomic_save(proto, path: Path) -> Path:
-    import onnx
+    onnx = require("onnx", extra="export")
 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -196,7 +198,7 @@ def _atomic_save(proto, path: Path) -> Path:
 
 def load_model(path: str | os.PathLike):
     """``onnx.load`` with an :class:`OnnxError` naming the file for anything unreadable."""
-    import onnx
+    onnx = require("onnx", extra="export")
 
     path = Path(path)
     if not path.is_file():

@@ -2,7 +2,7 @@
 
 Features are computed outside the graph with the feature parameters and normalisation
 statistics stored in the file's metadata (:mod:`atfnn_fast.features`); an utterance's
-scores are the mean of its segments' softmax probabilities (SPEC section 5, (A)).
+scores are the mean of its segments' softmax probabilities (docs/design.md#choices-the-paper-leaves-open).
 
 Memory stays flat in the file's length, as with :class:`atfnn_fast.predict.CheckpointPredictor`:
 features in blocks, segments through the graph ``batch_size`` at a time (a graph exported

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 
+from atfnn_fast._deps import require
+
 from .onnx_export import INPUT_NAME, load_model
 
 TENSORRT_OPS = frozenset(
@@ -35,7 +37,7 @@ _WEIGHT_INPUTS = {"Conv": (1,), "ConvTranspose": (1,), "LSTM": (1, 2), "Gemm": (
 
 def check_tensorrt_ready(path: str | os.PathLike) -> list[str]:
     """Problems TensorRT would have with the graph at ``path`` (empty list: none found)."""
-    import onnx
+    onnx = require("onnx", extra="export")
     from onnx import helper
 
     proto = load_model(path)

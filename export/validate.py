@@ -2,9 +2,10 @@
 
 Fresh random inputs (standard normal: normalised log-Mel segments have zero mean and unit
 variance per band) at each batch size; the error measure is the relative error
-``max |onnx - eager| / max |eager|`` over the logits (A). float32 files must stay within
-``rtol=1e-4`` (SPEC), float16 files within ``rtol=1e-2`` (A) and are only run where a CUDA
-execution provider exists (ONNX Runtime's CPU provider has no float16 LSTM).
+``max |onnx - eager| / max |eager|`` over the logits. float32 files must stay within
+``rtol=1e-4``, float16 files within ``rtol=1e-2`` and are only run where a CUDA execution
+provider exists (ONNX Runtime's CPU provider has no float16 LSTM). Contract and choices:
+docs/design.md#onnx-export, docs/design.md#choices-the-paper-leaves-open.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import nn
+
+from atfnn_fast._deps import require
 
 from .onnx_export import INPUT_NAME, OnnxError, load_model, read_metadata
 
@@ -61,8 +64,8 @@ class ValidationReport:
 
 def session(path: str | os.PathLike, providers: list[str] | None = None, threads: int = 0):
     """An ONNX Runtime session (CUDA provider first where available); errors name the file."""
-    import onnx
-    import onnxruntime as ort
+    onnx = require("onnx", extra="export")
+    ort = require("onnxruntime", extra="export")
 
     proto = load_model(path)  # a clear error for missing / non-ONNX files
     available = ort.get_available_providers()
@@ -100,7 +103,7 @@ def validate_onnx(
     if getattr(model, "config", None) != cfg:
         raise ValueError(f"{path}: the model's config differs from the one in the file")
     if dtype == "float16":
-        import onnxruntime as ort
+        ort = require("onnxruntime", extra="export")
 
         if "CUDAExecutionProvider" not in (providers or ort.get_available_providers()):
             report = ValidationReport(str(path), [], dtype, TOLERANCE[dtype])

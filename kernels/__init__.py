@@ -1,6 +1,6 @@
 """Fused ATFNN front-end ops and the backend dispatch (installed as ``atfnn_fast.kernels``).
 
-SPEC section 3. Each op has a plain-torch implementation (``torch_ops``, used for CPU tensors
+docs/design.md#kernels. Each op has a plain-torch implementation (``torch_ops``, used for CPU tensors
 and as the ground truth of the kernel tests) and, where written, a Triton implementation for
 CUDA tensors registered as a ``torch.library`` op in the ``atfnn`` namespace:
 

@@ -1,4 +1,4 @@
-"""Backend selection for the fused ops (SPEC section 3, "Dispatch").
+"""Backend selection for the fused ops (docs/design.md#dispatch).
 
 The backend is read from ``ATFNN_BACKEND`` once, when this module is imported (like
 ``TRITON_INTERPRET``, it must be set before the kernels are imported), and can be changed

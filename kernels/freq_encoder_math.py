@@ -1,4 +1,4 @@
-"""The F-Encoder in its rank-one form (SPEC section 3), in plain torch: forward and backward.
+"""The F-Encoder in its rank-one form (docs/design.md#f-encoder), in plain torch: forward and backward.
 
 This is the math the fused Triton kernels implement, written once in torch so that it can be
 checked against nn.MultiheadAttention semantics and against autograd, and so that the

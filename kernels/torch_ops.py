@@ -1,7 +1,7 @@
 """Plain-torch implementations of the fused ops: the CPU path and the kernels' ground truth.
 
 They take the blocks' parameters as tensors (the form a custom op and a Triton kernel take)
-and compute exactly the math of SPEC section 2, written independently of the nn.Module
+and compute exactly the math of docs/design.md#model-math, written independently of the nn.Module
 blocks of :mod:`atfnn_fast.reference` so that the two check each other.
 
 Layouts: the spectrogram is ``(B, 1, F, T)``; an encoding is ``(B, T, F, W)`` (W = channels

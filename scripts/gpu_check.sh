@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# One call on a CUDA machine (the device tool's `run`), about 6 minutes on an H100. Checks, in
-# order, each writing its own file under $OUT (or ./gpu-out) as soon as it finishes:
+# GPU check of the fused kernels: `bash scripts/gpu_check.sh` on a CUDA machine, about 6
+# minutes on an H100. Checks, in order, each writing its own file under $OUT (or ./gpu-out)
+# as soon as it finishes:
 #   resources-device.{json,txt}  every kernel the fused front-end launches, compiled and
 #                                launched on this GPU (fp32, bf16, fp16; default and encoding
 #                                configs): registers / shared / local from the cubin, and the
@@ -9,8 +10,8 @@
 #                                bf16/fp16, opcheck's aot dispatch, torch.compile, memory)
 #   timing.json / timing.log     device time per case x provider at B = 128, fp32 and bf16
 #                                (scripts/gpu_timing.py: CUDA events, CUDA-graph variant)
-# The machine has torch, triton and pytest but no package registry: the checkout runs from
-# PYTHONPATH and nothing is installed. Tests that need soundfile or onnx are not run here.
+# Needs only torch, triton and pytest: the checkout runs from PYTHONPATH and nothing is
+# installed. Tests that need soundfile or onnx are not run here.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-gpu-out}"

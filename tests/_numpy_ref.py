@@ -1,6 +1,6 @@
-"""An independent float64 NumPy implementation of SPEC section 2 with explicit loops.
+"""An independent float64 NumPy implementation of docs/design.md#model-math with explicit loops.
 
-Written from the SPEC text alone (not from atfnn_fast's code) so that the reference model is
+Written from the design doc alone (not from atfnn_fast's code) so that the reference model is
 checked against a second reading of the contract. Tiny sizes only: it is slow on purpose.
 """
 

@@ -1,4 +1,4 @@
-"""ATFNNConfig: SPEC defaults, validation on construction, derived sizes, JSON."""
+"""ATFNNConfig: documented defaults, validation on construction, derived sizes, JSON."""
 
 import dataclasses
 

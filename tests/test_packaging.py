@@ -1,4 +1,4 @@
-"""Installed layout (SPEC section 1), console script and demo."""
+"""Installed layout (docs/design.md#overview), console script and demo."""
 
 import io
 import subprocess
@@ -35,6 +35,7 @@ def test_wheel_installs_everything_under_one_namespace(tmp_path):
     for needed in (
         "atfnn_fast/kernels/__init__.py",
         "atfnn_fast/kernels/dispatch.py",
+        "atfnn_fast/kernels/resource_needs.json",
         "atfnn_fast/export/__init__.py",
         "atfnn_fast/assets/speech.wav",
     ):

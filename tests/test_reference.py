@@ -1,4 +1,5 @@
-"""ATFNNReference block by block against the independent NumPy reading of the SPEC."""
+"""ATFNNReference block by block against the independent NumPy reading of
+docs/design.md#model-math."""
 
 import numpy as np
 import pytest
@@ -99,7 +100,7 @@ def test_whole_model_matches_numpy(variant, source):
             np.testing.assert_allclose(got.detach().numpy(), want, **TOL)
 
 
-SPEC_KEYS = {
+CONTRACT_KEYS = {
     "f_attention.conv.weight": (8, 1, 5, 1),
     "f_attention.conv.bias": (8,),
     "t_attention.conv.weight": (8, 1, 1, 8),
@@ -124,16 +125,16 @@ SPEC_KEYS = {
 for _layer in range(3):
     _d_in = 640 if _layer == 0 else 256
     for _sfx in ("", "_reverse"):
-        SPEC_KEYS[f"t_encoder.weight_ih_l{_layer}{_sfx}"] = (512, _d_in)
-        SPEC_KEYS[f"t_encoder.weight_hh_l{_layer}{_sfx}"] = (512, 128)
-        SPEC_KEYS[f"t_encoder.bias_ih_l{_layer}{_sfx}"] = (512,)
-        SPEC_KEYS[f"t_encoder.bias_hh_l{_layer}{_sfx}"] = (512,)
+        CONTRACT_KEYS[f"t_encoder.weight_ih_l{_layer}{_sfx}"] = (512, _d_in)
+        CONTRACT_KEYS[f"t_encoder.weight_hh_l{_layer}{_sfx}"] = (512, 128)
+        CONTRACT_KEYS[f"t_encoder.bias_ih_l{_layer}{_sfx}"] = (512,)
+        CONTRACT_KEYS[f"t_encoder.bias_hh_l{_layer}{_sfx}"] = (512,)
 
 
 @pytest.mark.parametrize("cls", [ATFNN, ATFNNReference])
 def test_state_dict_keys_and_shapes_are_the_spec(cls):
     state = cls(ATFNNConfig()).state_dict()
-    assert {k: tuple(v.shape) for k, v in state.items()} == SPEC_KEYS
+    assert {k: tuple(v.shape) for k, v in state.items()} == CONTRACT_KEYS
 
 
 def test_encoding_source_conv_reads_c_channels():
