@@ -14,7 +14,8 @@ The backward kernel recomputes ``w`` from the source (nothing but the inputs is 
 ``d target = d out * (1 + w)``, ``dw = sum(d out * target) + sum(d map)`` per window,
 ``dz_c = dw / C * a_c (1 - a_c)``, ``d source = sum_c dz_c W_c`` and per-program partial sums
 of ``dz_c * source`` and ``dz_c`` for the weight and bias gradients. The partials are reduced
-on the host by ``torch.sum`` over a fixed program order: deterministic, run to run.
+on the host by ``torch.sum`` in float64 over a fixed program order: deterministic, run to
+run.
 
 Everything is computed in float32 whatever the input dtype (fp32, bf16, fp16); outputs take
 the target's dtype, the weight map the source's. Any strides are accepted (non-contiguous
@@ -335,8 +336,10 @@ def band_attention_backward_op(
         HAS_GMAP=grad_map is not None, FUSED_TARGET=target is None,
         CP=triton.next_power_of_2(c), **consts,
     )  # fmt: skip
-    dweight = dw_part.sum(dim=0)[:, : consts["CIN"] * group].reshape(weight.shape)
-    return dsrc, dtgt, dweight.to(weight.dtype), db_part.sum(dim=0).to(bias.dtype)
+    # the per-program partials are summed in float64 (a fixed order: deterministic), so
+    # the many-term weight and bias sums lose no more than one float32 rounding
+    dweight = dw_part.double().sum(dim=0)[:, : consts["CIN"] * group].reshape(weight.shape)
+    return dsrc, dtgt, dweight.to(weight.dtype), db_part.double().sum(dim=0).to(bias.dtype)
 
 
 # ----------------------------------------------------------------- CPU implementations

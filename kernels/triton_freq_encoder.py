@@ -243,7 +243,8 @@ def freq_encoder_backward_op(
         x, prm, dxd, bg, dx, t, n_tb, *_xs(x), *_xs(dx),
         GB=s.band_chunk, **kw, **consts,
     )  # fmt: skip
-    return [dx, d_time, part.sum(dim=0).to(params.dtype)]
+    # partial rows summed in float64, in a fixed order: deterministic and one rounding
+    return [dx, d_time, part.double().sum(dim=0).to(params.dtype)]
 
 
 def _setup_context(ctx, inputs, output):
