@@ -74,14 +74,19 @@ def _export(args: argparse.Namespace) -> int:
     path = export_onnx(
         ckpt.model, args.output, opset=args.opset, dynamic_batch=not args.static_batch,
         dtype=args.dtype, labels=ckpt.labels, norm_stats=ckpt.norm_stats,
-        features=ckpt.features,
+        features=ckpt.features, quantize=args.quantize,
     )  # fmt: skip
-    print(f"wrote {path} ({ckpt.config.variant}, {args.dtype})")
+    kind = args.dtype + (", int8 weights" if args.quantize else "")
+    print(f"wrote {path} ({ckpt.config.variant}, {kind})")
     status = 0
     if args.validate:
-        report = validate_onnx(path, ckpt.model, raise_on_failure=False)
+        report = validate_onnx(path, ckpt.model, raise_on_failure=False, audio=args.audio)
         print(report)
         status = 0 if (report.passed or report.skipped) else 1
+    if args.quantize:
+        print("TensorRT readiness: not applicable (the int8 graph uses ONNX Runtime's "
+              "com.microsoft ops; export float32 or float16 for TensorRT)")  # fmt: skip
+        return status
     problems = check_tensorrt_ready(path)
     if problems:
         print("TensorRT readiness: problems found:\n  " + "\n  ".join(problems))
@@ -95,7 +100,7 @@ def _predict(args: argparse.Namespace) -> int:
     if args.onnx:
         from .export import OnnxPredictor
 
-        predictor = OnnxPredictor(args.onnx)
+        predictor = OnnxPredictor(args.onnx, provider=args.provider)
     else:
         from .predict import CheckpointPredictor
 
@@ -186,6 +191,15 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--static-batch", action="store_true", help="batch fixed at 1 (default: dynamic)"
     )
+    export.add_argument(
+        "--quantize", choices=("int8",), default=None,
+        help="int8: dynamically quantised weights (ONNX Runtime on a CPU)",
+    )  # fmt: skip
+    export.add_argument(
+        "--audio", nargs="+", metavar="PATH",
+        help="with --validate: audio files, folders or manifest CSVs for the real-feature "
+        "check (the bundled recording is always used)",
+    )  # fmt: skip
     export.set_defaults(func=_export)
 
     predict = sub.add_parser("predict", help="label audio files")
@@ -194,6 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--onnx", help="an exported .onnx file (ONNX Runtime)")
     predict.add_argument("--json", action="store_true", help="print a JSON list")
     predict.add_argument("--device", default="cpu", help="with --checkpoint (default cpu)")
+    predict.add_argument(
+        "--provider", choices=("auto", "cpu", "cuda", "tensorrt"), default="auto",
+        help="with --onnx: ONNX Runtime execution provider (default auto: CUDA if present)",
+    )  # fmt: skip
     predict.add_argument("files", nargs="+", metavar="FILE", help="audio files")
     predict.set_defaults(func=_predict)
     return parser

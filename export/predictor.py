@@ -27,7 +27,13 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 class OnnxPredictor:
     """``OnnxPredictor("model.onnx").predict_file("a.wav")`` -> :class:`Prediction`."""
 
-    def __init__(self, path: str | os.PathLike, providers: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        providers: list[str] | None = None,
+        *,
+        provider: str | None = None,
+    ) -> None:
         meta = read_metadata(path)
         self.path = str(path)
         self.config = meta["config"]
@@ -35,7 +41,8 @@ class OnnxPredictor:
         self.norm_stats = meta["norm_stats"]
         self.features = meta["features"]
         self.dtype = np.float16 if meta["dtype"] == "float16" else np.float32
-        self.session = session(path, providers)
+        # provider: "cpu", "cuda" or "tensorrt" (see export.validate.session)
+        self.session = session(path, providers, provider=provider)
 
     def predict_spectrograms(self, x) -> np.ndarray:
         """Normalised segments ``(S, 1, F, T)`` or ``(S, F, T)`` -> probabilities ``(S, C)``."""
