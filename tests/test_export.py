@@ -78,7 +78,7 @@ def test_metadata_round_trip(exported):
     assert meta["labels"] == LABELS
     assert meta["norm_stats"] == stats
     assert meta["features"] == FeatureConfig(f_max=7600.0)
-    assert meta["dtype"] == "float32"
+    assert meta["dtype"] == "float32" and meta["quantization"] == "none"
 
 
 def test_onnxruntime_loads_without_warnings(exported):
