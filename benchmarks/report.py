@@ -67,7 +67,7 @@ def case_rows(benchmarks: list[dict], peaks: dict[str, float]) -> list[dict]:
     for r in rows:
         base = eager.get(_key(r))
         r["speedup_vs_eager"] = round(base / r["median_ms"], 3) if base else None
-    order = {"eager": 0, "compile": 1, "fused": 2, "onnxruntime": 3}
+    order = {"eager": 0, "compile": 1, "fused": 2, "onnxruntime": 3, "onnxruntime-int8": 4}
     from benchmarks.cases import CASES
 
     rows.sort(key=lambda r: (CASES.index(r["case"]), r["dtype"], r["batch"], order[r["provider"]]))
@@ -158,7 +158,8 @@ def plot(results: dict, path: Path) -> Path:
     panels = sorted({(r["dtype"], r["batch"]) for r in results["cases"]})
     fig, axes = plt.subplots(len(panels), 1, figsize=(10, 3.2 * len(panels)), squeeze=False)
     present = {r["provider"] for r in results["cases"]}
-    providers = [p for p in ("eager", "compile", "fused", "onnxruntime") if p in present]
+    providers = [p for p in ("eager", "compile", "fused", "onnxruntime", "onnxruntime-int8")
+                 if p in present]  # fmt: skip
     for ax, (dtype, batch) in zip(axes[:, 0], panels, strict=True):
         rows = [r for r in results["cases"] if (r["dtype"], r["batch"]) == (dtype, batch)]
         names = list(dict.fromkeys(r["case"] for r in rows))
