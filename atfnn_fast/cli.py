@@ -70,6 +70,8 @@ def _export(args: argparse.Namespace) -> int:
     from .checkpoint import load_checkpoint
     from .export import check_tensorrt_ready, export_onnx, trtexec_command, validate_onnx
 
+    if args.audio and not args.validate:
+        raise ValueError("--audio is for --validate's real-feature check; add --validate")
     ckpt = load_checkpoint(args.checkpoint)
     path = export_onnx(
         ckpt.model, args.output, opset=args.opset, dynamic_batch=not args.static_batch,

@@ -60,13 +60,12 @@ FORMAT_VERSION = 1
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
 QUANTIZATIONS = {None: "none", "int8": "int8-dynamic"}
 # the exporter's notes that do not apply here: the legacy-exporter deprecation (a choice,
-# see above), LSTM batch sizes (the initial states are dropped below, so any batch works),
-# and constant folding skipping slices with steps (none of them is on a weight)
+# see above; two warnings) and LSTM batch sizes (the initial states, the one batch-sized
+# part, are dropped below, and the graph is validated at several batch sizes)
 _EXPORT_NOTES = (
     ".*legacy TorchScript-based ONNX export",
     ".*feature will be removed. Please remove usage",
     ".*batch_size other than 1, with a variable length with LSTM",
-    ".*Only steps=1 can be constant folded",
 )
 
 
@@ -179,12 +178,13 @@ def _drop_zero_initial_states(proto) -> None:
         if any(o in needed for o in node.output):
             keep.append(node)
             needed.update(i for i in node.input if i)
+    kept = [onnx.NodeProto.FromString(n.SerializeToString()) for n in reversed(keep)]
     del nodes[:]
-    nodes.extend(reversed(keep))
+    nodes.extend(kept)
     used = {i for n in keep for i in n.input}
-    inits = [t for t in proto.graph.initializer if t.name in used]
+    inits = [t.SerializeToString() for t in proto.graph.initializer if t.name in used]
     del proto.graph.initializer[:]
-    proto.graph.initializer.extend(inits)
+    proto.graph.initializer.extend(onnx.TensorProto.FromString(t) for t in inits)
     onnx.checker.check_model(proto)
 
 

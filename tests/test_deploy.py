@@ -183,6 +183,11 @@ def test_cli_export_int8(default_model, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "int8 weights" in text and "TensorRT readiness: not applicable" in text
     assert read_metadata(out)["quantization"] == "int8-dynamic"
+    assert main([*args, "--audio", str(speech_sample())]) == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        err == "atfnn-fast: error: --audio is for --validate's real-feature check; add --validate"
+    )
 
 
 # --------------------------------------------------------------------------- providers
