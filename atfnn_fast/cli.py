@@ -103,23 +103,25 @@ def _plot_attention(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     """With ``--validate`` the graph is written under a hidden temporary name, validated,
     and only then renamed to ``--output``; a graph that fails is kept as
-    ``<output>.failed`` for inspection (A) and ``--output`` is left as it was."""
+    ``<output>.failed`` for inspection and ``--output`` is left as it was."""
     from .checkpoint import load_checkpoint
     from .errors import RunError
     from .export import check_tensorrt_ready, export_onnx, trtexec_command, validate_onnx
 
+    if args.audio and not args.validate:
+        raise ValueError("--audio is for --validate's real-feature check; add --validate")
     ckpt = load_checkpoint(args.checkpoint)
     output = Path(args.output)
     target = output.with_name(f".{output.name}.validating") if args.validate else output
     path = export_onnx(
         ckpt.model, target, opset=args.opset, dynamic_batch=not args.static_batch,
         dtype=args.dtype, labels=ckpt.labels, norm_stats=ckpt.norm_stats,
-        features=ckpt.features,
+        features=ckpt.features, quantize=args.quantize,
     )  # fmt: skip
     if args.validate:
         failed = output.with_name(output.name + ".failed")
         try:
-            report = validate_onnx(path, ckpt.model, raise_on_failure=False)
+            report = validate_onnx(path, ckpt.model, raise_on_failure=False, audio=args.audio)
         except Exception as err:
             os.replace(path, failed)
             raise RunError(
@@ -137,7 +139,13 @@ def _export(args: argparse.Namespace) -> int:
             )
         os.replace(path, output)
         path = output
-    print(f"wrote {path} ({ckpt.config.variant}, {args.dtype})")
+    kind = args.dtype + (", int8 weights" if args.quantize else "")
+    print(f"wrote {path} ({ckpt.config.variant}, {kind})")
+    status = 0
+    if args.quantize:
+        print("TensorRT readiness: not applicable (the int8 graph uses ONNX Runtime's "
+              "com.microsoft ops; export float32 or float16 for TensorRT)")  # fmt: skip
+        return status
     problems = check_tensorrt_ready(path)
     if problems:
         print("TensorRT readiness: problems found:\n  " + "\n  ".join(problems))
@@ -155,7 +163,7 @@ def _predict(args: argparse.Namespace) -> int:
     if args.onnx:
         from .export import OnnxPredictor
 
-        predictor = OnnxPredictor(args.onnx, batch_size=args.batch_size)
+        predictor = OnnxPredictor(args.onnx, batch_size=args.batch_size, provider=args.provider)
     else:
         from .predict import CheckpointPredictor
 
@@ -332,6 +340,15 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--static-batch", action="store_true", help="batch fixed at 1 (default: dynamic)"
     )
+    export.add_argument(
+        "--quantize", choices=("int8",), default=None,
+        help="int8: dynamically quantised weights (ONNX Runtime on a CPU)",
+    )  # fmt: skip
+    export.add_argument(
+        "--audio", nargs="+", metavar="PATH",
+        help="with --validate: audio files, folders or manifest CSVs for the real-feature "
+        "check (the bundled recording is always used)",
+    )  # fmt: skip
     export.set_defaults(func=_export)
 
     predict = sub.add_parser("predict", parents=[common], help="label audio files")
@@ -345,6 +362,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size", type=_int_in(1, MAX_BATCH_SIZE), default=DEFAULT_BATCH_SIZE,
         help=f"segments per forward pass (default {DEFAULT_BATCH_SIZE}); memory does not "
         "grow with the files' length",
+    )  # fmt: skip
+    predict.add_argument(
+        "--provider", choices=("auto", "cpu", "cuda", "tensorrt"), default="auto",
+        help="with --onnx: ONNX Runtime execution provider (default auto: CUDA if present)",
     )  # fmt: skip
     predict.add_argument("files", nargs="+", metavar="FILE", help="audio files")
     predict.set_defaults(func=_predict)

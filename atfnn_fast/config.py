@@ -14,7 +14,7 @@ from typing import Any
 T_ATTENTION_SOURCES = ("input", "encoding")
 
 # Upper bounds for sizes read from files (checkpoint config.json, ONNX metadata), checked by
-# :meth:`ATFNNConfig.check_size_limits` before anything is allocated. Generous (A): the
+# :meth:`ATFNNConfig.check_size_limits` before anything is allocated. Generous (our choice): the
 # paper's model is 80 bands x 128 frames, 8 channels, 3 x 128 LSTM units, 1.6 M parameters.
 SIZE_LIMITS = {
     "num_classes": 1000, "n_mels": 512, "frames": 8192, "channels": 256, "f_group": 512,

@@ -129,6 +129,17 @@ def run_pipeline(out_dir="demo-output", epochs: int = 12, seed: int = 0, out=sys
     say(f"onnx           {onnx_path}: max relative error {worst:.1e} vs eager "
         f"({'PASS' if report.passed else 'FAIL'}); TensorRT problems: "
         f"{len(check_tensorrt_ready(onnx_path))}")  # fmt: skip
+    int8_path = export_onnx(ckpt.model, out_dir / "model-int8.onnx", quantize="int8",
+                            labels=ckpt.labels, norm_stats=ckpt.norm_stats,
+                            features=ckpt.features)  # fmt: skip
+    int8 = validate_onnx(int8_path, ckpt.model, batch_sizes=(1,), audio=[manifest],
+                         raise_on_failure=False)  # fmt: skip
+    a, sp = int8.agreement, int8.speed
+    say(f"onnx int8      {int8_path}: top-1 agreement with float32 eager {a.top1:.1%} of "
+        f"{a.segments} segments ({a.top1_files:.1%} of {a.files} files), largest "
+        f"probability difference {a.max_prob_diff:.3f}; {sp.ratio:.1f}x eager at batch "
+        f"{sp.batch} ({'PASS' if int8.passed else 'FAIL'})")  # fmt: skip
     seconds = time.perf_counter() - start
     say(f"pipeline       {seconds:.0f} s on {torch.get_num_threads()} CPU threads")
-    return {"metrics": metrics, "seconds": seconds, "onnx_max_rel": worst, "checkpoint": str(best)}
+    return {"metrics": metrics, "seconds": seconds, "onnx_max_rel": worst,
+            "int8_agreement": a.top1, "checkpoint": str(best)}  # fmt: skip

@@ -44,10 +44,10 @@ from typing import Any
 import numpy as np
 import torch
 
-# Upper bounds of FeatureConfig's sizes (A): far above any speech front-end's needs.
+# Upper bounds of FeatureConfig's sizes (our choice): far above any speech front-end's needs.
 FEATURE_LIMITS = {"sample_rate": 384_000, "n_fft": 16_384, "win_length": 16_384,
                   "hop_length": 16_384}  # fmt: skip
-AUDIO_BLOCK_SECONDS = 30.0  # (A) audio read and resampled per step by iter_audio
+AUDIO_BLOCK_SECONDS = 30.0  # our choice: audio read and resampled per step by iter_audio
 
 
 class AudioError(ValueError):

@@ -21,7 +21,7 @@ from .checkpoint import load_checkpoint
 from .errors import resolve_device
 from .features import iter_segment_batches
 
-DEFAULT_BATCH_SIZE = 64  # segments per forward pass of `predict` (A)
+DEFAULT_BATCH_SIZE = 64  # segments per forward pass of `predict` (our choice)
 MAX_BATCH_SIZE = 4096  # also the dynamic batch range of exported ONNX graphs
 
 

@@ -7,10 +7,14 @@ measured on its own. Providers:
 * ``eager``: :class:`atfnn_fast.ATFNNReference`, plain eager PyTorch;
 * ``compile``: the same model with its front-end (or the case's block) under
   ``torch.compile`` (default mode); the Bi-LSTM stays eager (dynamo graph-breaks on RNNs);
-* ``fused``: :class:`atfnn_fast.ATFNN` with its Triton ops, CUDA only;
+* ``fused``: :class:`atfnn_fast.ATFNN`: its Triton ops on CUDA, its plain-torch path on
+  the CPU (the path a CPU user of ``ATFNN`` gets);
 * ``cudagraph``: ``fused`` captured once in a CUDA graph and replayed (inference cases,
   CUDA only): the same kernels without the host's launch overhead;
-* ``onnxruntime``: the exported graph in ONNX Runtime (``full_fwd`` only).
+* ``onnxruntime``: the exported graph in ONNX Runtime (``full_fwd`` only);
+* ``onnxruntime-int8``: the same graph dynamically quantised to int8
+  (``export_onnx(..., quantize="int8")``), ONNX Runtime's CPU provider (``full_fwd``, CPU
+  only: its quantised LSTM is a CPU op).
 
 Timing: on CUDA every provider is timed the same way, by CUDA events
 (:class:`CudaEventClock`, installed as pytest-benchmark's timer), and no timed call
@@ -45,7 +49,8 @@ CASES = (
     "full_fwd",
     "train_step",
 )
-PROVIDERS = ("eager", "compile", "fused", "cudagraph", "onnxruntime")
+PROVIDERS = ("eager", "compile", "fused", "cudagraph", "onnxruntime", "onnxruntime-int8")
+ONNX_PROVIDERS = {"onnxruntime": None, "onnxruntime-int8": "int8"}  # -> export_onnx quantize
 # the fused ops each case needs before its "fused" provider can run
 CASE_OPS = {
     "band_attention": ("band_attention",),
@@ -68,11 +73,13 @@ def skip_reason(
     case: str, provider: str, device: torch.device, dtype: str = "float32"
 ) -> str | None:
     """Why ``provider`` cannot run ``case`` here, or None."""
-    if provider == "onnxruntime":
+    if provider in ONNX_PROVIDERS:
         if case != "full_fwd":
-            return "onnxruntime runs full_fwd only"
+            return f"{provider} runs full_fwd only"
         if dtype != "float32":
-            return "the onnxruntime provider runs the float32 graph"
+            return f"the {provider} provider runs the float32 graph"
+        if provider == "onnxruntime-int8" and device.type == "cuda":
+            return "onnxruntime-int8 runs on the CPU (its quantised LSTM is a CPU op)"
         if device.type == "cuda":
             import onnxruntime as ort
 
@@ -83,9 +90,7 @@ def skip_reason(
             return "the cudagraph provider captures CUDA kernels: CUDA only"
         if has_backward(case):
             return "the cudagraph provider runs the inference cases"
-    if provider in ("fused", "cudagraph"):
-        if device.type != "cuda":
-            return "the fused provider runs Triton kernels on CUDA only"
+    if provider in ("fused", "cudagraph") and device.type == "cuda":
         missing = [op for op in CASE_OPS[block(case)] if op not in ops.TRITON_IMPLS]
         if missing:
             return f"no Triton kernel yet for {', '.join('atfnn::' + op for op in missing)}"
@@ -225,7 +230,7 @@ def build(
     torch.manual_seed(0)
     blk, bwd = block(case), has_backward(case)
     ref = ATFNNReference(cfg)
-    model = ref if provider in ("eager", "compile", "onnxruntime") else ATFNN(cfg)
+    model = ref if provider != "fused" else ATFNN(cfg)
     if model is not ref:
         model.load_state_dict(ref.state_dict())
     # The NaN/Inf input check costs a reduction and a device sync per call, the same for
@@ -265,8 +270,8 @@ def build(
             logits, maps = model(x, return_attention=True)
             return (logits,), tuple(maps)
 
-    if provider == "onnxruntime":
-        body = _onnxruntime_body(model, x, device)
+    if provider in ONNX_PROVIDERS:
+        body = _onnxruntime_body(model, x, device, ONNX_PROVIDERS[provider])
     elif provider not in ("eager", "compile", "fused", "cudagraph"):
         raise ValueError(f"unknown provider {provider!r}")
     if provider == "compile":
@@ -337,10 +342,10 @@ def _captured(step: Callable[[], object]) -> Callable[[], object]:
     return replay
 
 
-_EXPORTS: dict[str, str] = {}  # config JSON -> exported file, once per process
+_EXPORTS: dict[tuple, str] = {}  # (config JSON, quantize) -> exported file, once per process
 
 
-def _onnxruntime_body(model, x: torch.Tensor, device: torch.device):
+def _onnxruntime_body(model, x: torch.Tensor, device: torch.device, quantize: str | None):
     """full_fwd through the exported graph in ONNX Runtime (CPU EP; CUDA EP for CUDA)."""
     import atexit
     import shutil
@@ -351,13 +356,13 @@ def _onnxruntime_body(model, x: torch.Tensor, device: torch.device):
 
     # the graph's time axis is fixed at config.frames: export at the benchmark's frames
     cfg = model.config.replace(frames=x.shape[-1])
-    key = cfg.to_json()
+    key = (cfg.to_json(), quantize)
     if key not in _EXPORTS:
         same_weights = ATFNNReference(cfg)
         same_weights.load_state_dict(model.state_dict())
         folder = tempfile.mkdtemp(prefix="atfnn-bench-")
         atexit.register(shutil.rmtree, folder, ignore_errors=True)
-        _EXPORTS[key] = str(export_onnx(same_weights, f"{folder}/model.onnx"))
+        _EXPORTS[key] = str(export_onnx(same_weights, f"{folder}/model.onnx", quantize=quantize))
     ep = "CUDAExecutionProvider" if device.type == "cuda" else "CPUExecutionProvider"
     sess = session(_EXPORTS[key], [ep])
     feed = {sess.get_inputs()[0].name: x.detach().cpu().numpy()}

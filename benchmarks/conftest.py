@@ -63,7 +63,7 @@ def pytest_generate_tests(metafunc):
             for dtype in dtypes
             for batch in batches
             for provider in cases.PROVIDERS
-            if provider != "onnxruntime" or case == "full_fwd"
+            if provider not in cases.ONNX_PROVIDERS or case == "full_fwd"
         ]  # fmt: skip
     metafunc.parametrize(("device", "case", "provider", "dtype", "batch"), params)
 

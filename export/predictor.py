@@ -42,6 +42,8 @@ class OnnxPredictor:
         path: str | os.PathLike,
         providers: list[str] | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
+        *,
+        provider: str | None = None,
     ) -> None:
         meta = read_metadata(path)  # checked against the graph: fails here, not in a run
         self.path = str(path)
@@ -52,7 +54,8 @@ class OnnxPredictor:
         self.dtype = np.float16 if meta["dtype"] == "float16" else np.float32
         self.fixed_batch = meta["batch"]  # None: dynamic batch axis
         self.batch_size = meta["batch"] or check_batch_size(batch_size)
-        self.session = session(path, providers)
+        # provider: "cpu", "cuda" or "tensorrt" (see export.validate.session)
+        self.session = session(path, providers, provider=provider)
 
     def predict_spectrograms(self, x) -> np.ndarray:
         """Normalised segments ``(S, 1, F, T)`` or ``(S, F, T)`` -> probabilities ``(S, C)``."""

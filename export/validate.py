@@ -6,12 +6,32 @@ variance per band) at each batch size; the error measure is the relative error
 ``rtol=1e-4``, float16 files within ``rtol=1e-2`` and are only run where a CUDA execution
 provider exists (ONNX Runtime's CPU provider has no float16 LSTM). Contract and choices:
 docs/design.md#onnx-export, docs/design.md#choices-the-paper-leaves-open.
+
+int8 files (``export_onnx(..., quantize="int8")``) cannot match to 1e-4; they are judged on
+real features instead (docs/design.md#choices-the-paper-leaves-open): the segments (hop ``frames // 4``, normalised with the file's
+statistics) of the bundled recording and of any ``audio`` given (files, folders of audio
+files, or manifest CSVs), against the float32 eager model. The report gives the top-1
+agreement per segment and per file (mean of the segment probabilities, as ``predict``
+computes it) and the largest probability difference; the file passes with a per-segment
+agreement of at least :data:`INT8_AGREEMENT`. The random-input errors are reported too,
+without a tolerance.
+
+The speed ratio (measured for int8 files, or with ``speed=True``): eager
+:class:`~atfnn_fast.ATFNNReference` (float32, CPU, torch's thread count) against the ONNX
+Runtime session at batch ``speed_batch``, both timed back to back in this process: three
+blocks of one warm-up and three timed calls each, alternating, the median of the nine
+calls (blocks, not single calls, alternate: ONNX Runtime's worker threads keep spinning
+for a moment after a call and would slow a torch call that follows at once).
 """
 
 from __future__ import annotations
 
 import os
+import statistics
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -19,9 +39,27 @@ from torch import nn
 
 from atfnn_fast._deps import require
 
-from .onnx_export import INPUT_NAME, OnnxError, load_model, read_metadata
+from .onnx_export import INPUT_NAME, OnnxError, load_model, read_metadata, reference_copy
 
 TOLERANCE = {"float32": 1e-4, "float16": 1e-2}
+INT8_AGREEMENT = 0.99
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".aiff", ".aif")
+# --provider names -> ONNX Runtime execution providers, in order of preference
+PROVIDERS = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+_GPU_HINT = {
+    "CUDAExecutionProvider": (
+        "install onnxruntime-gpu in place of onnxruntime (pip uninstall onnxruntime && "
+        'pip install "atfnn-fast[gpu]"), with the CUDA 12 and cuDNN 9 libraries it needs'
+    ),
+    "TensorrtExecutionProvider": (
+        "install onnxruntime-gpu in place of onnxruntime (pip uninstall onnxruntime && "
+        'pip install "atfnn-fast[gpu]") and TensorRT 10 (pip install tensorrt)'
+    ),
+}
 
 
 class OnnxValidationError(AssertionError):
@@ -36,6 +74,28 @@ class BatchResult:
 
 
 @dataclass
+class Agreement:
+    """int8 (or any) graph against the float32 eager model on real features."""
+
+    segments: int
+    files: int
+    top1: float  # fraction of segments with the same arg-max
+    top1_files: float  # the same per file (mean segment probabilities)
+    max_prob_diff: float  # largest |p_onnx - p_eager| over segments and classes
+
+
+@dataclass
+class Speed:
+    batch: int
+    eager_ms: float
+    onnx_ms: float
+
+    @property
+    def ratio(self) -> float:
+        return self.eager_ms / self.onnx_ms
+
+
+@dataclass
 class ValidationReport:
     path: str
     providers: list[str]
@@ -43,47 +103,115 @@ class ValidationReport:
     tolerance: float
     results: list[BatchResult] = field(default_factory=list)
     skipped: str | None = None
+    quantization: str = "none"
+    agreement: Agreement | None = None
+    speed: Speed | None = None
+
+    @property
+    def quantized(self) -> bool:
+        return self.quantization != "none"
 
     @property
     def passed(self) -> bool:
-        return self.skipped is None and all(r.max_rel <= self.tolerance for r in self.results)
+        if self.skipped is not None:
+            return False
+        if self.quantized:
+            return self.agreement is not None and self.agreement.top1 >= INT8_AGREEMENT
+        return all(r.max_rel <= self.tolerance for r in self.results)
 
     def __str__(self) -> str:
         if self.skipped:
             return f"{self.path}: not validated: {self.skipped}"
-        lines = [f"{self.path} ({self.dtype}) on {', '.join(self.providers)}:"]
+        kind = self.dtype + (f", {self.quantization}" if self.quantized else "")
+        lines = [f"{self.path} ({kind}) on {', '.join(self.providers)}:"]
         lines += [
             f"  batch {r.batch:>4}: max abs {r.max_abs:.3e}, max rel {r.max_rel:.3e}"
             for r in self.results
         ]
-        lines.append(
-            f"  {'PASS' if self.passed else 'FAIL'} (relative tolerance {self.tolerance:g})"
-        )
+        a = self.agreement
+        if a is not None:
+            lines.append(
+                f"  real features: top-1 agreement {a.top1:.2%} of {a.segments} segments, "
+                f"{a.top1_files:.2%} of {a.files} files; largest probability difference "
+                f"{a.max_prob_diff:.4f}"
+            )
+        if self.speed is not None:
+            s = self.speed
+            lines.append(
+                f"  speed at batch {s.batch}: eager {s.eager_ms:.1f} ms, ONNX Runtime "
+                f"{s.onnx_ms:.1f} ms ({s.ratio:.2f}x)"
+            )
+        verdict = "PASS" if self.passed else "FAIL"
+        if self.quantized:
+            lines.append(f"  {verdict} (top-1 agreement >= {INT8_AGREEMENT:.0%} on real features)")
+        else:
+            lines.append(f"  {verdict} (relative tolerance {self.tolerance:g})")
         return "\n".join(lines)
 
 
-def session(path: str | os.PathLike, providers: list[str] | None = None, threads: int = 0):
-    """An ONNX Runtime session (CUDA provider first where available); errors name the file."""
+def providers_for(provider: str | None) -> list[str] | None:
+    """``"cpu" | "cuda" | "tensorrt"`` -> ONNX Runtime provider list (None: automatic)."""
+    if provider is None or provider == "auto":
+        return None
+    if provider not in PROVIDERS:
+        raise ValueError(
+            f"provider must be one of {sorted(PROVIDERS)} (or 'auto'), got {provider!r}"
+        )
+    return list(PROVIDERS[provider])
+
+
+def session(
+    path: str | os.PathLike,
+    providers: list[str] | None = None,
+    threads: int = 0,
+    *,
+    provider: str | None = None,
+):
+    """An ONNX Runtime session; errors name the file.
+
+    ``provider`` (``"cpu"``, ``"cuda"``, ``"tensorrt"``) or an explicit ``providers`` list;
+    neither: the CUDA provider first where available, else the CPU. A GPU provider that
+    this onnxruntime lacks, or that fails to load, is an :class:`OnnxError` saying what to
+    install; so is a float16 graph without the CUDA provider.
+    """
     onnx = require("onnx", extra="export")
     ort = require("onnxruntime", extra="export")
 
+    if provider is not None and providers is not None:
+        raise ValueError("give provider or providers, not both")
     proto = load_model(path)  # a clear error for missing / non-ONNX files
     available = ort.get_available_providers()
-    if providers is None:
-        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+    requested = providers_for(provider) if provider is not None else providers
+    if requested is None:
+        requested = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+    wanted = requested[0]
+    if wanted in _GPU_HINT and wanted not in available:
+        raise OnnxError(
+            f"{path}: {wanted} is not available in this onnxruntime "
+            f"({ort.__version__}, providers {available}); {_GPU_HINT[wanted]}"
+        )
     half = any(i.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16 for i in proto.graph.input)
-    if half and "CUDAExecutionProvider" not in providers:
+    if half and "CUDAExecutionProvider" not in requested:
         # ONNX Runtime 1.32's CPU provider crashes (segfault) building this float16 graph
         raise OnnxError(
             f"{path}: a float16 graph needs ONNX Runtime's CUDA execution provider "
-            f"(onnxruntime-gpu); available here: {available}"
+            f"(provider 'cuda'; {_GPU_HINT['CUDAExecutionProvider']}); "
+            f"available here: {available}"
         )
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     try:
-        return ort.InferenceSession(str(path), options, providers=providers)
+        sess = ort.InferenceSession(str(path), options, providers=requested)
     except Exception as err:
         raise OnnxError(f"{path}: ONNX Runtime cannot load it ({err})") from None
+    if wanted in _GPU_HINT and wanted not in sess.get_providers():
+        # onnxruntime-gpu falls back to the CPU, with a log line, when the provider's
+        # libraries (CUDA, cuDNN, TensorRT) cannot be loaded
+        raise OnnxError(
+            f"{path}: ONNX Runtime could not start {wanted} (running on "
+            f"{sess.get_providers()}); {_GPU_HINT[wanted]}"
+        )
+    return sess
 
 
 def validate_onnx(
@@ -94,12 +222,17 @@ def validate_onnx(
     providers: list[str] | None = None,
     seed: int | None = None,
     raise_on_failure: bool = True,
+    audio: Iterable[str | os.PathLike] | None = None,
+    speed: bool | None = None,
+    speed_batch: int = 32,
 ) -> ValidationReport:
     """Run ``path`` in ONNX Runtime and ``model`` in eager PyTorch on the same fresh random
-    inputs; return a :class:`ValidationReport`. A failure raises OnnxValidationError (unless
+    inputs (and, for int8 files or with ``audio``, on real features); return a
+    :class:`ValidationReport`. A failure raises OnnxValidationError (unless
     ``raise_on_failure=False``)."""
     meta = read_metadata(path)
     cfg, dtype = meta["config"], meta["dtype"]
+    quantization = meta["quantization"]
     if getattr(model, "config", None) != cfg:
         raise ValueError(f"{path}: the model's config differs from the one in the file")
     if dtype == "float16":
@@ -111,24 +244,108 @@ def validate_onnx(
             return report
     sess = session(path, providers)
     report = ValidationReport(str(path), sess.get_providers(), dtype, TOLERANCE[dtype])
+    report.quantization = quantization
     gen = torch.Generator().manual_seed(
         seed if seed is not None else int.from_bytes(os.urandom(4), "little")
     )
+    np_dtype = np.float16 if dtype == "float16" else np.float32
     was_training = model.training
     model.eval()
     try:
         for batch in batch_sizes:
             x = torch.randn(batch, 1, cfg.n_mels, cfg.frames, generator=gen)
-            with torch.no_grad():
-                param = next(model.parameters())
-                want = model(x.to(param.device, param.dtype)).float().cpu().numpy()
-            feed = {INPUT_NAME: x.numpy().astype(np.float16 if dtype == "float16" else np.float32)}
-            got = sess.run(None, feed)[0].astype(np.float32)
+            want = _eager(model, x)
+            got = sess.run(None, {INPUT_NAME: x.numpy().astype(np_dtype)})[0].astype(np.float32)
             diff = float(np.abs(got - want).max())
             scale = max(float(np.abs(want).max()), 1e-12)
             report.results.append(BatchResult(batch, diff, diff / scale))
+        if audio is not None or report.quantized:
+            report.agreement = _agreement(sess, model, meta, audio or (), np_dtype)
+        if speed or (speed is None and report.quantized):
+            report.speed = _speed(sess, model, cfg, speed_batch, np_dtype)
     finally:
         model.train(was_training)
     if raise_on_failure and not report.passed:
         raise OnnxValidationError(str(report))
     return report
+
+
+def _eager(model: nn.Module, x: torch.Tensor) -> np.ndarray:
+    param = next(model.parameters())
+    with torch.no_grad():
+        return model(x.to(param.device, param.dtype)).float().cpu().numpy()
+
+
+def audio_files(sources: Iterable[str | os.PathLike]) -> list[Path]:
+    """Audio files from files, folders (searched recursively) and manifest CSVs."""
+    files: list[Path] = []
+    for source in sources:
+        source = Path(source)
+        if source.is_dir():
+            found = sorted(p for p in source.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+            if not found:
+                raise FileNotFoundError(f"{source}: no audio files ({', '.join(AUDIO_SUFFIXES)})")
+            files += found
+        elif source.suffix.lower() == ".csv":
+            from atfnn_fast.data import read_manifest
+
+            files += [Path(item.path) for item in read_manifest(source)]
+        elif source.is_file():
+            files.append(source)
+        else:
+            raise FileNotFoundError(f"{source}: audio file or folder not found")
+    return files
+
+
+def _agreement(sess, model, meta, audio, np_dtype) -> Agreement:
+    from atfnn_fast.demo import speech_sample
+    from atfnn_fast.features import file_segments
+
+    from .predictor import softmax
+
+    cfg = meta["config"]
+    hop = max(1, cfg.frames // 4)
+    files = [speech_sample(), *audio_files(audio)]
+    agree = segments = file_agree = 0
+    max_diff = 0.0
+    for file in files:
+        x = file_segments(
+            file, n_mels=cfg.n_mels, frames=cfg.frames, hop=hop,
+            stats=meta["norm_stats"], features=meta["features"],
+        )  # fmt: skip
+        p_eager = softmax(_eager(model, x).astype(np.float64))
+        p_onnx = softmax(
+            sess.run(None, {INPUT_NAME: x.numpy().astype(np_dtype)})[0].astype(np.float64)
+        )
+        agree += int((p_eager.argmax(1) == p_onnx.argmax(1)).sum())
+        segments += len(x)
+        file_agree += int(p_eager.mean(0).argmax() == p_onnx.mean(0).argmax())
+        max_diff = max(max_diff, float(np.abs(p_eager - p_onnx).max()))
+    return Agreement(segments, len(files), agree / segments, file_agree / len(files), max_diff)
+
+
+def _speed(sess, model, cfg, batch: int, np_dtype) -> Speed:
+    eager = reference_copy(model)
+    x = torch.randn(batch, 1, cfg.n_mels, cfg.frames)
+    feed = {INPUT_NAME: x.numpy().astype(np_dtype)}
+
+    def run_eager():
+        with torch.inference_mode():
+            eager(x)
+
+    times = median_ms({"eager": run_eager, "onnx": lambda: sess.run(None, feed)})
+    return Speed(batch, times["eager"], times["onnx"])
+
+
+def median_ms(fns: dict, runs: int = 3, blocks: int = 3) -> dict[str, float]:
+    """Median milliseconds per call of each function: ``blocks`` rounds in which every
+    function gets one warm-up and ``runs`` timed calls in a row."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(blocks):
+        for name, fn in fns.items():
+            fn()
+            for _ in range(runs):
+                start = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) * 1e3 for name, values in times.items()}

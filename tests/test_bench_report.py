@@ -52,7 +52,7 @@ def test_skip_reasons(monkeypatch):
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert cases.skip_reason("full_fwd", "eager", cpu) is None
-    assert "CUDA only" in cases.skip_reason("full_fwd", "fused", cpu)
+    assert cases.skip_reason("full_fwd", "fused", cpu) is None  # ATFNN's plain-torch path
     monkeypatch.setitem(ops.TRITON_IMPLS, "band_attention", object())
     monkeypatch.delitem(ops.TRITON_IMPLS, "freq_encoder", raising=False)
     assert cases.skip_reason("band_attention_fwd_bwd", "fused", cuda) is None
@@ -61,6 +61,9 @@ def test_skip_reasons(monkeypatch):
     assert cases.skip_reason("full_fwd", "onnxruntime", cpu) is None
     assert "full_fwd only" in cases.skip_reason("train_step", "onnxruntime", cpu)
     assert "float32" in cases.skip_reason("full_fwd", "onnxruntime", cpu, "bfloat16")
+    assert cases.skip_reason("full_fwd", "onnxruntime-int8", cpu) is None
+    assert "full_fwd only" in cases.skip_reason("front_end_fwd", "onnxruntime-int8", cpu)
+    assert "CPU op" in cases.skip_reason("full_fwd", "onnxruntime-int8", cuda)
 
 
 def test_rows_have_ratios_throughput_and_fractions():
@@ -76,6 +79,16 @@ def test_rows_have_ratios_throughput_and_fractions():
     assert comp["floor_ms"] == 10.0  # 1 GB at 100 GB/s
     table = report.markdown_table(rows)
     assert "| full_fwd | float32 | 4 | compile | 500.000 | 2.00 |" in table
+
+
+def test_cpu_deployment_rows_side_by_side():
+    names = ["onnxruntime-int8", "onnxruntime", "fused", "eager"]
+    times = [0.25, 0.4, 0.8, 1.0]
+    rows = report.case_rows(
+        [entry("full_fwd", p, t, batch=32) for p, t in zip(names, times, strict=True)], PEAKS
+    )
+    assert [r["provider"] for r in rows] == ["eager", "fused", "onnxruntime", "onnxruntime-int8"]
+    assert [r["speedup_vs_eager"] for r in rows] == [1.0, 1.25, 2.5, 4.0]
 
 
 def test_results_file_schema_and_readme(tmp_path):

@@ -81,7 +81,7 @@ def test_metadata_round_trip(exported):
     assert meta["labels"] == LABELS
     assert meta["norm_stats"] == stats
     assert meta["features"] == FeatureConfig(f_max=7600.0)
-    assert meta["dtype"] == "float32"
+    assert meta["dtype"] == "float32" and meta["quantization"] == "none"
 
 
 def test_onnxruntime_loads_without_warnings(exported):
@@ -109,8 +109,12 @@ def test_tensorrt_check_flags_a_broken_graph(exported, tmp_path):
             "activations", ["Sigmoid", "Tanh", "Tanh", "Sigmoid", "Relu", "Relu"]
         )
     )
-    norm = next(n for n in graph.node if n.op_type == "LayerNormalization")
-    norm.output.extend(["ln_mean", "ln_invstd"])
+    # the graph writes its LayerNorms out; a LayerNormalization node using all 3 outputs
+    graph.node.append(
+        onnx.helper.make_node(
+            "LayerNormalization", ["spectrogram", "scale"], ["ln_y", "ln_mean", "ln_invstd"]
+        )
+    )
     conv = next(n for n in graph.node if n.op_type == "Conv")
     conv.input[1] = "runtime_weight"
     graph.node.append(onnx.helper.make_node("MyOp", ["spectrogram"], ["custom"], domain="my.ops"))

@@ -139,6 +139,7 @@ def test_demo_pipeline_beats_chance(tmp_path):
     result = run_pipeline(tmp_path, epochs=12)
     assert result["metrics"]["uar"] >= 0.6  # chance is 0.25
     assert result["onnx_max_rel"] <= 1e-4
+    assert result["int8_agreement"] >= 0.99  # int8 graph vs float32 eager, demo corpus
     assert (tmp_path / "attention.png").exists() and (tmp_path / "model.onnx").exists()
 
 

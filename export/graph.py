@@ -1,0 +1,142 @@
+"""``DeployGraph``: the module :func:`export_onnx` traces; the reference math laid out for a
+graph that ONNX Runtime's CPU provider runs fast.
+
+Same function as :class:`atfnn_fast.ATFNNReference` (same weights, same outputs within
+float32 rounding), in a formulation chosen by profiling the exported graph in ONNX Runtime
+(see ``export_onnx``'s docstring for the measurements):
+
+* **time-major frames**: the spectrogram becomes frames ``(T, B, F)`` once (a small
+  Transpose); every later activation keeps that order, so the Bi-LSTM reads ``(T, B, F*W)``
+  (``layout=0``) after a single Transpose of the encoding.
+* **planar F-Encoder**: activations are ``(c, T*B, F)`` planes. Then the conv FFN is one 2-D
+  convolution over a single ``(T*B) x F`` image with a ``(1, k)`` kernel (large GEMMs that
+  ONNX Runtime runs in its blocked NCHWc layout), where the token-major form needs a
+  convolution per frame and two Transposes. The LayerNorms over the c channels are written
+  out (ReduceMean over the plane axis): ``LayerNormalization`` only normalises trailing
+  axes, and on rows of c = 8 values it is slower than the written-out form anyway.
+* **rank-one attention** (:mod:`atfnn_fast.kernels.freq_encoder_math`): the lifted tokens are
+  rank one, so head h's scores are the outer product ``s_f x_g`` with ``s = x A_h + B_h``;
+  no query, key or value projection is computed, and the head outputs fold into
+  ``m_h U_h``, a ``(c, 1 + h)`` matrix product with ``[x; m]``.
+* **band attention by broadcasting**: the pooled weights multiply the input viewed as
+  ``(.., F/g, g, ..)`` groups; the weight map is never repeated (no Expand).
+* the derived parameters are computed once, in float64, from the model's parameters.
+
+The time axis is fixed at ``config.frames`` (the exported graph's is too); the batch is the
+one dynamic axis.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from atfnn_fast.kernels import freq_encoder_math as fem
+from atfnn_fast.reference import ATFNNReference
+
+
+class DeployGraph(nn.Module):
+    """``spectrogram (B, 1, F, T)`` -> ``logits (B, num_classes)``, the export formulation
+    of ``reference`` (an :class:`ATFNNReference`, left unchanged); tensors in ``dtype``."""
+
+    def __init__(self, reference: ATFNNReference, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        cfg = self.config = reference.config
+        ref = copy.deepcopy(reference).double()
+        self.f_attention = _band(ref.f_attention)
+        self.t_attention = _band(ref.t_attention)
+        if ref.f_encoder is not None:
+            enc = ref.f_encoder
+            p = fem.derive(*enc.op_params(), num_heads=enc.num_heads)
+            c = cfg.channels
+            self.eps = enc.eps
+            self.register_buffer("a_head", p.a_head.reshape(-1, 1, 1))  # (h, 1, 1)
+            self.register_buffer("b_head", p.b_head.reshape(-1, 1, 1))
+            # r = [w_lift | U^T] @ [x; m_1 .. m_h] + e: (c, 1 + h)
+            self.register_buffer("w_mix", torch.cat([p.w_lift.reshape(c, 1), p.u_head.t()], 1))
+            self.register_buffer("e_bias", p.e_bias.reshape(c, 1))
+            self.register_buffer("norm1_weight", p.norm1_weight.reshape(c, 1))
+            self.register_buffer("norm1_bias", p.norm1_bias.reshape(c, 1))
+            self.register_buffer("ffn1_weight", enc.ffn1.weight.unsqueeze(2))  # (P, c, 1, k)
+            self.register_buffer("ffn1_bias", enc.ffn1.bias)
+            self.register_buffer("ffn2_weight", enc.ffn2.weight.unsqueeze(2))  # (c, P, 1, k)
+            self.register_buffer("ffn2_bias", enc.ffn2.bias)
+            self.register_buffer("norm2_weight", p.norm2_weight.reshape(c, 1))
+            self.register_buffer("norm2_bias", p.norm2_bias.reshape(c, 1))
+        self.lstm = None
+        if ref.t_encoder is not None:
+            lstm = ref.t_encoder
+            self.lstm = nn.LSTM(lstm.input_size, lstm.hidden_size, lstm.num_layers,
+                                bidirectional=True)  # fmt: skip
+            self.lstm.load_state_dict(lstm.state_dict())
+        self.classifier = nn.Linear(cfg.embedding_size, cfg.num_classes)
+        self.classifier.load_state_dict(ref.classifier.state_dict())
+        self.to(dtype).eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cfg = self.config
+        n_f, t, b, w = cfg.n_mels, cfg.frames, -1, cfg.encoding_width
+        spec = x.reshape(b, n_f, t)
+        if self.f_attention is not None:
+            g = cfg.f_group
+            w_f = _weights(self.f_attention, x).unsqueeze(2)  # (B, F/g, 1, T)
+            spec = (spec.reshape(b, n_f // g, g, t) * (1 + w_f)).reshape(b, n_f, t)
+        frames = spec.permute(2, 0, 1)  # (T, B, F)
+        if cfg.f_encoder:
+            enc = self._encoder(frames.reshape(b, n_f)).reshape(w, t, b, n_f)
+        else:
+            enc = frames.unsqueeze(0)  # (1, T, B, F)
+        if self.t_attention is not None:
+            g = cfg.t_group
+            source = x if cfg.t_attention_source == "input" else enc.permute(2, 0, 3, 1)
+            w_t = _weights(self.t_attention, source)  # (B, F, T/g)
+            scale = 1 + w_t.permute(2, 0, 1).reshape(1, t // g, 1, b, n_f)
+            enc = (enc.reshape(w, t // g, g, b, n_f) * scale).reshape(w, t, b, n_f)
+        # (W, T, B, F) -> (T, B, F*W), row-major over (F, W): the LSTM input
+        seq = enc.permute(1, 2, 3, 0).reshape(t, b, n_f * w)
+        if self.lstm is None:
+            emb = seq.mean(0)
+        else:
+            _, (h_n, _) = self.lstm(seq)
+            emb = torch.cat((h_n[-2], h_n[-1]), dim=-1)
+        return self.classifier(emb)
+
+    def _encoder(self, xf: torch.Tensor) -> torch.Tensor:
+        """Frames ``(N, F)`` -> F-Encoder output planes ``(c, N, F)`` (rank-one form)."""
+        cfg = self.config
+        c, n_f, k = cfg.channels, cfg.n_mels, cfg.ffn_kernel
+        s = xf * self.a_head + self.b_head  # (h, N, F)
+        prob = torch.softmax(s.unsqueeze(-1) * xf.unsqueeze(1), dim=-1)  # (h, N, F, G)
+        m = torch.matmul(prob, xf.unsqueeze(-1))  # (h, N, F, 1): sum_g p_fg x_g
+        v = torch.cat([xf.reshape(1, -1), m.reshape(cfg.num_heads, -1)], 0)  # (1 + h, N*F)
+        r = torch.matmul(self.w_mix, v) + self.e_bias  # (c, N*F)
+        y1 = _layer_norm0(r, self.norm1_weight, self.norm1_bias, self.eps)
+        y1 = y1.reshape(1, c, -1, n_f)  # one image, N rows of F bands
+        pad = (0, k // 2)
+        a1 = F.relu(F.conv2d(y1, self.ffn1_weight, self.ffn1_bias, padding=pad))
+        z = F.conv2d(a1, self.ffn2_weight, self.ffn2_bias, padding=pad) + y1
+        y2 = _layer_norm0(z.reshape(c, -1), self.norm2_weight, self.norm2_bias, self.eps)
+        return y2.reshape(c, -1, n_f)
+
+
+def _layer_norm0(z: torch.Tensor, weight, bias, eps: float) -> torch.Tensor:
+    """LayerNorm over axis 0 of ``(C, M)`` (two-pass variance, as torch computes it)."""
+    d = z - z.mean(0, keepdim=True)
+    return d * torch.rsqrt((d * d).mean(0, keepdim=True) + eps) * weight + bias
+
+
+def _band(att) -> nn.Conv2d | None:
+    if att is None:
+        return None
+    conv = att.conv
+    copy_ = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride)
+    copy_.load_state_dict(conv.state_dict())
+    return copy_
+
+
+def _weights(conv: nn.Conv2d, source: torch.Tensor) -> torch.Tensor:
+    """Pooled band-attention weights ``(B, F/g, T)`` or ``(B, F, T/g)`` (not repeated)."""
+    return torch.sigmoid(conv(source)).mean(dim=1)
