@@ -105,11 +105,11 @@ def _export(args: argparse.Namespace) -> int:
     and only then renamed to ``--output``; a graph that fails is kept as
     ``<output>.failed`` for inspection and ``--output`` is left as it was."""
     from .checkpoint import load_checkpoint
-    from .errors import RunError
+    from .errors import RunError, UsageError
     from .export import check_tensorrt_ready, export_onnx, trtexec_command, validate_onnx
 
     if args.audio and not args.validate:
-        raise ValueError("--audio is for --validate's real-feature check; add --validate")
+        raise UsageError("--audio is for --validate's real-feature check; add --validate")
     ckpt = load_checkpoint(args.checkpoint)
     output = Path(args.output)
     target = output.with_name(f".{output.name}.validating") if args.validate else output

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from atfnn_fast._deps import require
+from atfnn_fast.errors import UsageError
 
 from .onnx_export import INPUT_NAME, OnnxError, load_model, read_metadata, reference_copy
 
@@ -149,6 +150,12 @@ class ValidationReport:
         return "\n".join(lines)
 
 
+class ProviderUnavailable(OnnxError, UsageError):
+    """An execution provider this onnxruntime cannot run (or a float16 graph without the
+    CUDA provider): the message says what to install. The command line treats it as bad
+    usage of this installation (exit code 2)."""
+
+
 def providers_for(provider: str | None) -> list[str] | None:
     """``"cpu" | "cuda" | "tensorrt"`` -> ONNX Runtime provider list (None: automatic)."""
     if provider is None or provider == "auto":
@@ -186,14 +193,14 @@ def session(
         requested = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
     wanted = requested[0]
     if wanted in _GPU_HINT and wanted not in available:
-        raise OnnxError(
+        raise ProviderUnavailable(
             f"{path}: {wanted} is not available in this onnxruntime "
             f"({ort.__version__}, providers {available}); {_GPU_HINT[wanted]}"
         )
     half = any(i.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16 for i in proto.graph.input)
     if half and "CUDAExecutionProvider" not in requested:
         # ONNX Runtime 1.32's CPU provider crashes (segfault) building this float16 graph
-        raise OnnxError(
+        raise ProviderUnavailable(
             f"{path}: a float16 graph needs ONNX Runtime's CUDA execution provider "
             f"(provider 'cuda'; {_GPU_HINT['CUDAExecutionProvider']}); "
             f"available here: {available}"
@@ -207,7 +214,7 @@ def session(
     if wanted in _GPU_HINT and wanted not in sess.get_providers():
         # onnxruntime-gpu falls back to the CPU, with a log line, when the provider's
         # libraries (CUDA, cuDNN, TensorRT) cannot be loaded
-        raise OnnxError(
+        raise ProviderUnavailable(
             f"{path}: ONNX Runtime could not start {wanted} (running on "
             f"{sess.get_providers()}); {_GPU_HINT[wanted]}"
         )
