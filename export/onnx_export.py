@@ -34,6 +34,22 @@ weights as initializers. Choices (A):
   file for ONNX Runtime's CPU provider, not for TensorRT;
 * the file is written atomically (temporary file, then rename) after ``onnx.checker``'s full
   check has passed on the in-memory model.
+
+Measured on the 2-core development machine (ONNX Runtime 1.32, CPU provider, 2 intra-op
+threads, default model) and not kept:
+
+* an offline-optimised copy next to the file (``SessionOptions.optimized_model_filepath``,
+  loaded with optimisations off): run time unchanged, session creation 60-100 ms either
+  way; ``ORT_ENABLE_ALL`` (the default) is used at load;
+* ``LSTM`` with ``layout=1``: ONNX Runtime's CPU provider rejects it ("Batchwise recurrent
+  operations (layout == 1) are not supported"), and the time-major front-end needs no
+  Transpose before the LSTM anyway;
+* the Bi-LSTMs split into forward and reverse ``LSTM`` nodes, alone or with the parallel
+  executor: no faster;
+* the attention computed in chunks of frames (Split/Concat) to stay in cache: slower
+  (52 -> 62..85 ms at batch 32), as were a K=1 MatMul for the scores' outer product, an
+  ``Exp`` with the analytic row maximum followed by a MatMul with ``[x, 1]``, and the
+  conv FFN as im2col MatMuls on ``(N, F, c)`` tokens (Pad/Slice/Concat copies dominate).
 """
 
 from __future__ import annotations
