@@ -9,11 +9,14 @@ one ``LSTM`` node per layer (bidirectional, ``layout=0``, zero initial states le
 weights as initializers. Choices (docs/design.md#choices-the-paper-leaves-open):
 
 * **exporter: TorchScript** (``torch.onnx.export(..., dynamo=False)``), chosen by
-  measurement on the 2-core development machine: the default model exported in 0.4-5 s,
-  against 33-36 s for the torch.export-based exporter (``dynamo=True``) on the same module
-  and 30-69 s on the nn.Module reference; both graphs run equally fast once optimised.
-  The TorchScript path is deprecated upstream, but ``torch`` is pinned (2.11); should it
-  go, ``dynamo=True`` on the same module still works, only slower.
+  measurement on the 2-core development machine: ``export_onnx`` of the default model
+  takes 0.3-0.5 s in a warm process (2-7 s for a process's first export), and
+  ``atfnn-fast export`` 6.4 s end to end (mostly imports), against 33-36 s for the
+  torch.export-based exporter (``dynamo=True``) on the same module, and 29 s in-process
+  (60-69 s through the CLI) for the previous ``dynamo=True`` export of the nn.Module
+  reference. Both exporters' graphs of this module run equally fast in ONNX Runtime. The
+  TorchScript path is deprecated upstream, but ``torch`` is pinned (2.11); should it go,
+  ``dynamo=True`` on the same module still works, only slower.
 * input ``spectrogram`` ``(batch, 1, n_mels, frames)``, output ``logits``
   ``(batch, num_classes)``; the batch axis is dynamic unless ``dynamic_batch=False`` (then
   batch = 1: one segment per call), the time axis is fixed at ``config.frames`` (segments
@@ -35,6 +38,22 @@ weights as initializers. Choices (docs/design.md#choices-the-paper-leaves-open):
   file for ONNX Runtime's CPU provider, not for TensorRT;
 * the file is written atomically (temporary file, then rename) after ``onnx.checker``'s full
   check has passed on the in-memory model.
+
+Measured on the 2-core development machine (ONNX Runtime 1.32, CPU provider, 2 intra-op
+threads, default model) and not kept:
+
+* an offline-optimised copy next to the file (``SessionOptions.optimized_model_filepath``,
+  loaded with optimisations off): run time unchanged, session creation 60-100 ms either
+  way; ``ORT_ENABLE_ALL`` (the default) is used at load;
+* ``LSTM`` with ``layout=1``: ONNX Runtime's CPU provider rejects it ("Batchwise recurrent
+  operations (layout == 1) are not supported"), and the time-major front-end needs no
+  Transpose before the LSTM anyway;
+* the Bi-LSTMs split into forward and reverse ``LSTM`` nodes, alone or with the parallel
+  executor: no faster;
+* the attention computed in chunks of frames (Split/Concat) to stay in cache: slower
+  (52 -> 62..85 ms at batch 32), as were a K=1 MatMul for the scores' outer product, an
+  ``Exp`` with the analytic row maximum followed by a MatMul with ``[x, 1]``, and the
+  conv FFN as im2col MatMuls on ``(N, F, c)`` tokens (Pad/Slice/Concat copies dominate).
 """
 
 from __future__ import annotations
