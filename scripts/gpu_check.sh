@@ -8,6 +8,8 @@
 #                                registers and spills the driver reports, vs the CPU prediction
 #   tests.log                    the kernel and model tests with compiled kernels (fp32 parity,
 #                                bf16/fp16, opcheck's aot dispatch, torch.compile, memory)
+#   bench-smoke.log              the pytest-benchmark suite's CUDA path at a tiny size (event
+#                                timer, cudagraph provider) for the F-Encoder and front-end
 #   timing.json / timing.log     device time per case x provider at B = 128, fp32 and bf16
 #                                (scripts/gpu_timing.py: CUDA events, CUDA-graph variant)
 # Needs only torch, triton and pytest: the checkout runs from PYTHONPATH and nothing is
@@ -22,5 +24,7 @@ timeout 80 python -m benchmarks.resources --device --config default encoding \
     --json "$out/resources-device.json" > "$out/resources-device.txt" 2>&1
 tail -3 "$out/resources-device.txt"
 timeout 120 python -m pytest tests/test_freq_encoder.py tests/test_band_attention.py \
-    tests/test_model.py -x -q -p no:cacheprovider 2>&1 | tee "$out/tests.log" | tail -15
+    tests/test_model.py tests/test_dispatch_fit.py -q -p no:cacheprovider 2>&1 | tee "$out/tests.log" | tail -15
+timeout 90 python -m pytest benchmarks --benchmark-only --bench-size tiny -q -p no:cacheprovider \
+    -k "freq_encoder_fwd or front_end_fwd" 2>&1 | tee "$out/bench-smoke.log" | tail -5
 timeout 150 python scripts/gpu_timing.py --out "$out/timing.json" 2>&1 | tee "$out/timing.log" | cut -c1-220
