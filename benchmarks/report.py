@@ -183,10 +183,15 @@ def plot(results: dict, path: Path) -> Path:
     return path
 
 
+def _run_date(path: Path) -> str | None:
+    """A benchmark run's date, or None for other JSON files (the resource tables)."""
+    data = json.loads(path.read_text())
+    return data.get("date") if isinstance(data, dict) and "cases" in data else None
+
+
 def latest_results(outdir: Path = RESULTS) -> Path:
-    files = sorted(
-        outdir.glob("*.json"), key=lambda p: (json.loads(p.read_text())["date"], p.stat().st_mtime)
-    )
+    runs = [p for p in outdir.glob("*.json") if _run_date(p)]
+    files = sorted(runs, key=lambda p: (_run_date(p), p.stat().st_mtime))
     if not files:
         raise FileNotFoundError(f"no results file in {outdir}")
     return files[-1]
