@@ -11,12 +11,13 @@ weights as initializers. Choices (docs/design.md#choices-the-paper-leaves-open):
 * **exporter: TorchScript** (``torch.onnx.export(..., dynamo=False)``), chosen by
   measurement on the 2-core development machine: ``export_onnx`` of the default model
   takes 0.3-0.5 s in a warm process (2-7 s for a process's first export), and
-  ``atfnn-fast export`` 6.4 s end to end (mostly imports), against 33-36 s for the
-  torch.export-based exporter (``dynamo=True``) on the same module, and 29 s in-process
-  (60-69 s through the CLI) for the previous ``dynamo=True`` export of the nn.Module
-  reference. Both exporters' graphs of this module run equally fast in ONNX Runtime. The
-  TorchScript path is deprecated upstream, but ``torch`` is pinned (2.11); should it go,
-  ``dynamo=True`` on the same module still works, only slower.
+  ``atfnn-fast export`` 3.0-3.2 s end to end (mostly imports; 6.4 s on a busier
+  machine), against 33-36 s for the torch.export-based exporter (``dynamo=True``) on the
+  same module, and 29 s in-process (60-69 s through the CLI) for the previous
+  ``dynamo=True`` export of the nn.Module reference. Both exporters' graphs of this module
+  run equally fast in ONNX Runtime. The TorchScript path is deprecated upstream, but
+  ``torch`` is pinned (2.11); should it go, ``dynamo=True`` on the same module still
+  works, only slower.
 * input ``spectrogram`` ``(batch, 1, n_mels, frames)``, output ``logits``
   ``(batch, num_classes)``; the batch axis is dynamic unless ``dynamic_batch=False`` (then
   batch = 1: one segment per call), the time axis is fixed at ``config.frames`` (segments

@@ -19,9 +19,9 @@ without a tolerance.
 The speed ratio (measured for int8 files, or with ``speed=True``): eager
 :class:`~atfnn_fast.ATFNNReference` (float32, CPU, torch's thread count) against the ONNX
 Runtime session at batch ``speed_batch``, both timed back to back in this process: three
-blocks of one warm-up and three timed calls each, alternating, the median of the nine
-calls (blocks, not single calls, alternate: ONNX Runtime's worker threads keep spinning
-for a moment after a call and would slow a torch call that follows at once).
+blocks each of a 50 ms pause, one warm-up and three timed calls, alternating; the median
+of the nine calls (blocks, not single calls, alternate, and the pause lets the other's
+worker threads go idle: see :func:`median_ms`).
 """
 
 from __future__ import annotations
@@ -347,12 +347,18 @@ def _speed(sess, model, cfg, batch: int, np_dtype) -> Speed:
     return Speed(batch, times["eager"], times["onnx"])
 
 
-def median_ms(fns: dict, runs: int = 3, blocks: int = 3) -> dict[str, float]:
+def median_ms(fns: dict, runs: int = 3, blocks: int = 3, pause: float = 0.05) -> dict[str, float]:
     """Median milliseconds per call of each function: ``blocks`` rounds in which every
-    function gets one warm-up and ``runs`` timed calls in a row."""
+    function gets a ``pause`` (seconds), one warm-up and ``runs`` timed calls in a row.
+
+    The pause lets the previous function's worker threads go idle: ONNX Runtime's keep
+    spinning for a while after a call, and on a 2-core machine they slowed whatever ran next
+    (two ONNX Runtime sessions alternating at batch 1: 9.0 and 7.8 ms per call instead of
+    4.9 and 3.7 ms alone)."""
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(blocks):
         for name, fn in fns.items():
+            time.sleep(pause)
             fn()
             for _ in range(runs):
                 start = time.perf_counter()
