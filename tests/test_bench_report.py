@@ -124,7 +124,7 @@ def test_foreign_json_is_refused():
 
 
 def test_profile_splits_the_full_forward():
-    from conftest import tiny_config
+    from helpers import tiny_config
 
     from atfnn_fast import ATFNNReference
     from benchmarks import profile

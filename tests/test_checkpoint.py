@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 import torch
-from conftest import VARIANTS, randomize, tiny_config
+from helpers import VARIANTS, randomize, tiny_config
 
 from atfnn_fast import ATFNN, ATFNNReference
 from atfnn_fast import checkpoint as ckpt
@@ -97,7 +97,7 @@ def test_crash_mid_write_leaves_the_old_checkpoint_intact(tmp_path):
     script = textwrap.dedent(f"""
         import os, sys
         sys.path.insert(0, {os.path.dirname(__file__)!r})
-        from conftest import tiny_config
+        from helpers import tiny_config
         from atfnn_fast import ATFNN, checkpoint
         real = checkpoint._fsync_file
         def die_after_weights(path):

@@ -8,7 +8,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import VARIANTS, max_rel_err, randomize, tiny_config
+from helpers import VARIANTS, max_rel_err, randomize, tiny_config
 
 from atfnn_fast import ATFNN, ATFNNConfig, ATFNNReference
 from atfnn_fast.checkpoint import save_checkpoint

@@ -12,7 +12,7 @@ import onnx
 import pytest
 import soundfile as sf
 import torch
-from conftest import VARIANTS, randomize, tiny_config
+from helpers import VARIANTS, randomize, tiny_config
 
 from atfnn_fast import ATFNN, ATFNNConfig, ATFNNReference
 from atfnn_fast.checkpoint import save_checkpoint

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import tiny_config
+from helpers import tiny_config
 
 from atfnn_fast import ATFNN, ATFNNReference
 

@@ -7,7 +7,14 @@ import sys
 
 import pytest
 import torch
-from conftest import DEVICE, VARIANTS, max_rel_err, randomize, tiny_config
+from helpers import (
+    DEVICE,
+    VARIANTS,
+    assert_accurate,
+    randomize,
+    rounding_sensitivity,
+    tiny_config,
+)
 
 from atfnn_fast import ATFNN, ATFNNConfig, ATFNNReference, kernels
 from atfnn_fast.kernels import dispatch, ops, torch_ops
@@ -23,35 +30,22 @@ def pair(cfg):
     return fast, ref
 
 
-def assert_as_accurate(fast, ref, x, tol=1e-5):
-    """Logits, attention maps, input and parameter gradients of ``fast`` (float32) are as
-    accurate as the float32 reference: measured against the reference in float64, each
-    tensor's relative error (max |diff| / max |exact|) is <= max(tol, 2x the float32
-    reference's own error). Two float32 implementations that sum in different orders can
-    differ by twice their individual rounding error, so comparing them with each other
-    would need a looser and less meaningful bound."""
-    exact = grads(copy.deepcopy(ref).double(), x.double())
-    runs = [grads(fast, x), grads(ref, x)]
-    names = ["logits", "attention", "input grad", "param grads"]
-    for name, got, want, truth in zip(names, *runs, exact, strict=True):
-        if name == "attention":
-            pairs = [
-                (f"map {i}", g, w, t)
-                for i, (g, w, t) in enumerate(zip(got, want, truth, strict=True))
-            ]
-        elif name == "param grads":
-            assert got.keys() == truth.keys()
-            pairs = [(k, got[k], want[k], truth[k]) for k in truth]
-        else:
-            pairs = [(name, got, want, truth)]
-        for label, g, w, t in pairs:
-            assert (g is None) == (t is None), label
-            if t is not None:
-                bound = max(tol, 2 * max_rel_err(w, t))
-                assert max_rel_err(g, t) <= bound, label
+def assert_as_accurate(fast, ref, x):
+    """Logits, attention maps, input and parameter gradients of ``fast`` (float32) against
+    the float64 reference, bounded by the float32 reference's own error and by the
+    problem's rounding sensitivity (helpers.assert_accurate)."""
+    ref64, x64 = copy.deepcopy(ref).double(), x.double()
+    assert_accurate(
+        grads(fast, x),
+        grads(ref64, x64),
+        ref=grads(ref, x),
+        sensitivity=rounding_sensitivity(grads, ref64, x64),
+    )
 
 
 def grads(model, x):
+    """Logits, attention maps, and the input and parameter gradients of ones @ logits."""
+    model.zero_grad(set_to_none=True)
     x = x.clone().requires_grad_(True)
     logits, att = model(x, return_attention=True)
     logits.backward(torch.ones_like(logits))

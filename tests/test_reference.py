@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 from _numpy_ref import atfnn_forward, band_weights, f_encoder, sub
-from conftest import VARIANTS, randomize, tiny_config
+from helpers import VARIANTS, randomize, tiny_config
 
 from atfnn_fast import ATFNN, ATFNNConfig, ATFNNReference
 

@@ -1,0 +1,130 @@
+"""The helpers every test directory imports (``from helpers import ...``): test sizes, random
+parameters, and the one accuracy check.
+
+Importing this module first sets TRITON_INTERPRET=1 on a machine without CUDA, so the Triton
+kernels run through the interpreter there; on a GPU machine they compile for real. (The
+variable must be set before ``atfnn_fast`` and so its kernels are imported; ``conftest.py``
+imports this module before anything else.)
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Callable
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from atfnn_fast import ATFNNConfig
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+# Small sizes that keep every divisibility rule of the contract but run in milliseconds.
+TINY = dict(
+    num_classes=3, n_mels=10, frames=16, channels=4, f_group=5, t_group=8, num_heads=2,
+    ffn_channels=6, ffn_kernel=5, lstm_hidden=5, lstm_layers=2, dropout=0.0,
+)  # fmt: skip
+
+VARIANTS = {
+    "ATFNN": {},
+    "TFNN": dict(f_attention=False, t_attention=False),
+    "ATNN": dict(f_encoder=False),
+    "AFNN": dict(t_encoder=False),
+}
+
+
+def tiny_config(**changes) -> ATFNNConfig:
+    return ATFNNConfig(**{**TINY, **changes})
+
+
+def randomize(model: torch.nn.Module, scale: float = 0.5) -> torch.nn.Module:
+    """Replace every parameter by fresh random values (LayerNorm affine included)."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn_like(p) * scale)
+    return model
+
+
+def max_rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
+    """max |got - want| / max |want|: the relative error the accuracy checks bound."""
+    scale = want.detach().abs().max().clamp_min(1e-30)
+    return ((got.detach().double() - want.detach().double()).abs().max() / scale).item()
+
+
+# ------------------------------------------------------------------------- accuracy
+# Unit roundoff of each dtype, and the relative error any result may have regardless of the
+# reference (a few hundred roundings of a well-conditioned sum).
+UNIT_ROUNDOFF = {torch.float32: 2.0**-24, torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
+FLOOR = {torch.float32: 1e-5, torch.bfloat16: 3e-2, torch.float16: 5e-3}
+
+
+def leaves(tree, label: str = "") -> list[tuple[str, torch.Tensor | None]]:
+    """(label, tensor) pairs of a nested tuple/list/dict of tensors, in a fixed order."""
+    if isinstance(tree, dict):
+        return [pair for k, v in tree.items() for pair in leaves(v, f"{label}.{k}")]
+    if isinstance(tree, list | tuple):
+        return [pair for i, v in enumerate(tree) for pair in leaves(v, f"{label}[{i}]")]
+    return [(label or "output", tree)]
+
+
+def rounding_sensitivity(fn: Callable, *args, dtype=torch.float32, draws: int = 2):
+    """How far ``fn``'s float64 result moves when every floating input (tensors, and the
+    parameters of modules among ``args``) is perturbed by one rounding of ``dtype``: the
+    error a perfectly rounded ``dtype`` input alone would cause. Returns the per-leaf
+    maximum over ``draws`` random perturbations, in the structure of ``leaves``."""
+    u = UNIT_ROUNDOFF[dtype]
+
+    def perturb(a):
+        if isinstance(a, torch.nn.Module):
+            a = copy.deepcopy(a)
+            with torch.no_grad():
+                for p in a.parameters():
+                    p.mul_(1 + u * (2 * torch.rand_like(p) - 1))
+            return a
+        if isinstance(a, torch.Tensor) and a.is_floating_point():
+            return a.detach() * (1 + u * (2 * torch.rand_like(a) - 1))
+        return a
+
+    truth = leaves(fn(*args))
+    worst = {label: 0.0 for label, t in truth if t is not None}
+    for _ in range(draws):
+        moved = dict(leaves(fn(*[perturb(a) for a in args])))
+        for label, t in truth:
+            if t is not None:
+                worst[label] = max(worst[label], max_rel_err(moved[label], t))
+    return worst
+
+
+def assert_accurate(got, truth, *, ref=None, sensitivity=None, dtype=None, tol=None):
+    """Every tensor of ``got`` is as accurate as the problem allows, measured against the
+    float64 ``truth`` (same nested structure; None where a gradient does not exist).
+
+    The bound on ``max_rel_err(got, truth)`` of each tensor is the largest of
+      - ``tol`` (default: the per-dtype FLOOR of ``got``'s dtype, or ``dtype``);
+      - 2x the error of ``ref``, an implementation in the same dtype we trust (two float32
+        implementations that sum in different orders can differ by twice their own error);
+      - 2x ``sensitivity`` (from :func:`rounding_sensitivity`): where the problem is
+        ill-conditioned, rounding the inputs alone moves the result this far, and a reference
+        that happens to land close to the truth does not make that a fair bound.
+    """
+    got_l, truth_l = leaves(got), leaves(truth)
+    assert [label for label, _ in got_l] == [label for label, _ in truth_l]
+    ref_l = dict(leaves(ref)) if ref is not None else {}
+    sens = sensitivity or {}
+    for label, t in truth_l:
+        g = dict(got_l)[label]
+        assert (g is None) == (t is None), f"{label}: present in one result only"
+        if t is None:
+            continue
+        assert g.shape == t.shape, f"{label}: shape {tuple(g.shape)}, expected {tuple(t.shape)}"
+        floor = tol if tol is not None else FLOOR[dtype or g.dtype]
+        ref_err = max_rel_err(ref_l[label], t) if label in ref_l else 0.0
+        bound = max(floor, 2 * ref_err, 2 * sens.get(label, 0.0))
+        err = max_rel_err(g, t)
+        assert err <= bound, (
+            f"{label}: relative error {err:.3g} > bound {bound:.3g} "
+            f"(floor {floor:.3g}, reference {ref_err:.3g}, sensitivity {sens.get(label, 0):.3g})"
+        )
