@@ -543,3 +543,10 @@ def iter_segment_batches(
         raise
     except ValueError as err:  # too short for one frame
         raise AudioError(path, str(err)) from None
+
+
+def speech_sample() -> Path:
+    """Path of the bundled speech recording (a few seconds of read speech, 16 kHz)."""
+    from importlib import resources
+
+    return Path(str(resources.files("atfnn_fast") / "assets" / "speech.wav"))

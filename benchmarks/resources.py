@@ -65,7 +65,7 @@ ARCHS = {
 def configs() -> dict:
     """The model configurations the tests use, by name."""
     from atfnn_fast import ATFNNConfig
-    from atfnn_fast.train import PRESETS
+    from atfnn_fast.app.train import PRESETS
 
     return {
         "default": ATFNNConfig(),

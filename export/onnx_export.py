@@ -75,7 +75,7 @@ from atfnn_fast._deps import require
 from atfnn_fast.checkpoint import check_deployment_info
 from atfnn_fast.config import ATFNNConfig
 from atfnn_fast.features import FeatureConfig, NormStats
-from atfnn_fast.predict import MAX_BATCH_SIZE
+from atfnn_fast.inference import MAX_BATCH_SIZE
 from atfnn_fast.reference import ATFNNReference
 
 from .graph import DeployGraph

@@ -16,7 +16,7 @@ import os
 import numpy as np
 
 from atfnn_fast.features import iter_segment_batches
-from atfnn_fast.predict import (
+from atfnn_fast.inference import (
     DEFAULT_BATCH_SIZE,
     Prediction,
     check_batch_size,

@@ -297,7 +297,7 @@ def audio_files(sources: Iterable[str | os.PathLike]) -> list[Path]:
                 raise FileNotFoundError(f"{source}: no audio files ({', '.join(AUDIO_SUFFIXES)})")
             files += found
         elif source.suffix.lower() == ".csv":
-            from atfnn_fast.data import read_manifest
+            from atfnn_fast.manifest import read_manifest
 
             files += [Path(item.path) for item in read_manifest(source)]
         elif source.is_file():
@@ -308,8 +308,7 @@ def audio_files(sources: Iterable[str | os.PathLike]) -> list[Path]:
 
 
 def _agreement(sess, model, meta, audio, np_dtype) -> Agreement:
-    from atfnn_fast.demo import speech_sample
-    from atfnn_fast.features import file_segments
+    from atfnn_fast.features import file_segments, speech_sample
 
     from .predictor import softmax
 

@@ -91,7 +91,7 @@ def main() -> None:
             make_wav(wav, minutes)
         for kind in args.predictors:
             source = ["--checkpoint", str(ckpt)] if kind == "checkpoint" else ["--onnx", str(onnx)]
-            cmd = [sys.executable, "-m", "atfnn_fast.cli", "predict", *source, *extra, "--json",
+            cmd = [sys.executable, "-m", "atfnn_fast.app.cli", "predict", *source, *extra, "--json",
                    str(wav)]  # fmt: skip
             rss, seconds, code = peak_rss(cmd, env)
             print(f"| {kind} | {minutes:g} min | {rss:,.0f} MiB | {seconds:.0f} s | {code} |",

@@ -11,9 +11,8 @@ import torch
 from helpers import VARIANTS, max_rel_err, randomize, tiny_config
 
 from atfnn_fast import ATFNN, ATFNNConfig, ATFNNReference
+from atfnn_fast.app.cli import main
 from atfnn_fast.checkpoint import save_checkpoint
-from atfnn_fast.cli import main
-from atfnn_fast.demo import speech_sample
 from atfnn_fast.export import (
     OnnxError,
     OnnxPredictor,
@@ -24,7 +23,7 @@ from atfnn_fast.export import (
 )
 from atfnn_fast.export.graph import DeployGraph
 from atfnn_fast.export.validate import INT8_AGREEMENT, audio_files, session
-from atfnn_fast.features import FeatureConfig, NormStats, file_segments
+from atfnn_fast.features import FeatureConfig, NormStats, file_segments, speech_sample
 
 LABELS = ["angry", "happy", "sad", "neutral"]
 HAS_CUDA_EP = "CUDAExecutionProvider" in ort.get_available_providers()

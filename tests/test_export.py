@@ -15,9 +15,8 @@ import torch
 from helpers import VARIANTS, randomize, tiny_config
 
 from atfnn_fast import ATFNN, ATFNNConfig, ATFNNReference
+from atfnn_fast.app.cli import main
 from atfnn_fast.checkpoint import save_checkpoint
-from atfnn_fast.cli import main
-from atfnn_fast.demo import speech_sample
 from atfnn_fast.export import (
     OnnxError,
     OnnxPredictor,
@@ -27,7 +26,7 @@ from atfnn_fast.export import (
     read_metadata,
     validate_onnx,
 )
-from atfnn_fast.features import FeatureConfig, NormStats
+from atfnn_fast.features import FeatureConfig, NormStats, speech_sample
 
 LABELS = ["angry", "happy", "sad", "neutral"]
 
@@ -296,7 +295,7 @@ class Spy:
 
 
 def test_predictors_run_segments_in_chunks(tiny):
-    from atfnn_fast.predict import CheckpointPredictor
+    from atfnn_fast.inference import CheckpointPredictor
 
     speech = speech_sample()  # 6.3 s: 40 segments of 16 frames
     whole = CheckpointPredictor(tiny["ckpt"], batch_size=4096).predict_file(speech)
@@ -337,7 +336,7 @@ def test_cli_batch_size_gives_the_same_scores_and_is_checked(tiny, capsys):
 def test_a_failing_file_does_not_lose_the_others(tiny, tmp_path, capsys, monkeypatch):
     """`long.wav` runs out of memory; a.wav before it and b.wav after it are still reported,
     each as soon as it is done, and the exit code says that one failed."""
-    from atfnn_fast.predict import CheckpointPredictor
+    from atfnn_fast.inference import CheckpointPredictor
 
     files = []
     for name in ("a.wav", "long.wav", "b.wav"):
@@ -505,7 +504,7 @@ def _peak_rss_mib(argv: list[str]) -> float:
     """Peak resident memory of `atfnn-fast predict ...` in a fresh process (os.wait4's
     ru_maxrss, what /usr/bin/time -v reports)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "atfnn_fast.cli", "predict", *map(str, argv)]
+    cmd = [sys.executable, "-m", "atfnn_fast.app.cli", "predict", *map(str, argv)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0, proc.stderr.read().decode()[-2000:]

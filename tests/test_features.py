@@ -8,7 +8,6 @@ import pytest
 import soundfile as sf
 import torch
 
-from atfnn_fast.demo import speech_sample
 from atfnn_fast.features import (
     AudioError,
     FeatureConfig,
@@ -20,6 +19,7 @@ from atfnn_fast.features import (
     load_audio,
     log_mel,
     segment,
+    speech_sample,
 )
 
 SILENCE = math.log(1e-6)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import atfnn_fast
-from atfnn_fast.cli import main
+from atfnn_fast.app.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,12 +37,13 @@ def test_wheel_installs_everything_under_one_namespace(tmp_path):
         "atfnn_fast/kernels/dispatch.py",
         "atfnn_fast/kernels/resource_needs.json",
         "atfnn_fast/export/__init__.py",
+        "atfnn_fast/app/cli.py",
         "atfnn_fast/assets/speech.wav",
     ):
         assert needed in names
     entry = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry).decode()
-    assert "atfnn-fast = atfnn_fast.cli:main" in text
+    assert "atfnn-fast = atfnn_fast.app.cli:main" in text
 
 
 def test_cli_version(capsys):
@@ -51,7 +52,7 @@ def test_cli_version(capsys):
 
 
 def test_demo_prints_shapes_parameters_and_time():
-    from atfnn_fast.demo import run
+    from atfnn_fast.app.demo import run
 
     out = io.StringIO()
     result = run(device="cpu", hop=64, repeats=1, out=out)

@@ -12,10 +12,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from atfnn_fast.cli import main
-from atfnn_fast.data import Item, read_manifest, write_manifest
-from atfnn_fast.synth import CLASSES, make_corpus
-from atfnn_fast.train import TrainConfig, folds, split, summary_table, train_fold
+from atfnn_fast.app.cli import main
+from atfnn_fast.app.synth import CLASSES, make_corpus
+from atfnn_fast.app.train import TrainConfig, folds, split, summary_table, train_fold
+from atfnn_fast.manifest import Item, read_manifest, write_manifest
 
 TINY = dict(batch_size=16, hop=32, preset="tiny", device="cpu", progress=False)
 
@@ -122,7 +122,7 @@ def test_summary_table():
 def test_ddp_with_gloo_two_processes(corpus, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", "29517", "-m", "atfnn_fast.cli", "train", "--manifest", str(corpus),
+           "--master_port", "29517", "-m", "atfnn_fast.app.cli", "train", "--manifest", str(corpus),
            "--out", str(tmp_path), "--fold", "spk1", "--epochs", "2", "--preset", "tiny",
            "--batch-size", "16", "--device", "cpu"]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
@@ -134,7 +134,7 @@ def test_ddp_with_gloo_two_processes(corpus, tmp_path):
 
 @pytest.mark.slow
 def test_demo_pipeline_beats_chance(tmp_path):
-    from atfnn_fast.demo import run_pipeline
+    from atfnn_fast.app.demo import run_pipeline
 
     result = run_pipeline(tmp_path, epochs=12)
     assert result["metrics"]["uar"] >= 0.6  # chance is 0.25
@@ -331,7 +331,7 @@ def test_existing_fold_directory_needs_resume_or_overwrite(corpus, finished_run,
 
 def _start_training(corpus, out, epochs):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "atfnn_fast.cli", "train", "--manifest", str(corpus),
+    cmd = [sys.executable, "-m", "atfnn_fast.app.cli", "train", "--manifest", str(corpus),
            "--out", str(out), "--fold", "spk1", *ARGS[2:], "--epochs", str(epochs)]  # fmt: skip
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
@@ -373,8 +373,8 @@ def test_two_runs_at_once_and_a_stale_lock(corpus, tmp_path, capsys):
 CRASH = """
 import os, sys
 from pathlib import Path
-from atfnn_fast import train
-from atfnn_fast.cli import main
+from atfnn_fast.app import train
+from atfnn_fast.app.cli import main
 real = train.save_checkpoint
 def save_then_die(directory, *args, **kwargs):
     path = real(directory, *args, **kwargs)
@@ -488,7 +488,7 @@ def test_non_finite_audio_names_the_file(corpus, tmp_path, capsys, samples, reas
 
 
 def test_errors_in_a_real_process_are_one_line_and_debug_shows_the_traceback(corpus, tmp_path):
-    cmd = [sys.executable, "-m", "atfnn_fast.cli", "train", "--manifest", str(corpus),
+    cmd = [sys.executable, "-m", "atfnn_fast.app.cli", "train", "--manifest", str(corpus),
            "--out", str(tmp_path), "--fold", "spk1", "--protocol", "session"]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stdout == ""

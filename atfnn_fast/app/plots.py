@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 
-from ._deps import require
-from .checkpoint import load_checkpoint
-from .features import load_audio, log_mel, segment
+from atfnn_fast._deps import require
+from atfnn_fast.checkpoint import load_checkpoint
+from atfnn_fast.features import load_audio, log_mel, segment
 
 
 def attention_maps(checkpoint, audio, device: str = "cpu"):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._deps import require
+from atfnn_fast._deps import require
 
 
 def confusion(true: list[int], pred: list[int], n_classes: int) -> np.ndarray:

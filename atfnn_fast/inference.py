@@ -1,6 +1,8 @@
-"""Utterance predictions with a PyTorch checkpoint (the ONNX twin is
-:class:`atfnn_fast.export.OnnxPredictor`): label and per-class scores, the scores being the
-mean of the segments' softmax probabilities (docs/design.md#choices-the-paper-leaves-open).
+"""Utterance predictions: label and per-class scores, the scores being the mean of the
+segments' softmax probabilities (docs/design.md#choices-the-paper-leaves-open).
+:class:`CheckpointPredictor` runs a PyTorch checkpoint; its ONNX twin
+:class:`atfnn_fast.export.OnnxPredictor` takes the same path (features ->
+segments -> :func:`mean_probabilities` -> :func:`make_prediction`) from this module.
 
 Memory stays flat in the file's length: the audio is read and turned into features in
 blocks (:func:`atfnn_fast.features.iter_segment_batches`) and the segments go through the
@@ -23,6 +25,7 @@ from .features import iter_segment_batches
 
 DEFAULT_BATCH_SIZE = 64  # segments per forward pass of `predict` (our choice)
 MAX_BATCH_SIZE = 4096  # also the dynamic batch range of exported ONNX graphs
+DEFAULT_DEVICE = "cpu"  # of CheckpointPredictor (and `atfnn-fast predict --device`)
 
 
 @dataclass
@@ -79,7 +82,7 @@ class CheckpointPredictor:
     def __init__(
         self,
         directory: str | os.PathLike,
-        device: str = "cpu",
+        device: str = DEFAULT_DEVICE,
         batch_size: int = DEFAULT_BATCH_SIZE,
     ) -> None:
         self.device = resolve_device(device)

@@ -18,19 +18,20 @@ import statistics
 import sys
 import tempfile
 import time
-from importlib import resources
 from pathlib import Path
 
 import torch
 
-from . import ATFNN, ATFNNConfig, kernels
-from .checkpoint import load_checkpoint, save_checkpoint
-from .features import FeatureConfig, NormStats, load_audio, log_mel, segment
-
-
-def speech_sample() -> Path:
-    """Path of the bundled speech recording."""
-    return Path(str(resources.files("atfnn_fast") / "assets" / "speech.wav"))
+from atfnn_fast import ATFNN, ATFNNConfig, kernels
+from atfnn_fast.checkpoint import load_checkpoint, save_checkpoint
+from atfnn_fast.features import (
+    FeatureConfig,
+    NormStats,
+    load_audio,
+    log_mel,
+    segment,
+    speech_sample,
+)
 
 
 def _time_forward(model, x, repeats: int) -> list[float]:
@@ -100,7 +101,8 @@ def run(device: str = "auto", hop: int = 32, repeats: int = 5, out=sys.stdout) -
 
 def run_pipeline(out_dir="demo-output", epochs: int = 12, seed: int = 0, out=sys.stdout) -> dict:
     """Synthetic corpus -> one LOSO fold -> metrics, plots, ONNX; returns the summary."""
-    from .export import check_tensorrt_ready, export_onnx, validate_onnx
+    from atfnn_fast.export import check_tensorrt_ready, export_onnx, validate_onnx
+
     from .plots import plot_attention
     from .synth import CLASSES, make_corpus
     from .train import TrainConfig, train

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import Item, write_manifest
+from .datasets import Item, write_manifest
 
 RATE = 16_000
 CLASSES = {

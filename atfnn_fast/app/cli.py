@@ -1,0 +1,377 @@
+"""The ``atfnn-fast`` command line: demo, datasets, train, evaluate, predict, plot-attention,
+export.
+
+Errors are one line on stderr, ``atfnn-fast: error: <file or argument>: <what>``, never a
+traceback (``--debug``, or ``ATFNN_DEBUG=1`` in the environment, shows the traceback
+instead). Exit codes:
+
+* 0: done;
+* 1: the run failed: a bad manifest, checkpoint, ONNX or audio file, a failed validation, a
+  run directory locked by another run, a diverged training, or (``predict``) any file that
+  could not be labelled;
+* 2: bad usage: argparse's errors (an unknown option, ``--batch-size 0``...), a value the
+  owning module refuses (:class:`atfnn_fast.errors.UsageError`: ``--device cuda`` without
+  CUDA, an unknown fold, a fold directory holding a run without ``--resume`` or
+  ``--overwrite``...), or a path that does not exist.
+
+Warnings (duplicate manifest rows dropped, a stale run lock taken over) are one line each,
+``atfnn-fast: warning: ...``. Defaults and choices come from the modules that own them
+(:class:`atfnn_fast.app.train.TrainConfig`, :func:`atfnn_fast.app.train.train`,
+:mod:`atfnn_fast.inference`, :mod:`atfnn_fast.app.datasets`, the demo, evaluation, plot and
+export functions: each option's default is the owning function's parameter default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from .predict import one_line
+
+DEBUG_ENV = "ATFNN_DEBUG"
+
+
+def _debug(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "debug", False)) or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run, run_pipeline
+
+    run(device=args.device, hop=args.hop, repeats=args.repeats)
+    if not args.model_only:
+        run_pipeline(args.out, epochs=args.epochs)
+    return 0
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from .datasets import FeatureCache, prepare
+
+    path, items = prepare(args.dataset, args.root, args.out, merge_excited=args.merge_excited)
+    labels = Counter(i.label for i in items)
+    print(f"wrote {path}: {len(items)} utterances, {len({i.speaker for i in items})} speakers")
+    print("  " + ", ".join(f"{k} {v}" for k, v in sorted(labels.items())))
+    if args.features:
+        FeatureCache(path.parent / ".atfnn-cache").warm(items)
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .train import TrainConfig, train
+
+    tc = TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+        preset=args.preset, device=args.device, amp=args.amp, hop=args.hop,
+    )  # fmt: skip
+    best = train(args.manifest, args.out, fold=args.fold, protocol=args.protocol, tc=tc,
+                 resume=args.resume, overwrite=args.overwrite)  # fmt: skip
+    if best is not None:  # rank 0: the last line is the best checkpoint's directory
+        print(best)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate
+
+    metrics = evaluate(args.checkpoint, args.manifest, args.out, device=args.device)
+    print(
+        f"WAR {metrics['war']:.2%}  UAR {metrics['uar']:.2%}  ({metrics['utterances']} utterances)"
+    )
+    for label, recall in metrics["recall"].items():
+        print(f"  {label:<14} recall {'-' if recall is None else f'{recall:.2%}'}")
+    if args.out:
+        print(f"wrote {args.out}/metrics.json and {args.out}/confusion.png")
+    return 0
+
+
+def _plot_attention(args: argparse.Namespace) -> int:
+    from .plots import plot_attention
+
+    print(plot_attention(args.checkpoint, args.file, args.output, device=args.device))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    """With ``--validate`` the graph is written under a hidden temporary name, validated,
+    and only then renamed to ``--output``; a graph that fails is kept as
+    ``<output>.failed`` for inspection and ``--output`` is left as it was."""
+    from atfnn_fast.checkpoint import load_checkpoint
+    from atfnn_fast.errors import RunError, UsageError
+    from atfnn_fast.export import check_tensorrt_ready, export_onnx, trtexec_command, validate_onnx
+
+    if args.audio and not args.validate:
+        raise UsageError("--audio is for --validate's real-feature check; add --validate")
+    ckpt = load_checkpoint(args.checkpoint)
+    output = Path(args.output)
+    target = output.with_name(f".{output.name}.validating") if args.validate else output
+    path = export_onnx(
+        ckpt.model, target, opset=args.opset, dynamic_batch=not args.static_batch,
+        dtype=args.dtype, labels=ckpt.labels, norm_stats=ckpt.norm_stats,
+        features=ckpt.features, quantize=args.quantize,
+    )  # fmt: skip
+    if args.validate:
+        failed = output.with_name(output.name + ".failed")
+        try:
+            report = validate_onnx(path, ckpt.model, raise_on_failure=False, audio=args.audio)
+        except Exception as err:
+            os.replace(path, failed)
+            raise RunError(
+                f"{output}: validation could not run ({one_line(err)}); the graph is kept "
+                f"as {failed}, {output} was not written"
+            ) from err
+        report.path = str(output)
+        print(report)
+        if not (report.passed or report.skipped):
+            os.replace(path, failed)
+            worst = max(r.max_rel for r in report.results)
+            raise RunError(
+                f"{output}: validation failed (max relative error {worst:.2e} > "
+                f"{report.tolerance:g}); the graph is kept as {failed}, {output} was not written"
+            )
+        os.replace(path, output)
+        path = output
+    kind = args.dtype + (", int8 weights" if args.quantize else "")
+    print(f"wrote {path} ({ckpt.config.variant}, {kind})")
+    status = 0
+    if args.quantize:
+        print("TensorRT readiness: not applicable (the int8 graph uses ONNX Runtime's "
+              "com.microsoft ops; export float32 or float16 for TensorRT)")  # fmt: skip
+        return status
+    problems = check_tensorrt_ready(path)
+    if problems:
+        print("TensorRT readiness: problems found:\n  " + "\n  ".join(problems))
+    else:
+        print("TensorRT readiness: no problem found; build an engine with:")
+        print("  " + trtexec_command(path, ckpt.config.n_mels, ckpt.config.frames))
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from .predict import load_predictor, predict_files
+
+    predictor = load_predictor(
+        checkpoint=args.checkpoint, onnx=args.onnx, device=args.device,
+        batch_size=args.batch_size, provider=args.provider,
+    )  # fmt: skip
+    return predict_files(predictor, args.files, json_list=args.json, debug=_debug(args))
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (the usage is in ``--help``)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _int_in(low: int, high: int | None = None):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            bound = f"between {low} and {high}" if high is not None else f">= {low}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {value}")
+        return value
+
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _default(function, name: str):
+    """The default of ``function``'s parameter ``name``: the owning module's value."""
+    import inspect
+
+    return inspect.signature(function).parameters[name].default
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from atfnn_fast import __version__
+    from atfnn_fast.export.onnx_export import DEFAULT_OPSET, DTYPES, export_onnx
+    from atfnn_fast.inference import DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE
+
+    from .datasets import DATASETS
+    from .demo import run, run_pipeline
+    from .evaluate import evaluate
+    from .plots import plot_attention
+    from .predict import PROVIDER_CHOICES, load_predictor
+    from .train import AMP_MODES, DEVICES, PRESETS, PROTOCOLS, default, train
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS,
+        help=f"show the full traceback of an error (or set {DEBUG_ENV}=1)",
+    )  # fmt: skip
+    parser = _Parser(
+        prog="atfnn-fast",
+        description="ATFNN speech emotion recognition: fused front-end, ONNX export.",
+    )
+    parser.add_argument("--version", action="version", version=f"atfnn-fast {__version__}")
+    parser.add_argument(
+        "--debug", action="store_true", help=f"show the full traceback of an error (or set "
+        f"{DEBUG_ENV}=1)",
+    )  # fmt: skip
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    positive = _int_in(1)
+
+    demo = sub.add_parser(
+        "demo", parents=[common], help="run the default model on the bundled recording"
+    )
+    demo.add_argument("--device", choices=DEVICES, default=_default(run, "device"))
+    demo.add_argument("--hop", type=positive, default=_default(run, "hop"),
+                      help="segment hop in frames (default %(default)s)")  # fmt: skip
+    demo.add_argument("--repeats", type=positive, default=_default(run, "repeats"),
+                      help="timed forward passes (default %(default)s)")  # fmt: skip
+    demo.add_argument("--out", default=_default(run_pipeline, "out_dir"),
+                      help="folder for the demo's files (default %(default)s)")  # fmt: skip
+    demo.add_argument("--epochs", type=positive, default=_default(run_pipeline, "epochs"),
+                      help="training epochs (default %(default)s)")  # fmt: skip
+    demo.add_argument("--model-only", action="store_true", help="skip the training pipeline")
+    demo.set_defaults(func=_demo)
+
+    datasets = sub.add_parser("datasets", parents=[common], help="corpus manifests")
+    dsub = datasets.add_subparsers(dest="action", required=True, metavar="ACTION")
+    prep = dsub.add_parser(
+        "prepare", parents=[common], help="build a manifest CSV from a corpus folder"
+    )
+    prep.add_argument("--dataset", required=True, choices=DATASETS)
+    prep.add_argument("--root", required=True, help="the corpus folder")
+    prep.add_argument("--out", required=True, help="the manifest CSV to write")
+    prep.add_argument("--merge-excited", action="store_true", help="IEMOCAP: excited -> happy")
+    prep.add_argument("--features", action="store_true", help="also cache the log-Mel features")
+    prep.set_defaults(func=_prepare)
+
+    tr = sub.add_parser(
+        "train", parents=[common], help="train with leave-one-speaker/session-out folds"
+    )
+    tr.add_argument("--manifest", required=True)
+    tr.add_argument("--out", required=True)
+    tr.add_argument("--protocol", choices=PROTOCOLS, default=_default(train, "protocol"))
+    tr.add_argument("--fold", default=_default(train, "fold"),
+                    help="a speaker (loso), a session, or all (default %(default)s)")  # fmt: skip
+    tr.add_argument("--epochs", type=positive, default=default("epochs"))
+    tr.add_argument("--batch-size", type=positive, default=default("batch_size"))
+    tr.add_argument("--lr", type=_positive_float, default=default("lr"))
+    tr.add_argument("--hop", type=positive, default=default("hop"),
+                    help="training segment hop in frames")  # fmt: skip
+    tr.add_argument("--preset", choices=tuple(PRESETS), default=default("preset"))
+    tr.add_argument("--device", choices=DEVICES, default=default("device"))
+    tr.add_argument("--amp", choices=AMP_MODES, default=default("amp"))
+    tr.add_argument("--seed", type=_int_in(0), default=default("seed"))
+    again = tr.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue after the last epoch")
+    again.add_argument(
+        "--overwrite", action="store_true", help="replace an earlier run in the fold directory"
+    )
+    tr.set_defaults(func=_train)
+
+    ev = sub.add_parser(
+        "evaluate", parents=[common], help="WAR / UAR / confusion of a checkpoint on a manifest"
+    )
+    ev.add_argument("--checkpoint", required=True)
+    ev.add_argument("--manifest", required=True)
+    ev.add_argument("--out", default=None, help="folder for metrics.json and confusion.png")
+    ev.add_argument("--device", default=_default(evaluate, "device"))
+    ev.set_defaults(func=_evaluate)
+
+    pa = sub.add_parser(
+        "plot-attention", parents=[common], help="log-Mel, F- and T-Attention maps of a file"
+    )
+    pa.add_argument("--checkpoint", required=True)
+    pa.add_argument("--output", required=True, help="the PNG to write")
+    pa.add_argument("--device", default=_default(plot_attention, "device"))
+    pa.add_argument("file", help="an audio file")
+    pa.set_defaults(func=_plot_attention)
+
+    export = sub.add_parser("export", parents=[common], help="export a checkpoint to ONNX")
+    export.add_argument("--checkpoint", required=True, help="checkpoint directory")
+    export.add_argument("--output", required=True, help="the .onnx file to write")
+    export.add_argument("--validate", action="store_true",
+                        help="check it in ONNX Runtime; a failing graph is kept as OUTPUT.failed")  # fmt: skip
+    export.add_argument("--dtype", choices=tuple(DTYPES), default=_default(export_onnx, "dtype"))
+    export.add_argument("--opset", type=_int_in(DEFAULT_OPSET), default=None,
+                        help=f"ONNX opset (>= {DEFAULT_OPSET})")  # fmt: skip
+    export.add_argument(
+        "--static-batch", action="store_true", help="batch fixed at 1 (default: dynamic)"
+    )
+    export.add_argument(
+        "--quantize", choices=("int8",), default=None,
+        help="int8: dynamically quantised weights (ONNX Runtime on a CPU)",
+    )  # fmt: skip
+    export.add_argument(
+        "--audio", nargs="+", metavar="PATH",
+        help="with --validate: audio files, folders or manifest CSVs for the real-feature "
+        "check (the bundled recording is always used)",
+    )  # fmt: skip
+    export.set_defaults(func=_export)
+
+    predict = sub.add_parser("predict", parents=[common], help="label audio files")
+    source = predict.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="a checkpoint directory (PyTorch)")
+    source.add_argument("--onnx", help="an exported .onnx file (ONNX Runtime)")
+    predict.add_argument("--json", action="store_true", help="print a JSON list")
+    predict.add_argument("--device", default=_default(load_predictor, "device"),
+                         help="with --checkpoint (default %(default)s)")  # fmt: skip
+    predict.add_argument(
+        "--batch-size", type=_int_in(1, MAX_BATCH_SIZE), default=DEFAULT_BATCH_SIZE,
+        help=f"segments per forward pass (default {DEFAULT_BATCH_SIZE}); memory does not "
+        "grow with the files' length",
+    )  # fmt: skip
+    predict.add_argument(
+        "--provider", choices=PROVIDER_CHOICES, default=_default(load_predictor, "provider"),
+        help="with --onnx: ONNX Runtime execution provider (default auto: CUDA if present)",
+    )  # fmt: skip
+    predict.add_argument("files", nargs="+", metavar="FILE", help="audio files")
+    predict.set_defaults(func=_predict)
+    return parser
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"atfnn-fast: warning: {one_line(message)}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from atfnn_fast.errors import UsageError
+
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as stop:  # --help, --version, or a usage error already printed
+        return stop.code if isinstance(stop.code, int) else 2
+    with warnings.catch_warnings():
+        if not _debug(args):
+            warnings.showwarning = _show_warning
+        try:
+            return args.func(args)
+        except KeyboardInterrupt:
+            if _debug(args):
+                raise
+            print("atfnn-fast: interrupted", file=sys.stderr)
+            return 130
+        except Exception as err:
+            if _debug(args):
+                raise
+            message = one_line(err)
+            if not isinstance(err, ValueError | OSError):  # not a foreseen error: say what
+                message = f"{type(err).__name__}: {message} (--debug shows the traceback)"
+            print(f"atfnn-fast: error: {message}", file=sys.stderr)
+            return 2 if isinstance(err, UsageError | FileNotFoundError) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""Scoring a model on labelled utterances: WAR, UAR, per-class recall and the confusion
+matrix (:mod:`atfnn_fast.app.metrics`). Each utterance is labelled as
+:class:`atfnn_fast.inference.CheckpointPredictor` labels a file: the mean of its
+non-overlapping segments' softmax probabilities (docs/design.md#choices-the-paper-leaves-open).
+``atfnn-fast evaluate`` runs :func:`evaluate`; training scores its validation and test
+utterances with :func:`evaluate_items`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from atfnn_fast.app.datasets import FeatureCache
+from atfnn_fast.app.metrics import plot_confusion, summarize
+from atfnn_fast.app.rundir import write_atomic
+from atfnn_fast.checkpoint import load_checkpoint
+from atfnn_fast.config import ATFNNConfig
+from atfnn_fast.errors import resolve_device
+from atfnn_fast.features import FeatureConfig, NormStats, segment
+from atfnn_fast.inference import mean_probabilities
+from atfnn_fast.manifest import Item, read_manifest
+
+
+@torch.no_grad()
+def predict_items(
+    model, items: list[Item], mels: dict, stats: NormStats, cfg: ATFNNConfig,
+    feats: FeatureConfig, device: torch.device,
+) -> list[int]:  # fmt: skip
+    """The predicted class index of each utterance (its log-Mel matrix in ``mels``)."""
+    model.eval()
+
+    def probabilities(segs: torch.Tensor):
+        return model(segs.to(device)).float().softmax(-1).cpu().numpy()
+
+    preds = []
+    for item in items:
+        segs = segment(mels[item.path], cfg.frames, cfg.frames, feats.silence_value)
+        probs = mean_probabilities([stats.apply(segs).unsqueeze(1)], probabilities)
+        preds.append(int(probs.argmax()))
+    return preds
+
+
+def evaluate_items(model, items, mels, stats, cfg, feats, labels, device) -> dict:
+    """:func:`atfnn_fast.app.metrics.summarize` of the predictions of ``items``."""
+    index = {label: k for k, label in enumerate(labels)}
+    pred = predict_items(model, items, mels, stats, cfg, feats, device)
+    return summarize([index[i.label] for i in items], pred, labels)
+
+
+def evaluate(checkpoint, manifest, out=None, device: str = "cpu", cache=None) -> dict:
+    """Metrics of a checkpoint on every utterance of a manifest; with ``out``, also
+    ``out/metrics.json`` and ``out/confusion.png``."""
+    device = resolve_device(device)
+    ckpt = load_checkpoint(checkpoint, map_location=device)
+    if ckpt.norm_stats is None:
+        raise ValueError(f"{checkpoint}: has no normalisation statistics")
+    items = read_manifest(manifest)
+    labels = ckpt.labels or [f"class_{i}" for i in range(ckpt.config.num_classes)]
+    unknown = sorted({i.label for i in items} - set(labels))
+    if unknown:
+        raise ValueError(f"{manifest}: labels {unknown} are not among the model's {labels}")
+    cache = FeatureCache(cache or Path(manifest).resolve().parent / ".atfnn-cache",
+                         ckpt.config.n_mels, ckpt.features)  # fmt: skip
+    mels = cache.warm(items)
+    metrics = evaluate_items(ckpt.model, items, mels, ckpt.norm_stats, ckpt.config,
+                             ckpt.features, labels, device)  # fmt: skip
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        write_atomic(out / "metrics.json", (json.dumps(metrics, indent=2) + "\n").encode())
+        plot_confusion(metrics, out / "confusion.png")
+    return metrics
