@@ -23,8 +23,8 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv
 timeout 80 python -m benchmarks.resources --device --config default encoding \
     --json "$out/resources-device.json" > "$out/resources-device.txt" 2>&1
 tail -3 "$out/resources-device.txt"
-timeout 120 python -m pytest tests/test_freq_encoder.py tests/test_band_attention.py \
-    tests/test_model.py tests/test_dispatch_fit.py -q -p no:cacheprovider 2>&1 | tee "$out/tests.log" | tail -15
+timeout 120 python -m pytest tests/kernels/test_freq_encoder.py tests/kernels/test_band_attention.py \
+    tests/model/test_model.py tests/kernels/test_dispatch_fit.py -q -p no:cacheprovider 2>&1 | tee "$out/tests.log" | tail -15
 timeout 90 python -m pytest benchmarks --benchmark-only --bench-size tiny -q -p no:cacheprovider \
     -k "freq_encoder_fwd or front_end_fwd" 2>&1 | tee "$out/bench-smoke.log" | tail -5
 timeout 150 python scripts/gpu_timing.py --out "$out/timing.json" 2>&1 | tee "$out/timing.log" | cut -c1-220

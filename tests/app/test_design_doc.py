@@ -4,7 +4,7 @@ the code and docs names a heading that exists, and nothing points outside the re
 import re
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "design.md"
 SKIP = {".venv", ".git", "build", "node_modules"}
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 
+import helpers
 import pytest
 import torch
 from helpers import VARIANTS, randomize, tiny_config
@@ -96,7 +97,7 @@ def test_crash_mid_write_leaves_the_old_checkpoint_intact(tmp_path):
     before = {p.name: p.read_bytes() for p in path.iterdir()}
     script = textwrap.dedent(f"""
         import os, sys
-        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        sys.path.insert(0, {os.path.dirname(helpers.__file__)!r})
         from helpers import tiny_config
         from atfnn_fast import ATFNN, checkpoint
         real = checkpoint._fsync_file

@@ -11,7 +11,7 @@ import torch
 import atfnn_fast
 from atfnn_fast._deps import require
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _project():

@@ -11,7 +11,7 @@ import pytest
 import atfnn_fast
 from atfnn_fast.app.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_subpackages_map_to_the_repository_folders():
