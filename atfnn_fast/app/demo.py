@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -48,7 +47,7 @@ def _time_forward(model, x, repeats: int) -> list[float]:
     return times
 
 
-def run(device: str = "auto", hop: int = 32, repeats: int = 5, out=sys.stdout) -> dict:
+def run(device: str = "auto", hop: int = 32, repeats: int = 5, out=None) -> dict:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     cfg = ATFNNConfig()
@@ -99,7 +98,7 @@ def run(device: str = "auto", hop: int = 32, repeats: int = 5, out=sys.stdout) -
     return {"logits": logits, "median_ms": median, "parameters": total}
 
 
-def run_pipeline(out_dir="demo-output", epochs: int = 12, seed: int = 0, out=sys.stdout) -> dict:
+def run_pipeline(out_dir="demo-output", epochs: int = 12, seed: int = 0, out=None) -> dict:
     """Synthetic corpus -> one LOSO fold -> metrics, plots, ONNX; returns the summary."""
     from atfnn_fast.export import check_tensorrt_ready, export_onnx, validate_onnx
 

@@ -8,7 +8,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from atfnn_fast import manifest
+from atfnn_fast import manifest as manifest_csv
 from atfnn_fast.app import datasets as data
 from atfnn_fast.app.datasets import FeatureCache, prepare
 from atfnn_fast.manifest import ManifestError, read_manifest
@@ -60,7 +60,7 @@ def test_casia(tmp_path):
             tone(tmp_path / "CASIA" / speaker / emotion / "201.wav")
     tone(tmp_path / "CASIA" / "wangzhe" / "unknown" / "1.wav")
     manifest, items = prepare("casia", tmp_path / "CASIA", tmp_path / "m.csv")
-    assert len(items) == 12 and manifest.labels_of(items) == sorted(data.CASIA_EMOTIONS)
+    assert len(items) == 12 and manifest_csv.labels_of(items) == sorted(data.CASIA_EMOTIONS)
     assert {i.speaker for i in items} == {"liuchanhg", "wangzhe"}
     assert read_manifest(manifest)[0].path.exists()
 
@@ -186,14 +186,14 @@ def test_fold_names_that_are_paths_are_refused_with_the_row(tmp_path, value, rea
 
 def test_plain_names_pass():
     for value in ("Ses01F", "Actor_01", "spk 1", "ÄÖÜ-ß", "a..b", ".hidden", "1001"):
-        assert manifest.fold_name_problem(value) is None, value
+        assert manifest_csv.fold_name_problem(value) is None, value
 
 
 def test_duplicate_rows_are_dropped_with_a_warning(tmp_path):
     rows = [("a.wav", "sad", "s1"), ("b.wav", "angry", "s2"), ("a.wav", "sad", "s1"),
             ("c.wav", "sad", "s2"), ("./b.wav", "angry", "s2")]  # fmt: skip
     manifest = write_rows(tmp_path / "m.csv", rows)
-    with pytest.warns(manifest.ManifestWarning) as record:
+    with pytest.warns(manifest_csv.ManifestWarning) as record:
         items = read_manifest(manifest)
     assert [i.path.name for i in items] == ["a.wav", "b.wav", "c.wav"]
     (warning,) = record

@@ -1,5 +1,6 @@
 """Training, resume, evaluation, attention plots, DDP and the demo, on tiny synthetic data."""
 
+import io
 import json
 import os
 import re
@@ -133,14 +134,38 @@ def test_ddp_with_gloo_two_processes(corpus, tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_pipeline_beats_chance(tmp_path):
+def test_demo_pipeline_beats_chance(tmp_path, capfd):
     from atfnn_fast.app.demo import run_pipeline
 
     result = run_pipeline(tmp_path, epochs=12)
+    assert "\r" not in capfd.readouterr().err  # no progress bar when stderr is not a TTY
     assert result["metrics"]["uar"] >= 0.6  # chance is 0.25
     assert result["onnx_max_rel"] <= 1e-4
     assert result["int8_agreement"] >= 0.99  # int8 graph vs float32 eager, demo corpus
     assert (tmp_path / "attention.png").exists() and (tmp_path / "model.onnx").exists()
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+@pytest.mark.parametrize(
+    "env,tty,drawn",
+    [("", False, False), ("", True, True), ("1", False, True), ("0", True, False)],
+)
+def test_progress_bars_only_on_a_terminal(monkeypatch, env, tty, drawn):
+    """A bar (carriage-return updates) when stderr is a terminal or ATFNN_PROGRESS=1;
+    nothing at all in a log or a pipe, or with ATFNN_PROGRESS=0."""
+    from atfnn_fast.app.progress import PROGRESS_ENV, progress
+
+    err = _Terminal() if tty else io.StringIO()
+    monkeypatch.setattr(sys, "stderr", err)
+    monkeypatch.setenv(PROGRESS_ENV, env)
+    with progress(range(5), "work", "item") as bar:
+        assert list(bar) == [0, 1, 2, 3, 4]
+    assert ("\r" in err.getvalue()) is drawn
+    assert ("work" in err.getvalue()) is drawn
 
 
 def test_manifest_round_trip_keeps_sessions(tmp_path):
