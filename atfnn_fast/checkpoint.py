@@ -303,6 +303,10 @@ def resave_checkpoint(
     trust: the checksum guards against later changes, not earlier ones."""
     ckpt = load_checkpoint(directory, allow_missing_checksum=True)
     return save_checkpoint(
-        output if output is not None else directory, ckpt.model, labels=ckpt.labels,
-        norm_stats=ckpt.norm_stats, features=ckpt.features, extra=ckpt.extra,
-    )  # fmt: skip
+        output if output is not None else directory,
+        ckpt.model,
+        labels=ckpt.labels,
+        norm_stats=ckpt.norm_stats,
+        features=ckpt.features,
+        extra=ckpt.extra,
+    )

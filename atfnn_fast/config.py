@@ -17,10 +17,18 @@ T_ATTENTION_SOURCES = ("input", "encoding")
 # :meth:`ATFNNConfig.check_size_limits` before anything is allocated. Generous (our choice): the
 # paper's model is 80 bands x 128 frames, 8 channels, 3 x 128 LSTM units, 1.6 M parameters.
 SIZE_LIMITS = {
-    "num_classes": 1000, "n_mels": 512, "frames": 8192, "channels": 256, "f_group": 512,
-    "t_group": 8192, "num_heads": 64, "ffn_channels": 1024, "ffn_kernel": 63,
-    "lstm_hidden": 4096, "lstm_layers": 16,
-}  # fmt: skip
+    "num_classes": 1000,
+    "n_mels": 512,
+    "frames": 8192,
+    "channels": 256,
+    "f_group": 512,
+    "t_group": 8192,
+    "num_heads": 64,
+    "ffn_channels": 1024,
+    "ffn_kernel": 63,
+    "lstm_hidden": 4096,
+    "lstm_layers": 16,
+}
 # elements of one segment's largest activation, n_mels * frames * channels (paper: 81,920)
 MAX_SEGMENT_ELEMENTS = 1 << 24
 # parameters of the whole model, counted without allocating (paper: 1.6 M)
@@ -76,9 +84,18 @@ class ATFNNConfig:
 
     def __post_init__(self) -> None:
         ints = (
-            "num_classes", "n_mels", "frames", "channels", "f_group", "t_group", "num_heads",
-            "ffn_channels", "ffn_kernel", "lstm_hidden", "lstm_layers",
-        )  # fmt: skip
+            "num_classes",
+            "n_mels",
+            "frames",
+            "channels",
+            "f_group",
+            "t_group",
+            "num_heads",
+            "ffn_channels",
+            "ffn_kernel",
+            "lstm_hidden",
+            "lstm_layers",
+        )
         for name in ints:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):

@@ -45,8 +45,12 @@ import numpy as np
 import torch
 
 # Upper bounds of FeatureConfig's sizes (our choice): far above any speech front-end's needs.
-FEATURE_LIMITS = {"sample_rate": 384_000, "n_fft": 16_384, "win_length": 16_384,
-                  "hop_length": 16_384}  # fmt: skip
+FEATURE_LIMITS = {
+    "sample_rate": 384_000,
+    "n_fft": 16_384,
+    "win_length": 16_384,
+    "hop_length": 16_384,
+}
 AUDIO_BLOCK_SECONDS = 30.0  # our choice: audio read and resampled per step by iter_audio
 
 
@@ -300,8 +304,9 @@ def log_mel(
     return torch.log(mel + features.log_offset)
 
 
-def iter_log_mel(chunks: Iterable[torch.Tensor], n_mels: int = 80,
-                 features: FeatureConfig | None = None):  # fmt: skip
+def iter_log_mel(
+    chunks: Iterable[torch.Tensor], n_mels: int = 80, features: FeatureConfig | None = None
+):
     """:func:`log_mel` of the concatenation of ``chunks`` (1-D waveform pieces), as
     ``(n_mels, k)`` blocks of consecutive frames: the reflect padding of ``center=True`` is
     applied at the two ends of the stream and the frames in between are computed with

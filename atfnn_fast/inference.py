@@ -100,7 +100,11 @@ class CheckpointPredictor:
 
     def predict_file(self, path: str | os.PathLike) -> Prediction:
         batches = iter_segment_batches(
-            path, n_mels=self.config.n_mels, frames=self.config.frames,
-            stats=self.norm_stats, features=self.features, batch_size=self.batch_size,
-        )  # fmt: skip
+            path,
+            n_mels=self.config.n_mels,
+            frames=self.config.frames,
+            stats=self.norm_stats,
+            features=self.features,
+            batch_size=self.batch_size,
+        )
         return make_prediction(path, self.labels, mean_probabilities(batches, self._probabilities))

@@ -123,9 +123,12 @@ def read_manifest(path: str | os.PathLike) -> list[Item]:
                         duplicates.append((line, other))
                         continue
                     what = (
-                        "two speakers" if seen.speaker != item.speaker
-                        else "two labels" if seen.label != item.label else "two sessions"
-                    )  # fmt: skip
+                        "two speakers"
+                        if seen.speaker != item.speaker
+                        else "two labels"
+                        if seen.label != item.label
+                        else "two sessions"
+                    )
                     raise ManifestError(
                         f"{path}: {row[0]} is listed under {what}: line {other} "
                         f"({seen.label}, {seen.speaker}{', ' + seen.session if seen.session else ''})"

@@ -77,14 +77,21 @@ class FrequencyEncoder(nn.Module):
     def op_params(self) -> tuple[torch.Tensor, ...]:
         """Parameters in the order of :func:`atfnn_fast.kernels.freq_encoder`."""
         return (
-            self.lift.weight, self.lift.bias,
-            self.attn.in_proj_weight, self.attn.in_proj_bias,
-            self.attn.out_proj.weight, self.attn.out_proj.bias,
-            self.norm1.weight, self.norm1.bias,
-            self.ffn1.weight, self.ffn1.bias,
-            self.ffn2.weight, self.ffn2.bias,
-            self.norm2.weight, self.norm2.bias,
-        )  # fmt: skip
+            self.lift.weight,
+            self.lift.bias,
+            self.attn.in_proj_weight,
+            self.attn.in_proj_bias,
+            self.attn.out_proj.weight,
+            self.attn.out_proj.bias,
+            self.norm1.weight,
+            self.norm1.bias,
+            self.ffn1.weight,
+            self.ffn1.bias,
+            self.ffn2.weight,
+            self.ffn2.bias,
+            self.norm2.weight,
+            self.norm2.bias,
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x' (B, 1, F, T)`` -> ``x̂ (B, T, F, c)``."""

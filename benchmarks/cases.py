@@ -137,9 +137,12 @@ def forward_flops(cfg: ATFNNConfig, blk: str, batch: int, frames: int) -> int:
         band += _band_flops(bft // cfg.f_group, 1, c, cfg.f_group, bft)
     if cfg.t_attention:
         band += _band_flops(
-            bft // cfg.t_group, cfg.t_attention_in_channels, c, cfg.t_group,
+            bft // cfg.t_group,
+            cfg.t_attention_in_channels,
+            c,
+            cfg.t_group,
             bft * cfg.encoding_width,
-        )  # fmt: skip
+        )
     enc = _encoder_flops(cfg, batch * T) if cfg.f_encoder else 0
     if blk == "band_attention":
         return band

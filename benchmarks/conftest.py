@@ -22,10 +22,12 @@ SIZES = {
 def pytest_addoption(parser):
     group = parser.getgroup("atfnn", "atfnn-fast benchmarks")
     group.addoption(
-        "--bench-size", choices=("auto", *SIZES), default="auto",
+        "--bench-size",
+        choices=("auto", *SIZES),
+        default="auto",
         help="full (B=1,128,512, fp32+bf16; the CUDA default), small (B=1,32, fp32; the CPU "
         "default) or tiny (B=2, T=16: CI's smoke run)",
-    )  # fmt: skip
+    )
     group.addoption("--bench-device", choices=("auto", "cpu", "cuda"), default="auto")
 
 
@@ -53,9 +55,15 @@ def pytest_generate_tests(metafunc):
         _, _, batches, _, dtypes = _settings(metafunc.config, target)
         params += [
             pytest.param(
-                target.type, case, provider, dtype, batch,
+                target.type,
+                case,
+                provider,
+                dtype,
+                batch,
                 id=f"{target.type}-{case}-{provider}-{dtype}-B{batch}",
-                marks=() if target == device else pytest.mark.skip(
+                marks=()
+                if target == device
+                else pytest.mark.skip(
                     reason="GPU case: no CUDA device here (torch.cuda.is_available() is False)"
                 ),
             )
@@ -64,7 +72,7 @@ def pytest_generate_tests(metafunc):
             for batch in batches
             for provider in cases.PROVIDERS
             if provider not in cases.ONNX_PROVIDERS or case == "full_fwd"
-        ]  # fmt: skip
+        ]
     metafunc.parametrize(("device", "case", "provider", "dtype", "batch"), params)
 
 

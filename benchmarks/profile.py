@@ -82,8 +82,12 @@ def main(argv: list[str] | None = None) -> int:
     cls = ATFNNReference if args.provider == "eager" else ATFNN
     model = instrument(cls(ATFNNConfig(), check_finite=False).to(device).eval())
     x = torch.randn(args.batch, 1, 80, args.frames, device=device)
-    result = {"provider": args.provider, "batch": args.batch, "frames": args.frames,
-              **split(model, x)}  # fmt: skip
+    result = {
+        "provider": args.provider,
+        "batch": args.batch,
+        "frames": args.frames,
+        **split(model, x),
+    }
     print(f"full forward, {args.provider}, B={args.batch}, T={args.frames}, {result['device']}")
     for part in PARTS:
         print(f"  {part:<11}{result['ms'][part]:>10.3f} ms  {result['share'][part]:>7.1%}")

@@ -215,8 +215,17 @@ def update_readme(results_path: Path, readme: Path = README) -> None:
 def run_suite(pytest_args: list[str]) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "bench.json"
-        cmd = [sys.executable, "-m", "pytest", str(ROOT / "benchmarks"), "--benchmark-only",
-               f"--benchmark-json={out}", "-p", "no:cacheprovider", *pytest_args]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "pytest",
+            str(ROOT / "benchmarks"),
+            "--benchmark-only",
+            f"--benchmark-json={out}",
+            "-p",
+            "no:cacheprovider",
+            *pytest_args,
+        ]
         print("running:", " ".join(cmd), flush=True)
         proc = subprocess.run(cmd, cwd=ROOT)
         if proc.returncode not in (0,) or not out.exists():
@@ -225,8 +234,11 @@ def run_suite(pytest_args: list[str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.report",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--json", type=Path, help="read this pytest-benchmark JSON, do not run")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     parser.add_argument("--readme", action="store_true", help="regenerate README's section")

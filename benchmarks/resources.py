@@ -142,8 +142,10 @@ def cubin_resources(cubin: bytes) -> dict:
         f.flush()
         out = subprocess.run(
             [_cuobjdump(), "--dump-resource-usage", f.name],
-            capture_output=True, text=True, check=True,
-        ).stdout  # fmt: skip
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
     fields = dict(re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", out))
     if "REG" not in fields:
         raise RuntimeError(f"cuobjdump printed no resource usage:\n{out}")
@@ -154,11 +156,16 @@ def row_for(compiled, arch: int, dtype: str, config: str, **extra) -> dict:
     """The judged resource row of one compiled kernel."""
     res = cubin_resources(compiled.asm["cubin"])
     row = dict(
-        kernel=compiled.metadata.name, arch=arch, dtype=dtype, config=config,
-        num_warps=compiled.metadata.num_warps, regs=res["REG"],
+        kernel=compiled.metadata.name,
+        arch=arch,
+        dtype=dtype,
+        config=config,
+        num_warps=compiled.metadata.num_warps,
+        regs=res["REG"],
         shared_bytes=compiled.metadata.shared + res.get("SHARED", 0),
-        local_bytes=res.get("LOCAL", 0) + res.get("STACK", 0), **extra,
-    )  # fmt: skip
+        local_bytes=res.get("LOCAL", 0) + res.get("STACK", 0),
+        **extra,
+    )
     return judge(row) if arch in ARCHS else row
 
 
@@ -220,8 +227,19 @@ def _dedupe_kernels(rows: list[dict]) -> list[dict]:
     launches of one kernel with equal resources collapse."""
     out, seen = [], set()
     for r in rows:
-        key = tuple(r[k] for k in ("kernel", "arch", "dtype", "config", "num_warps", "regs",
-                                   "shared_bytes", "local_bytes"))  # fmt: skip
+        key = tuple(
+            r[k]
+            for k in (
+                "kernel",
+                "arch",
+                "dtype",
+                "config",
+                "num_warps",
+                "regs",
+                "shared_bytes",
+                "local_bytes",
+            )
+        )
         if key not in seen:
             seen.add(key)
             out.append(r)
@@ -235,8 +253,11 @@ def collect(archs, dtypes, config_names, others_arch: int | None, jobs: int) -> 
     tasks = []
     for arch in archs:
         for dt in dtypes:
-            names = [n for n in config_names if others_arch is None or n == "default"
-                     or arch == others_arch]  # fmt: skip
+            names = [
+                n
+                for n in config_names
+                if others_arch is None or n == "default" or arch == others_arch
+            ]
             if names:
                 tasks.append((arch, dt, names))
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
@@ -246,8 +267,18 @@ def collect(archs, dtypes, config_names, others_arch: int | None, jobs: int) -> 
 
     def work(task):
         arch, dt, names = task
-        cmd = [sys.executable, "-m", "benchmarks.resources", "--worker",
-               "--arch", str(arch), "--dtype", dt, "--config", *names]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "benchmarks.resources",
+            "--worker",
+            "--arch",
+            str(arch),
+            "--dtype",
+            dt,
+            "--config",
+            *names,
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
         if proc.returncode != 0:
             raise RuntimeError(f"compiling for sm_{arch} {dt} failed:\n{proc.stderr[-4000:]}")
@@ -284,16 +315,31 @@ def device_rows(config_names: list[str], dtypes=DTYPES) -> list[dict]:
                 compiled._init_handles()
                 rows.append(
                     row_for(
-                        compiled, arch, dt, name, launched=True,
-                        driver_regs=compiled.n_regs, driver_spills=compiled.n_spills,
+                        compiled,
+                        arch,
+                        dt,
+                        name,
+                        launched=True,
+                        driver_regs=compiled.n_regs,
+                        driver_spills=compiled.n_spills,
                     )
-                )  # fmt: skip
+                )
     return _dedupe_kernels(rows)
 
 
 # ------------------------------------------------------------------------------ output
-COLUMNS = ("kernel", "arch", "dtype", "config", "num_warps", "regs", "shared_bytes",
-           "local_bytes", "warps_per_sm", "fits")  # fmt: skip
+COLUMNS = (
+    "kernel",
+    "arch",
+    "dtype",
+    "config",
+    "num_warps",
+    "regs",
+    "shared_bytes",
+    "local_bytes",
+    "warps_per_sm",
+    "fits",
+)
 
 
 def table(rows: list[dict]) -> str:
@@ -331,13 +377,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--arch", type=int, nargs="+", choices=sorted(ARCHS), default=sorted(ARCHS))
     ap.add_argument("--dtype", nargs="+", choices=DTYPES, default=list(DTYPES))
     ap.add_argument("--config", nargs="+", default=None, help="configurations (default: all)")
-    ap.add_argument("--others-arch", type=int, choices=sorted(ARCHS), default=None,
-                    help="compile the non-default configurations for this arch only")  # fmt: skip
+    ap.add_argument(
+        "--others-arch",
+        type=int,
+        choices=sorted(ARCHS),
+        default=None,
+        help="compile the non-default configurations for this arch only",
+    )
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--json", type=Path, help="write the rows here")
     ap.add_argument("--device", action="store_true", help="compile and launch on this GPU")
-    ap.add_argument("--write-needs", action="store_true",
-                    help="write atfnn_fast/kernels/resource_needs.json from the rows")  # fmt: skip
+    ap.add_argument(
+        "--write-needs",
+        action="store_true",
+        help="write atfnn_fast/kernels/resource_needs.json from the rows",
+    )
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     names = args.config or list(configs())
@@ -362,10 +416,12 @@ def main(argv: list[str] | None = None) -> int:
     short = shortfalls(rows)
     print(f"\n{len(rows)} rows, {len(short)} short of fitting or of the occupancy target")
     for r in short:
-        print(f"  SHORT: {r['kernel']} sm_{r['arch']} {r['dtype']} {r['config']}: "
-              f"{r['regs']} regs x {r['num_warps']} warps, {r['shared_bytes']} B shared, "
-              f"{r['local_bytes']} B local -> {r['warps_per_sm']} warps/SM "
-              f"(target {r['target_warps']})")  # fmt: skip
+        print(
+            f"  SHORT: {r['kernel']} sm_{r['arch']} {r['dtype']} {r['config']}: "
+            f"{r['regs']} regs x {r['num_warps']} warps, {r['shared_bytes']} B shared, "
+            f"{r['local_bytes']} B local -> {r['warps_per_sm']} warps/SM "
+            f"(target {r['target_warps']})"
+        )
     return 1 if short else 0
 
 

@@ -65,13 +65,17 @@ def test_case(benchmark, bench_env, device, case, provider, dtype, batch):
         benchmark._timer = cases.CudaEventClock()  # device time, the same for every provider
     benchmark.group = f"{case} {dtype} B={batch}"
     benchmark.extra_info.update(
-        case=case, provider=provider, dtype=dtype, batch=batch, frames=frames,
+        case=case,
+        provider=provider,
+        dtype=dtype,
+        batch=batch,
+        frames=frames,
         bytes=cases.bytes_moved(cfg, case, batch, frames, elem),
         flops=cases.flops(cfg, case, batch, frames),
         compile_s=None if bench.compile_s is None else round(bench.compile_s, 3),
         peak_mem_mb=_peak_memory_mb(bench, device),
         host_ms=_host_ms(bench, device),
-    )  # fmt: skip
+    )
     rounds = 1 if benchmark.disabled else _rounds(bench, device)
     result = benchmark.pedantic(bench.fn, setup=bench.setup, rounds=rounds, warmup_rounds=1)
     # a benchmark of a broken computation is worthless: the result must at least be finite

@@ -69,8 +69,9 @@ class DeployGraph(nn.Module):
         self.lstm = None
         if ref.t_encoder is not None:
             lstm = ref.t_encoder
-            self.lstm = nn.LSTM(lstm.input_size, lstm.hidden_size, lstm.num_layers,
-                                bidirectional=True)  # fmt: skip
+            self.lstm = nn.LSTM(
+                lstm.input_size, lstm.hidden_size, lstm.num_layers, bidirectional=True
+            )
             self.lstm.load_state_dict(lstm.state_dict())
         self.classifier = nn.Linear(cfg.embedding_size, cfg.num_classes)
         self.classifier.load_state_dict(ref.classifier.state_dict())

@@ -157,10 +157,16 @@ def export_onnx(
         # nn.LSTM's shape checks, traced as constants: right for the fixed sizes exported
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         torch.onnx.export(
-            graph, (example.to(DTYPES[dtype]),), buffer, dynamo=False,
-            opset_version=opset, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-            dynamic_axes=axes, do_constant_folding=True,
-        )  # fmt: skip
+            graph,
+            (example.to(DTYPES[dtype]),),
+            buffer,
+            dynamo=False,
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes=axes,
+            do_constant_folding=True,
+        )
     proto = onnx.load_from_string(buffer.getvalue())
     _drop_zero_initial_states(proto)
     proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
@@ -168,8 +174,7 @@ def export_onnx(
     onnx.checker.check_model(proto, full_check=True)
     if quantize:
         proto = _quantize_int8(proto)
-        _set_metadata(proto, cfg, labels, norm_stats, features or FeatureConfig(), dtype,
-                      quantize)  # fmt: skip
+        _set_metadata(proto, cfg, labels, norm_stats, features or FeatureConfig(), dtype, quantize)
     return _atomic_save(proto, Path(path))
 
 
@@ -232,9 +237,12 @@ def _quantize_int8(proto):
         with tempfile.TemporaryDirectory(prefix="atfnn-int8-") as tmp:
             out = Path(tmp) / "int8.onnx"
             quantize_dynamic(
-            proto, out, op_types_to_quantize=["LSTM", "MatMul", "Gemm"],
-                weight_type=QuantType.QInt8, per_channel=True,
-            )  # fmt: skip
+                proto,
+                out,
+                op_types_to_quantize=["LSTM", "MatMul", "Gemm"],
+                weight_type=QuantType.QInt8,
+                per_channel=True,
+            )
             quantized = onnx.load(str(out))
     finally:
         root.setLevel(level)
@@ -404,11 +412,25 @@ def _check_graph(path, proto, cfg: ATFNNConfig, dtype: str) -> int | None:
         )
     checks = [
         ("the channel count (always)", 1, in_dims[1], f"graph input {INPUT_NAME!r} dim 1"),
-        ("metadata atfnn.config n_mels", cfg.n_mels, in_dims[2], f"graph input {INPUT_NAME!r} dim 2"),
-        ("metadata atfnn.config frames", cfg.frames, in_dims[3], f"graph input {INPUT_NAME!r} dim 3"),
-        ("metadata atfnn.config num_classes", cfg.num_classes, out_dims[1],
-         f"graph output {OUTPUT_NAME!r} dim 1"),
-    ]  # fmt: skip
+        (
+            "metadata atfnn.config n_mels",
+            cfg.n_mels,
+            in_dims[2],
+            f"graph input {INPUT_NAME!r} dim 2",
+        ),
+        (
+            "metadata atfnn.config frames",
+            cfg.frames,
+            in_dims[3],
+            f"graph input {INPUT_NAME!r} dim 3",
+        ),
+        (
+            "metadata atfnn.config num_classes",
+            cfg.num_classes,
+            out_dims[1],
+            f"graph output {OUTPUT_NAME!r} dim 1",
+        ),
+    ]
     for field_name, want, got, where in checks:
         if got != want:
             raise OnnxError(

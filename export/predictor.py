@@ -85,8 +85,12 @@ class OnnxPredictor:
     def predict_file(self, path: str | os.PathLike) -> Prediction:
         """One audio file (any rate, any channels) -> label and per-class scores."""
         batches = iter_segment_batches(
-            path, n_mels=self.config.n_mels, frames=self.config.frames,
-            stats=self.norm_stats, features=self.features, batch_size=self.batch_size,
-        )  # fmt: skip
+            path,
+            n_mels=self.config.n_mels,
+            frames=self.config.frames,
+            stats=self.norm_stats,
+            features=self.features,
+            batch_size=self.batch_size,
+        )
         probs = mean_probabilities(batches, lambda b: self.predict_spectrograms(b.numpy()))
         return make_prediction(path, self.labels, probs)

@@ -319,9 +319,13 @@ def _agreement(sess, model, meta, audio, np_dtype) -> Agreement:
     max_diff = 0.0
     for file in files:
         x = file_segments(
-            file, n_mels=cfg.n_mels, frames=cfg.frames, hop=hop,
-            stats=meta["norm_stats"], features=meta["features"],
-        )  # fmt: skip
+            file,
+            n_mels=cfg.n_mels,
+            frames=cfg.frames,
+            hop=hop,
+            stats=meta["norm_stats"],
+            features=meta["features"],
+        )
         p_eager = softmax(_eager(model, x).astype(np.float64))
         p_onnx = softmax(
             sess.run(None, {INPUT_NAME: x.numpy().astype(np_dtype)})[0].astype(np.float64)

@@ -54,9 +54,17 @@ from .fenc_common import (
 
 @triton.jit
 def _store_w_grad(
-    part, acc, j: tl.constexpr, which: tl.constexpr, C: tl.constexpr, H: tl.constexpr,
-    K: tl.constexpr, P: tl.constexpr, CK: tl.constexpr, PK: tl.constexpr,
-):  # fmt: skip
+    part,
+    acc,
+    j: tl.constexpr,
+    which: tl.constexpr,
+    C: tl.constexpr,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    P: tl.constexpr,
+    CK: tl.constexpr,
+    PK: tl.constexpr,
+):
     """Store a [CK, PK] d W1_j (which=1) or [PK, CK] d W2_j (which=2) partial."""
     _, _, _, _, o_w1, o_w2 = _offsets(C, H, K, P)
     if which == 1:
@@ -77,11 +85,21 @@ def _fenc_bwd_ffn_kernel(
     df2_ptr,  # (B, F, T, C) float32: d r2 (from the GRAD sweep)
     dy1_ptr,  # out: (B, F, T, C) float32: d y1
     part_ptr,  # per-program gradient partials (programs, packed size) float32
-    n_t, n_tb, total,
-    NF: tl.constexpr, C: tl.constexpr, H: tl.constexpr, K: tl.constexpr, P: tl.constexpr,
-    CK: tl.constexpr, PK: tl.constexpr, BT: tl.constexpr, PREC: tl.constexpr,
-    DY1: tl.constexpr, WGRAD: tl.constexpr,
-):  # fmt: skip
+    n_t,
+    n_tb,
+    total,
+    NF: tl.constexpr,
+    C: tl.constexpr,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    P: tl.constexpr,
+    CK: tl.constexpr,
+    PK: tl.constexpr,
+    BT: tl.constexpr,
+    PREC: tl.constexpr,
+    DY1: tl.constexpr,
+    WGRAD: tl.constexpr,
+):
     pid = tl.program_id(0)
     b = pid // n_tb
     tt = (pid % n_tb) * BT + tl.arange(0, BT)
@@ -216,11 +234,23 @@ def _fenc_bwd_norm1_kernel(
     dxd_ptr,  # out: (B, F, T) float32: d x without the softmax term
     bg_ptr,  # out: (B, F, T, 2, HP) float32: beta, gamma per head
     part_ptr,  # per-program gradient partials (programs, packed size) float32
-    n_t, n_tb, eps, total,
-    x_sb, x_sf, x_st,
-    NF: tl.constexpr, C: tl.constexpr, H: tl.constexpr, K: tl.constexpr, P: tl.constexpr,
-    CK: tl.constexpr, HP: tl.constexpr, BT: tl.constexpr, GB: tl.constexpr,
-):  # fmt: skip
+    n_t,
+    n_tb,
+    eps,
+    total,
+    x_sb,
+    x_sf,
+    x_st,
+    NF: tl.constexpr,
+    C: tl.constexpr,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    P: tl.constexpr,
+    CK: tl.constexpr,
+    HP: tl.constexpr,
+    BT: tl.constexpr,
+    GB: tl.constexpr,
+):
     pid = tl.program_id(0)
     b = pid // n_tb
     tt = (pid % n_tb) * BT + tl.arange(0, BT)
@@ -281,9 +311,10 @@ def _fenc_bwd_norm1_kernel(
     tl.store(part + o_a + hh, acc_a, mask=hh < H)
     tl.store(part + o_bh + hh, acc_bh, mask=hh < H)
     tl.store(
-        part + o_u + hh[:, None] * C + cc[None, :], acc_u,
+        part + o_u + hh[:, None] * C + cc[None, :],
+        acc_u,
         mask=(hh < H)[:, None] & cmask[None, :],
-    )  # fmt: skip
+    )
 
 
 @triton.jit
@@ -293,11 +324,24 @@ def _fenc_bwd_softmax_kernel(
     dxd_ptr,  # (B, F, T) float32: d x without the softmax term
     bg_ptr,  # (B, F, T, 2, HP) float32: beta, gamma per head
     dx_ptr,  # out: d x' (B, 1, F, T), any strides, x's dtype
-    n_t, n_tb,
-    x_sb, x_sf, x_st, d_sb, d_sf, d_st,
-    NF: tl.constexpr, C: tl.constexpr, H: tl.constexpr, K: tl.constexpr, P: tl.constexpr,
-    CK: tl.constexpr, HP: tl.constexpr, BT: tl.constexpr, GB: tl.constexpr,
-):  # fmt: skip
+    n_t,
+    n_tb,
+    x_sb,
+    x_sf,
+    x_st,
+    d_sb,
+    d_sf,
+    d_st,
+    NF: tl.constexpr,
+    C: tl.constexpr,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    P: tl.constexpr,
+    CK: tl.constexpr,
+    HP: tl.constexpr,
+    BT: tl.constexpr,
+    GB: tl.constexpr,
+):
     pid = tl.program_id(0)
     b = pid // n_tb
     tt = (pid % n_tb) * BT + tl.arange(0, BT)
@@ -320,8 +364,9 @@ def _fenc_bwd_softmax_kernel(
             s = xf[:, None, :] * a[None, :, None] + bh[None, :, None]  # [BT, HP, GB]
             xref = tl.where(s >= 0, xmax[:, None, None], xmin[:, None, None])
             e = tl.exp(s * (xg[:, None, None] - xref))  # exp(s_f x_g - M_f)
-            bg_off = (((b * NF + f[None, None, :]) * n_t + tt[:, None, None]) * 2 * HP
-                      + hh[None, :, None])  # fmt: skip
+            bg_off = ((b * NF + f[None, None, :]) * n_t + tt[:, None, None]) * 2 * HP + hh[
+                None, :, None
+            ]
             m3 = lmask[:, None, :]
             beta = tl.load(bg_ptr + bg_off, mask=m3, other=0.0)
             gamma = tl.load(bg_ptr + bg_off + HP, mask=m3, other=0.0)
@@ -329,6 +374,7 @@ def _fenc_bwd_softmax_kernel(
         dx = tl.load(dxd_ptr + (b * NF + g) * n_t + tt, mask=tmask, other=0.0)
         dx += tl.sum(tl.sum(acc, axis=2), axis=1)
         tl.store(
-            dx_ptr + b * d_sb + g * d_sf + tt * d_st, dx.to(dx_ptr.dtype.element_ty),
+            dx_ptr + b * d_sb + g * d_sf + tt * d_st,
+            dx.to(dx_ptr.dtype.element_ty),
             mask=tmask,
-        )  # fmt: skip
+        )

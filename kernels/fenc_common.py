@@ -24,20 +24,40 @@ from . import freq_encoder_math as fm
 
 # (field of freq_encoder_math.Derived, size in units of (C, H, K*C*P, P, H*C))
 PACK_ORDER = (
-    "w_lift", "e_bias", "norm1_weight", "norm1_bias", "ffn2_bias", "norm2_weight",
-    "norm2_bias", "a_head", "b_head", "u_head", "ffn1_bias", "w1col", "w2col",
-)  # fmt: skip
+    "w_lift",
+    "e_bias",
+    "norm1_weight",
+    "norm1_bias",
+    "ffn2_bias",
+    "norm2_weight",
+    "norm2_bias",
+    "a_head",
+    "b_head",
+    "u_head",
+    "ffn1_bias",
+    "w1col",
+    "w2col",
+)
 MAX_FFN_KERNEL = 5  # the band sweeps keep the +-2 neighbouring bands (see fenc_forward)
 
 
 def param_layout(c: int, h: int, k: int, p: int) -> dict[str, tuple[int, tuple[int, ...]]]:
     """``{field: (offset, shape)}`` of the packed buffer (mirrored by :func:`_offsets`)."""
     shapes = {
-        "w_lift": (c,), "e_bias": (c,), "norm1_weight": (c,), "norm1_bias": (c,),
-        "ffn2_bias": (c,), "norm2_weight": (c,), "norm2_bias": (c,), "a_head": (h,),
-        "b_head": (h,), "u_head": (h, c), "ffn1_bias": (p,), "w1col": (k * c, p),
+        "w_lift": (c,),
+        "e_bias": (c,),
+        "norm1_weight": (c,),
+        "norm1_bias": (c,),
+        "ffn2_bias": (c,),
+        "norm2_weight": (c,),
+        "norm2_bias": (c,),
+        "a_head": (h,),
+        "b_head": (h,),
+        "u_head": (h, c),
+        "ffn1_bias": (p,),
+        "w1col": (k * c, p),
         "w2col": (k * p, c),
-    }  # fmt: skip
+    }
     layout, offset = {}, 0
     for name in PACK_ORDER:
         layout[name] = (offset, shapes[name])
@@ -92,9 +112,14 @@ def _channel_vec(prm_ptr, slot: tl.constexpr, C: tl.constexpr, CK: tl.constexpr)
 
 @triton.jit
 def _head_params(
-    prm_ptr, C: tl.constexpr, H: tl.constexpr, K: tl.constexpr, P: tl.constexpr,
-    CK: tl.constexpr, HP: tl.constexpr,
-):  # fmt: skip
+    prm_ptr,
+    C: tl.constexpr,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    P: tl.constexpr,
+    CK: tl.constexpr,
+    HP: tl.constexpr,
+):
     """A [HP], B [HP] and U [HP, CK] (zero for padded heads and channels)."""
     o_a, o_bh, o_u, _, _, _ = _offsets(C, H, K, P)
     hh = tl.arange(0, HP)
@@ -103,16 +128,24 @@ def _head_params(
     bh = tl.load(prm_ptr + o_bh + hh, mask=hh < H, other=0.0)
     u = tl.load(
         prm_ptr + o_u + hh[:, None] * C + cc[None, :],
-        mask=(hh < H)[:, None] & (cc < C)[None, :], other=0.0,
-    )  # fmt: skip
+        mask=(hh < H)[:, None] & (cc < C)[None, :],
+        other=0.0,
+    )
     return a, bh, u
 
 
 @triton.jit
 def _w1_tile(
-    prm_ptr, j: tl.constexpr, C: tl.constexpr, H: tl.constexpr, K: tl.constexpr,
-    P: tl.constexpr, CK: tl.constexpr, PK: tl.constexpr, TRANS: tl.constexpr,
-):  # fmt: skip
+    prm_ptr,
+    j: tl.constexpr,
+    C: tl.constexpr,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    P: tl.constexpr,
+    CK: tl.constexpr,
+    PK: tl.constexpr,
+    TRANS: tl.constexpr,
+):
     """FFN1 weights of band shift ``j`` (-K//2..K//2): ``[CK, PK]`` with
     ``[ch, o] = ffn1.weight[o, ch, j + K//2]``, or its transpose ``[PK, CK]``."""
     _, _, _, _, o_w1, _ = _offsets(C, H, K, P)
@@ -128,9 +161,16 @@ def _w1_tile(
 
 @triton.jit
 def _w2_tile(
-    prm_ptr, j: tl.constexpr, C: tl.constexpr, H: tl.constexpr, K: tl.constexpr,
-    P: tl.constexpr, CK: tl.constexpr, PK: tl.constexpr, TRANS: tl.constexpr,
-):  # fmt: skip
+    prm_ptr,
+    j: tl.constexpr,
+    C: tl.constexpr,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    P: tl.constexpr,
+    CK: tl.constexpr,
+    PK: tl.constexpr,
+    TRANS: tl.constexpr,
+):
     """FFN2 weights of band shift ``j``: ``[PK, CK]`` with ``[o, ch] = ffn2.weight[ch, o,
     j + K//2]``, or its transpose ``[CK, PK]``."""
     _, _, _, _, _, o_w2 = _offsets(C, H, K, P)
@@ -163,8 +203,9 @@ def _frame_range(x_ptr, row_off, tmask, NF: tl.constexpr, x_sf, BT: tl.constexpr
         gmask = g < NF
         xg = tl.load(
             x_ptr + row_off[:, None] + g[None, :] * x_sf,
-            mask=tmask[:, None] & gmask[None, :], other=0.0,
-        ).to(tl.float32)  # fmt: skip
+            mask=tmask[:, None] & gmask[None, :],
+            other=0.0,
+        ).to(tl.float32)
         xmax = tl.maximum(xmax, tl.max(tl.where(gmask[None, :], xg, -float("inf")), axis=1))
         xmin = tl.minimum(xmin, tl.min(tl.where(gmask[None, :], xg, float("inf")), axis=1))
     return xmax, xmin
@@ -172,9 +213,21 @@ def _frame_range(x_ptr, row_off, tmask, NF: tl.constexpr, x_sf, BT: tl.constexpr
 
 @triton.jit
 def _band_softmax(
-    x_ptr, row_off, tmask, NF: tl.constexpr, x_sf, xf, xmax, xmin, a, bh,
-    BT: tl.constexpr, HP: tl.constexpr, GB: tl.constexpr, WITH_VAR: tl.constexpr,
-):  # fmt: skip
+    x_ptr,
+    row_off,
+    tmask,
+    NF: tl.constexpr,
+    x_sf,
+    xf,
+    xmax,
+    xmin,
+    a,
+    bh,
+    BT: tl.constexpr,
+    HP: tl.constexpr,
+    GB: tl.constexpr,
+    WITH_VAR: tl.constexpr,
+):
     """The rank-one attention of one band ``f`` (value ``xf`` [BT]) over all bands ``g``,
     every head at once, streamed over band chunks of GB (no [F, F] tile):
     ``s = xf A + B`` [BT, HP]; ``p_g = exp(s x_g - M) / den`` with the analytic row maximum
@@ -193,8 +246,9 @@ def _band_softmax(
         gmask = g < NF
         xg = tl.load(
             x_ptr + row_off[:, None] + g[None, :] * x_sf,
-            mask=tmask[:, None] & gmask[None, :], other=0.0,
-        ).to(tl.float32)  # fmt: skip
+            mask=tmask[:, None] & gmask[None, :],
+            other=0.0,
+        ).to(tl.float32)
         d = xg[:, None, :] - xref[:, :, None]  # [BT, HP, GB], <= 0 where s >= 0
         e = tl.exp(s[:, :, None] * d)  # = exp(s x_g - M): the shift is exact
         e = tl.where(gmask[None, None, :], e, 0.0)

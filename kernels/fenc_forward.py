@@ -49,10 +49,29 @@ from .fenc_common import (
 
 @triton.jit
 def _band_y1(
-    x_ptr, row_off, tmask, cmask, band, NF: tl.constexpr, x_sf, xmax, xmin, a, bh, u, wl, eb, g1, bn1,
-    eps, C: tl.constexpr, H: tl.constexpr, BT: tl.constexpr, HP: tl.constexpr,
+    x_ptr,
+    row_off,
+    tmask,
+    cmask,
+    band,
+    NF: tl.constexpr,
+    x_sf,
+    xmax,
+    xmin,
+    a,
+    bh,
+    u,
+    wl,
+    eb,
+    g1,
+    bn1,
+    eps,
+    C: tl.constexpr,
+    H: tl.constexpr,
+    BT: tl.constexpr,
+    HP: tl.constexpr,
     GB: tl.constexpr,
-):  # fmt: skip
+):
     """``y1`` (after attention and LayerNorm1) of ``band`` as [BT, CK]; zero outside the
     bands (the FFN's zero padding)."""
     inside = band < NF
@@ -71,11 +90,22 @@ def _fenc_norm1_kernel(
     x_ptr,  # x' (B, 1, F, T), any strides
     prm_ptr,  # packed derived parameters, float32 (fenc_common.param_layout)
     y1_ptr,  # out: (B, F, T, C) float32, contiguous: y1 of every band
-    n_t, n_tb, eps,
-    x_sb, x_sf, x_st,
-    NF: tl.constexpr, C: tl.constexpr, H: tl.constexpr, K: tl.constexpr, P: tl.constexpr,
-    CK: tl.constexpr, HP: tl.constexpr, BT: tl.constexpr, GB: tl.constexpr,
-):  # fmt: skip
+    n_t,
+    n_tb,
+    eps,
+    x_sb,
+    x_sf,
+    x_st,
+    NF: tl.constexpr,
+    C: tl.constexpr,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    P: tl.constexpr,
+    CK: tl.constexpr,
+    HP: tl.constexpr,
+    BT: tl.constexpr,
+    GB: tl.constexpr,
+):
     pid = tl.program_id(0)
     b = pid // n_tb
     tt = (pid % n_tb) * BT + tl.arange(0, BT)
@@ -91,9 +121,29 @@ def _fenc_norm1_kernel(
     xmax, xmin = _frame_range(x_ptr, row_off, tmask, NF, x_sf, BT, GB)
     for f in range(0, NF):
         y1 = _band_y1(
-            x_ptr, row_off, tmask, cmask, f, NF, x_sf, xmax, xmin, a, bh, u, wl, eb, g1,
-            bn1, eps, C, H, BT, HP, GB,
-        )  # fmt: skip
+            x_ptr,
+            row_off,
+            tmask,
+            cmask,
+            f,
+            NF,
+            x_sf,
+            xmax,
+            xmin,
+            a,
+            bh,
+            u,
+            wl,
+            eb,
+            g1,
+            bn1,
+            eps,
+            C,
+            H,
+            BT,
+            HP,
+            GB,
+        )
         off = ((b * NF + f) * n_t + tt[:, None]) * C + cc[None, :]
         tl.store(y1_ptr + off, y1, mask=tmask[:, None] & cmask[None, :])
 
@@ -108,13 +158,33 @@ def _fenc_ffn_kernel(
     dwt_ptr,  # GRAD and HAS_WT: d w_t (B, F, T), any strides
     df2_ptr,  # GRAD: out: (B, F, T, C) float32, contiguous: d (FFN2 output)
     part_ptr,  # GRAD: per-program gradient partials (programs, packed size) float32
-    n_t, n_tb, eps, total,
+    n_t,
+    n_tb,
+    eps,
+    total,
     n_zero,  # always 0: the weight loads depend on it, so they stay inside the band loop
-    w_sb, w_sf, w_st, o_sb, o_st, o_sf, o_sc, dw_sb, dw_sf, dw_st,
-    NF: tl.constexpr, C: tl.constexpr, H: tl.constexpr, K: tl.constexpr, P: tl.constexpr,
-    CK: tl.constexpr, PK: tl.constexpr, BT: tl.constexpr, HAS_WT: tl.constexpr,
-    GRAD: tl.constexpr, PREC: tl.constexpr,
-):  # fmt: skip
+    w_sb,
+    w_sf,
+    w_st,
+    o_sb,
+    o_st,
+    o_sf,
+    o_sc,
+    dw_sb,
+    dw_sf,
+    dw_st,
+    NF: tl.constexpr,
+    C: tl.constexpr,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    P: tl.constexpr,
+    CK: tl.constexpr,
+    PK: tl.constexpr,
+    BT: tl.constexpr,
+    HAS_WT: tl.constexpr,
+    GRAD: tl.constexpr,
+    PREC: tl.constexpr,
+):
     pid = tl.program_id(0)
     b = pid // n_tb
     tt = (pid % n_tb) * BT + tl.arange(0, BT)
@@ -214,8 +284,9 @@ def _fenc_ffn_kernel(
                     dwt = tl.sum(dout * y2, axis=1)
                     tl.store(
                         dwt_ptr + b * dw_sb + o * dw_sf + tt * dw_st,
-                        dwt.to(dwt_ptr.dtype.element_ty), mask=tmask,
-                    )  # fmt: skip
+                        dwt.to(dwt_ptr.dtype.element_ty),
+                        mask=tmask,
+                    )
                     dout = dout * scale[:, None]
                 acc_g2 += tl.sum(dout * n2, axis=0)
                 acc_bn2 += tl.sum(dout, axis=0)

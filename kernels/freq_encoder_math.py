@@ -55,10 +55,23 @@ class Derived(NamedTuple):
 
 
 def derive(
-    lift_weight, lift_bias, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias,
-    norm1_weight, norm1_bias, ffn1_weight, ffn1_bias, ffn2_weight, ffn2_bias,
-    norm2_weight, norm2_bias, *, num_heads: int,
-) -> Derived:  # fmt: skip
+    lift_weight,
+    lift_bias,
+    in_proj_weight,
+    in_proj_bias,
+    out_proj_weight,
+    out_proj_bias,
+    norm1_weight,
+    norm1_bias,
+    ffn1_weight,
+    ffn1_bias,
+    ffn2_weight,
+    ffn2_bias,
+    norm2_weight,
+    norm2_bias,
+    *,
+    num_heads: int,
+) -> Derived:
     """Module parameters (the order of ``FrequencyEncoder.op_params``) -> :class:`Derived`."""
     c = lift_weight.shape[0]
     d = c // num_heads
@@ -80,10 +93,20 @@ def derive(
     w1col = ffn1_weight.to(dt).permute(2, 1, 0).reshape(k * c, -1)
     w2col = ffn2_weight.to(dt).permute(2, 1, 0).reshape(-1, c)
     return Derived(
-        w, e_bias, a_head, b_head, u_head.contiguous(),
-        norm1_weight.to(dt), norm1_bias.to(dt), w1col.contiguous(), ffn1_bias.to(dt),
-        w2col.contiguous(), ffn2_bias.to(dt), norm2_weight.to(dt), norm2_bias.to(dt),
-    )  # fmt: skip
+        w,
+        e_bias,
+        a_head,
+        b_head,
+        u_head.contiguous(),
+        norm1_weight.to(dt),
+        norm1_bias.to(dt),
+        w1col.contiguous(),
+        ffn1_bias.to(dt),
+        w2col.contiguous(),
+        ffn2_bias.to(dt),
+        norm2_weight.to(dt),
+        norm2_bias.to(dt),
+    )
 
 
 def transposed_cols(w1col: torch.Tensor, w2col: torch.Tensor, k: int):

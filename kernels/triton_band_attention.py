@@ -44,10 +44,23 @@ from .tuning import band_attention_settings
 
 @triton.jit
 def _window_weights(
-    src_ptr, w_ptr, b_ptr, n_windows, n_i, n_j, s_b, s_i, s_j, s_k, s_c,
-    C: tl.constexpr, CIN: tl.constexpr, G: tl.constexpr, KP: tl.constexpr,
+    src_ptr,
+    w_ptr,
+    b_ptr,
+    n_windows,
+    n_i,
+    n_j,
+    s_b,
+    s_i,
+    s_j,
+    s_k,
+    s_c,
+    C: tl.constexpr,
+    CIN: tl.constexpr,
+    G: tl.constexpr,
+    KP: tl.constexpr,
     BLOCK: tl.constexpr,
-):  # fmt: skip
+):
     """This program's BLOCK windows: their (b, i, j) grid coordinates, the source tile
     [BLOCK, KP] (column q is input channel q // G, position q % G) and the weights w."""
     win = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
@@ -59,10 +72,13 @@ def _window_weights(
     q = tl.arange(0, KP)
     qmask = q < CIN * G
     src = tl.load(
-        src_ptr + (b * s_b + i * s_i + j * s_j)[:, None]
-        + (q // G)[None, :] * s_c + (q % G)[None, :] * s_k,
-        mask=wmask[:, None] & qmask[None, :], other=0.0,
-    ).to(tl.float32)  # fmt: skip
+        src_ptr
+        + (b * s_b + i * s_i + j * s_j)[:, None]
+        + (q // G)[None, :] * s_c
+        + (q % G)[None, :] * s_k,
+        mask=wmask[:, None] & qmask[None, :],
+        other=0.0,
+    ).to(tl.float32)
     acc = tl.zeros([BLOCK], dtype=tl.float32)
     for c in tl.static_range(C):
         w_row = tl.load(w_ptr + c * CIN * G + q, mask=qmask, other=0.0).to(tl.float32)
@@ -73,15 +89,43 @@ def _window_weights(
 
 @triton.jit
 def _band_fwd_kernel(
-    src_ptr, w_ptr, b_ptr, tgt_ptr, out_ptr, map_ptr,
-    n_windows, n_i, n_j,
-    s_b, s_i, s_j, s_k, s_c,
-    t_b, t_i, t_j, t_k, t_c,
-    o_b, o_i, o_j, o_k, o_c,
-    m_b, m_i, m_j, m_k,
-    C: tl.constexpr, CIN: tl.constexpr, G: tl.constexpr, W: tl.constexpr,
-    KP: tl.constexpr, GWP: tl.constexpr, GP: tl.constexpr, BLOCK: tl.constexpr,
-):  # fmt: skip
+    src_ptr,
+    w_ptr,
+    b_ptr,
+    tgt_ptr,
+    out_ptr,
+    map_ptr,
+    n_windows,
+    n_i,
+    n_j,
+    s_b,
+    s_i,
+    s_j,
+    s_k,
+    s_c,
+    t_b,
+    t_i,
+    t_j,
+    t_k,
+    t_c,
+    o_b,
+    o_i,
+    o_j,
+    o_k,
+    o_c,
+    m_b,
+    m_i,
+    m_j,
+    m_k,
+    C: tl.constexpr,
+    CIN: tl.constexpr,
+    G: tl.constexpr,
+    W: tl.constexpr,
+    KP: tl.constexpr,
+    GWP: tl.constexpr,
+    GP: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     b, i, j, wmask, _q, _qmask, _src, weight = _window_weights(
         src_ptr, w_ptr, b_ptr, n_windows, n_i, n_j, s_b, s_i, s_j, s_k, s_c, C, CIN, G, KP, BLOCK
     )
@@ -90,40 +134,88 @@ def _band_fwd_kernel(
     r = tl.arange(0, GWP)
     tmask = wmask[:, None] & (r < G * W)[None, :]
     tgt = tl.load(
-        tgt_ptr + (b * t_b + i * t_i + j * t_j)[:, None]
-        + (r // W)[None, :] * t_k + (r % W)[None, :] * t_c,
-        mask=tmask, other=0.0,
-    ).to(tl.float32)  # fmt: skip
+        tgt_ptr
+        + (b * t_b + i * t_i + j * t_j)[:, None]
+        + (r // W)[None, :] * t_k
+        + (r % W)[None, :] * t_c,
+        mask=tmask,
+        other=0.0,
+    ).to(tl.float32)
     out = tgt + weight[:, None] * tgt
     tl.store(
-        out_ptr + (b * o_b + i * o_i + j * o_j)[:, None]
-        + (r // W)[None, :] * o_k + (r % W)[None, :] * o_c,
-        out.to(out_ptr.dtype.element_ty), mask=tmask,
-    )  # fmt: skip
+        out_ptr
+        + (b * o_b + i * o_i + j * o_j)[:, None]
+        + (r // W)[None, :] * o_k
+        + (r % W)[None, :] * o_c,
+        out.to(out_ptr.dtype.element_ty),
+        mask=tmask,
+    )
 
     k = tl.arange(0, GP)
     wmap = tl.zeros([BLOCK, GP], dtype=tl.float32) + weight[:, None]
     tl.store(
         map_ptr + (b * m_b + i * m_i + j * m_j)[:, None] + k[None, :] * m_k,
-        wmap.to(map_ptr.dtype.element_ty), mask=wmask[:, None] & (k < G)[None, :],
-    )  # fmt: skip
+        wmap.to(map_ptr.dtype.element_ty),
+        mask=wmask[:, None] & (k < G)[None, :],
+    )
 
 
 @triton.jit
 def _band_bwd_kernel(
-    src_ptr, w_ptr, b_ptr, tgt_ptr, gout_ptr, gmap_ptr,
-    dsrc_ptr, dtgt_ptr, dw_part_ptr, db_part_ptr,
-    n_windows, n_i, n_j,
-    s_b, s_i, s_j, s_k, s_c,
-    t_b, t_i, t_j, t_k, t_c,
-    g_b, g_i, g_j, g_k, g_c,
-    m_b, m_i, m_j, m_k,
-    ds_b, ds_i, ds_j, ds_k, ds_c,
-    dt_b, dt_i, dt_j, dt_k, dt_c,
-    C: tl.constexpr, CIN: tl.constexpr, G: tl.constexpr, W: tl.constexpr,
-    KP: tl.constexpr, GWP: tl.constexpr, GP: tl.constexpr, BLOCK: tl.constexpr,
-    HAS_GMAP: tl.constexpr, FUSED_TARGET: tl.constexpr, CP: tl.constexpr,
-):  # fmt: skip
+    src_ptr,
+    w_ptr,
+    b_ptr,
+    tgt_ptr,
+    gout_ptr,
+    gmap_ptr,
+    dsrc_ptr,
+    dtgt_ptr,
+    dw_part_ptr,
+    db_part_ptr,
+    n_windows,
+    n_i,
+    n_j,
+    s_b,
+    s_i,
+    s_j,
+    s_k,
+    s_c,
+    t_b,
+    t_i,
+    t_j,
+    t_k,
+    t_c,
+    g_b,
+    g_i,
+    g_j,
+    g_k,
+    g_c,
+    m_b,
+    m_i,
+    m_j,
+    m_k,
+    ds_b,
+    ds_i,
+    ds_j,
+    ds_k,
+    ds_c,
+    dt_b,
+    dt_i,
+    dt_j,
+    dt_k,
+    dt_c,
+    C: tl.constexpr,
+    CIN: tl.constexpr,
+    G: tl.constexpr,
+    W: tl.constexpr,
+    KP: tl.constexpr,
+    GWP: tl.constexpr,
+    GP: tl.constexpr,
+    BLOCK: tl.constexpr,
+    HAS_GMAP: tl.constexpr,
+    FUSED_TARGET: tl.constexpr,
+    CP: tl.constexpr,
+):
     pid = tl.program_id(0)
     b, i, j, wmask, q, qmask, src, weight = _window_weights(
         src_ptr, w_ptr, b_ptr, n_windows, n_i, n_j, s_b, s_i, s_j, s_k, s_c, C, CIN, G, KP, BLOCK
@@ -136,19 +228,22 @@ def _band_bwd_kernel(
     chan = (r % W)[None, :]
     tgt = tl.load(
         tgt_ptr + (b * t_b + i * t_i + j * t_j)[:, None] + pos * t_k + chan * t_c,
-        mask=tmask, other=0.0,
-    ).to(tl.float32)  # fmt: skip
+        mask=tmask,
+        other=0.0,
+    ).to(tl.float32)
     gout = tl.load(
         gout_ptr + (b * g_b + i * g_i + j * g_j)[:, None] + pos * g_k + chan * g_c,
-        mask=tmask, other=0.0,
-    ).to(tl.float32)  # fmt: skip
+        mask=tmask,
+        other=0.0,
+    ).to(tl.float32)
     dweight = tl.sum(gout * tgt, axis=1)
     if HAS_GMAP:
         k = tl.arange(0, GP)
         gmap = tl.load(
             gmap_ptr + (b * m_b + i * m_i + j * m_j)[:, None] + k[None, :] * m_k,
-            mask=wmask[:, None] & (k < G)[None, :], other=0.0,
-        ).to(tl.float32)  # fmt: skip
+            mask=wmask[:, None] & (k < G)[None, :],
+            other=0.0,
+        ).to(tl.float32)
         dweight += tl.sum(gmap, axis=1)
     dweight = tl.where(wmask, dweight, 0.0) / C
     dtgt = gout + weight[:, None] * gout
@@ -166,9 +261,7 @@ def _band_bwd_kernel(
         acc_w = tl.where(crow[:, None] == c, tl.sum(dz[:, None] * src, axis=0)[None, :], acc_w)
         acc_b = tl.where(crow == c, tl.sum(dz, axis=0), acc_b)
     cmask = crow < C
-    tl.store(
-        dw_part_ptr + (pid * C + crow[:, None]) * KP + q[None, :], acc_w, mask=cmask[:, None]
-    )  # fmt: skip
+    tl.store(dw_part_ptr + (pid * C + crow[:, None]) * KP + q[None, :], acc_w, mask=cmask[:, None])
     tl.store(db_part_ptr + pid * C + crow, acc_b, mask=cmask)
 
     if FUSED_TARGET:
@@ -177,13 +270,17 @@ def _band_bwd_kernel(
     else:
         tl.store(
             dtgt_ptr + (b * dt_b + i * dt_i + j * dt_j)[:, None] + pos * dt_k + chan * dt_c,
-            dtgt.to(dtgt_ptr.dtype.element_ty), mask=tmask,
-        )  # fmt: skip
+            dtgt.to(dtgt_ptr.dtype.element_ty),
+            mask=tmask,
+        )
     tl.store(
-        dsrc_ptr + (b * ds_b + i * ds_i + j * ds_j)[:, None]
-        + (q // G)[None, :] * ds_c + (q % G)[None, :] * ds_k,
-        dsrc.to(dsrc_ptr.dtype.element_ty), mask=smask,
-    )  # fmt: skip
+        dsrc_ptr
+        + (b * ds_b + i * ds_i + j * ds_j)[:, None]
+        + (q // G)[None, :] * ds_c
+        + (q % G)[None, :] * ds_k,
+        dsrc.to(dsrc_ptr.dtype.element_ty),
+        mask=smask,
+    )
 
 
 # ------------------------------------------------------------------------ host helpers
@@ -219,9 +316,16 @@ def _geometry(source: torch.Tensor, weight: torch.Tensor, target, time_axis: boo
     gwp = triton.next_power_of_2(group * width)
     settings = band_attention_settings(kp, gwp, backward)
     consts = dict(
-        C=c, CIN=c_in, G=group, W=width, KP=kp, GWP=gwp,
-        GP=triton.next_power_of_2(group), BLOCK=settings.block, num_warps=settings.num_warps,
-    )  # fmt: skip
+        C=c,
+        CIN=c_in,
+        G=group,
+        W=width,
+        KP=kp,
+        GWP=gwp,
+        GP=triton.next_power_of_2(group),
+        BLOCK=settings.block,
+        num_warps=settings.num_warps,
+    )
     return b * n_i * n_j, n_i, n_j, consts
 
 
@@ -282,9 +386,23 @@ def band_attention_op(
         tgt_s, out_s = _enc_strides(target, group), _enc_strides(out, group)
     grid = (triton.cdiv(n_windows, consts["BLOCK"]),)
     launch(
-        _band_fwd_kernel, grid, source, weight, bias, tgt, out, wmap, n_windows, n_i, n_j,
-        *src_s, *tgt_s, *out_s, *_map_strides(wmap, group, time_axis), **consts,
-    )  # fmt: skip
+        _band_fwd_kernel,
+        grid,
+        source,
+        weight,
+        bias,
+        tgt,
+        out,
+        wmap,
+        n_windows,
+        n_i,
+        n_j,
+        *src_s,
+        *tgt_s,
+        *out_s,
+        *_map_strides(wmap, group, time_axis),
+        **consts,
+    )
     return out, wmap
 
 
@@ -330,12 +448,32 @@ def band_attention_backward_op(
     gmap = grad_map if grad_map is not None else source  # dummy pointer, never read
     map_s = _map_strides(grad_map, group, time_axis) if grad_map is not None else (0, 0, 0, 0)
     launch(
-        _band_bwd_kernel, (n_prog,), source, weight, bias, tgt, grad_out, gmap, dsrc, dtgt_arg, dw_part, db_part,
-        n_windows, n_i, n_j, *src_s, *tgt_s, *gout_s, *map_s,
-        *_src_strides(dsrc, group, time_axis), *dtgt_s,
-        HAS_GMAP=grad_map is not None, FUSED_TARGET=target is None,
-        CP=triton.next_power_of_2(c), **consts,
-    )  # fmt: skip
+        _band_bwd_kernel,
+        (n_prog,),
+        source,
+        weight,
+        bias,
+        tgt,
+        grad_out,
+        gmap,
+        dsrc,
+        dtgt_arg,
+        dw_part,
+        db_part,
+        n_windows,
+        n_i,
+        n_j,
+        *src_s,
+        *tgt_s,
+        *gout_s,
+        *map_s,
+        *_src_strides(dsrc, group, time_axis),
+        *dtgt_s,
+        HAS_GMAP=grad_map is not None,
+        FUSED_TARGET=target is None,
+        CP=triton.next_power_of_2(c),
+        **consts,
+    )
     # the per-program partials are summed in float64 (a fixed order: deterministic), so
     # the many-term weight and bias sums lose no more than one float32 rounding
     dweight = dw_part.double().sum(dim=0)[:, : consts["CIN"] * group].reshape(weight.shape)

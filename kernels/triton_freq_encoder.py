@@ -61,8 +61,14 @@ def _launch_consts(x: torch.Tensor, dim: list[int]):
     c, h, k, p = dim
     s = freq_encoder_settings(x.shape[2], c, p)
     consts = dict(
-        NF=x.shape[2], C=c, H=h, K=k, P=p, CK=_p2(c), HP=max(2, triton.next_power_of_2(h)),
-    )  # fmt: skip
+        NF=x.shape[2],
+        C=c,
+        H=h,
+        K=k,
+        P=p,
+        CK=_p2(c),
+        HP=max(2, triton.next_power_of_2(h)),
+    )
     return s, consts
 
 
@@ -88,9 +94,19 @@ def _norm1(x, prm, eps, s, consts) -> torch.Tensor:
     y1 = torch.empty((b, f, t, consts["C"]), dtype=torch.float32, device=x.device)
     grid, n_tb, kw = _grid(x, s.norm1)
     launch(
-        _fenc_norm1_kernel, grid,
-        x, prm, y1, t, n_tb, eps, *_xs(x), GB=s.band_chunk, **kw, **consts,
-    )  # fmt: skip
+        _fenc_norm1_kernel,
+        grid,
+        x,
+        prm,
+        y1,
+        t,
+        n_tb,
+        eps,
+        *_xs(x),
+        GB=s.band_chunk,
+        **kw,
+        **consts,
+    )
     return y1
 
 
@@ -169,11 +185,33 @@ def freq_encoder_op(
     y1 = _norm1(x, prm, eps, s, consts)
     grid, n_tb, kw = _grid(x, s.ffn)
     launch(
-        _fenc_ffn_kernel, grid,
-        y1, wt, prm, out, out, out, y1, prm, t, n_tb, eps, 0, 0, *_xs(wt), *out.stride(),
-        0, 0, 0, PK=_p2(dim[3]), HAS_WT=time_weights is not None, GRAD=False,
-        PREC=_precision(x), **kw, **_no_hp(consts),
-    )  # fmt: skip
+        _fenc_ffn_kernel,
+        grid,
+        y1,
+        wt,
+        prm,
+        out,
+        out,
+        out,
+        y1,
+        prm,
+        t,
+        n_tb,
+        eps,
+        0,
+        0,
+        *_xs(wt),
+        *out.stride(),
+        0,
+        0,
+        0,
+        PK=_p2(dim[3]),
+        HAS_WT=time_weights is not None,
+        GRAD=False,
+        PREC=_precision(x),
+        **kw,
+        **_no_hp(consts),
+    )
     return out
 
 
@@ -219,30 +257,87 @@ def freq_encoder_backward_op(
     y1 = _norm1(x, prm, eps, s, consts)
     grid, n_tb, kw = _grid(x, s.ffn)
     launch(
-        _fenc_ffn_kernel, grid,
-        y1, wt, prm, grad_out, grad_out, dwt, df2, part, t, n_tb, eps, total, 0,
-        *_xs(wt), *grad_out.stride(), *_xs(dwt),
-        PK=pk, HAS_WT=has_wt, GRAD=True, PREC=prec, **kw, **no_hp,
-    )  # fmt: skip
+        _fenc_ffn_kernel,
+        grid,
+        y1,
+        wt,
+        prm,
+        grad_out,
+        grad_out,
+        dwt,
+        df2,
+        part,
+        t,
+        n_tb,
+        eps,
+        total,
+        0,
+        *_xs(wt),
+        *grad_out.stride(),
+        *_xs(dwt),
+        PK=pk,
+        HAS_WT=has_wt,
+        GRAD=True,
+        PREC=prec,
+        **kw,
+        **no_hp,
+    )
     for kl, dy1_part in ((s.ffn_bwd_dy1, True), (s.ffn_bwd_wgrad, False)):
         grid, n_tb, kw = _grid(x, kl)
         launch(
-            _fenc_bwd_ffn_kernel, grid,
-            prm, y1, df2, dy1, part, t, n_tb, total,
-            PK=pk, PREC=prec, DY1=dy1_part, WGRAD=not dy1_part, **kw, **no_hp,
-        )  # fmt: skip
+            _fenc_bwd_ffn_kernel,
+            grid,
+            prm,
+            y1,
+            df2,
+            dy1,
+            part,
+            t,
+            n_tb,
+            total,
+            PK=pk,
+            PREC=prec,
+            DY1=dy1_part,
+            WGRAD=not dy1_part,
+            **kw,
+            **no_hp,
+        )
     grid, n_tb, kw = _grid(x, s.norm1_bwd)
     launch(
-        _fenc_bwd_norm1_kernel, grid,
-        x, prm, dy1, dxd, bg, part, t, n_tb, eps, total, *_xs(x),
-        GB=s.band_chunk, **kw, **consts,
-    )  # fmt: skip
+        _fenc_bwd_norm1_kernel,
+        grid,
+        x,
+        prm,
+        dy1,
+        dxd,
+        bg,
+        part,
+        t,
+        n_tb,
+        eps,
+        total,
+        *_xs(x),
+        GB=s.band_chunk,
+        **kw,
+        **consts,
+    )
     grid, n_tb, kw = _grid(x, s.softmax_bwd)
     launch(
-        _fenc_bwd_softmax_kernel, grid,
-        x, prm, dxd, bg, dx, t, n_tb, *_xs(x), *_xs(dx),
-        GB=s.band_chunk, **kw, **consts,
-    )  # fmt: skip
+        _fenc_bwd_softmax_kernel,
+        grid,
+        x,
+        prm,
+        dxd,
+        bg,
+        dx,
+        t,
+        n_tb,
+        *_xs(x),
+        *_xs(dx),
+        GB=s.band_chunk,
+        **kw,
+        **consts,
+    )
     # partial rows summed in float64, in a fixed order: deterministic and one rounding
     return [dx, d_time, part.double().sum(dim=0).to(params.dtype)]
 

@@ -97,10 +97,16 @@ def time_case(case, provider, dtype, batch, cfg):
         host = (time.perf_counter() - t0) / 20 * 1e3
         torch.cuda.synchronize()
     return dict(
-        case=case, provider=provider, dtype=dtype, batch=batch, frames=cfg.frames,
-        median_ms=ms, rel_err_vs_eager=err, host_ms_per_call=host,
+        case=case,
+        provider=provider,
+        dtype=dtype,
+        batch=batch,
+        frames=cfg.frames,
+        median_ms=ms,
+        rel_err_vs_eager=err,
+        host_ms_per_call=host,
         peak_mem_mb=torch.cuda.max_memory_allocated() / 2**20,
-    )  # fmt: skip
+    )
 
 
 def main() -> int:
@@ -108,8 +114,11 @@ def main() -> int:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"])
-    ap.add_argument("--case", nargs="+",
-                    default=["freq_encoder_fwd", "freq_encoder_fwd_bwd", "front_end_fwd", "full_fwd"])  # fmt: skip
+    ap.add_argument(
+        "--case",
+        nargs="+",
+        default=["freq_encoder_fwd", "freq_encoder_fwd_bwd", "front_end_fwd", "full_fwd"],
+    )
     ap.add_argument("--provider", nargs="+", default=["eager", "compile", "fused", "cudagraph"])
     args = ap.parse_args()
     cfg = ATFNNConfig()

@@ -91,11 +91,21 @@ def main() -> None:
             make_wav(wav, minutes)
         for kind in args.predictors:
             source = ["--checkpoint", str(ckpt)] if kind == "checkpoint" else ["--onnx", str(onnx)]
-            cmd = [sys.executable, "-m", "atfnn_fast.app.cli", "predict", *source, *extra, "--json",
-                   str(wav)]  # fmt: skip
+            cmd = [
+                sys.executable,
+                "-m",
+                "atfnn_fast.app.cli",
+                "predict",
+                *source,
+                *extra,
+                "--json",
+                str(wav),
+            ]
             rss, seconds, code = peak_rss(cmd, env)
-            print(f"| {kind} | {minutes:g} min | {rss:,.0f} MiB | {seconds:.0f} s | {code} |",
-                  flush=True)  # fmt: skip
+            print(
+                f"| {kind} | {minutes:g} min | {rss:,.0f} MiB | {seconds:.0f} s | {code} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -24,9 +24,19 @@ DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 # Small sizes that keep every divisibility rule of the contract but run in milliseconds.
 TINY = dict(
-    num_classes=3, n_mels=10, frames=16, channels=4, f_group=5, t_group=8, num_heads=2,
-    ffn_channels=6, ffn_kernel=5, lstm_hidden=5, lstm_layers=2, dropout=0.0,
-)  # fmt: skip
+    num_classes=3,
+    n_mels=10,
+    frames=16,
+    channels=4,
+    f_group=5,
+    t_group=8,
+    num_heads=2,
+    ffn_channels=6,
+    ffn_kernel=5,
+    lstm_hidden=5,
+    lstm_layers=2,
+    dropout=0.0,
+)
 
 VARIANTS = {
     "ATFNN": {},

@@ -65,11 +65,24 @@ def _train(args: argparse.Namespace) -> int:
     from .train import TrainConfig, train
 
     tc = TrainConfig(
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-        preset=args.preset, device=args.device, amp=args.amp, hop=args.hop,
-    )  # fmt: skip
-    best = train(args.manifest, args.out, fold=args.fold, protocol=args.protocol, tc=tc,
-                 resume=args.resume, overwrite=args.overwrite)  # fmt: skip
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        preset=args.preset,
+        device=args.device,
+        amp=args.amp,
+        hop=args.hop,
+    )
+    best = train(
+        args.manifest,
+        args.out,
+        fold=args.fold,
+        protocol=args.protocol,
+        tc=tc,
+        resume=args.resume,
+        overwrite=args.overwrite,
+    )
     if best is not None:  # rank 0: the last line is the best checkpoint's directory
         print(best)
     return 0
@@ -110,10 +123,16 @@ def _export(args: argparse.Namespace) -> int:
     output = Path(args.output)
     target = output.with_name(f".{output.name}.validating") if args.validate else output
     path = export_onnx(
-        ckpt.model, target, opset=args.opset, dynamic_batch=not args.static_batch,
-        dtype=args.dtype, labels=ckpt.labels, norm_stats=ckpt.norm_stats,
-        features=ckpt.features, quantize=args.quantize,
-    )  # fmt: skip
+        ckpt.model,
+        target,
+        opset=args.opset,
+        dynamic_batch=not args.static_batch,
+        dtype=args.dtype,
+        labels=ckpt.labels,
+        norm_stats=ckpt.norm_stats,
+        features=ckpt.features,
+        quantize=args.quantize,
+    )
     if args.validate:
         failed = output.with_name(output.name + ".failed")
         try:
@@ -139,8 +158,10 @@ def _export(args: argparse.Namespace) -> int:
     print(f"wrote {path} ({ckpt.config.variant}, {kind})")
     status = 0
     if args.quantize:
-        print("TensorRT readiness: not applicable (the int8 graph uses ONNX Runtime's "
-              "com.microsoft ops; export float32 or float16 for TensorRT)")  # fmt: skip
+        print(
+            "TensorRT readiness: not applicable (the int8 graph uses ONNX Runtime's "
+            "com.microsoft ops; export float32 or float16 for TensorRT)"
+        )
         return status
     problems = check_tensorrt_ready(path)
     if problems:
@@ -155,9 +176,12 @@ def _predict(args: argparse.Namespace) -> int:
     from .predict import load_predictor, predict_files
 
     predictor = load_predictor(
-        checkpoint=args.checkpoint, onnx=args.onnx, device=args.device,
-        batch_size=args.batch_size, provider=args.provider,
-    )  # fmt: skip
+        checkpoint=args.checkpoint,
+        onnx=args.onnx,
+        device=args.device,
+        batch_size=args.batch_size,
+        provider=args.provider,
+    )
     return predict_files(predictor, args.files, json_list=args.json, debug=_debug(args))
 
 
@@ -215,18 +239,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "--debug", action="store_true", default=argparse.SUPPRESS,
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
         help=f"show the full traceback of an error (or set {DEBUG_ENV}=1)",
-    )  # fmt: skip
+    )
     parser = _Parser(
         prog="atfnn-fast",
         description="ATFNN speech emotion recognition: fused front-end, ONNX export.",
     )
     parser.add_argument("--version", action="version", version=f"atfnn-fast {__version__}")
     parser.add_argument(
-        "--debug", action="store_true", help=f"show the full traceback of an error (or set "
-        f"{DEBUG_ENV}=1)",
-    )  # fmt: skip
+        "--debug",
+        action="store_true",
+        help=f"show the full traceback of an error (or set {DEBUG_ENV}=1)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     positive = _int_in(1)
 
@@ -234,14 +261,29 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", parents=[common], help="run the default model on the bundled recording"
     )
     demo.add_argument("--device", choices=DEVICES, default=_default(run, "device"))
-    demo.add_argument("--hop", type=positive, default=_default(run, "hop"),
-                      help="segment hop in frames (default %(default)s)")  # fmt: skip
-    demo.add_argument("--repeats", type=positive, default=_default(run, "repeats"),
-                      help="timed forward passes (default %(default)s)")  # fmt: skip
-    demo.add_argument("--out", default=_default(run_pipeline, "out_dir"),
-                      help="folder for the demo's files (default %(default)s)")  # fmt: skip
-    demo.add_argument("--epochs", type=positive, default=_default(run_pipeline, "epochs"),
-                      help="training epochs (default %(default)s)")  # fmt: skip
+    demo.add_argument(
+        "--hop",
+        type=positive,
+        default=_default(run, "hop"),
+        help="segment hop in frames (default %(default)s)",
+    )
+    demo.add_argument(
+        "--repeats",
+        type=positive,
+        default=_default(run, "repeats"),
+        help="timed forward passes (default %(default)s)",
+    )
+    demo.add_argument(
+        "--out",
+        default=_default(run_pipeline, "out_dir"),
+        help="folder for the demo's files (default %(default)s)",
+    )
+    demo.add_argument(
+        "--epochs",
+        type=positive,
+        default=_default(run_pipeline, "epochs"),
+        help="training epochs (default %(default)s)",
+    )
     demo.add_argument("--model-only", action="store_true", help="skip the training pipeline")
     demo.set_defaults(func=_demo)
 
@@ -263,13 +305,17 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--manifest", required=True)
     tr.add_argument("--out", required=True)
     tr.add_argument("--protocol", choices=PROTOCOLS, default=_default(train, "protocol"))
-    tr.add_argument("--fold", default=_default(train, "fold"),
-                    help="a speaker (loso), a session, or all (default %(default)s)")  # fmt: skip
+    tr.add_argument(
+        "--fold",
+        default=_default(train, "fold"),
+        help="a speaker (loso), a session, or all (default %(default)s)",
+    )
     tr.add_argument("--epochs", type=positive, default=default("epochs"))
     tr.add_argument("--batch-size", type=positive, default=default("batch_size"))
     tr.add_argument("--lr", type=_positive_float, default=default("lr"))
-    tr.add_argument("--hop", type=positive, default=default("hop"),
-                    help="training segment hop in frames")  # fmt: skip
+    tr.add_argument(
+        "--hop", type=positive, default=default("hop"), help="training segment hop in frames"
+    )
     tr.add_argument("--preset", choices=tuple(PRESETS), default=default("preset"))
     tr.add_argument("--device", choices=DEVICES, default=default("device"))
     tr.add_argument("--amp", choices=AMP_MODES, default=default("amp"))
@@ -302,23 +348,34 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", parents=[common], help="export a checkpoint to ONNX")
     export.add_argument("--checkpoint", required=True, help="checkpoint directory")
     export.add_argument("--output", required=True, help="the .onnx file to write")
-    export.add_argument("--validate", action="store_true",
-                        help="check it in ONNX Runtime; a failing graph is kept as OUTPUT.failed")  # fmt: skip
+    export.add_argument(
+        "--validate",
+        action="store_true",
+        help="check it in ONNX Runtime; a failing graph is kept as OUTPUT.failed",
+    )
     export.add_argument("--dtype", choices=tuple(DTYPES), default=_default(export_onnx, "dtype"))
-    export.add_argument("--opset", type=_int_in(DEFAULT_OPSET), default=None,
-                        help=f"ONNX opset (>= {DEFAULT_OPSET})")  # fmt: skip
+    export.add_argument(
+        "--opset",
+        type=_int_in(DEFAULT_OPSET),
+        default=None,
+        help=f"ONNX opset (>= {DEFAULT_OPSET})",
+    )
     export.add_argument(
         "--static-batch", action="store_true", help="batch fixed at 1 (default: dynamic)"
     )
     export.add_argument(
-        "--quantize", choices=("int8",), default=None,
+        "--quantize",
+        choices=("int8",),
+        default=None,
         help="int8: dynamically quantised weights (ONNX Runtime on a CPU)",
-    )  # fmt: skip
+    )
     export.add_argument(
-        "--audio", nargs="+", metavar="PATH",
+        "--audio",
+        nargs="+",
+        metavar="PATH",
         help="with --validate: audio files, folders or manifest CSVs for the real-feature "
         "check (the bundled recording is always used)",
-    )  # fmt: skip
+    )
     export.set_defaults(func=_export)
 
     predict = sub.add_parser("predict", parents=[common], help="label audio files")
@@ -326,17 +383,24 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--checkpoint", help="a checkpoint directory (PyTorch)")
     source.add_argument("--onnx", help="an exported .onnx file (ONNX Runtime)")
     predict.add_argument("--json", action="store_true", help="print a JSON list")
-    predict.add_argument("--device", default=_default(load_predictor, "device"),
-                         help="with --checkpoint (default %(default)s)")  # fmt: skip
     predict.add_argument(
-        "--batch-size", type=_int_in(1, MAX_BATCH_SIZE), default=DEFAULT_BATCH_SIZE,
+        "--device",
+        default=_default(load_predictor, "device"),
+        help="with --checkpoint (default %(default)s)",
+    )
+    predict.add_argument(
+        "--batch-size",
+        type=_int_in(1, MAX_BATCH_SIZE),
+        default=DEFAULT_BATCH_SIZE,
         help=f"segments per forward pass (default {DEFAULT_BATCH_SIZE}); memory does not "
         "grow with the files' length",
-    )  # fmt: skip
+    )
     predict.add_argument(
-        "--provider", choices=PROVIDER_CHOICES, default=_default(load_predictor, "provider"),
+        "--provider",
+        choices=PROVIDER_CHOICES,
+        default=_default(load_predictor, "provider"),
         help="with --onnx: ONNX Runtime execution provider (default auto: CUDA if present)",
-    )  # fmt: skip
+    )
     predict.add_argument("files", nargs="+", metavar="FILE", help="audio files")
     predict.set_defaults(func=_predict)
     return parser

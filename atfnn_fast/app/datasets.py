@@ -79,9 +79,14 @@ def _casia(root: Path) -> list[Item]:
 
 
 EMODB_EMOTIONS = {
-    "W": "anger", "L": "boredom", "E": "disgust", "A": "fear", "F": "happiness",
-    "T": "sadness", "N": "neutral",
-}  # fmt: skip
+    "W": "anger",
+    "L": "boredom",
+    "E": "disgust",
+    "A": "fear",
+    "F": "happiness",
+    "T": "sadness",
+    "N": "neutral",
+}
 _EMODB_NAME = re.compile(r"^(\d\d)[a-z]\d\d([WLEAFTN])[a-z]$")
 
 
@@ -95,9 +100,15 @@ def _emodb(root: Path) -> list[Item]:
 
 
 RAVDESS_EMOTIONS = {
-    "01": "neutral", "02": "calm", "03": "happy", "04": "sad", "05": "angry",
-    "06": "fearful", "07": "disgust", "08": "surprised",
-}  # fmt: skip
+    "01": "neutral",
+    "02": "calm",
+    "03": "happy",
+    "04": "sad",
+    "05": "angry",
+    "06": "fearful",
+    "07": "disgust",
+    "08": "surprised",
+}
 
 
 def _ravdess(root: Path) -> list[Item]:
@@ -116,9 +127,13 @@ def _ravdess(root: Path) -> list[Item]:
 
 
 CREMAD_EMOTIONS = {
-    "ANG": "angry", "DIS": "disgust", "FEA": "fear", "HAP": "happy", "NEU": "neutral",
+    "ANG": "angry",
+    "DIS": "disgust",
+    "FEA": "fear",
+    "HAP": "happy",
+    "NEU": "neutral",
     "SAD": "sad",
-}  # fmt: skip
+}
 
 
 def _cremad(root: Path) -> list[Item]:
@@ -140,9 +155,12 @@ def prepare(
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: corpus folder not found")
     readers = {
-        "iemocap": lambda r: _iemocap(r, merge_excited), "casia": _casia, "emodb": _emodb,
-        "ravdess": _ravdess, "cremad": _cremad,
-    }  # fmt: skip
+        "iemocap": lambda r: _iemocap(r, merge_excited),
+        "casia": _casia,
+        "emodb": _emodb,
+        "ravdess": _ravdess,
+        "cremad": _cremad,
+    }
     items = readers[dataset](root)
     if not items:
         raise ManifestError(f"{root}: no {dataset} utterances found (is this the corpus root?)")

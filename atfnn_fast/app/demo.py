@@ -116,31 +116,53 @@ def run_pipeline(out_dir="demo-output", epochs: int = 12, seed: int = 0, out=Non
     best = train(manifest, out_dir / "runs", fold="spk1", tc=tc, overwrite=True)  # a re-run
     fold_dir = best.parent
     metrics = json.loads((fold_dir / "metrics.json").read_text())
-    say(f"test speaker   spk1: WAR {metrics['war']:.1%}, UAR {metrics['uar']:.1%} "
-        f"(chance {1 / len(CLASSES):.0%}), best epoch {metrics['best_epoch']}")  # fmt: skip
+    say(
+        f"test speaker   spk1: WAR {metrics['war']:.1%}, UAR {metrics['uar']:.1%} "
+        f"(chance {1 / len(CLASSES):.0%}), best epoch {metrics['best_epoch']}"
+    )
     say(f"confusion      {fold_dir / 'confusion.png'}")
     example = out_dir / "corpus" / "spk1" / "high_rising_0.wav"
     att = plot_attention(best, example, out_dir / "attention.png")
     say(f"attention      {att}")
     ckpt = load_checkpoint(best)
-    onnx_path = export_onnx(ckpt.model, out_dir / "model.onnx", labels=ckpt.labels,
-                            norm_stats=ckpt.norm_stats, features=ckpt.features)  # fmt: skip
+    onnx_path = export_onnx(
+        ckpt.model,
+        out_dir / "model.onnx",
+        labels=ckpt.labels,
+        norm_stats=ckpt.norm_stats,
+        features=ckpt.features,
+    )
     report = validate_onnx(onnx_path, ckpt.model, batch_sizes=(1, 7))
     worst = max(r.max_rel for r in report.results)
-    say(f"onnx           {onnx_path}: max relative error {worst:.1e} vs eager "
+    say(
+        f"onnx           {onnx_path}: max relative error {worst:.1e} vs eager "
         f"({'PASS' if report.passed else 'FAIL'}); TensorRT problems: "
-        f"{len(check_tensorrt_ready(onnx_path))}")  # fmt: skip
-    int8_path = export_onnx(ckpt.model, out_dir / "model-int8.onnx", quantize="int8",
-                            labels=ckpt.labels, norm_stats=ckpt.norm_stats,
-                            features=ckpt.features)  # fmt: skip
-    int8 = validate_onnx(int8_path, ckpt.model, batch_sizes=(1,), audio=[manifest],
-                         raise_on_failure=False)  # fmt: skip
+        f"{len(check_tensorrt_ready(onnx_path))}"
+    )
+    int8_path = export_onnx(
+        ckpt.model,
+        out_dir / "model-int8.onnx",
+        quantize="int8",
+        labels=ckpt.labels,
+        norm_stats=ckpt.norm_stats,
+        features=ckpt.features,
+    )
+    int8 = validate_onnx(
+        int8_path, ckpt.model, batch_sizes=(1,), audio=[manifest], raise_on_failure=False
+    )
     a, sp = int8.agreement, int8.speed
-    say(f"onnx int8      {int8_path}: top-1 agreement with float32 eager {a.top1:.1%} of "
+    say(
+        f"onnx int8      {int8_path}: top-1 agreement with float32 eager {a.top1:.1%} of "
         f"{a.segments} segments ({a.top1_files:.1%} of {a.files} files), largest "
         f"probability difference {a.max_prob_diff:.3f}; {sp.ratio:.1f}x eager at batch "
-        f"{sp.batch} ({'PASS' if int8.passed else 'FAIL'})")  # fmt: skip
+        f"{sp.batch} ({'PASS' if int8.passed else 'FAIL'})"
+    )
     seconds = time.perf_counter() - start
     say(f"pipeline       {seconds:.0f} s on {torch.get_num_threads()} CPU threads")
-    return {"metrics": metrics, "seconds": seconds, "onnx_max_rel": worst,
-            "int8_agreement": a.top1, "checkpoint": str(best)}  # fmt: skip
+    return {
+        "metrics": metrics,
+        "seconds": seconds,
+        "onnx_max_rel": worst,
+        "int8_agreement": a.top1,
+        "checkpoint": str(best),
+    }

@@ -26,9 +26,14 @@ from atfnn_fast.manifest import Item, read_manifest
 
 @torch.no_grad()
 def predict_items(
-    model, items: list[Item], mels: dict, stats: NormStats, cfg: ATFNNConfig,
-    feats: FeatureConfig, device: torch.device,
-) -> list[int]:  # fmt: skip
+    model,
+    items: list[Item],
+    mels: dict,
+    stats: NormStats,
+    cfg: ATFNNConfig,
+    feats: FeatureConfig,
+    device: torch.device,
+) -> list[int]:
     """The predicted class index of each utterance (its log-Mel matrix in ``mels``)."""
     model.eval()
 
@@ -62,11 +67,13 @@ def evaluate(checkpoint, manifest, out=None, device: str = "cpu", cache=None) ->
     unknown = sorted({i.label for i in items} - set(labels))
     if unknown:
         raise ValueError(f"{manifest}: labels {unknown} are not among the model's {labels}")
-    cache = FeatureCache(cache or Path(manifest).resolve().parent / ".atfnn-cache",
-                         ckpt.config.n_mels, ckpt.features)  # fmt: skip
+    cache = FeatureCache(
+        cache or Path(manifest).resolve().parent / ".atfnn-cache", ckpt.config.n_mels, ckpt.features
+    )
     mels = cache.warm(items)
-    metrics = evaluate_items(ckpt.model, items, mels, ckpt.norm_stats, ckpt.config,
-                             ckpt.features, labels, device)  # fmt: skip
+    metrics = evaluate_items(
+        ckpt.model, items, mels, ckpt.norm_stats, ckpt.config, ckpt.features, labels, device
+    )
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)

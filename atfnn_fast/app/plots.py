@@ -40,14 +40,22 @@ def plot_attention(checkpoint, audio, output: str | os.PathLike, device: str = "
     import matplotlib.pyplot as plt
 
     lm, w_f, w_t = attention_maps(checkpoint, audio, device)
-    panels = [("log-Mel spectrogram", lm, "magma"), ("F-Attention weights", w_f, "viridis"),
-              ("T-Attention weights", w_t, "viridis")]  # fmt: skip
+    panels = [
+        ("log-Mel spectrogram", lm, "magma"),
+        ("F-Attention weights", w_f, "viridis"),
+        ("T-Attention weights", w_t, "viridis"),
+    ]
     panels = [p for p in panels if p[1] is not None]
     fig, axes = plt.subplots(len(panels), 1, figsize=(10, 2.6 * len(panels)), sharex=True)
     seconds = lm.shape[1] / 100  # 10 ms hop
     for ax, (title, data, cmap) in zip(axes, panels, strict=True):
-        image = ax.imshow(data.numpy(), origin="lower", aspect="auto", cmap=cmap,
-                          extent=(0, seconds, 0, data.shape[0]))  # fmt: skip
+        image = ax.imshow(
+            data.numpy(),
+            origin="lower",
+            aspect="auto",
+            cmap=cmap,
+            extent=(0, seconds, 0, data.shape[0]),
+        )
         ax.axhline(50, color="white", linestyle="--", linewidth=1)
         ax.set_ylabel("Mel band")
         ax.set_title(title)

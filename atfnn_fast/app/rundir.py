@@ -19,8 +19,15 @@ from atfnn_fast.errors import RunError, UsageError
 LOCK_FILE = ".lock"
 # what the trainer writes in a fold directory; --overwrite deletes these and nothing else
 # (state.json and optimizer.pt at the top are the layout before resume state moved into last/)
-RUN_FILES = ("best", "last", "log.jsonl", "metrics.json", "confusion.png", "state.json",
-             "optimizer.pt")  # fmt: skip
+RUN_FILES = (
+    "best",
+    "last",
+    "log.jsonl",
+    "metrics.json",
+    "confusion.png",
+    "state.json",
+    "optimizer.pt",
+)
 
 
 def inside(out: str | os.PathLike, *parts: str) -> Path:

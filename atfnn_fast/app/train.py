@@ -255,10 +255,18 @@ def train_fold(
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     run = FoldRun(
-        manifest=Path(manifest), folder=inside(out, fold), fold=fold, protocol=protocol,
-        tc=tc, labels=labels, device=device, rank=rank, world=world,
-        cfg=ATFNNConfig(num_classes=len(labels), **PRESETS[tc.preset]), feats=FeatureConfig(),
-    )  # fmt: skip
+        manifest=Path(manifest),
+        folder=inside(out, fold),
+        fold=fold,
+        protocol=protocol,
+        tc=tc,
+        labels=labels,
+        device=device,
+        rank=rank,
+        world=world,
+        cfg=ATFNNConfig(num_classes=len(labels), **PRESETS[tc.preset]),
+        feats=FeatureConfig(),
+    )
     if rank != 0:
         return _run_fold(run, resume, cache, items, (train, val, test))
     run.folder.mkdir(parents=True, exist_ok=True)
@@ -351,8 +359,9 @@ def _prepare_data(run: FoldRun, cache, items: list[Item], train: list[Item]) -> 
     index = {label: k for k, label in enumerate(run.labels)}
     segs, ys = [], []
     for item in train:
-        s = stats.apply(segment(mels[item.path], run.cfg.frames, run.tc.hop,
-                                run.feats.silence_value))  # fmt: skip
+        s = stats.apply(
+            segment(mels[item.path], run.cfg.frames, run.tc.hop, run.feats.silence_value)
+        )
         segs.append(s)
         ys += [index[item.label]] * s.shape[0]
     return FoldData(mels, stats, torch.cat(segs).unsqueeze(1), torch.tensor(ys))
@@ -394,37 +403,56 @@ def _run_epoch(run: FoldRun, net, optimizer, data: FoldData, epoch: int) -> floa
     return total / max(1, count)
 
 
-def _commit_epoch(run: FoldRun, model, optimizer, data: FoldData, val: list[Item],
-                  state: dict, epoch: int, loss: float, start: float) -> dict:  # fmt: skip
+def _commit_epoch(
+    run: FoldRun,
+    model,
+    optimizer,
+    data: FoldData,
+    val: list[Item],
+    state: dict,
+    epoch: int,
+    loss: float,
+    start: float,
+) -> dict:
     """Rank 0: score the validation utterances, write ``best`` when the validation UAR
     improved, then commit the epoch (``last``: weights, optimiser and state in one
     rename) and rewrite ``log.jsonl``; returns the new state."""
     folder, tc = run.folder, run.tc
-    val_metrics = evaluate_items(model, val, data.mels, data.stats, run.cfg, run.feats,
-                                 run.labels, run.device)  # fmt: skip
+    val_metrics = evaluate_items(
+        model, val, data.mels, data.stats, run.cfg, run.feats, run.labels, run.device
+    )
     record = {
-        "epoch": epoch, "train_loss": loss, "val_war": val_metrics["war"],
-        "val_uar": val_metrics["uar"], "seconds": round(time.time() - start, 3),
-    }  # fmt: skip
+        "epoch": epoch,
+        "train_loss": loss,
+        "val_war": val_metrics["war"],
+        "val_uar": val_metrics["uar"],
+        "seconds": round(time.time() - start, 3),
+    }
     extra = {"fold": run.fold, "protocol": run.protocol, "epoch": epoch, "train": asdict(tc)}
     new = dict(state, epoch=epoch, history=[*state["history"], record])
     saved = dict(labels=run.labels, norm_stats=data.stats, features=run.feats)
     if val_metrics["uar"] > state["best_uar"]:
         new.update(best_uar=val_metrics["uar"], best_epoch=epoch)
-        save_checkpoint(inside(folder, "best"), model, **saved,
-                        extra={**extra, "val_uar": val_metrics["uar"]})  # fmt: skip
+        save_checkpoint(
+            inside(folder, "best"), model, **saved, extra={**extra, "val_uar": val_metrics["uar"]}
+        )
     buffer = io.BytesIO()
     torch.save(optimizer.state_dict(), buffer)
     # the one commit of this epoch: weights, optimizer and state in one rename
-    save_checkpoint(inside(folder, "last"), model, **saved, extra=extra,
-                    extra_files={"optimizer.pt": buffer.getvalue(),
-                                 "state.json": json.dumps(new).encode()})  # fmt: skip
+    save_checkpoint(
+        inside(folder, "last"),
+        model,
+        **saved,
+        extra=extra,
+        extra_files={"optimizer.pt": buffer.getvalue(), "state.json": json.dumps(new).encode()},
+    )
     write_log(folder, new["history"])
     print(
         f"{run.fold} epoch {epoch}: loss {record['train_loss']:.4f}, "
         f"val WAR {record['val_war']:.3f} UAR {record['val_uar']:.3f}",
-        file=sys.stderr, flush=True,
-    )  # fmt: skip
+        file=sys.stderr,
+        flush=True,
+    )
     return new
 
 
@@ -435,10 +463,16 @@ def _write_artefacts(run: FoldRun, data: FoldData, test: list[Item], state: dict
     if state["best_epoch"] is None:
         raise RunError(f"{folder}: no epoch was trained (--epochs {run.tc.epochs})")
     best = load_checkpoint(inside(folder, "best"), map_location=run.device).model
-    metrics = evaluate_items(best, test, data.mels, data.stats, run.cfg, run.feats,
-                             run.labels, run.device)  # fmt: skip
-    metrics.update(fold=run.fold, protocol=run.protocol, best_epoch=state["best_epoch"],
-                   val_uar=state["best_uar"], checkpoint=str(folder / "best"))  # fmt: skip
+    metrics = evaluate_items(
+        best, test, data.mels, data.stats, run.cfg, run.feats, run.labels, run.device
+    )
+    metrics.update(
+        fold=run.fold,
+        protocol=run.protocol,
+        best_epoch=state["best_epoch"],
+        val_uar=state["best_uar"],
+        checkpoint=str(folder / "best"),
+    )
     write_atomic(inside(folder, "metrics.json"), (json.dumps(metrics, indent=2) + "\n").encode())
     plot_confusion(
         metrics,
@@ -460,9 +494,16 @@ def summary_table(results: list[dict]) -> str:
 
 
 def train(
-    manifest, out, *, fold: str = "all", protocol: str = "loso", tc: TrainConfig | None = None,
-    resume: bool = False, cache=None, overwrite: bool = False,
-) -> Path | None:  # fmt: skip
+    manifest,
+    out,
+    *,
+    fold: str = "all",
+    protocol: str = "loso",
+    tc: TrainConfig | None = None,
+    resume: bool = False,
+    cache=None,
+    overwrite: bool = False,
+) -> Path | None:
     """One fold or all; returns the best checkpoint directory (of the fold with the best
     validation UAR when all folds run). Every fold is checked (labels, names) before the
     first one starts."""

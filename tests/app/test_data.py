@@ -22,11 +22,15 @@ def tone(path, seconds=0.3, rate=16000):
 
 def make_iemocap(root):
     lines = {
-        "Ses01F_impro01": [("Ses01F_impro01_F000", "neu"), ("Ses01F_impro01_M001", "ang"),
-                           ("Ses01F_impro01_F002", "exc"), ("Ses01F_impro01_M003", "fru")],
+        "Ses01F_impro01": [
+            ("Ses01F_impro01_F000", "neu"),
+            ("Ses01F_impro01_M001", "ang"),
+            ("Ses01F_impro01_F002", "exc"),
+            ("Ses01F_impro01_M003", "fru"),
+        ],
         "Ses01F_script01_1": [("Ses01F_script01_1_F000", "sad")],
         "Ses02M_impro03": [("Ses02M_impro03_M000", "hap"), ("Ses02M_impro03_F001", "sad")],
-    }  # fmt: skip
+    }
     for dialog, utts in lines.items():
         session = f"Session{int(dialog[3:5])}"
         text = [f"[{i}.0 - {i}.5]\t{u}\t{e}\t[2.5, 2.5, 2.5]" for i, (u, e) in enumerate(utts)]
@@ -78,8 +82,12 @@ def test_emodb(tmp_path):
 
 
 def test_ravdess_speech_only(tmp_path):
-    names = ["03-01-05-01-01-01-01", "03-01-01-01-02-02-12", "03-02-03-01-01-01-01",
-             "01-01-04-01-01-01-01"]  # fmt: skip
+    names = [
+        "03-01-05-01-01-01-01",
+        "03-01-01-01-02-02-12",
+        "03-02-03-01-01-01-01",
+        "01-01-04-01-01-01-01",
+    ]
     for name in names:
         tone(tmp_path / "RAVDESS" / f"Actor_{name[-2:]}" / f"{name}.wav")
     _, items = prepare("ravdess", tmp_path / "RAVDESS", tmp_path / "m.csv")
@@ -190,8 +198,13 @@ def test_plain_names_pass():
 
 
 def test_duplicate_rows_are_dropped_with_a_warning(tmp_path):
-    rows = [("a.wav", "sad", "s1"), ("b.wav", "angry", "s2"), ("a.wav", "sad", "s1"),
-            ("c.wav", "sad", "s2"), ("./b.wav", "angry", "s2")]  # fmt: skip
+    rows = [
+        ("a.wav", "sad", "s1"),
+        ("b.wav", "angry", "s2"),
+        ("a.wav", "sad", "s1"),
+        ("c.wav", "sad", "s2"),
+        ("./b.wav", "angry", "s2"),
+    ]
     manifest = write_rows(tmp_path / "m.csv", rows)
     with pytest.warns(manifest_csv.ManifestWarning) as record:
         items = read_manifest(manifest)

@@ -46,8 +46,15 @@ def test_nothing_points_outside_the_repository():
 def test_design_doc_covers_the_contract():
     text = DOC.read_text()
     for heading in (
-        "## Model math", "## State dict", "## Choices the paper leaves open", "## Kernels",
-        "### Band attention", "### F-Encoder kernels", "### Kernel resources", "### Dispatch",
-        "## ONNX export", "## Benchmarks",
-    ):  # fmt: skip
+        "## Model math",
+        "## State dict",
+        "## Choices the paper leaves open",
+        "## Kernels",
+        "### Band attention",
+        "### F-Encoder kernels",
+        "### Kernel resources",
+        "### Dispatch",
+        "## ONNX export",
+        "## Benchmarks",
+    ):
         assert f"\n{heading}\n" in text, heading

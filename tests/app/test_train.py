@@ -71,8 +71,25 @@ def test_resume_continues_exactly(corpus, tmp_path):
 
 
 def test_cli_train_all_folds_summary_and_last_line(corpus, tmp_path, capsys):
-    code = main(["train", "--manifest", str(corpus), "--out", str(tmp_path), "--fold", "all",
-                 "--epochs", "1", "--preset", "tiny", "--batch-size", "16", "--device", "cpu"])  # fmt: skip
+    code = main(
+        [
+            "train",
+            "--manifest",
+            str(corpus),
+            "--out",
+            str(tmp_path),
+            "--fold",
+            "all",
+            "--epochs",
+            "1",
+            "--preset",
+            "tiny",
+            "--batch-size",
+            "16",
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 0
     lines = capsys.readouterr().out.strip().splitlines()
     best = Path(lines[-1])
@@ -85,8 +102,20 @@ def test_cli_train_all_folds_summary_and_last_line(corpus, tmp_path, capsys):
 def test_cli_evaluate_and_plot_attention(corpus, tmp_path, capsys):
     train_fold(corpus, tmp_path, "spk2", tc=TrainConfig(epochs=1, **TINY))
     ckpt = tmp_path / "spk2" / "best"
-    assert main(["evaluate", "--checkpoint", str(ckpt), "--manifest", str(corpus),
-                 "--out", str(tmp_path / "eval")]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(ckpt),
+                "--manifest",
+                str(corpus),
+                "--out",
+                str(tmp_path / "eval"),
+            ]
+        )
+        == 0
+    )
     assert "WAR" in capsys.readouterr().out
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["utterances"] == len(read_manifest(corpus))
@@ -107,25 +136,63 @@ def test_cli_datasets_prepare(tmp_path, capsys):
             path.parent.mkdir(parents=True)
             sf.write(str(path), np.zeros(4000), 16000)
     out = tmp_path / "m.csv"
-    assert main(["datasets", "prepare", "--dataset", "casia", "--root", str(tmp_path / "CASIA"),
-                 "--out", str(out), "--features"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "datasets",
+                "prepare",
+                "--dataset",
+                "casia",
+                "--root",
+                str(tmp_path / "CASIA"),
+                "--out",
+                str(out),
+                "--features",
+            ]
+        )
+        == 0
+    )
     assert "4 utterances, 2 speakers" in capsys.readouterr().out
     assert len(list((tmp_path / ".atfnn-cache").glob("*.pt"))) == 4
 
 
 def test_summary_table():
-    rows = [{"fold": "a", "utterances": 10, "war": 0.5, "uar": 0.4},
-            {"fold": "b", "utterances": 10, "war": 0.7, "uar": 0.6}]  # fmt: skip
+    rows = [
+        {"fold": "a", "utterances": 10, "war": 0.5, "uar": 0.4},
+        {"fold": "b", "utterances": 10, "war": 0.7, "uar": 0.6},
+    ]
     assert "| mean | 20 | 60.00% | 50.00% |" in summary_table(rows)
 
 
 @pytest.mark.slow
 def test_ddp_with_gloo_two_processes(corpus, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", "29517", "-m", "atfnn_fast.app.cli", "train", "--manifest", str(corpus),
-           "--out", str(tmp_path), "--fold", "spk1", "--epochs", "2", "--preset", "tiny",
-           "--batch-size", "16", "--device", "cpu"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29517",
+        "-m",
+        "atfnn_fast.app.cli",
+        "train",
+        "--manifest",
+        str(corpus),
+        "--out",
+        str(tmp_path),
+        "--fold",
+        "spk1",
+        "--epochs",
+        "2",
+        "--preset",
+        "tiny",
+        "--batch-size",
+        "16",
+        "--device",
+        "cpu",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1].endswith(str(Path("spk1") / "best"))
@@ -184,8 +251,7 @@ def test_bf16_autocast_training_on_cpu(corpus, tmp_path):
 
 
 # ---------------------------------------------------------------- issue 13: reliability
-ARGS = ["--epochs", "1", "--preset", "tiny", "--batch-size", "16", "--hop", "32",
-        "--device", "cpu"]  # fmt: skip
+ARGS = ["--epochs", "1", "--preset", "tiny", "--batch-size", "16", "--hop", "32", "--device", "cpu"]
 
 
 def cli(capsys, *argv):
@@ -243,8 +309,9 @@ def test_fold_directory_symlinked_outside_out_is_refused(corpus, tmp_path, capsy
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "spk1").symlink_to(tmp_path / "elsewhere")
-    code, _, err = cli(capsys, "train", "--manifest", corpus, "--out", tmp_path / "out",
-                       "--fold", "spk1", *ARGS)  # fmt: skip
+    code, _, err = cli(
+        capsys, "train", "--manifest", corpus, "--out", tmp_path / "out", "--fold", "spk1", *ARGS
+    )
     assert code == 1
     assert err == [
         f"atfnn-fast: error: {tmp_path / 'out' / 'spk1'}: resolves to {tmp_path / 'elsewhere'}, "
@@ -297,10 +364,12 @@ def test_spreadsheet_manifest_with_duplicates_trains_on_each_file_once(corpus, t
     """BOM + CRLF (as spreadsheets save CSV) and two repeated rows of the test speaker."""
     header, rows = manifest_rows(corpus)
     spk1 = [r for r in rows if r[2] == "spk1"]
-    manifest = write_manifest_rows(corpus.parent / "excel.csv", header,
-                                   [*rows, spk1[0], spk1[1]], bom=True, newline="\r\n")  # fmt: skip
-    code, out, err = cli(capsys, "train", "--manifest", manifest, "--out", tmp_path / "o",
-                         "--fold", "spk1", *ARGS)  # fmt: skip
+    manifest = write_manifest_rows(
+        corpus.parent / "excel.csv", header, [*rows, spk1[0], spk1[1]], bom=True, newline="\r\n"
+    )
+    code, out, err = cli(
+        capsys, "train", "--manifest", manifest, "--out", tmp_path / "o", "--fold", "spk1", *ARGS
+    )
     assert code == 0 and out.strip().endswith(str(tmp_path / "o" / "spk1" / "best"))
     line = rows.index(spk1[0]) + 2, rows.index(spk1[1]) + 2
     assert err == [
@@ -316,8 +385,9 @@ def test_spreadsheet_manifest_with_duplicates_trains_on_each_file_once(corpus, t
 def finished_run(corpus, tmp_path_factory):
     """A one-epoch run of fold spk1, copied by the tests that change it."""
     out = tmp_path_factory.mktemp("run")
-    assert main(["train", "--manifest", str(corpus), "--out", str(out), "--fold", "spk1",
-                 *ARGS]) == 0  # fmt: skip
+    assert (
+        main(["train", "--manifest", str(corpus), "--out", str(out), "--fold", "spk1", *ARGS]) == 0
+    )
     return out
 
 
@@ -327,8 +397,7 @@ def copy_run(finished_run, tmp_path):
     return Path(shutil.copytree(finished_run, tmp_path / "run"))
 
 
-def test_existing_fold_directory_needs_resume_or_overwrite(corpus, finished_run, tmp_path,
-                                                            capsys):  # fmt: skip
+def test_existing_fold_directory_needs_resume_or_overwrite(corpus, finished_run, tmp_path, capsys):
     run = copy_run(finished_run, tmp_path)
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
     train_args = ["train", "--manifest", corpus, "--out", run, "--fold", "spk1", *ARGS]
@@ -356,8 +425,21 @@ def test_existing_fold_directory_needs_resume_or_overwrite(corpus, finished_run,
 
 def _start_training(corpus, out, epochs):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "atfnn_fast.app.cli", "train", "--manifest", str(corpus),
-           "--out", str(out), "--fold", "spk1", *ARGS[2:], "--epochs", str(epochs)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "atfnn_fast.app.cli",
+        "train",
+        "--manifest",
+        str(corpus),
+        "--out",
+        str(out),
+        "--fold",
+        "spk1",
+        *ARGS[2:],
+        "--epochs",
+        str(epochs),
+    ]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
@@ -374,8 +456,9 @@ def test_two_runs_at_once_and_a_stale_lock(corpus, tmp_path, capsys):
             assert first.poll() is None, first.stderr.read().decode()[-2000:]
             time.sleep(0.1)
         assert lock.read_text() == f"{first.pid}\n"
-        code, _, err = cli(capsys, "train", "--manifest", corpus, "--out", out, "--fold", "spk1",
-                           *ARGS, "--resume")  # fmt: skip
+        code, _, err = cli(
+            capsys, "train", "--manifest", corpus, "--out", out, "--fold", "spk1", *ARGS, "--resume"
+        )
         assert code == 1
         assert err == [
             f"atfnn-fast: error: {out / 'spk1'}: another run (PID {first.pid}) is writing to "
@@ -385,8 +468,9 @@ def test_two_runs_at_once_and_a_stale_lock(corpus, tmp_path, capsys):
         first.send_signal(signal.SIGKILL)  # no clean-up runs: the lock file stays behind
         first.wait()
     assert lock.read_text() == f"{first.pid}\n"
-    code, _, err = cli(capsys, "train", "--manifest", corpus, "--out", out, "--fold", "spk1",
-                       *ARGS, "--resume")  # fmt: skip
+    code, _, err = cli(
+        capsys, "train", "--manifest", corpus, "--out", out, "--fold", "spk1", *ARGS, "--resume"
+    )
     assert code == 0
     assert err[0] == (
         f"atfnn-fast: warning: {lock}: stale lock of PID {first.pid} (that run ended without "
@@ -416,8 +500,11 @@ def test_crash_between_the_writes_of_an_epoch_resumes_exactly(corpus, tmp_path, 
     straight, crashed = tmp_path / "straight", tmp_path / "crashed"
     common = ["--manifest", corpus, "--fold", "spk1", *ARGS[2:], "--epochs", "2"]
     assert cli(capsys, "train", "--out", straight, *common)[0] == 0
-    proc = subprocess.run([sys.executable, "-c", CRASH, "train", "--out", str(crashed),
-                           *map(str, common)], capture_output=True, text=True)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", CRASH, "train", "--out", str(crashed), *map(str, common)],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 9, proc.stderr[-2000:]
     code, _, _ = cli(capsys, "train", "--out", crashed, *common, "--resume")
     assert code == 0
@@ -448,57 +535,94 @@ def _break_optimizer(run):
 
 
 @pytest.mark.parametrize("breaker", [_break_state, _break_optimizer])
-def test_broken_resume_state_is_one_line_naming_the_file(corpus, finished_run, tmp_path, capsys,
-                                                          breaker):  # fmt: skip
+def test_broken_resume_state_is_one_line_naming_the_file(
+    corpus, finished_run, tmp_path, capsys, breaker
+):
     run = copy_run(finished_run, tmp_path)
     expected = breaker(run)
-    code, _, err = cli(capsys, "train", "--manifest", corpus, "--out", run, "--fold", "spk1",
-                       *ARGS[2:], "--epochs", "2", "--resume")  # fmt: skip
+    code, _, err = cli(
+        capsys,
+        "train",
+        "--manifest",
+        corpus,
+        "--out",
+        run,
+        "--fold",
+        "spk1",
+        *ARGS[2:],
+        "--epochs",
+        "2",
+        "--resume",
+    )
     assert code == 1 and len(err) == 1
     assert err[0].startswith(f"atfnn-fast: error: {expected}")
     assert "weights_only=False" not in err[0]
-    assert [json.loads(x)["epoch"] for x in (run / "spk1" / "log.jsonl").read_text().splitlines()
-            ] == [1]  # fmt: skip
+    assert [
+        json.loads(x)["epoch"] for x in (run / "spk1" / "log.jsonl").read_text().splitlines()
+    ] == [1]
 
 
 @pytest.mark.parametrize(
     "option,value,message",
     [
-        ("--batch-size", "0", "atfnn-fast train: error: argument --batch-size: must be >= 1, got 0"),
+        (
+            "--batch-size",
+            "0",
+            "atfnn-fast train: error: argument --batch-size: must be >= 1, got 0",
+        ),
         ("--epochs", "0", "atfnn-fast train: error: argument --epochs: must be >= 1, got 0"),
-        ("--lr", "nan", "atfnn-fast train: error: argument --lr: must be a positive number, got nan"),
+        (
+            "--lr",
+            "nan",
+            "atfnn-fast train: error: argument --lr: must be a positive number, got nan",
+        ),
         ("--hop", "x", "atfnn-fast train: error: argument --hop: expected an integer, got 'x'"),
-        ("--fold", "spk9", "atfnn-fast: error: fold 'spk9' has no utterances (folds: "
-                           "['spk1', 'spk2', 'spk3'])"),
-        ("--hop", "65", "atfnn-fast: error: TrainConfig.hop = 65 is longer than a segment "
-                        "(64 frames of preset 'tiny'): frames would be skipped"),
+        (
+            "--fold",
+            "spk9",
+            "atfnn-fast: error: fold 'spk9' has no utterances (folds: ['spk1', 'spk2', 'spk3'])",
+        ),
+        (
+            "--hop",
+            "65",
+            "atfnn-fast: error: TrainConfig.hop = 65 is longer than a segment "
+            "(64 frames of preset 'tiny'): frames would be skipped",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_options_are_usage_errors(corpus, tmp_path, capsys, option, value, message):
-    code, _, err = cli(capsys, "train", "--manifest", corpus, "--out", tmp_path / "o", *ARGS,
-                       option, value)  # fmt: skip
+    code, _, err = cli(
+        capsys, "train", "--manifest", corpus, "--out", tmp_path / "o", *ARGS, option, value
+    )
     assert (code, err) == (2, [message])
     assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_device_cuda_without_cuda(corpus, tmp_path, capsys):
-    for command in (["train", "--manifest", corpus, "--out", tmp_path / "o", *ARGS[:-2]],
-                    ["evaluate", "--checkpoint", tmp_path, "--manifest", corpus]):  # fmt: skip
+    for command in (
+        ["train", "--manifest", corpus, "--out", tmp_path / "o", *ARGS[:-2]],
+        ["evaluate", "--checkpoint", tmp_path, "--manifest", corpus],
+    ):
         code, _, err = cli(capsys, *command, "--device", "cuda")
-        assert (code, err) == (2, [
-            "atfnn-fast: error: --device cuda: CUDA is not available on this machine "
-            "(torch.cuda.is_available() is False); use --device cpu or auto"
-        ])  # fmt: skip
+        assert (code, err) == (
+            2,
+            [
+                "atfnn-fast: error: --device cuda: CUDA is not available on this machine "
+                "(torch.cuda.is_available() is False); use --device cpu or auto"
+            ],
+        )
     with pytest.raises(ValueError, match="CUDA is not available"):  # --debug: the traceback
         main(["--debug", *map(str, command), "--device", "cuda"])
 
 
 @pytest.mark.parametrize(
     "samples,reason",
-    [(np.full(8000, 3e38), "log-Mel features are not finite (samples too large?)"),
-     (np.r_[np.zeros(4000), np.nan, np.zeros(3999)], "audio contains NaN or Inf samples")],
-)  # fmt: skip
+    [
+        (np.full(8000, 3e38), "log-Mel features are not finite (samples too large?)"),
+        (np.r_[np.zeros(4000), np.nan, np.zeros(3999)], "audio contains NaN or Inf samples"),
+    ],
+)
 def test_non_finite_audio_names_the_file(corpus, tmp_path, capsys, samples, reason):
     import soundfile as sf
 
@@ -507,21 +631,35 @@ def test_non_finite_audio_names_the_file(corpus, tmp_path, capsys, samples, reas
     sf.write(str(bad), samples.astype(np.float32), 16000, subtype="FLOAT")
     rows[5][0] = str(bad)
     manifest = write_manifest_rows(corpus.parent / f"nonfinite{len(reason)}.csv", header, rows)
-    code, _, err = cli(capsys, "train", "--manifest", manifest, "--out", tmp_path / "o",
-                       "--fold", "spk1", *ARGS)  # fmt: skip
+    code, _, err = cli(
+        capsys, "train", "--manifest", manifest, "--out", tmp_path / "o", "--fold", "spk1", *ARGS
+    )
     assert (code, err) == (1, [f"atfnn-fast: error: {bad}: {reason}"])
 
 
 def test_errors_in_a_real_process_are_one_line_and_debug_shows_the_traceback(corpus, tmp_path):
-    cmd = [sys.executable, "-m", "atfnn_fast.app.cli", "train", "--manifest", str(corpus),
-           "--out", str(tmp_path), "--fold", "spk1", "--protocol", "session"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "atfnn_fast.app.cli",
+        "train",
+        "--manifest",
+        str(corpus),
+        "--out",
+        str(tmp_path),
+        "--fold",
+        "spk1",
+        "--protocol",
+        "session",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr == (
         "atfnn-fast: error: protocol 'session' needs a session column in the manifest, with a "
         "value on every row\n"
     )
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ,
-                                                                      "ATFNN_DEBUG": "1"})  # fmt: skip
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, env={**os.environ, "ATFNN_DEBUG": "1"}
+    )
     assert proc.returncode == 1 and "Traceback (most recent call last)" in proc.stderr
     assert "UsageError: protocol 'session' needs" in proc.stderr

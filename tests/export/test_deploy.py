@@ -82,8 +82,12 @@ def test_graph_layout_needs_few_transposes(fp32_and_int8):
     assert "ConstantOfShape" not in ops and "Expand" not in ops
     # the F-Encoder's conv FFN is two convolutions over one (T*B) x F image
     convs = [n for n in nodes if n.op_type == "Conv"]
-    kernels = [onnx.helper.get_attribute_value(a) for n in convs for a in n.attribute
-               if a.name == "kernel_shape"]  # fmt: skip
+    kernels = [
+        onnx.helper.get_attribute_value(a)
+        for n in convs
+        for a in n.attribute
+        if a.name == "kernel_shape"
+    ]
     assert sorted(map(list, kernels)) == [[1, 5], [1, 5], [1, 8], [5, 1]]
 
 
@@ -96,8 +100,10 @@ def test_exports_at_another_frame_count(tmp_path):
     cfg = tiny_config(frames=40)
     model = randomize(ATFNNReference(cfg), 0.3).eval()
     path = export_onnx(model, tmp_path / "m.onnx")
-    dims = [d.dim_param or d.dim_value for d in
-            onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim]  # fmt: skip
+    dims = [
+        d.dim_param or d.dim_value
+        for d in onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim
+    ]
     assert dims == ["batch", 1, 10, 40]
     assert validate_onnx(path, model, batch_sizes=(1, 3)).passed
     assert check_tensorrt_ready(path) == []
@@ -154,8 +160,7 @@ def test_float32_agreement_on_real_features_is_exact(fp32_and_int8, default_mode
         (folder / name).write_bytes(wave)
     manifest = tmp_path / "m.csv"
     manifest.write_text(f"path,label,speaker\n{folder / 'a.wav'},angry,s1\n")
-    assert audio_files([folder, manifest]) == [folder / "a.wav", folder / "b.wav",
-                                               folder / "a.wav"]  # fmt: skip
+    assert audio_files([folder, manifest]) == [folder / "a.wav", folder / "b.wav", folder / "a.wav"]
     report = validate_onnx(fp32, model, batch_sizes=(1,), audio=[folder])
     a = report.agreement
     assert a.files == 3 and a.top1 == 1.0 and a.top1_files == 1.0
@@ -213,11 +218,14 @@ def test_cpu_provider_and_bad_names(fp32_and_int8):
 def test_provider_that_fails_to_start_is_refused(fp32_and_int8, monkeypatch):
     """onnxruntime-gpu without its CUDA libraries falls back to the CPU: refused, not hidden."""
     real = ort.InferenceSession
-    monkeypatch.setattr(ort, "get_available_providers",
-                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])  # fmt: skip
-    monkeypatch.setattr(ort, "InferenceSession",
-                        lambda path, options, providers: real(path, options,
-                                                              providers=["CPUExecutionProvider"]))  # fmt: skip
+    monkeypatch.setattr(
+        ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
+    monkeypatch.setattr(
+        ort,
+        "InferenceSession",
+        lambda path, options, providers: real(path, options, providers=["CPUExecutionProvider"]),
+    )
     with pytest.raises(OnnxError, match="could not start CUDAExecutionProvider"):
         OnnxPredictor(fp32_and_int8[0], provider="cuda")
 
@@ -234,8 +242,9 @@ def test_float16_graph_takes_the_cuda_provider(tmp_path):
 
 @pytest.mark.skipif(HAS_CUDA_EP, reason="this onnxruntime has the CUDA provider")
 def test_cli_predict_provider_refusal_is_one_line(fp32_and_int8, capsys):
-    code = main(["predict", "--onnx", str(fp32_and_int8[0]), "--provider", "cuda",
-                 str(speech_sample())])  # fmt: skip
+    code = main(
+        ["predict", "--onnx", str(fp32_and_int8[0]), "--provider", "cuda", str(speech_sample())]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
     assert err.startswith("atfnn-fast: error: ") and "onnxruntime-gpu" in err

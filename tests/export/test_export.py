@@ -38,9 +38,12 @@ def exported(tmp_path_factory):
     model = randomize(ATFNN(ATFNNConfig(dropout=0.0)), 0.2).eval()
     stats = NormStats.fit([torch.randn(80, 50, dtype=torch.float64) * 2 - 5])
     path = export_onnx(
-        model, tmp_path_factory.mktemp("onnx") / "model.onnx", labels=LABELS,
-        norm_stats=stats, features=FeatureConfig(f_max=7600.0),
-    )  # fmt: skip
+        model,
+        tmp_path_factory.mktemp("onnx") / "model.onnx",
+        labels=LABELS,
+        norm_stats=stats,
+        features=FeatureConfig(f_max=7600.0),
+    )
     return path, model, stats
 
 
@@ -182,8 +185,11 @@ def test_bad_files_give_clear_errors(tmp_path, exported):
     truncated.write_bytes(exported[0].read_bytes()[:5000])
     plain = tmp_path / "plain.onnx"
     onnx.save(onnx.helper.make_model(onnx.helper.make_graph([], "g", [], [])), str(plain))
-    for path, pattern in ((garbage, "not a readable ONNX"), (truncated, "not a readable ONNX"),
-                          (plain, "not exported by atfnn-fast")):  # fmt: skip
+    for path, pattern in (
+        (garbage, "not a readable ONNX"),
+        (truncated, "not a readable ONNX"),
+        (plain, "not exported by atfnn-fast"),
+    ):
         with pytest.raises(OnnxError, match=pattern) as info:
             OnnxPredictor(path)
         assert str(path) in str(info.value)
@@ -246,8 +252,10 @@ def test_cli_export_and_predict(exported, tmp_path, capsys):
         assert set(broken) == {"path", "error"} and broken["path"] == files[2]
         assert broken["error"].startswith(f"{files[2]}: cannot decode audio")
         errors = captured.err.strip().splitlines()
-        assert errors == [f"atfnn-fast: error: {missing['error']}",
-                          f"atfnn-fast: error: {broken['error']}"]  # fmt: skip
+        assert errors == [
+            f"atfnn-fast: error: {missing['error']}",
+            f"atfnn-fast: error: {broken['error']}",
+        ]
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
@@ -319,18 +327,22 @@ def test_cli_batch_size_gives_the_same_scores_and_is_checked(tiny, capsys):
     speech = speech_sample()
     results = []
     for batch in ("1", "3", "64"):
-        code, out, err = predict_cli(capsys, "--onnx", tiny["dynamic"], "--batch-size", batch,
-                                     "--json", speech)  # fmt: skip
+        code, out, err = predict_cli(
+            capsys, "--onnx", tiny["dynamic"], "--batch-size", batch, "--json", speech
+        )
         assert code == 0 and err == []
         results.append(json.loads(out)[0]["scores"])
     assert results[0] == pytest.approx(results[1], abs=1e-6) == results[2]
-    for bad, why in (("0", "must be between 1 and 4096, got 0"),
-                     ("5000", "must be between 1 and 4096, got 5000")):  # fmt: skip
-        code, out, err = predict_cli(capsys, "--onnx", tiny["dynamic"], "--batch-size", bad,
-                                     speech)  # fmt: skip
-        assert (code, out, err) == (2, "", [
-            f"atfnn-fast predict: error: argument --batch-size: {why}"
-        ])  # fmt: skip
+    for bad, why in (
+        ("0", "must be between 1 and 4096, got 0"),
+        ("5000", "must be between 1 and 4096, got 5000"),
+    ):
+        code, out, err = predict_cli(capsys, "--onnx", tiny["dynamic"], "--batch-size", bad, speech)
+        assert (code, out, err) == (
+            2,
+            "",
+            [f"atfnn-fast predict: error: argument --batch-size: {why}"],
+        )
 
 
 def test_a_failing_file_does_not_lose_the_others(tiny, tmp_path, capsys, monkeypatch):
@@ -388,28 +400,46 @@ def _tamper_onnx(source, target, **props):
 @pytest.mark.parametrize(
     "change,message",
     [
-        (dict(frames=64), "metadata atfnn.config frames is 64, graph input 'spectrogram' dim 3 "
-                          "is 16"),
-        (dict(num_classes=4, labels=["a", "b", "c", "d"]),
-         "metadata atfnn.config num_classes is 4, graph output 'logits' dim 1 is 3"),
-        (dict(labels=["a", "b"]), "metadata atfnn.labels has 2 names, atfnn.config num_classes "
-                                  "is 3"),
+        (
+            dict(frames=64),
+            "metadata atfnn.config frames is 64, graph input 'spectrogram' dim 3 is 16",
+        ),
+        (
+            dict(num_classes=4, labels=["a", "b", "c", "d"]),
+            "metadata atfnn.config num_classes is 4, graph output 'logits' dim 1 is 3",
+        ),
+        (
+            dict(labels=["a", "b"]),
+            "metadata atfnn.labels has 2 names, atfnn.config num_classes is 3",
+        ),
         (dict(labels=[1, 2, 3]), "metadata atfnn.labels must be a list of names, got [1, 2, 3]"),
-        (dict(dtype="float16"), "metadata atfnn.dtype is 'float16', the graph input "
-                                "'spectrogram' has element type 1 (ONNX TensorProto; float32 "
-                                "is 1, float16 is 10)"),
-        (dict(dtype="int8"), "metadata atfnn.dtype is 'int8', expected one of ['float16', "
-                             "'float32']"),
-        (dict(format_version="2"), "metadata atfnn.format_version is '2', this atfnn-fast "
-                                   "reads '1'"),
-        (dict(n_mels=20, f_group=5), "metadata atfnn.norm_stats has 10 bands, atfnn.config "
-                                     "n_mels is 20"),
-        (dict(frames=80_000_000), "metadata atfnn.config: frames = 80000000 exceeds the limit "
-                                  "of 8192"),
+        (
+            dict(dtype="float16"),
+            "metadata atfnn.dtype is 'float16', the graph input "
+            "'spectrogram' has element type 1 (ONNX TensorProto; float32 "
+            "is 1, float16 is 10)",
+        ),
+        (
+            dict(dtype="int8"),
+            "metadata atfnn.dtype is 'int8', expected one of ['float16', 'float32']",
+        ),
+        (
+            dict(format_version="2"),
+            "metadata atfnn.format_version is '2', this atfnn-fast reads '1'",
+        ),
+        (
+            dict(n_mels=20, f_group=5),
+            "metadata atfnn.norm_stats has 10 bands, atfnn.config n_mels is 20",
+        ),
+        (
+            dict(frames=80_000_000),
+            "metadata atfnn.config: frames = 80000000 exceeds the limit of 8192",
+        ),
     ],
-)  # fmt: skip
-def test_tampered_onnx_metadata_is_refused_naming_field_file_and_values(tiny, tmp_path, capsys,
-                                                                        change, message):  # fmt: skip
+)
+def test_tampered_onnx_metadata_is_refused_naming_field_file_and_values(
+    tiny, tmp_path, capsys, change, message
+):
     config = json.loads(read_metadata(tiny["dynamic"])["config"].to_json())
     props = {}
     for key in ("labels", "dtype", "format_version"):
@@ -464,18 +494,26 @@ def test_tampered_checkpoints_are_refused_before_use(tiny, tmp_path, capsys):
     digest = hashlib.sha256((nan / "model.safetensors").read_bytes()).hexdigest()
     meta(nan, weights_sha256=digest)  # the checksum matches the tampered weights
     code, out, err = predict_cli(capsys, "--checkpoint", nan, speech)
-    assert (code, out, err) == (1, "", [
-        f"atfnn-fast: error: {nan / 'model.safetensors'}: non-finite (NaN or Inf) weights in "
-        "classifier.bias (1 of 3)"
-    ])  # fmt: skip
+    assert (code, out, err) == (
+        1,
+        "",
+        [
+            f"atfnn-fast: error: {nan / 'model.safetensors'}: non-finite (NaN or Inf) weights in "
+            "classifier.bias (1 of 3)"
+        ],
+    )
 
-    for field, value, limit in (("frames", 80_000_000, "exceeds the limit of 8192"),
-                                ("num_classes", 10**9, "exceeds the limit of 1000")):  # fmt: skip
+    for field, value, limit in (
+        ("frames", 80_000_000, "exceeds the limit of 8192"),
+        ("num_classes", 10**9, "exceeds the limit of 1000"),
+    ):
         huge = meta(copy(f"huge_{field}"), model={field: value}, labels=None)
         code, out, err = predict_cli(capsys, "--checkpoint", huge, speech)
-        assert (code, out, err) == (1, "", [
-            f"atfnn-fast: error: {huge / 'config.json'}: {field} = {value} {limit}"
-        ])  # fmt: skip
+        assert (code, out, err) == (
+            1,
+            "",
+            [f"atfnn-fast: error: {huge / 'config.json'}: {field} = {value} {limit}"],
+        )
 
 
 def test_failed_export_validation_keeps_no_output(tiny, tmp_path, capsys, monkeypatch):

@@ -74,8 +74,16 @@ def run_both(*inputs, with_map_grad=True):
     def exact(source, weight, bias, target):
         if aliased:  # the encoding source stays a view of the (perturbed) target
             source = target.permute(0, 3, 2, 1)
-        return run(torch_ops.band_attention, source, weight, bias, target, axis,
-                   with_map_grad=with_map_grad, dtype=torch.float64)  # fmt: skip
+        return run(
+            torch_ops.band_attention,
+            source,
+            weight,
+            bias,
+            target,
+            axis,
+            with_map_grad=with_map_grad,
+            dtype=torch.float64,
+        )
 
     return [
         run(triton_band_attention.band_attention, *inputs, with_map_grad=with_map_grad),
@@ -99,9 +107,17 @@ def check(results):
 # B = 1 and odd; T = 8, 24, 136; F = 5, 40, 80; c = 1, 8, 16 (one axis varied at a time
 # around B=3, F=40, T=24, c=8, plus the paper size at B=1).
 SHAPES = [
-    (1, 40, 24, 8), (3, 40, 24, 8), (3, 40, 8, 8), (3, 40, 136, 8), (3, 5, 24, 8),
-    (3, 80, 24, 8), (3, 40, 24, 1), (3, 40, 24, 16), (1, 80, 128, 8), (5, 5, 8, 1),
-]  # fmt: skip
+    (1, 40, 24, 8),
+    (3, 40, 24, 8),
+    (3, 40, 8, 8),
+    (3, 40, 136, 8),
+    (3, 5, 24, 8),
+    (3, 80, 24, 8),
+    (3, 40, 24, 1),
+    (3, 40, 24, 16),
+    (1, 80, 128, 8),
+    (5, 5, 8, 1),
+]
 
 
 @pytest.mark.parametrize("mode", ["freq", "time_input", "time_encoding"])

@@ -15,12 +15,18 @@ PEAKS = {"copy_gbps": 100.0, "matmul_tflops_fp32": 2.0, "matmul_tflops_bf16": 4.
 def entry(case, provider, median_s, dtype="float32", batch=4, frames=128):
     return {
         "extra_info": {
-            "case": case, "provider": provider, "dtype": dtype, "batch": batch,
-            "frames": frames, "bytes": 10**9, "flops": 10**12, "compile_s": None,
+            "case": case,
+            "provider": provider,
+            "dtype": dtype,
+            "batch": batch,
+            "frames": frames,
+            "bytes": 10**9,
+            "flops": 10**12,
+            "compile_s": None,
             "peak_mem_mb": None,
         },
         "stats": {"median": median_s, "iqr": 0.001, "rounds": 10},
-    }  # fmt: skip
+    }
 
 
 def test_band_attention_bytes_are_counted_by_hand():
@@ -95,11 +101,17 @@ def test_results_file_schema_and_readme(tmp_path):
     data = {
         "benchmarks": [entry("train_step", "eager", 0.2)],
         "atfnn": {
-            "device": "NVIDIA H100 80GB HBM3", "driver": "580", "cuda": "13.0",
-            "torch": "2.11.0+cu130", "triton": "3.6.0", "commit": "abc", "date": "2026-11-24",
-            "size": "full", "peaks": PEAKS,
+            "device": "NVIDIA H100 80GB HBM3",
+            "driver": "580",
+            "cuda": "13.0",
+            "torch": "2.11.0+cu130",
+            "triton": "3.6.0",
+            "commit": "abc",
+            "date": "2026-11-24",
+            "size": "full",
+            "peaks": PEAKS,
         },
-    }  # fmt: skip
+    }
     results = report.results_from_pytest_json(data)
     json_path, md_path = report.write_results(results, tmp_path)
     assert json_path.name == "nvidia-h100-80gb-hbm3-20261124.json"

@@ -174,9 +174,7 @@ def test_torch_ops_time_weights_match_the_reference_multiply():
     enc = make_encoder(2, 8)
     x = torch.randn(2, 1, 10, 8, device=DEVICE)
     wt = torch.rand(2, 10, 8, device=DEVICE)
-    got = torch_ops.freq_encoder(
-        x, *enc.op_params(), num_heads=2, eps=EPS, time_weights=wt
-    )  # fmt: skip
+    got = torch_ops.freq_encoder(x, *enc.op_params(), num_heads=2, eps=EPS, time_weights=wt)
     want = enc(x) * (1 + wt.transpose(1, 2).unsqueeze(-1))
     assert max_rel_err(got, want) <= 1e-5
 

@@ -26,10 +26,21 @@ def test_every_kernel_fits_every_arch_dtype_and_config(tmp_path):
     (every config on every arch) is benchmarks/results/resources-cpu-*.md."""
     rows_file = tmp_path / "rows.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.resources", "--others-arch", "86", "--json",
-         str(rows_file)],
-        capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=1200,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.resources",
+            "--others-arch",
+            "86",
+            "--json",
+            str(rows_file),
+        ],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=ROOT,
+        timeout=1200,
+    )
     assert rows_file.exists(), proc.stderr[-3000:]
     rows = json.loads(rows_file.read_text())
     short = [line for line in proc.stdout.splitlines() if "SHORT:" in line]
@@ -41,8 +52,15 @@ def test_every_kernel_fits_every_arch_dtype_and_config(tmp_path):
     assert {r["config"] for r in rows} == {"default", "tiny", "encoding", "wide"}
     assert {r["arch"] for r in rows if r["config"] != "default"} == {86}
     kernels = {r["kernel"] for r in rows}
-    assert {"_band_fwd_kernel", "_band_bwd_kernel", "_fenc_norm1_kernel", "_fenc_ffn_kernel",
-            "_fenc_bwd_ffn_kernel", "_fenc_bwd_norm1_kernel", "_fenc_bwd_softmax_kernel"} <= kernels  # fmt: skip
+    assert {
+        "_band_fwd_kernel",
+        "_band_bwd_kernel",
+        "_fenc_norm1_kernel",
+        "_fenc_ffn_kernel",
+        "_fenc_bwd_ffn_kernel",
+        "_fenc_bwd_norm1_kernel",
+        "_fenc_bwd_softmax_kernel",
+    } <= kernels
     assert all(r["local_bytes"] == 0 for r in rows)
     # the dispatcher's table of needs is the one these kernels give
     from atfnn_fast.kernels.fit import NEEDS_FILE
@@ -68,9 +86,13 @@ row = row_for(compiled, 86, "float32", "oversized")
 print(json.dumps([row, len(shortfalls([row]))]))
 """
     proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=_env(), cwd=ROOT,
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=ROOT,
         timeout=300,
-    )  # fmt: skip
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     row, n_short = json.loads(proc.stdout.strip().splitlines()[-1])
     assert row["shared_bytes"] > 99 * 1024

@@ -279,12 +279,16 @@ def test_non_finite_weights_are_refused_even_with_a_matching_checksum(tmp_path):
     [
         (dict(frames=80_000_000), "frames = 80000000 exceeds the limit of 8192"),
         (dict(n_mels=100_000, f_group=5), "n_mels = 100000 exceeds the limit of 512"),
-        (dict(n_mels=500, frames=8000, channels=8), "n_mels * frames * channels = 32000000 "
-                                                    "exceeds the limit of 16777216"),
-        (dict(lstm_hidden=4096, lstm_layers=16), "this config has 6,176,399,777 parameters, "
-                                                 "more than the limit of 200,000,000"),
+        (
+            dict(n_mels=500, frames=8000, channels=8),
+            "n_mels * frames * channels = 32000000 exceeds the limit of 16777216",
+        ),
+        (
+            dict(lstm_hidden=4096, lstm_layers=16),
+            "this config has 6,176,399,777 parameters, more than the limit of 200,000,000",
+        ),
     ],
-)  # fmt: skip
+)
 def test_sizes_in_config_json_are_bounded_before_any_allocation(tmp_path, changes, message):
     import resource
 

@@ -26,7 +26,11 @@ def test_frozen():
     [
         (dict(n_mels=81), ValueError, r"n_mels \(81\) must be a multiple of f_group \(5\)"),
         (dict(frames=100), ValueError, r"frames \(100\) must be a multiple of t_group \(8\)"),
-        (dict(channels=8, num_heads=3), ValueError, r"channels \(8\) must be a multiple of num_heads \(3\)"),
+        (
+            dict(channels=8, num_heads=3),
+            ValueError,
+            r"channels \(8\) must be a multiple of num_heads \(3\)",
+        ),
         (dict(channels=0), ValueError, "channels must be positive, got 0"),
         (dict(lstm_hidden=-1), ValueError, "lstm_hidden must be positive"),
         (dict(num_classes=2.0), TypeError, "num_classes must be an int"),
@@ -37,7 +41,7 @@ def test_frozen():
         (dict(dropout=1.0), ValueError, r"dropout must be in \[0, 1\)"),
         (dict(layer_norm_eps=0.0), ValueError, "layer_norm_eps must be positive"),
     ],
-)  # fmt: skip
+)
 def test_invalid_values_are_refused(changes, error, pattern):
     with pytest.raises(error, match=pattern):
         ATFNNConfig(**changes)

@@ -85,9 +85,17 @@ def test_features_match_torchaudio_where_installed():
         expected = torchaudio.functional.resample(wave, rate, 16000)
         assert torch.equal(features.resample(wave, rate, 16000), expected)
     mel = torchaudio.transforms.MelSpectrogram(
-        sample_rate=16000, n_fft=512, win_length=320, hop_length=160, n_mels=80,
-        window_fn=torch.hamming_window, power=2.0, center=True, pad_mode="reflect",
-        mel_scale="htk", norm=None,
-    )  # fmt: skip
+        sample_rate=16000,
+        n_fft=512,
+        win_length=320,
+        hop_length=160,
+        n_mels=80,
+        window_fn=torch.hamming_window,
+        power=2.0,
+        center=True,
+        pad_mode="reflect",
+        mel_scale="htk",
+        norm=None,
+    )
     expected = torch.log(mel(wave[0]) + 1e-6)
     torch.testing.assert_close(features.log_mel(wave[0]), expected, rtol=1e-5, atol=1e-5)

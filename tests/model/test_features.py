@@ -46,10 +46,21 @@ def test_log_mel_matches_librosa(speech):
     librosa = pytest.importorskip("librosa")
     ours = log_mel(speech).numpy()
     mel = librosa.feature.melspectrogram(
-        y=speech.numpy().astype(np.float64), sr=16000, n_fft=512, hop_length=160,
-        win_length=320, window="hamming", center=True, pad_mode="reflect", power=2.0,
-        n_mels=80, htk=True, norm=None, fmin=0.0, fmax=8000.0,
-    )  # fmt: skip
+        y=speech.numpy().astype(np.float64),
+        sr=16000,
+        n_fft=512,
+        hop_length=160,
+        win_length=320,
+        window="hamming",
+        center=True,
+        pad_mode="reflect",
+        power=2.0,
+        n_mels=80,
+        htk=True,
+        norm=None,
+        fmin=0.0,
+        fmax=8000.0,
+    )
     theirs = np.log(mel + 1e-6)
     assert ours.shape == theirs.shape == (80, 1 + speech.numel() // 160)
     np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-3)
@@ -129,9 +140,17 @@ def test_too_short_audio_names_the_file(tmp_path):
 # --------------------------------------------------------------------------- segmentation
 @pytest.mark.parametrize(
     "n,frames,hop,count",
-    [(128, 128, 128, 1), (129, 128, 128, 2), (300, 128, 128, 3), (50, 128, 128, 1),
-     (128, 128, 32, 1), (160, 128, 32, 2), (161, 128, 32, 3), (5, 8, 3, 1)],
-)  # fmt: skip
+    [
+        (128, 128, 128, 1),
+        (129, 128, 128, 2),
+        (300, 128, 128, 3),
+        (50, 128, 128, 1),
+        (128, 128, 32, 1),
+        (160, 128, 32, 2),
+        (161, 128, 32, 3),
+        (5, 8, 3, 1),
+    ],
+)
 def test_segment_covers_every_frame_and_pads_with_silence(n, frames, hop, count):
     lm = torch.randn(4, n)
     segs = segment(lm, frames, hop)

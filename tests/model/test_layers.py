@@ -18,8 +18,11 @@ ROOT = Path(__file__).resolve().parents[2]
 APP = "atfnn_fast.app"
 ENTRY_POINTS = {"atfnn_fast.cli"}  # `python -m atfnn_fast.cli`: part of the application
 # source folder -> the package its files install as (pyproject.toml's package-dir)
-PACKAGE_DIRS = {"atfnn_fast": "atfnn_fast", "kernels": "atfnn_fast.kernels",
-                "export": "atfnn_fast.export"}  # fmt: skip
+PACKAGE_DIRS = {
+    "atfnn_fast": "atfnn_fast",
+    "kernels": "atfnn_fast.kernels",
+    "export": "atfnn_fast.export",
+}
 
 
 def core_modules() -> dict[str, Path]:

@@ -53,8 +53,11 @@ def test_t_attention_block(source):
     expected = enc.numpy() * (1 + w_np.transpose(0, 2, 1)[..., None])
     np.testing.assert_allclose(out.detach().numpy(), expected, **TOL)
     assert model.t_attention.conv.weight.shape == (
-        cfg.channels, 1 if source == "input" else cfg.channels, 1, cfg.t_group,
-    )  # fmt: skip
+        cfg.channels,
+        1 if source == "input" else cfg.channels,
+        1,
+        cfg.t_group,
+    )
 
 
 @pytest.mark.parametrize("heads,channels", [(1, 4), (2, 4), (4, 8)])
