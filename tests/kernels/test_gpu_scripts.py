@@ -1,0 +1,137 @@
+"""The GPU session's scripts run their CPU parts here: scripts/gpu_sweep.py (plan, overrides
+reaching the launches, the tuned table it writes) and scripts/gpu_timing.py (a smoke run on
+the CPU at a tiny size; slow)."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from atfnn_fast import ATFNNConfig
+from atfnn_fast.kernels import tuning
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_sweep_overrides_reach_every_launch(capsys):
+    sweep = _script("gpu_sweep")
+    assert sweep.main(["--dry-run"]) == 0
+    assert "every override reaches its launches" in capsys.readouterr().out
+
+
+def test_sweep_plan_covers_every_candidate_once_per_precision():
+    sweep = _script("gpu_sweep")
+    plan = sweep.plan(["ieee", "tf32"])
+    ieee = [c for p, c in plan if p == "ieee"]
+    assert sorted(map(repr, ieee)) == sorted(map(repr, tuning.candidate_settings()))
+    assert {c.slot for p, c in plan if p == "tf32"} == set(tuning.DOT_FIELDS)
+
+
+def test_tuned_table_from_sweep_rows_loads(tmp_path):
+    sweep = _script("gpu_sweep")
+
+    def row(slot, setting, ms, op="freq_encoder", prec="ieee", injected=False):
+        tiles = ["kp8-gwp8"] if op == "band_attention" else []
+        return dict(
+            op=op,
+            slot=slot,
+            setting=setting,
+            median_ms=ms,
+            precision=prec,
+            prec_seen=[prec],
+            stages_injected=injected,
+            tiles=tiles,
+        )
+
+    rows = [
+        row("ffn", [64, 16], 1.0),
+        row("ffn", [32, 8], 0.5),  # faster: written
+        row("norm1", [16, 4], 1.0),
+        row("norm1", [32, 8], 0.99),  # within 3 %: the default stays
+        row("ffn_bwd_wgrad", [16, 8], 1.0),
+        row("ffn_bwd_wgrad", [16, 8, 2], 0.2, injected=True),  # host cannot pass it
+        row("fwd-narrow", {"block": 128, "num_warps": 4}, 1.0, op="band_attention"),
+        row("fwd-narrow", {"block": 256, "num_warps": 4}, 0.8, op="band_attention"),
+        {"op": "freq_encoder", "slot": "ffn", "setting": [16, 4], "error": "boom"},
+    ]
+    table = sweep.tuned_table(rows, ATFNNConfig(), 90, "NVIDIA H200", "abc")
+    assert table["freq_encoder"] == {"c8-p32/float32/ieee": {"ffn": [32, 8]}}
+    assert table["band_attention"] == {
+        "fwd-narrow": {"kp8-gwp8/float32": {"block": 256, "num_warps": 4}}
+    }
+    path = tmp_path / "sm_90.json"
+    path.write_text(json.dumps(table))
+    loaded = tuning.load_table(path)
+    assert loaded["freq_encoder"]["c8-p32/float32/ieee"].ffn == tuning.KernelLaunch(32, 8)
+
+
+def test_timing_default_rows():
+    import torch
+
+    timing = _script("gpu_timing")
+    cuda = torch.device("cuda")
+    assert timing.skip_reason("train_step", "fused-compile", cuda) is None
+    assert timing.skip_reason("train_step", "cudagraph", cuda) is None
+    assert timing.skip_reason("freq_encoder_fwd_bwd", "compile-rank1", cuda) is None
+    assert timing.skip_reason("front_end_fwd", "compile-rank1", cuda)
+    assert timing.skip_reason("freq_encoder_fwd_bwd", "cudagraph", cuda)
+    assert timing.skip_reason("train_step", "cudagraph", torch.device("cpu"))
+
+
+@pytest.mark.slow
+def test_timing_smoke_run_on_the_cpu(tmp_path):
+    """scripts/gpu_timing.py end to end on the CPU at B = 2, T = 16: rows, floors, files."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "gpu_timing.py"),
+            "--device",
+            "cpu",
+            "--batch",
+            "2",
+            "--frames",
+            "16",
+            "--quick",
+            "--case",
+            "freq_encoder_fwd_bwd",
+            "train_step",
+            "--provider",
+            "eager",
+            "fused",
+            "compile-rank1",
+            "--results-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (json_path,) = tmp_path.glob("cpu-*.json")
+    results = json.loads(json_path.read_text())
+    assert results["kind"] == "gpu_timing" and results["peaks"]["copy_gbps"] > 0
+    got = {(r["case"], r["provider"]): r for r in results["cases"]}
+    assert set(got) == {
+        ("freq_encoder_fwd_bwd", "eager"),
+        ("freq_encoder_fwd_bwd", "fused"),
+        ("freq_encoder_fwd_bwd", "compile-rank1"),
+        ("train_step", "eager"),
+        ("train_step", "fused"),
+    }
+    for row in got.values():
+        assert "error" not in row, row
+        assert row["median_ms"] > 0 and row["floor_ms"] > 0 and row["flops"] > 0
+    assert got[("freq_encoder_fwd_bwd", "compile-rank1")]["rel_err_vs_eager"] < 1e-4
+    assert got[("train_step", "fused")]["rel_err_vs_eager"] < 1e-4  # same first loss
+    md = json_path.with_suffix(".md").read_text()
+    assert "| train_step | float32 |" in md and "(>= 3x)" in md
