@@ -135,3 +135,50 @@ def test_timing_smoke_run_on_the_cpu(tmp_path):
     assert got[("train_step", "fused")]["rel_err_vs_eager"] < 1e-4  # same first loss
     md = json_path.with_suffix(".md").read_text()
     assert "| train_step | float32 |" in md and "(>= 3x)" in md
+
+
+def test_gpu_check_keeps_its_time_budget(tmp_path):
+    """scripts/gpu_check.sh with a stand-in python: every step runs in order, the timing
+    results feed the launch profile, and a spent budget skips the remaining steps."""
+    fake = tmp_path / "python"
+    calls = tmp_path / "calls.txt"
+    fake.write_text(
+        "#!/usr/bin/env bash\n"
+        f'echo "$*" >> {calls}\n'
+        'if [[ "$*" == *gpu_timing.py* ]]; then echo "{}" > "$OUT/nvidia-h200-20261130.json"; '
+        "sleep 2; fi\n"
+    )
+    fake.chmod(0o755)
+    out = tmp_path / "out"
+    env = {"PATH": "/usr/bin:/bin", "OUT": str(out), "PYTHON": str(fake)}
+    proc = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gpu_check.sh")],
+        env={**env, "GPU_CHECK_BUDGET_S": "100"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = calls.read_text().splitlines()
+    assert [line.split()[0] for line in lines] == [
+        "scripts/gpu_timing.py",
+        "-m",  # benchmarks.profile
+        "scripts/gpu_sweep.py",
+        "-m",  # pytest tests
+        "-m",  # benchmarks.resources
+        "-m",  # pytest benchmarks
+    ]
+    assert f"--peaks-json {out}/nvidia-h200-20261130.json" in lines[1]
+    log = (out / "gpu_check.log").read_text()
+    assert "timing: exit 0" in log and "total:" in log
+    # a budget smaller than the first step: all skipped, nothing started
+    calls.unlink()
+    proc = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gpu_check.sh")],
+        env={**env, "GPU_CHECK_BUDGET_S": "5"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0 and not calls.exists()
+    assert "bench-smoke: skipped" in (out / "gpu_check.log").read_text()
