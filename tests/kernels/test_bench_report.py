@@ -141,3 +141,69 @@ def test_profile_splits_the_full_forward():
     assert set(result["ms"]) == {"front_end", "t_encoder", "classifier"}
     assert all(v > 0 for v in result["ms"].values())
     assert sum(result["share"].values()) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_readme_shows_the_latest_gpu_run_beside_the_cpu_run(tmp_path):
+    cpu = {
+        "device": "CPU AMD EPYC (2 threads)",
+        "driver": None,
+        "cuda": None,
+        "torch": "2.11",
+        "triton": "3.6",
+        "commit": "abc",
+        "date": "2026-11-26",
+        "size": "small",
+        "peaks": PEAKS,
+        "cases": report.case_rows([entry("full_fwd", "eager", 0.2)], PEAKS),
+    }
+    report.write_results(cpu, tmp_path)
+    rows = [
+        {
+            "case": "train_step",
+            "provider": p,
+            "dtype": "float32",
+            "batch": 128,
+            "frames": 128,
+            "median_ms": ms,
+            "floor_ms": 1.0,
+            "bound": "compute",
+            "of_floor": 1.0 / ms,
+        }
+        for p, ms in (("eager", 30.0), ("compile", 20.0), ("fused", 9.0), ("cudagraph", 6.0))
+    ]
+    rows.append(
+        {
+            "case": "train_step",
+            "provider": "fused-compile",
+            "dtype": "float32",
+            "batch": 128,
+            "frames": 128,
+            "error": "RuntimeError('no | graph')",
+        }
+    )
+    gpu = {
+        "kind": "gpu_timing",
+        "device": "NVIDIA H200",
+        "driver": "1",
+        "cuda": "13.0",
+        "torch": "2.11",
+        "triton": "3.6",
+        "commit": "def",
+        "date": "2026-11-30",
+        "peaks": {"copy_gbps": 4000.0},
+        "cases": rows,
+    }
+    json_path, md_path = report.write_gpu_results(gpu, tmp_path)
+    assert json_path.name == "nvidia-h200-20261130.json"
+    md = md_path.read_text()
+    # fused 9 ms: 3.33x eager (target 3x), 2.22x compile (target 2x); cudagraph is the best
+    assert (
+        "| train_step | float32 | 3.33x (>= 3x) | 2.22x (>= 2x) | - | cudagraph 5.00x | yes |" in md
+    )
+    assert "failed: RuntimeError('no / graph')" in md  # a failed provider keeps its row
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n{report.BEGIN}\nold\n{report.END}\n")
+    report.update_readme(readme=readme, outdir=tmp_path)
+    text = readme.read_text()
+    assert text.index("### Latest GPU run") < text.index("### Latest CPU run")
+    assert "NVIDIA H200" in text and "CPU AMD EPYC" in text and "old" not in text
