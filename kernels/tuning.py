@@ -89,13 +89,17 @@ class BandAttentionSettings:
 
 # ------------------------------------------------------------------ sweep candidates
 _K = KernelLaunch
-# Per F-Encoder kernel: the defaults first, then the alternatives the sweep times. Frames per
-# program stay >= 16 (tl.dot), frames per warp at or below the default's (registers), and the
-# FFN kernels' shared memory (about 1.4 KB per frame) within the 99 KB of sm_86 / sm_89.
+# Per F-Encoder kernel: the defaults first, then the alternatives the sweep times. Each was
+# compiled for sm_80 and sm_86 (the tightest registers / shared memory of the four archs) in
+# fp32 and bf16 and fits with 0 local memory at the occupancy target (2026-11-29). Stages:
+# Triton's default is 3; 1 and 2 are the alternatives. Left out because they do not fit: the
+# forward FFN at 32 or 16 frames, at 8 warps, or with 1 or 2 stages (local memory on sm_80,
+# or 8 warps per SM on sm_86: its 64-88 KB block leaves one block per SM), so it keeps its
+# default; the backward FFN's d y1 half on 8 warps (140 registers).
 FREQ_ENCODER_CANDIDATES: dict[str, tuple[KernelLaunch, ...]] = {
     "norm1": (_K(16, 4), _K(16, 8), _K(32, 8), _K(32, 16)),
-    "ffn": (_K(64, 16), _K(32, 8), _K(32, 16), _K(16, 4), _K(64, 16, 1), _K(64, 16, 2)),
-    "ffn_bwd_dy1": (_K(16, 16), _K(16, 8), _K(32, 16), _K(16, 16, 1), _K(16, 16, 2)),
+    "ffn": (_K(64, 16),),
+    "ffn_bwd_dy1": (_K(16, 16), _K(32, 16), _K(16, 16, 1), _K(16, 16, 2)),
     "ffn_bwd_wgrad": (_K(16, 8), _K(16, 16), _K(32, 16), _K(16, 8, 1), _K(16, 8, 2)),
     "norm1_bwd": (_K(16, 8), _K(16, 16), _K(32, 16)),
     "softmax_bwd": (_K(16, 4), _K(16, 8), _K(32, 8), _K(32, 16)),
@@ -104,12 +108,13 @@ BAND_CHUNK_CANDIDATES = (16,)
 _B = BandAttentionSettings
 # Band attention, per direction and row width ("narrow": source and target rows of <= 16
 # values, the default config's F- and T-Attention; "wide": up to 64, the T-Attention reading
-# the encoding). The defaults of band_attention_settings first.
+# the encoding). The defaults of band_attention_settings first; checked like the F-Encoder's
+# (256 windows on 4 warps forward and 32 on 8 backward-wide miss the target on sm_80).
 BAND_ATTENTION_CANDIDATES: dict[str, tuple[BandAttentionSettings, ...]] = {
-    "fwd-narrow": (_B(128), _B(64), _B(256), _B(128, 8), _B(256, 8)),
+    "fwd-narrow": (_B(128), _B(64), _B(64, 2), _B(128, 8), _B(256, 8)),
     "fwd-wide": (_B(32), _B(64), _B(16), _B(64, 8)),
     "bwd-narrow": (_B(32), _B(16), _B(32, 8), _B(64, 8)),
-    "bwd-wide": (_B(16, 8), _B(16, 4), _B(32, 8)),
+    "bwd-wide": (_B(16, 8), _B(16, 4), _B(8, 4), _B(16, 16)),
 }
 
 

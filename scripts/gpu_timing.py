@@ -76,7 +76,7 @@ def bench_ms(fn, device: torch.device, quick: bool) -> float:
     if device.type == "cuda":
         import triton
 
-        warmup, rep = (5, 20) if quick else (25, 100)
+        warmup, rep = (5, 20) if quick else (25, 250)
         return triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median")
     fn()
     times = []
@@ -367,8 +367,11 @@ def main(argv: list[str] | None = None) -> int:
                         tb = traceback.format_exc(limit=3)
                         row = {**base, "error": f"{exc!r}"[:400], "traceback": tb[-1200:]}
                         if device.type == "cuda":
-                            torch.cuda.synchronize()
-                            torch.cuda.empty_cache()
+                            try:  # a failed launch can leave the context unusable
+                                torch.cuda.synchronize()
+                                torch.cuda.empty_cache()
+                            except Exception as again:
+                                row["after_error"] = repr(again)[:300]
                 row = with_floor(row, cfg, peaks)
                 results["cases"].append(row)
                 brief = {k: row.get(k) for k in ("median_ms", "floor_ms", "rel_err_vs_eager")}

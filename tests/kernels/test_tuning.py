@@ -38,13 +38,17 @@ def test_table_of_the_arch_is_used(tuned_dir):
         json.dumps(
             {
                 "arch": 90,
-                "freq_encoder": {"c8-p32/float32/ieee": {"ffn": [32, 8], "norm1": [32, 8]}},
-                "band_attention": {"fwd-narrow": {"kp8-gwp8/float32": {"block": 256}}},
+                "freq_encoder": {
+                    "c8-p32/float32/ieee": {"ffn_bwd_dy1": [32, 16], "norm1": [32, 8]}
+                },
+                "band_attention": {
+                    "fwd-narrow": {"kp8-gwp8/float32": {"block": 256, "num_warps": 8}}
+                },
             }
         )
     )
     s = tuning.freq_encoder_settings(80, 8, 32, precision="ieee")
-    assert s.ffn == tuning.KernelLaunch(32, 8) and s.norm1 == tuning.KernelLaunch(32, 8)
+    assert s.ffn_bwd_dy1 == tuning.KernelLaunch(32, 16) and s.norm1 == tuning.KernelLaunch(32, 8)
     assert s.softmax_bwd == tuning.FreqEncoderSettings().softmax_bwd  # not in the table
     # bf16 has no entry: the float32 one; other sizes and tf32: the defaults
     assert tuning.freq_encoder_settings(80, 8, 32, dtype="bfloat16", precision="ieee") == s
@@ -52,7 +56,7 @@ def test_table_of_the_arch_is_used(tuned_dir):
         tuning.freq_encoder_settings(80, 16, 32, precision="ieee") == tuning.FreqEncoderSettings()
     )
     assert tuning.freq_encoder_settings(80, 8, 32, precision="tf32") == tuning.FreqEncoderSettings()
-    assert tuning.band_attention_settings(8, 8, False) == tuning.BandAttentionSettings(256)
+    assert tuning.band_attention_settings(8, 8, False) == tuning.BandAttentionSettings(256, 8)
     assert tuning.band_attention_settings(8, 8, True) == tuning.BandAttentionSettings(32)
     # another arch has no table
     tuning.tuned_table.cache_clear()
@@ -60,7 +64,7 @@ def test_table_of_the_arch_is_used(tuned_dir):
 
 
 def test_override_wins_and_is_undone(tuned_dir):
-    forced = tuning.freq_encoder_with("ffn", tuning.KernelLaunch(32, 16))
+    forced = tuning.freq_encoder_with("norm1", tuning.KernelLaunch(32, 16))
     with tuning.override(
         freq_encoder=forced, band_attention={"bwd-narrow": tuning.BandAttentionSettings(16)}
     ):
