@@ -94,7 +94,7 @@ def _autocast(device: torch.device, dtype: str, graphed: bool = False):
     return torch.autocast(device.type, dtype=getattr(torch, dtype), cache_enabled=not graphed)
 
 
-def _capture(fn, train: bool = False):
+def _capture(fn):
     """Capture ``fn`` in a CUDA graph after warm-up on a side stream; returns the replay,
     which gives the captured output (rewritten in place by each replay)."""
     stream = torch.cuda.Stream()
@@ -153,7 +153,9 @@ def _forward(case: str, model, provider: str):
 
 
 def build(case: str, provider: str, cfg, dtype: str, batch: int, frames: int, device):
-    """(timed call returning the output to check, the eager reference's output)."""
+    """``(fn, check_fn, want, graphed)``: the timed call (returns its output), the call
+    whose output is checked (None: no check), the eager reference's output, and whether
+    ``fn`` is to be captured in a CUDA graph."""
     train = case == "train_step"
     bwd = floors.has_backward(case)
     graphed = provider == "cudagraph"
