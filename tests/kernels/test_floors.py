@@ -113,3 +113,32 @@ def test_floors_know_every_launch_atfnn_makes(config, blk, backward):
     cfg = ATFNNConfig(frames=16, **config)
     want = [label for label, _ in floors.fused_launches(cfg, blk, 2, 16, 4, backward)]
     assert sorted(_recorded(cfg, blk, backward)) == sorted(want)
+
+
+def test_launch_breakdown_rows_pair_times_with_floors():
+    from benchmarks import profile
+
+    cfg = ATFNNConfig()
+    expected = floors.fused_launches(cfg, "front_end", 128, 128, 4, backward=True)
+    step = [{"label": label, "ms": 1.0, "consts": {"num_warps": 4}} for label, _ in expected]
+    slower = [{**r, "ms": 3.0} for r in step]
+    peaks = {"copy_gbps": 3000.0, "matmul_tflops_fp32": 50.0, "exp_per_s": 4e12}
+    rows = profile.rows_with_floors([step, slower, step], expected, peaks, "ieee")
+    assert [r["label"] for r in rows] == [label for label, _ in expected]
+    assert all(r["median_ms"] == 1.0 for r in rows)
+    ffn = next(r for r in rows if r["label"] == "_fenc_ffn_kernel")
+    assert ffn["bound"] == "compute"
+    assert ffn["floor_ms"] == pytest.approx(ffn["flops"] / 50e12 * 1e3, rel=1e-3)
+    softmax = next(r for r in rows if r["label"] == "_fenc_bwd_softmax_kernel")
+    assert softmax["bound"] in ("compute", "exp")
+    table = profile.launch_table(
+        {
+            "batch": 128,
+            "frames": 128,
+            "device": "GPU",
+            "launches": rows,
+            "total_ms": 12.0,
+            "total_floor_ms": 1.2,
+        }
+    )
+    assert "| total | | | 12.0000 | 1.2000 | | 10.0% |" in table
