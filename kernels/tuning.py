@@ -106,15 +106,18 @@ FREQ_ENCODER_CANDIDATES: dict[str, tuple[KernelLaunch, ...]] = {
 }
 BAND_CHUNK_CANDIDATES = (16,)
 _B = BandAttentionSettings
-# Band attention, per direction and row width ("narrow": source and target rows of <= 16
-# values, the default config's F- and T-Attention; "wide": up to 64, the T-Attention reading
-# the encoding). The defaults of band_attention_settings first; checked like the F-Encoder's
-# (256 windows on 4 warps forward, 32 on 8 and 16 on 4 backward-wide miss the target on
-# sm_80).
+# Band attention, per direction and row width (the wider of the padded source and target
+# rows: "narrow" <= 16 values, the default config's F- and T-Attention; "mid" 32; "wide" 64 and
+# more, the T-Attention reading the encoding). The defaults of band_attention_settings first;
+# checked like the F-Encoder's on sm_80/86/89/90: 256 windows on 4 warps forward-narrow, 64
+# windows forward-wide (142 registers on sm_90), 32 on 8 warps and 16 on 4 backward-wide miss
+# the target. No config compiles "mid" rows: their slots hold the defaults alone.
 BAND_ATTENTION_CANDIDATES: dict[str, tuple[BandAttentionSettings, ...]] = {
     "fwd-narrow": (_B(128), _B(64), _B(64, 2), _B(128, 8), _B(256, 8)),
-    "fwd-wide": (_B(32), _B(64), _B(16), _B(64, 8)),
+    "fwd-mid": (_B(64),),
+    "fwd-wide": (_B(32), _B(16)),
     "bwd-narrow": (_B(32), _B(16), _B(32, 8), _B(64, 8)),
+    "bwd-mid": (_B(16, 8),),
     "bwd-wide": (_B(16, 8), _B(8, 4), _B(16, 16)),
 }
 
@@ -122,7 +125,7 @@ BAND_ATTENTION_CANDIDATES: dict[str, tuple[BandAttentionSettings, ...]] = {
 @dataclass(frozen=True)
 class Candidate:
     """One launch setting the sweep may time: ``op`` "freq_encoder" (``slot`` a field of
-    :class:`FreqEncoderSettings`) or "band_attention" (``slot`` "fwd-narrow", ...)."""
+    :class:`FreqEncoderSettings`) or "band_attention" (``slot`` :func:`band_slot`)."""
 
     op: str
     slot: str
@@ -151,7 +154,9 @@ def freq_encoder_with(slot: str, setting: KernelLaunch, base=None) -> FreqEncode
 
 def band_slot(kp: int, gwp: int, backward: bool) -> str:
     """The candidate slot of a band-attention launch with these padded row widths."""
-    return f"{'bwd' if backward else 'fwd'}-{'narrow' if max(kp, gwp) <= 16 else 'wide'}"
+    widest = max(kp, gwp)
+    width = "narrow" if widest <= 16 else ("mid" if widest <= 32 else "wide")
+    return f"{'bwd' if backward else 'fwd'}-{width}"
 
 
 # ------------------------------------------------------------------------- overrides

@@ -10,7 +10,8 @@ its op runs under :func:`tuning.override` with that one setting changed, every l
 timed between two CUDA events (:class:`benchmarks.profile.LaunchTimer`): the F-Encoder
 forward + backward with the T-Attention weights (what training launches; B = 128, T = 128,
 default config), the F- and T-Attention weights of the fused front-end ("narrow" rows) and
-the T-Attention reading an encoding ("wide" rows). A candidate's time is the median over
+the T-Attention reading an encoding ("wide" rows); slots with no alternative to their default
+(the forward FFN, "mid" rows) are not timed. A candidate's time is the median over
 ``--steps`` steps of the summed time of the launches it sets (norm1 runs twice per step:
 forward and the backward's recompute). ``tf32``: ``torch.backends.cuda.matmul.allow_tf32``
 and ``torch.backends.cudnn.allow_tf32`` on, for the kernels with dots; the precision the
@@ -57,6 +58,8 @@ SLOT_ORDER = (
     "fwd-narrow",
     "bwd-wide",
     "fwd-wide",
+    "bwd-mid",
+    "fwd-mid",
 )
 IMPROVEMENT = 0.03  # a candidate must beat the default by more than this to be written
 
@@ -121,8 +124,15 @@ def _setting_json(setting) -> list | dict:
 
 
 def plan(precisions: list[str]) -> list[tuple[str, tuning.Candidate]]:
-    """(precision, candidate) in the order the sweep times them."""
-    cands = sorted(tuning.candidate_settings(), key=lambda c: SLOT_ORDER.index(c.slot))
+    """(precision, candidate) in the order the sweep times them; slots whose only candidate
+    is the default have nothing to compare and are left out."""
+    per_slot = defaultdict(int)
+    for c in tuning.candidate_settings():
+        per_slot[c.slot] += 1
+    cands = sorted(
+        (c for c in tuning.candidate_settings() if per_slot[c.slot] > 1),
+        key=lambda c: SLOT_ORDER.index(c.slot),
+    )
     out = [("ieee", c) for c in cands] if "ieee" in precisions else []
     if "tf32" in precisions:
         out += [("tf32", c) for c in cands if c.slot in tuning.DOT_FIELDS]

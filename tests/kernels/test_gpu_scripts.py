@@ -33,8 +33,12 @@ def test_sweep_plan_covers_every_candidate_once_per_precision():
     sweep = _script("gpu_sweep")
     plan = sweep.plan(["ieee", "tf32"])
     ieee = [c for p, c in plan if p == "ieee"]
-    assert sorted(map(repr, ieee)) == sorted(map(repr, tuning.candidate_settings()))
-    assert {c.slot for p, c in plan if p == "tf32"} == set(tuning.DOT_FIELDS)
+    slots = [c.slot for c in tuning.candidate_settings()]
+    alternatives = [c for c in tuning.candidate_settings() if slots.count(c.slot) > 1]
+    assert sorted(map(repr, ieee)) == sorted(map(repr, alternatives))
+    assert {c.slot for c in ieee} >= {"ffn_bwd_dy1", "ffn_bwd_wgrad", "fwd-narrow", "bwd-wide"}
+    assert "ffn" not in {c.slot for c in ieee}  # its default is its only candidate
+    assert {c.slot for p, c in plan if p == "tf32"} == {"ffn_bwd_dy1", "ffn_bwd_wgrad"}
 
 
 def test_tuned_table_from_sweep_rows_loads(tmp_path):
