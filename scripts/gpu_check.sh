@@ -55,22 +55,22 @@ step() {
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv | tee -a "$log"
 
 # 1. the timing table (rows stop starting 25 s before the step's cap)
-step timing 235 bash -c "$py scripts/gpu_timing.py --results-dir '$out' --budget-s 210 \
+step timing 215 bash -c "$py scripts/gpu_timing.py --results-dir '$out' --budget-s 190 \
     2>&1 | tee '$out/timing.log' | cut -c1-220"
 timing_json=$(ls -t "$out"/*-[0-9]*.json 2>/dev/null | head -1)
 peaks=()
 [[ -n "$timing_json" ]] && peaks=(--peaks-json "$timing_json")
 
 # 2. per-launch backward breakdown against the floors
-step launches 30 bash -c "$py -m benchmarks.profile --launches --steps 5 ${peaks[*]:-} \
+step launches 25 bash -c "$py -m benchmarks.profile --launches --steps 5 ${peaks[*]:-} \
     --json '$out/launches.json' 2>&1 | tee '$out/launches.md'"
 
 # 3. the launch-settings sweep and the tuned table
-step sweep 75 bash -c "$py scripts/gpu_sweep.py --out '$out/sweep.json' \
-    --write-tuned '$out/tuned' --budget-s 60 2>&1 | tee '$out/sweep.log' | tail -3 | cut -c1-400"
+step sweep 70 bash -c "$py scripts/gpu_sweep.py --out '$out/sweep.json' \
+    --write-tuned '$out/tuned' --budget-s 55 2>&1 | tee '$out/sweep.log' | tail -3 | cut -c1-400"
 
 # 4. kernel and model tests on the GPU (all of them: no -x)
-step tests 70 bash -c "$py -m pytest tests/kernels/test_freq_encoder.py \
+step tests 90 bash -c "$py -m pytest tests/kernels/test_freq_encoder.py \
     tests/kernels/test_band_attention.py tests/model/test_model.py \
     tests/kernels/test_dispatch_fit.py -q -p no:cacheprovider 2>&1 | tee '$out/tests.log' | tail -15"
 
