@@ -111,17 +111,19 @@ def _fmt(value, spec: str, suffix: str = "") -> str:
 def markdown_table(rows: list[dict]) -> str:
     head = (
         "| case | dtype | B | provider | median ms | x eager | GB/s (of copy) | "
-        "TFLOP/s (of matmul) | floor ms | peak MB | compile s |\n"
-        "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        "TFLOP/s (of matmul) | floor ms (bound) | of floor | peak MB | compile s |\n"
+        "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     )
     lines = [head]
     for r in rows:
+        bound = f" ({r['bound']})" if r.get("bound") else ""
         lines.append(
             f"| {r['case']} | {r['dtype']} | {r['batch']} | {r['provider']} "
             f"| {r['median_ms']:.3f} | {_fmt(r['speedup_vs_eager'], '.2f')} "
             f"| {r['gbps']:.2f} ({_fmt(r['frac_copy'], '.1%')}) "
             f"| {r['tflops']:.4f} ({_fmt(r['frac_matmul'], '.1%')}) "
-            f"| {_fmt(r['floor_ms'], '.3f')} | {_fmt(r['peak_mem_mb'], '.1f')} "
+            f"| {_fmt(r['floor_ms'], '.3f')}{bound} "
+            f"| {_fmt(r.get('of_floor'), '.1%')} | {_fmt(r['peak_mem_mb'], '.1f')} "
             f"| {_fmt(r['compile_s'], '.1f')} |"
         )
     return "\n".join(lines)
