@@ -7,6 +7,9 @@ measured on its own. Providers:
 * ``eager``: :class:`atfnn_fast.ATFNNReference`, plain eager PyTorch;
 * ``compile``: the same model with its front-end (or the case's block) under
   ``torch.compile`` (default mode); the Bi-LSTM stays eager (dynamo graph-breaks on RNNs);
+* ``compile-rank1`` (F-Encoder cases): ``torch.compile`` of the plain-torch rank-one math of
+  ``kernels/freq_encoder_math.py`` (the same algebra as the kernels; forward, and forward +
+  backward through autograd): whether the hand-written kernels beat Inductor on it;
 * ``fused``: :class:`atfnn_fast.ATFNN`: its Triton ops on CUDA, its plain-torch path on
   the CPU (the path a CPU user of ``ATFNN`` gets);
 * ``cudagraph``: ``fused`` captured once in a CUDA graph and replayed (inference cases,
@@ -20,12 +23,8 @@ Timing: on CUDA every provider is timed the same way, by CUDA events
 (:class:`CudaEventClock`, installed as pytest-benchmark's timer), and no timed call
 synchronises; on the CPU by ``time.perf_counter``.
 
-Roofline counts (:func:`flops` and :func:`bytes_moved`) are *model estimates* written next
-to the cases: flops count multiply-adds as 2 and transcendental functions as 4; the
-backward of a block counts 2x its forward flops (an assumption); bytes are the floor a fused
-implementation could reach, every tensor that must cross global memory read or written once
-(activations only; parameters are counted where they are not negligible: LSTM and the
-optimiser step).
+The counted flops, exponentials and bytes of each case, and its floor, come from
+:mod:`benchmarks.floors` (the one place they are written).
 """
 
 from __future__ import annotations
@@ -37,7 +36,9 @@ from dataclasses import dataclass
 import torch
 
 from atfnn_fast import ATFNN, ATFNNConfig, ATFNNReference
+from atfnn_fast.kernels import freq_encoder_math as fm
 from atfnn_fast.kernels import ops
+from benchmarks.floors import block, has_backward
 
 CASES = (
     "band_attention_fwd",
@@ -49,7 +50,15 @@ CASES = (
     "full_fwd",
     "train_step",
 )
-PROVIDERS = ("eager", "compile", "fused", "cudagraph", "onnxruntime", "onnxruntime-int8")
+PROVIDERS = (
+    "eager",
+    "compile",
+    "compile-rank1",
+    "fused",
+    "cudagraph",
+    "onnxruntime",
+    "onnxruntime-int8",
+)
 ONNX_PROVIDERS = {"onnxruntime": None, "onnxruntime-int8": "int8"}  # -> export_onnx quantize
 # the fused ops each case needs before its "fused" provider can run
 CASE_OPS = {
@@ -61,18 +70,12 @@ CASE_OPS = {
 }
 
 
-def block(case: str) -> str:
-    return case.removesuffix("_fwd_bwd").removesuffix("_fwd").removesuffix("_step")
-
-
-def has_backward(case: str) -> bool:
-    return case.endswith("_fwd_bwd") or case == "train_step"
-
-
 def skip_reason(
     case: str, provider: str, device: torch.device, dtype: str = "float32"
 ) -> str | None:
     """Why ``provider`` cannot run ``case`` here, or None."""
+    if provider == "compile-rank1" and block(case) != "freq_encoder":
+        return "compile-rank1 runs the F-Encoder cases"
     if provider in ONNX_PROVIDERS:
         if case != "full_fwd":
             return f"{provider} runs full_fwd only"
@@ -95,99 +98,6 @@ def skip_reason(
         if missing:
             return f"no Triton kernel yet for {', '.join('atfnn::' + op for op in missing)}"
     return None
-
-
-# ----------------------------------------------------------------------------- roofline
-def _band_flops(windows: int, c_in: int, c: int, group: int, applied: int) -> int:
-    conv = 2 * c * c_in * group * windows
-    return conv + 4 * c * windows + c * windows + 2 * applied
-
-
-def _encoder_flops(cfg: ATFNNConfig, frames_total: int) -> int:
-    L, c, h = cfg.n_mels, cfg.channels, cfg.num_heads
-    p, k = cfg.ffn_channels, cfg.ffn_kernel
-    per_frame = (
-        2 * L * c  # lift
-        + 6 * L * c * c  # q, k, v projections
-        + 2 * L * L * c  # scores, all heads
-        + 5 * h * L * L  # softmax (max, sub, exp, sum, div)
-        + 2 * L * L * c  # probabilities @ values
-        + 2 * L * c * c  # output projection
-        + 2 * 8 * L * c  # two add & LayerNorm
-        + 2 * 2 * L * c * p * k  # two convolutions
-        + L * p  # ReLU
-    )
-    return per_frame * frames_total
-
-
-def _lstm_flops(cfg: ATFNNConfig, batch: int, frames: int) -> int:
-    h = cfg.lstm_hidden
-    total = 0
-    for layer in range(cfg.lstm_layers):
-        d_in = cfg.lstm_input_size if layer == 0 else 2 * h
-        total += 2 * batch * frames * (2 * 4 * h * (d_in + h) + 4 * 5 * h)  # 2 directions
-    return total
-
-
-def forward_flops(cfg: ATFNNConfig, blk: str, batch: int, frames: int) -> int:
-    F, T, c = cfg.n_mels, frames, cfg.channels
-    bft = batch * F * T
-    band = 0
-    if cfg.f_attention:
-        band += _band_flops(bft // cfg.f_group, 1, c, cfg.f_group, bft)
-    if cfg.t_attention:
-        band += _band_flops(
-            bft // cfg.t_group,
-            cfg.t_attention_in_channels,
-            c,
-            cfg.t_group,
-            bft * cfg.encoding_width,
-        )
-    enc = _encoder_flops(cfg, batch * T) if cfg.f_encoder else 0
-    if blk == "band_attention":
-        return band
-    if blk == "freq_encoder":
-        return enc
-    if blk == "front_end":
-        return band + enc
-    head = 2 * batch * cfg.embedding_size * cfg.num_classes
-    return band + enc + _lstm_flops(cfg, batch, T) + head
-
-
-def flops(cfg: ATFNNConfig, case: str, batch: int, frames: int) -> int:
-    fwd = forward_flops(cfg, block(case), batch, frames)
-    return 3 * fwd if has_backward(case) else fwd
-
-
-def bytes_moved(cfg: ATFNNConfig, case: str, batch: int, frames: int, elem: int) -> int:
-    """Minimum global-memory traffic in bytes (``elem`` bytes per activation element)."""
-    bft = batch * cfg.n_mels * frames
-    btfc = bft * cfg.encoding_width
-    blk, bwd = block(case), has_backward(case)
-    if blk == "band_attention":
-        # F: read x, write x' and w_f. T: read x, read x̂, write x̂'' and w_t.
-        fwd = 3 * bft + 2 * bft + 2 * btfc
-        # F: read x, dout, write dx. T: read x, x̂, dout; write dx̂, dx.
-        back = 3 * bft + 2 * bft + 3 * btfc
-    elif blk == "freq_encoder":
-        fwd = bft + btfc  # read x', write x̂
-        back = 2 * bft + btfc  # read x' (recompute) and dout, write dx'
-    else:
-        fwd = 3 * bft + btfc  # read x, write x̂'' and the two maps
-        back = 2 * bft + btfc
-    total = (fwd + back if bwd else fwd) * elem
-    if blk in ("full", "train"):
-        h, params_lstm = cfg.lstm_hidden, 0
-        for layer in range(cfg.lstm_layers):
-            d_in = cfg.lstm_input_size if layer == 0 else 2 * h
-            params_lstm += 2 * 4 * h * (d_in + h + 2)
-        seq_traffic = batch * frames * (btfc // bft * cfg.n_mels + 2 * 2 * h * cfg.lstm_layers)
-        lstm = params_lstm * 4 + seq_traffic * elem
-        total += 3 * lstm if bwd else lstm
-    if blk == "train":
-        n_params = sum(p.numel() for p in ATFNNReference(cfg).parameters())
-        total += 7 * 4 * n_params  # Adam: read p, g, m, v; write p, m, v (fp32)
-    return total
 
 
 # ------------------------------------------------------------------------------- runners
@@ -256,6 +166,18 @@ def build(
             enc2, w_t = model._t_attention(x, enc)
             return (x1, enc2), (w_f, w_t)
 
+    elif blk == "freq_encoder" and provider == "compile-rank1":
+        enc = model.f_encoder
+
+        def rank1(x):
+            derived = fm.derive(*enc.op_params(), num_heads=enc.num_heads)
+            return fm.forward(x, None, derived, enc.eps)
+
+        compiled = torch.compile(rank1)
+
+        def body():
+            return (compiled(x),), ()
+
     elif blk == "freq_encoder":
 
         def body():
@@ -275,7 +197,7 @@ def build(
 
     if provider in ONNX_PROVIDERS:
         body = _onnxruntime_body(model, x, device, ONNX_PROVIDERS[provider])
-    elif provider not in ("eager", "compile", "fused", "cudagraph"):
+    elif provider not in ("eager", "compile", "compile-rank1", "fused", "cudagraph"):
         raise ValueError(f"unknown provider {provider!r}")
     if provider == "compile":
         if blk in ("full", "train"):
@@ -322,7 +244,7 @@ def build(
     first = time.perf_counter() - start
     if provider == "cudagraph":
         step = _captured(step)
-    return Bench(step, setup, first if provider == "compile" else None)
+    return Bench(step, setup, first if provider.startswith("compile") else None)
 
 
 def _captured(step: Callable[[], object]) -> Callable[[], object]:

@@ -77,8 +77,9 @@ def _median_time(fn, device: torch.device, repeats: int) -> float:
 
 
 def measure_peaks(device: torch.device, tiny: bool = False) -> dict[str, float]:
-    """Copy bandwidth (a large device-to-device copy: bytes read + written) and matmul
-    throughput (bf16 and fp32), measured now, on this device."""
+    """Copy bandwidth (a large device-to-device copy: bytes read + written), matmul
+    throughput (bf16, fp32 with tf32 off, and on CUDA fp32 with tf32 on) and, on CUDA, the
+    exponential throughput of a Triton kernel (:func:`measure_exp_rate`), measured now."""
     if tiny:
         copy_mb, n, repeats = 8, 256, 2
     elif device.type == "cuda":
@@ -89,12 +90,61 @@ def measure_peaks(device: torch.device, tiny: bool = False) -> dict[str, float]:
     dst = torch.empty_like(src)
     t_copy = _median_time(lambda: dst.copy_(src), device, repeats)
     peaks = {"copy_gbps": 2 * src.numel() * 4 / t_copy / 1e9}
-    for dtype, key in (
-        (torch.bfloat16, "matmul_tflops_bf16"),
-        (torch.float32, "matmul_tflops_fp32"),
-    ):
-        a = torch.randn(n, n, device=device, dtype=dtype)
-        b = torch.randn(n, n, device=device, dtype=dtype)
-        t_mm = _median_time(lambda a=a, b=b: a @ b, device, repeats)
-        peaks[key] = 2 * n**3 / t_mm / 1e12
+    kinds = [
+        (torch.bfloat16, False, "matmul_tflops_bf16"),
+        (torch.float32, False, "matmul_tflops_fp32"),
+    ]
+    if device.type == "cuda":
+        kinds.append((torch.float32, True, "matmul_tflops_tf32"))
+    was = torch.backends.cuda.matmul.allow_tf32
+    try:
+        for dtype, tf32, key in kinds:
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+            a = torch.randn(n, n, device=device, dtype=dtype)
+            b = torch.randn(n, n, device=device, dtype=dtype)
+            t_mm = _median_time(lambda a=a, b=b: a @ b, device, repeats)
+            peaks[key] = 2 * n**3 / t_mm / 1e12
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = was
+    if device.type == "cuda":
+        try:
+            peaks["exp_per_s"] = measure_exp_rate(device, tiny=tiny)
+        except Exception as exc:  # a peak we cannot measure is left out, not fatal
+            print(f"exp peak not measured: {exc!r}"[:300])
     return {k: round(v, 3) for k, v in peaks.items()}
+
+
+def measure_exp_rate(device: torch.device, tiny: bool = False) -> float:
+    """Exponentials per second of a Triton kernel that does little else (two independent
+    chains of ``x = exp2(-0.5 x)`` per element in float32: the special-function unit's
+    throughput)."""
+    import triton
+
+    n = 2**16 if tiny else 2**24
+    x = torch.rand(n, device=device)
+    grid = (triton.cdiv(n, EXP_BLOCK),)
+
+    def run():
+        _exp_chain[grid](x, n, ITERS=EXP_ITERS, BLOCK=EXP_BLOCK, num_warps=8)
+
+    t = _median_time(run, device, 3 if tiny else 10)
+    return 2 * EXP_ITERS * n / t
+
+
+EXP_ITERS, EXP_BLOCK = 256, 1024
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - no Triton: no exponential peak
+    _exp_chain = None
+else:
+
+    @triton.jit
+    def _exp_chain(x_ptr, n, ITERS: tl.constexpr, BLOCK: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        x = tl.load(x_ptr + offs, mask=offs < n, other=0.0)
+        y = x + 1.0
+        for _ in range(ITERS):
+            x = tl.exp2(x * -0.5)
+            y = tl.exp2(y * -0.5)
+        tl.store(x_ptr + offs, x + y, mask=offs < n)

@@ -5,7 +5,14 @@ reads a pytest-benchmark JSON file given with ``--json``, and writes
 ``benchmarks/results/<device-slug>-<yyyymmdd>.json`` in the schema of docs/design.md#benchmarks, a
 markdown table next to it (ratios to eager, achieved GB/s and TFLOP/s as fractions of the
 peaks measured in the same run) and a bar chart (PNG). ``--readme`` regenerates the README's
-performance section from the latest results file.
+performance section (``--readme-only``: without running anything) from the latest results
+files: the latest GPU run (a ``scripts/gpu_timing.py`` file or a suite run on a GPU) beside
+the latest CPU suite run.
+
+``scripts/gpu_timing.py`` writes its own results through :func:`write_gpu_results` (same
+file names; ``"kind": "gpu_timing"``; rows with ``floor_ms``, ``bound``, ``of_floor``,
+``rel_err_vs_eager``) and its markdown through :func:`render_gpu_markdown`, which adds the
+target table of issue #16 (:data:`TARGETS`).
 
 Each case row holds the required fields (case, provider, dtype, batch, frames, median_ms,
 peak_mem_mb) plus: iqr_ms, rounds, compile_s, bytes, flops, gbps, tflops, frac_copy,
@@ -32,6 +39,8 @@ BEGIN, END = "<!-- perf:begin -->", "<!-- perf:end -->"
 
 def case_rows(benchmarks: list[dict], peaks: dict[str, float]) -> list[dict]:
     """pytest-benchmark entries (``extra_info`` + ``stats``) -> result rows."""
+    from benchmarks.floors import Counts, compute_peak, floor_ms
+
     rows = []
     for bench in benchmarks:
         info, stats = bench["extra_info"], bench["stats"]
@@ -59,10 +68,18 @@ def case_rows(benchmarks: list[dict], peaks: dict[str, float]) -> list[dict]:
             "tflops": round(tflops, 5),
             "frac_copy": round(gbps / peaks["copy_gbps"], 4) if peaks.get("copy_gbps") else None,
             "frac_matmul": round(tflops / matmul, 4) if matmul else None,
-            "floor_ms": round(info["bytes"] / (peaks["copy_gbps"] * 1e9) * 1e3, 4)
-            if peaks.get("copy_gbps")
-            else None,
         }
+        floor = floor_ms(
+            Counts(info["flops"], info.get("exps", 0), info["bytes"]),
+            peaks,
+            compute_peak(peaks, info["dtype"]),
+        )
+        row["exps"] = info.get("exps")
+        row["floor_ms"] = None if floor["floor_ms"] is None else round(floor["floor_ms"], 4)
+        row["bound"] = floor["bound"]
+        row["of_floor"] = (
+            round(floor["floor_ms"] / row["median_ms"], 4) if floor["floor_ms"] else None
+        )
         rows.append(row)
     eager = {_key(r): r["median_ms"] for r in rows if r["provider"] == "eager"}
     for r in rows:
@@ -72,7 +89,14 @@ def case_rows(benchmarks: list[dict], peaks: dict[str, float]) -> list[dict]:
 
     order = {p: i for i, p in enumerate(PROVIDERS)}
 
-    rows.sort(key=lambda r: (CASES.index(r["case"]), r["dtype"], r["batch"], order[r["provider"]]))
+    rows.sort(
+        key=lambda r: (
+            CASES.index(r["case"]),
+            r["dtype"],
+            r["batch"],
+            order.get(r["provider"], len(order)),
+        )
+    )
     return rows
 
 
@@ -87,17 +111,19 @@ def _fmt(value, spec: str, suffix: str = "") -> str:
 def markdown_table(rows: list[dict]) -> str:
     head = (
         "| case | dtype | B | provider | median ms | x eager | GB/s (of copy) | "
-        "TFLOP/s (of matmul) | floor ms | peak MB | compile s |\n"
-        "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        "TFLOP/s (of matmul) | floor ms (bound) | of floor | peak MB | compile s |\n"
+        "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     )
     lines = [head]
     for r in rows:
+        bound = f" ({r['bound']})" if r.get("bound") else ""
         lines.append(
             f"| {r['case']} | {r['dtype']} | {r['batch']} | {r['provider']} "
             f"| {r['median_ms']:.3f} | {_fmt(r['speedup_vs_eager'], '.2f')} "
             f"| {r['gbps']:.2f} ({_fmt(r['frac_copy'], '.1%')}) "
             f"| {r['tflops']:.4f} ({_fmt(r['frac_matmul'], '.1%')}) "
-            f"| {_fmt(r['floor_ms'], '.3f')} | {_fmt(r['peak_mem_mb'], '.1f')} "
+            f"| {_fmt(r['floor_ms'], '.3f')}{bound} "
+            f"| {_fmt(r.get('of_floor'), '.1%')} | {_fmt(r['peak_mem_mb'], '.1f')} "
             f"| {_fmt(r['compile_s'], '.1f')} |"
         )
     return "\n".join(lines)
@@ -137,6 +163,170 @@ def render_markdown(results: dict) -> str:
         f"{peaks['matmul_tflops_fp32']:.3f} TFLOP/s fp32 / "
         f"{peaks['matmul_tflops_bf16']:.3f} TFLOP/s bf16.\n\n" + markdown_table(results["cases"])
     )
+
+
+# issue #16's targets: case -> (fused x eager, fused x torch.compile); None: no target
+TARGETS = {
+    "freq_encoder_fwd": (25, 5),
+    "freq_encoder_fwd_bwd": (10, 5),
+    "front_end_fwd": (20, 4),
+    "full_fwd": (2, None),
+    "train_step": (3, 2),
+}
+GPU_PROVIDERS = ("eager", "compile", "compile-rank1", "fused", "fused-compile", "cudagraph")
+FUSED_FAMILY = ("fused", "fused-compile", "cudagraph")
+
+
+def is_gpu_timing(results: dict) -> bool:
+    """A ``scripts/gpu_timing.py`` results file (also the first H100 one, from before the
+    ``kind`` key)."""
+    return results.get("kind") == "gpu_timing" or "gpu_timing" in str(results.get("method", ""))
+
+
+def _ms(rows: list[dict], case: str, dtype: str, provider: str) -> float | None:
+    for r in rows:
+        if (r["case"], r["dtype"], r["provider"]) == (case, dtype, provider):
+            return r.get("median_ms")
+    return None
+
+
+def _ratio(num: float | None, den: float | None) -> float | None:
+    return num / den if num and den else None
+
+
+def target_rows(results: dict) -> list[dict]:
+    """Issue #16's table: per case and dtype, fused vs eager, vs torch.compile and vs
+    compile-rank1, and the best of the fused family (fused, fused-compile, cudagraph)."""
+    rows = results["cases"]
+    out = []
+    dtypes = list(dict.fromkeys(r["dtype"] for r in rows))
+    for dtype in dtypes:
+        for case, (t_eager, t_compile) in TARGETS.items():
+            eager = _ms(rows, case, dtype, "eager")
+            fused = _ms(rows, case, dtype, "fused")
+            if eager is None and fused is None:
+                continue
+            family = {p: _ms(rows, case, dtype, p) for p in FUSED_FAMILY}
+            family = {p: v for p, v in family.items() if v}
+            best = min(family, key=family.get) if family else None
+            x_eager = _ratio(eager, fused)
+            x_compile = _ratio(_ms(rows, case, dtype, "compile"), fused)
+            out.append(
+                dict(
+                    case=case,
+                    dtype=dtype,
+                    x_eager=x_eager,
+                    target_eager=t_eager,
+                    x_compile=x_compile,
+                    target_compile=t_compile,
+                    x_rank1=_ratio(_ms(rows, case, dtype, "compile-rank1"), fused),
+                    best=best,
+                    best_x_eager=_ratio(eager, family.get(best)) if best else None,
+                    met=None
+                    if x_eager is None
+                    else x_eager >= t_eager
+                    and (t_compile is None or (x_compile or 0) >= t_compile),
+                )
+            )
+    return out
+
+
+def _x(value: float | None, target: float | None = None) -> str:
+    if value is None:
+        return "-"
+    text = f"{value:.2f}x"
+    return text if target is None else f"{text} (>= {target}x)"
+
+
+def target_table(results: dict) -> str:
+    lines = [
+        "| case | dtype | fused x eager (target) | fused x torch.compile (target) | "
+        "fused x compile-rank1 | best fused variant x eager | met |",
+        "| --- | --- | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for r in target_rows(results):
+        best = f"{r['best']} {_x(r['best_x_eager'])}" if r["best"] else "-"
+        met = "-" if r["met"] is None else ("yes" if r["met"] else "no")
+        lines.append(
+            f"| {r['case']} | {r['dtype']} | {_x(r['x_eager'], r['target_eager'])} "
+            f"| {_x(r['x_compile'], r['target_compile'])} | {_x(r['x_rank1'])} | {best} | {met} |"
+        )
+    return "\n".join(lines)
+
+
+def gpu_table(results: dict) -> str:
+    rows = results["cases"]
+    lines = [
+        "| case | dtype | provider | median ms | x eager | x compile | floor ms (bound) "
+        "| of floor | rel. err vs eager | compile s | host ms | peak MB |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    order = {p: i for i, p in enumerate(GPU_PROVIDERS)}
+    cases = list(TARGETS)
+    rows = sorted(
+        rows,
+        key=lambda r: (
+            r["dtype"] != "float32",
+            cases.index(r["case"]) if r["case"] in cases else len(cases),
+            order.get(r["provider"], len(order)),
+        ),
+    )
+    for r in rows:
+        head = f"| {r['case']} | {r['dtype']} | {r['provider']} "
+        if r.get("median_ms") is None:
+            err = str(r.get("error", "no time")).replace("|", "/")[:160]
+            lines.append(head + f"| failed: {err} | | | | | | | | |")
+            continue
+        ms = r["median_ms"]
+        floor = r.get("floor_ms")
+        err = r.get("rel_err_vs_eager")
+        floor_text = "-" if floor is None else f"{floor:.3f} ({r.get('bound')})"
+        lines.append(
+            head + f"| {ms:.3f} "
+            f"| {_x(_ratio(_ms(rows, r['case'], r['dtype'], 'eager'), ms))} "
+            f"| {_x(_ratio(_ms(rows, r['case'], r['dtype'], 'compile'), ms))} "
+            f"| {floor_text} "
+            f"| {_fmt(r.get('of_floor'), '.1%')} | {_fmt(err, '.1e')} "
+            f"| {_fmt(r.get('compile_s'), '.1f')} | {_fmt(r.get('host_ms_per_call'), '.3f')} "
+            f"| {_fmt(r.get('peak_mem_mb'), '.0f')} |"
+        )
+    return "\n".join(lines)
+
+
+def render_gpu_markdown(results: dict) -> str:
+    peaks = results.get("peaks") or {}
+    peak_text = (
+        ", ".join(f"{k} {v}" for k, v in peaks.items())
+        if peaks
+        else "not measured in this run (no floors)"
+    )
+    return (
+        f"**{results['device']}**, {results['date']}, commit {str(results.get('commit'))[:10]}, "
+        f"torch {results.get('torch')}, triton {results.get('triton')}"
+        + (f", CUDA {results['cuda']}, driver {results['driver']}" if results.get("cuda") else "")
+        + f", {results.get('size') or 'B=128, T=128'}, default config.\n\n"
+        f"Method: {results.get('method', '-')}\n\n"
+        f"Peaks measured in the same run: {peak_text}. Floor = max(flops / matmul peak, "
+        "exps / exp peak, bytes / copy bandwidth), counted in `benchmarks/floors.py`.\n\n"
+        "Targets of issue #16 (fused = `ATFNN`):\n\n"
+        + target_table(results)
+        + "\n\nAll rows:\n\n"
+        + gpu_table(results)
+    )
+
+
+def write_gpu_results(results: dict, outdir: Path) -> tuple[Path, Path]:
+    """``<slug>-<yyyymmdd>.json`` and ``.md`` of a gpu_timing run, written atomically."""
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    stem = f"{slug(results['device'])}-{results['date'].replace('-', '')}"
+    json_path, md_path = outdir / f"{stem}.json", outdir / f"{stem}.md"
+    _atomic_write(json_path, json.dumps(results, indent=1) + "\n")
+    _atomic_write(
+        md_path,
+        f"# {results['device']}, {results['date']}\n\n" + render_gpu_markdown(results) + "\n",
+    )
+    return json_path, md_path
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -189,24 +379,55 @@ def _run_date(path: Path) -> str | None:
     return data.get("date") if isinstance(data, dict) and "cases" in data else None
 
 
-def latest_results(outdir: Path = RESULTS) -> Path:
+def _on_gpu(path: Path) -> bool:
+    return not str(json.loads(path.read_text()).get("device", "")).startswith("CPU")
+
+
+def latest_results(outdir: Path = RESULTS, gpu: bool | None = None) -> Path:
+    """The latest results file (by date, then modification time); ``gpu`` True / False:
+    the latest GPU / CPU run only."""
     runs = [p for p in outdir.glob("*.json") if _run_date(p)]
+    if gpu is not None:
+        runs = [p for p in runs if _on_gpu(p) == gpu]
     files = sorted(runs, key=lambda p: (_run_date(p), p.stat().st_mtime))
     if not files:
-        raise FileNotFoundError(f"no results file in {outdir}")
+        raise FileNotFoundError(
+            f"no {'' if gpu is None else ('GPU ' if gpu else 'CPU ')}results file in {outdir}"
+        )
     return files[-1]
 
 
-def update_readme(results_path: Path, readme: Path = README) -> None:
-    results = json.loads(results_path.read_text())
+def _section(path: Path) -> str:
+    results = json.loads(path.read_text())
+    rel = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+    render = render_gpu_markdown if is_gpu_timing(results) else render_markdown
+    return f"From `{rel}`:\n\n" + render(results)
+
+
+def update_readme(
+    results_path: Path | None = None, readme: Path = README, outdir: Path = RESULTS
+) -> None:
+    """Rewrite the README's performance section: the latest GPU run and the latest CPU run
+    of ``outdir`` (``results_path``: show that file alone)."""
+    if results_path is not None:
+        paths = [results_path]
+    else:
+        paths = []
+        for gpu in (True, False):
+            try:
+                paths.append(latest_results(outdir, gpu=gpu))
+            except FileNotFoundError:
+                pass
+        if not paths:
+            raise FileNotFoundError(f"no results file in {outdir}")
     text = readme.read_text()
     if BEGIN not in text or END not in text:
         raise ValueError(f"{readme}: no {BEGIN} ... {END} markers")
-    rel = results_path.relative_to(ROOT) if results_path.is_relative_to(ROOT) else results_path
+    titles = {True: "### Latest GPU run\n\n", False: "### Latest CPU run\n\n"}
+    parts = [titles[_on_gpu(p)] + _section(p) for p in paths]
     body = (
-        f"{BEGIN}\n_Generated by `python -m benchmarks.report --readme` from `{rel}`._\n\n"
-        + render_markdown(results)
-        + f"\n{END}"
+        f"{BEGIN}\n_Generated by `python -m benchmarks.report --readme-only` from the latest "
+        "results files._\n\n" + "\n\n".join(parts) + f"\n{END}"
     )
     start, stop = text.index(BEGIN), text.index(END) + len(END)
     _atomic_write(readme, text[:start] + body + text[stop:])
@@ -242,9 +463,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="read this pytest-benchmark JSON, do not run")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     parser.add_argument("--readme", action="store_true", help="regenerate README's section")
+    parser.add_argument(
+        "--readme-only",
+        action="store_true",
+        help="only regenerate README's section from the latest GPU and CPU results files",
+    )
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG chart")
     parser.add_argument("pytest_args", nargs="*", help="after --: passed to pytest")
     args = parser.parse_args(argv)
+    if args.readme_only:
+        update_readme(outdir=args.out)
+        print(f"updated {README}")
+        return 0
     data = json.loads(args.json.read_text()) if args.json else run_suite(args.pytest_args)
     results = results_from_pytest_json(data)
     json_path, md_path = write_results(results, args.out)
@@ -252,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_plot:
         print(f"wrote {plot(results, json_path.with_suffix('.png'))}")
     if args.readme:
-        update_readme(latest_results(args.out))
+        update_readme(outdir=args.out)
         print(f"updated {README}")
     return 0
 

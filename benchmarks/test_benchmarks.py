@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from atfnn_fast import ATFNNConfig
-from benchmarks import cases
+from benchmarks import cases, floors
 
 
 def _peak_memory_mb(bench: cases.Bench, device: torch.device) -> float | None:
@@ -55,6 +55,7 @@ def test_case(benchmark, bench_env, device, case, provider, dtype, batch):
     cfg = ATFNNConfig()
     frames = bench_env["frames"]
     elem = 4 if dtype == "float32" else 2
+    counts = floors.case_counts(ATFNNConfig(), case, batch, bench_env["frames"], elem)
     try:
         bench = cases.build(case, provider, cfg, batch, frames, getattr(torch, dtype), device)
     except torch.cuda.OutOfMemoryError:
@@ -70,8 +71,9 @@ def test_case(benchmark, bench_env, device, case, provider, dtype, batch):
         dtype=dtype,
         batch=batch,
         frames=frames,
-        bytes=cases.bytes_moved(cfg, case, batch, frames, elem),
-        flops=cases.flops(cfg, case, batch, frames),
+        bytes=counts.bytes,
+        flops=counts.flops,
+        exps=counts.exps,
         compile_s=None if bench.compile_s is None else round(bench.compile_s, 3),
         peak_mem_mb=_peak_memory_mb(bench, device),
         host_ms=_host_ms(bench, device),

@@ -51,9 +51,18 @@ def test_wheel_installs_everything_under_one_namespace(tmp_path):
         "atfnn_fast/assets/speech.wav",
     ):
         assert needed in names
+    # the measured launch settings per arch (kernels/tuning.py) ship with the kernels
+    for table in (ROOT / "kernels" / "tuned").glob("*.json"):
+        assert f"atfnn_fast/kernels/tuned/{table.name}" in names
     entry = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry).decode()
     assert "atfnn-fast = atfnn_fast.app.cli:main" in text
+
+
+def test_tuned_tables_are_package_data():
+    text = (ROOT / "pyproject.toml").read_text()
+    line = next(x for x in text.splitlines() if x.startswith('"atfnn_fast.kernels" = ['))
+    assert '"tuned/*.json"' in line
 
 
 def test_cli_version(capsys):
