@@ -36,8 +36,9 @@ def _env():
 @pytest.fixture(scope="module")
 def gate(tmp_path_factory):
     """The whole resource gate, run once for this module: every configuration on every arch
-    in every dtype and precision (``python -m benchmarks.resources``, 2 compile jobs: about
-    4 minutes on 2 cores with a cold Triton cache). Returns (rows, process)."""
+    in every dtype and precision (``python -m benchmarks.resources``, 2 worker processes:
+    about 5 minutes of CPU, 3 minutes on 2 free cores, with a cold Triton cache). Returns
+    (rows, process)."""
     rows_file = tmp_path_factory.mktemp("resources") / "rows.json"
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.resources", "--json", str(rows_file)],
@@ -164,6 +165,47 @@ def test_sass_counts_on_a_snippet():
 
     assert sass_counts(SASS_SNIPPET) == {"mma": 4, "ffma": 3, "mufu": 1, "ldl": 1, "stl": 2}
     assert sass_counts("") == {"mma": 0, "ffma": 0, "mufu": 0, "ldl": 0, "stl": 0}
+
+
+@pytest.mark.slow
+def test_sass_counts_find_the_matrix_instructions_of_a_dot_on_every_arch():
+    """A bf16, fp16 and tf32 ``tl.dot`` compiles to matrix instructions (HMMA, HGMMA on
+    sm_90) on every arch, an ieee float32 one to FFMA only; the batched disassembly counts
+    what ``cuobjdump --dump-sass`` of each cubin shows."""
+    code = """
+import json, torch
+from benchmarks.resources import ARCHS, batch_sass_counts, compile_for, cubin_sass, sass_counts
+from _dot_kernel import dot_kernel
+out = []
+for arch in sorted(ARCHS):
+    cubins = []
+    for dtype, prec in (("bfloat16", "ieee"), ("float16", "ieee"), ("float32", "tf32"),
+                        ("float32", "ieee")):
+        a, b = (torch.empty(64 * 32, dtype=getattr(torch, dtype)) for _ in range(2))
+        c = torch.empty(64 * 64)
+        k = compile_for(arch, dot_kernel, (1,), a, b, c, M=64, K=32, N=64, PREC=prec)
+        cubins.append(k.asm["cubin"])
+        out.append([arch, dtype, prec, sass_counts(cubin_sass(k.asm["cubin"]))])
+    for row, batched in zip(out[-4:], batch_sass_counts(cubins, arch)):
+        row.append(batched)
+print(json.dumps(out))
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=ROOT,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for arch, dtype, prec, counts, batched in json.loads(proc.stdout.strip().splitlines()[-1]):
+        assert counts == batched, (arch, dtype, prec, counts, batched)
+        assert counts["mufu"] > 0 and counts["ldl"] == counts["stl"] == 0
+        if prec == "ieee" and dtype == "float32":
+            assert counts["mma"] == 0 and counts["ffma"] > 0, (arch, counts)
+        else:
+            assert counts["mma"] > 0, (arch, dtype, prec, counts)
 
 
 def test_an_oversized_block_is_reported_short():
