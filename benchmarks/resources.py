@@ -276,13 +276,13 @@ def row_for(
     **extra,
 ) -> dict:
     """The judged resource row of one compiled kernel (``precision``: see
-    :data:`PRECISIONS`, the dtype's first by default; ``sass``: its :func:`sass_counts`,
-    disassembled here if not given)."""
+    :data:`PRECISIONS`, the dtype's first by default; ``sass``: its :func:`sass_counts`, from
+    ``cuobjdump --dump-sass`` of its cubin if not given)."""
     if compiled.hash not in _RESOURCES:
         _RESOURCES[compiled.hash] = cubin_resources(compiled.asm["cubin"])
     res = _RESOURCES[compiled.hash]
     if sass is None:
-        (sass,) = batch_sass_counts([compiled.asm["cubin"]], arch)
+        sass = sass_counts(cubin_sass(compiled.asm["cubin"]))
     row = dict(
         kernel=compiled.metadata.name,
         arch=arch,
