@@ -16,8 +16,13 @@ computed from the arch's limits in :data:`ARCHS`.
 
 A row *fits* when shared memory is within the arch's per-block limit, registers x threads
 are within 64 K and it uses no local memory (no stack, no spills, no LDL / STL in its
-SASS); it *meets the target*
-when it also reaches :data:`atfnn_fast.kernels.tuning.WARPS_TARGET` resident warps.
+SASS); it *meets the target* when it also reaches
+:data:`atfnn_fast.kernels.tuning.WARPS_TARGET` resident warps.
+
+Each row also counts SASS instructions (:func:`sass_counts`): matrix instructions (HMMA,
+HGMMA, other MMA), FFMA, MUFU and local loads / stores. float32 compiles in two precisions
+(:data:`PRECISIONS`: ``torch.backends.cudnn.allow_tf32`` on and off), so the tf32 and the
+ieee dots are both gated.
 
 Each (arch, dtype) is one task of a pool of worker processes (no ``TRITON_INTERPRET``). On a
 CUDA machine, ``--device`` instead compiles for the local GPU, launches for real, and adds
