@@ -15,10 +15,16 @@ kernel's metadata gives the (dynamic) shared memory. Occupancy (resident warps p
 computed from the arch's limits in :data:`ARCHS`.
 
 A row *fits* when shared memory is within the arch's per-block limit, registers x threads
-are within 64 K and it uses no local memory (no stack, no spills); it *meets the target*
-when it also reaches :data:`atfnn_fast.kernels.tuning.WARPS_TARGET` resident warps.
+are within 64 K and it uses no local memory (no stack, no spills, no LDL / STL in its
+SASS); it *meets the target* when it also reaches
+:data:`atfnn_fast.kernels.tuning.WARPS_TARGET` resident warps.
 
-Each (arch, dtype) compiles in its own process (no ``TRITON_INTERPRET``), in parallel. On a
+Each row also counts SASS instructions (:func:`sass_counts`): matrix instructions (HMMA,
+HGMMA, other MMA), FFMA, MUFU and local loads / stores. float32 compiles in two precisions
+(:data:`PRECISIONS`: ``torch.backends.cudnn.allow_tf32`` on and off), so the tf32 and the
+ieee dots are both gated.
+
+Each (arch, dtype) is one task of a pool of worker processes (no ``TRITON_INTERPRET``). On a
 CUDA machine, ``--device`` instead compiles for the local GPU, launches for real, and adds
 the registers/spills the driver reports for what actually launched next to the prediction.
 """
@@ -26,18 +32,25 @@ the registers/spills the driver reports for what actually launched next to the p
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
+import multiprocessing
 import os
 import re
+import struct
 import subprocess
 import sys
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DTYPES = ("float32", "bfloat16", "float16")
+# The precisions each dtype compiles in: float32 inputs twice, with
+# torch.backends.cudnn.allow_tf32 on ("tf32", the PyTorch default: the F-Encoder's dots may
+# take tf32 operands) and off ("ieee"); bfloat16 and float16 once (tf32 left on).
+PRECISIONS = {"float32": ("tf32", "ieee"), "bfloat16": ("bf16",), "float16": ("fp16",)}
 
 
 @dataclass(frozen=True)
@@ -99,6 +112,7 @@ def judge(row: dict) -> dict:
         row["shared_bytes"] <= lim.smem_per_block
         and row["regs"] * threads <= lim.regs_per_sm
         and row["local_bytes"] == 0
+        and row.get("ldl", 0) + row.get("stl", 0) == 0
     )
     row["target_warps"] = WARPS_TARGET[arch]
     row["meets_target"] = row["fits"] and row["warps_per_sm"] >= WARPS_TARGET[arch]
@@ -128,11 +142,50 @@ class StandInDriver:
         return True
 
 
-def _cuobjdump() -> str:
+def _nvidia_tool(name: str) -> str:
+    """A CUDA binary tool shipped with Triton (cuobjdump, nvdisasm), else the one on PATH."""
     import triton
 
-    path = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
-    return str(path) if path.exists() else "cuobjdump"
+    path = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name
+    return str(path) if path.exists() else name
+
+
+def _cuobjdump() -> str:
+    return _nvidia_tool("cuobjdump")
+
+
+# SASS opcode (its name before the first ".") -> the count it adds to. Matrix instructions:
+# HMMA (sm_80/86/89 warp MMA, f16/bf16/tf32), HGMMA (sm_90 warpgroup MMA) and the other
+# MMA families (IMMA, DMMA, BMMA, QMMA, IGMMA, QGMMA, BGMMA); FFMA with its immediate form;
+# MUFU (exp2, rcp, rsqrt, ...); LDL / STL (local memory: spills, stack arrays).
+SASS_COUNTED = {
+    **dict.fromkeys(
+        ("HMMA", "HGMMA", "IMMA", "IGMMA", "DMMA", "BMMA", "BGMMA", "QMMA", "QGMMA"), "mma"
+    ),
+    "FFMA": "ffma",
+    "FFMA32I": "ffma",
+    "MUFU": "mufu",
+    "LDL": "ldl",
+    "STL": "stl",
+}
+SASS_COLUMNS = ("mma", "ffma", "mufu", "ldl", "stl")
+# one instruction of `cuobjdump --dump-sass`: /*0a30*/ [@!P0 ]OPCODE.MODIFIERS operands ;
+_SASS_ADDRESS = re.compile(r"^\s*/\*([0-9a-f]{4,})\*/")
+_SASS_INSTRUCTION = re.compile(
+    r"^\s*/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_]*)", re.M
+)
+
+
+def sass_counts(sass_text: str) -> dict[str, int]:
+    """Instructions of each :data:`SASS_COLUMNS` kind in ``cuobjdump --dump-sass`` text:
+    ``mma`` (tensor-core matrix instructions: HMMA + HGMMA + other MMA), ``ffma``, ``mufu``,
+    ``ldl`` and ``stl`` (local loads and stores)."""
+    counts = dict.fromkeys(SASS_COLUMNS, 0)
+    for opcode in _SASS_INSTRUCTION.findall(sass_text):
+        kind = SASS_COUNTED.get(opcode)
+        if kind is not None:
+            counts[kind] += 1
+    return counts
 
 
 def cubin_resources(cubin: bytes) -> dict:
@@ -152,21 +205,116 @@ def cubin_resources(cubin: bytes) -> dict:
     return {k: int(v) for k, v in fields.items()}
 
 
-def row_for(compiled, arch: int, dtype: str, config: str, **extra) -> dict:
-    """The judged resource row of one compiled kernel."""
-    res = cubin_resources(compiled.asm["cubin"])
+def cubin_sass(cubin: bytes) -> str:
+    """``cuobjdump --dump-sass`` of a cubin."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        return subprocess.run(
+            [_cuobjdump(), "--dump-sass", f.name], capture_output=True, text=True, check=True
+        ).stdout
+
+
+def _kernel_text(cubin: bytes) -> bytes:
+    """The machine code of a cubin's single kernel: its ELF ``.text.<kernel>`` section."""
+    if cubin[:5] != b"\x7fELF\x02":
+        raise ValueError("not a 64-bit ELF cubin")
+    (shoff,) = struct.unpack_from("<Q", cubin, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", cubin, 0x3A)
+    headers = [struct.unpack_from("<IIQQQQ", cubin, shoff + i * shentsize) for i in range(shnum)]
+    names_at = headers[shstrndx][4]
+    texts = []
+    for name, _type, _flags, _addr, offset, size in headers:
+        start = names_at + name
+        if cubin[start : cubin.index(b"\0", start)].startswith(b".text."):
+            texts.append(cubin[offset : offset + size])
+    if len(texts) != 1:
+        raise ValueError(f"expected one .text section in the cubin, found {len(texts)}")
+    return texts[0]
+
+
+def batch_sass_counts(cubins: list[bytes], arch: int) -> list[dict[str, int]]:
+    """:func:`sass_counts` of many cubins of one arch with a single disassembler run: their
+    kernels' machine code back to back, disassembled as one raw binary by ``nvdisasm -b``,
+    each instruction counted for the kernel whose address range holds it. The same counts
+    as ``cuobjdump --dump-sass`` per cubin (checked by the tests), at a fraction of the
+    cost: each cuobjdump call spends about 0.2 s of CPU on its own."""
+    if not cubins:
+        return []
+    texts = [_kernel_text(c) for c in cubins]
+    starts = [0]
+    for t in texts:
+        if len(t) % 16:
+            raise ValueError("kernel code is not a whole number of 16-byte instructions")
+        starts.append(starts[-1] + len(t))
+    with tempfile.NamedTemporaryFile(suffix=".bin") as f:
+        f.write(b"".join(texts))
+        f.flush()
+        sm = f"SM{arch}a" if arch == 90 else f"SM{arch}"
+        out = subprocess.run(
+            [_nvidia_tool("nvdisasm"), "--binary", sm, f.name],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    per_kernel: list[list[str]] = [[] for _ in texts]
+    for line in out.splitlines():
+        m = _SASS_ADDRESS.match(line)
+        if m:
+            per_kernel[bisect.bisect_right(starts, int(m.group(1), 16)) - 1].append(line)
+    counts = [sass_counts("\n".join(lines)) for lines in per_kernel]
+    if any(not lines for lines in per_kernel):
+        raise RuntimeError(f"nvdisasm printed no SASS for some kernels:\n{out[:4000]}")
+    return counts
+
+
+_RESOURCES: dict[str, dict] = {}  # compiled kernel hash -> cubin_resources
+
+
+def row_for(
+    compiled,
+    arch: int,
+    dtype: str,
+    config: str,
+    precision: str | None = None,
+    sass: dict | None = None,
+    **extra,
+) -> dict:
+    """The judged resource row of one compiled kernel (``precision``: see
+    :data:`PRECISIONS`, the dtype's first by default; ``sass``: its :func:`sass_counts`, from
+    ``cuobjdump --dump-sass`` of its cubin if not given)."""
+    if compiled.hash not in _RESOURCES:
+        _RESOURCES[compiled.hash] = cubin_resources(compiled.asm["cubin"])
+    res = _RESOURCES[compiled.hash]
+    if sass is None:
+        sass = sass_counts(cubin_sass(compiled.asm["cubin"]))
     row = dict(
         kernel=compiled.metadata.name,
         arch=arch,
         dtype=dtype,
+        precision=precision or PRECISIONS.get(dtype, (dtype,))[0],
         config=config,
         num_warps=compiled.metadata.num_warps,
         regs=res["REG"],
         shared_bytes=compiled.metadata.shared + res.get("SHARED", 0),
         local_bytes=res.get("LOCAL", 0) + res.get("STACK", 0),
+        **sass,
         **extra,
     )
     return judge(row) if arch in ARCHS else row
+
+
+def rows_for(arch: int, launches: list[tuple], **extra) -> list[dict]:
+    """Rows of many ``(compiled, dtype, config, precision, variant)`` launches of one arch;
+    their distinct cubins disassembled in one run (:func:`batch_sass_counts`)."""
+    unique = {c.hash: c for c, *_ in launches}
+    counts = dict(
+        zip(unique, batch_sass_counts([c.asm["cubin"] for c in unique.values()], arch), strict=True)
+    )
+    return [
+        row_for(c, arch, dt, name, prec, counts[c.hash], variant=var, **extra)
+        for c, dt, name, prec, var in launches
+    ]
 
 
 def compile_for(arch: int, kernel, grid, *args, **kwargs):
@@ -177,23 +325,38 @@ def compile_for(arch: int, kernel, grid, *args, **kwargs):
     return kernel.warmup(*args, grid=grid, **kwargs)
 
 
-def _run_front_end(cfg, dtype, device: str = "cpu", batch: int = 2) -> None:
-    """The fused front-end of ATFNN, forward and backward (what training launches)."""
+def _run_front_end(cfg, dtype, device: str = "cpu", batch: int = 2, tf32: bool = True) -> None:
+    """The fused front-end of ATFNN, forward and backward (what training launches), with
+    ``torch.backends.cudnn.allow_tf32`` set to ``tf32`` (restored afterwards)."""
     import torch
 
     from atfnn_fast import ATFNN
 
-    torch.manual_seed(0)
-    model = ATFNN(cfg, check_finite=False).to(device=device, dtype=dtype)
-    x = torch.randn(batch, 1, cfg.n_mels, cfg.frames, device=device, dtype=dtype)
-    x.requires_grad_(True)
-    enc, maps = model.front_end(x)
-    loss = enc.float().sum() + sum(m.float().sum() for m in maps if m is not None)
-    loss.backward()
+    was = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    try:
+        torch.manual_seed(0)
+        model = ATFNN(cfg, check_finite=False).to(device=device, dtype=dtype)
+        x = torch.randn(batch, 1, cfg.n_mels, cfg.frames, device=device, dtype=dtype)
+        x.requires_grad_(True)
+        enc, maps = model.front_end(x)
+        loss = enc.float().sum() + sum(m.float().sum() for m in maps if m is not None)
+        loss.backward()
+    finally:
+        torch.backends.cudnn.allow_tf32 = was
+
+
+def variant(kwargs: dict) -> str:
+    """The variant of a launch: its boolean constexpr flags that are on (``GRAD``, ``DY1``,
+    ``WGRAD``, ``HAS_GMAP``, ...), joined by "+", or "-"."""
+    return "+".join(sorted(k for k, v in kwargs.items() if v is True)) or "-"
 
 
 def compile_rows(arch: int, dtype_name: str, config_names: list[str]) -> list[dict]:
-    """Compile every kernel the front-end launches for ``arch``; one row per kernel."""
+    """Compile every kernel the front-end launches for ``arch``, in each of the dtype's
+    :data:`PRECISIONS`; one row per kernel, precision and configuration. A launch equal
+    to an earlier one (same kernel, specialization and constexprs) is not compiled again:
+    Triton's in-process cache returns it."""
     import torch
     from triton.runtime import driver
 
@@ -203,43 +366,31 @@ def compile_rows(arch: int, dtype_name: str, config_names: list[str]) -> list[di
         raise RuntimeError("benchmarks.resources compiles kernels: unset TRITON_INTERPRET")
     driver.set_active(StandInDriver(arch))
     dtype = getattr(torch, dtype_name)
-    rows, seen = [], set()
+    launches, seen = [], set()
     all_cfgs = configs()
-    for name in config_names:
-        launched = []
+    for precision in PRECISIONS[dtype_name]:
+        for name in config_names:
+            launched = []
 
-        def record(kernel, grid, args, kwargs, launched=launched):
-            launched.append(kernel.warmup(*args, grid=grid, **kwargs))
+            def record(kernel, grid, args, kwargs, launched=launched):
+                launched.append((kernel.warmup(*args, grid=grid, **kwargs), variant(kwargs)))
 
-        with _triton_utils.recording(record), use_backend("triton"):
-            _run_front_end(all_cfgs[name], dtype)
-        for compiled in launched:
-            key = (compiled.hash, name)
-            if key in seen:
-                continue
-            seen.add(key)
-            rows.append(row_for(compiled, arch, dtype_name, name))
-    return rows
+            with _triton_utils.recording(record), use_backend("triton"):
+                _run_front_end(all_cfgs[name], dtype, tf32=precision != "ieee")
+            for compiled, var in launched:
+                key = (compiled.hash, precision, name)
+                if key not in seen:
+                    seen.add(key)
+                    launches.append((compiled, dtype_name, name, precision, var))
+    return rows_for(arch, launches)
 
 
 def _dedupe_kernels(rows: list[dict]) -> list[dict]:
-    """One row per (kernel, arch, dtype, config, resources): the F- and T-Attention
-    launches of one kernel with equal resources collapse."""
+    """One row per distinct row: the F- and T-Attention launches of one kernel with equal
+    resources (and variant) collapse."""
     out, seen = [], set()
     for r in rows:
-        key = tuple(
-            r[k]
-            for k in (
-                "kernel",
-                "arch",
-                "dtype",
-                "config",
-                "num_warps",
-                "regs",
-                "shared_bytes",
-                "local_bytes",
-            )
-        )
+        key = tuple(sorted(r.items()))
         if key not in seen:
             seen.add(key)
             out.append(r)
@@ -247,12 +398,13 @@ def _dedupe_kernels(rows: list[dict]) -> list[dict]:
 
 
 def collect(archs, dtypes, config_names, others_arch: int | None, jobs: int) -> list[dict]:
-    """All rows, each (arch, dtype) compiled in its own subprocess, ``jobs`` at a time.
-    With ``others_arch``, the configurations other than "default" compile for that arch
-    only (every dtype)."""
+    """All rows: each (arch, dtype) is one task (:func:`compile_rows`), run by a pool of
+    ``jobs`` worker processes (each imports torch and Triton once and takes the next task
+    when done; float32, with two precisions, first). With ``others_arch``, the
+    configurations other than "default" compile for that arch only (every dtype)."""
     tasks = []
-    for arch in archs:
-        for dt in dtypes:
+    for dt in sorted(dtypes, key=lambda d: -len(PRECISIONS[d])):
+        for arch in archs:
             names = [
                 n
                 for n in config_names
@@ -260,32 +412,19 @@ def collect(archs, dtypes, config_names, others_arch: int | None, jobs: int) -> 
             ]
             if names:
                 tasks.append((arch, dt, names))
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = str(ROOT) + (
-        os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""
-    )
-
-    def work(task):
-        arch, dt, names = task
-        cmd = [
-            sys.executable,
-            "-m",
-            "benchmarks.resources",
-            "--worker",
-            "--arch",
-            str(arch),
-            "--dtype",
-            dt,
-            "--config",
-            *names,
-        ]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
-        if proc.returncode != 0:
-            raise RuntimeError(f"compiling for sm_{arch} {dt} failed:\n{proc.stderr[-4000:]}")
-        return json.loads(proc.stdout.strip().splitlines()[-1])
-
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        results = list(pool.map(work, tasks))
+    saved = {k: os.environ.get(k) for k in ("TRITON_INTERPRET", "PYTHONPATH")}
+    os.environ.pop("TRITON_INTERPRET", None)  # the workers compile
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), saved["PYTHONPATH"]) if p)
+    try:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+            results = list(pool.map(compile_rows, *zip(*tasks, strict=True)))
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     return _dedupe_kernels([row for rows in results for row in rows])
 
 
@@ -301,54 +440,83 @@ def device_rows(config_names: list[str], dtypes=DTYPES) -> list[dict]:
     arch = 10 * major + minor
     rows, all_cfgs = [], configs()
     for dt in dtypes:
-        for name in config_names:
-            launched = []
+        for precision in PRECISIONS[dt]:
+            for name in config_names:
+                launched = []
 
-            def record(kernel, grid, args, kwargs, launched=launched):
-                compiled = kernel[grid](*args, **kwargs)
-                launched.append(compiled)
+                def record(kernel, grid, args, kwargs, launched=launched):
+                    launched.append((kernel[grid](*args, **kwargs), variant(kwargs)))
 
-            with _triton_utils.recording(record):
-                _run_front_end(all_cfgs[name], getattr(torch, dt), "cuda")
-            torch.cuda.synchronize()
-            for compiled in {c.hash: c for c in launched}.values():
-                compiled._init_handles()
-                rows.append(
-                    row_for(
-                        compiled,
-                        arch,
-                        dt,
-                        name,
-                        launched=True,
-                        driver_regs=compiled.n_regs,
-                        driver_spills=compiled.n_spills,
+                with _triton_utils.recording(record):
+                    _run_front_end(
+                        all_cfgs[name], getattr(torch, dt), "cuda", tf32=precision != "ieee"
                     )
-                )
+                torch.cuda.synchronize()
+                for compiled, var in {c.hash: (c, v) for c, v in launched}.values():
+                    compiled._init_handles()
+                    rows.append(
+                        row_for(
+                            compiled,
+                            arch,
+                            dt,
+                            name,
+                            precision,
+                            variant=var,
+                            launched=True,
+                            driver_regs=compiled.n_regs,
+                            driver_spills=compiled.n_spills,
+                        )
+                    )
     return _dedupe_kernels(rows)
 
 
 # ------------------------------------------------------------------------------ output
 COLUMNS = (
     "kernel",
+    "variant",
     "arch",
     "dtype",
+    "precision",
     "config",
     "num_warps",
     "regs",
     "shared_bytes",
     "local_bytes",
+    *SASS_COLUMNS,
     "warps_per_sm",
     "fits",
 )
+_MERGED = ("precision", "config")  # table rows equal in every other column merge
 
 
 def table(rows: list[dict]) -> str:
-    """A markdown table of the rows, the short ones marked."""
+    """A markdown table of the rows, the short ones marked. Rows that differ only in
+    precision or configuration are one line listing them (e.g. ``tf32, ieee``)."""
+    merged: dict[tuple, dict] = {}
+    for r in rows:
+        key = tuple(str(r.get(c)) for c in COLUMNS if c not in _MERGED)
+        key += (str(r.get("meets_target")),)
+        m = merged.setdefault(key, {**r, **{c: [] for c in _MERGED}})
+        for c in _MERGED:
+            if r[c] not in m[c]:
+                m[c].append(r[c])
     head = "| " + " | ".join(COLUMNS) + " | target |"
     lines = [head, "|" + "---|" * (len(COLUMNS) + 1)]
-    for r in sorted(rows, key=lambda r: (r["config"], r["kernel"], r["arch"], r["dtype"])):
+    order = {n: i for i, n in enumerate(["tf32", "ieee", "bf16", "fp16"])}
+    for r in sorted(
+        merged.values(),
+        key=lambda r: (
+            r["kernel"],
+            r["variant"],
+            r["arch"],
+            r["dtype"],
+            order.get(r["precision"][0], 9),
+            r["regs"],
+        ),
+    ):
         mark = "ok" if r.get("meets_target") else f"**SHORT** (>= {r.get('target_warps')})"
-        lines.append("| " + " | ".join(str(r[c]) for c in COLUMNS) + f" | {mark} |")
+        cells = [", ".join(map(str, r[c])) if c in _MERGED else str(r[c]) for c in COLUMNS]
+        lines.append("| " + " | ".join(cells) + f" | {mark} |")
     return "\n".join(lines)
 
 
@@ -417,9 +585,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{len(rows)} rows, {len(short)} short of fitting or of the occupancy target")
     for r in short:
         print(
-            f"  SHORT: {r['kernel']} sm_{r['arch']} {r['dtype']} {r['config']}: "
+            f"  SHORT: {r['kernel']} ({r['variant']}) sm_{r['arch']} {r['dtype']} "
+            f"{r['precision']} {r['config']}: "
             f"{r['regs']} regs x {r['num_warps']} warps, {r['shared_bytes']} B shared, "
-            f"{r['local_bytes']} B local -> {r['warps_per_sm']} warps/SM "
+            f"{r['local_bytes']} B local, {r['ldl']} LDL / {r['stl']} STL -> "
+            f"{r['warps_per_sm']} warps/SM "
             f"(target {r['target_warps']})"
         )
     return 1 if short else 0

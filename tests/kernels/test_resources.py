@@ -1,6 +1,7 @@
 """GPU fitness without a GPU: every kernel the fused ops launch, compiled for sm_80/86/89/90
-(benchmarks.resources), fits each arch at the occupancy targets; a kernel that would not
-launch or would spill is reported."""
+(benchmarks.resources) in every configuration, dtype and float32 precision, fits each arch
+at the occupancy targets, uses no local memory, and the F-Encoder FFN kernels run their dots
+on the tensor cores (matrix instructions in their SASS)."""
 
 import json
 import os
@@ -11,6 +12,19 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+ARCHS = {80, 86, 89, 90}
+# (dtype, precision) pairs the gate compiles: float32 with and without tf32
+PRECISIONS = {("float32", "tf32"), ("float32", "ieee"), ("bfloat16", "bf16"), ("float16", "fp16")}
+CONFIGS = {"default", "tiny", "encoding", "wide"}
+KERNELS = {
+    "_band_fwd_kernel",
+    "_band_bwd_kernel",
+    "_fenc_norm1_kernel",
+    "_fenc_ffn_kernel",
+    "_fenc_bwd_ffn_kernel",
+    "_fenc_bwd_norm1_kernel",
+    "_fenc_bwd_softmax_kernel",
+}
 
 
 def _env():
@@ -19,53 +33,103 @@ def _env():
     return env
 
 
-@pytest.mark.slow
-def test_every_kernel_fits_every_arch_dtype_and_config(tmp_path):
-    """Every arch x dtype for the default config, every dtype on sm_86 (the smallest shared
-    memory and warp limits) for the others: about 3 minutes on 2 cores. The full table
-    (every config on every arch) is benchmarks/results/resources-cpu-*.md."""
-    rows_file = tmp_path / "rows.json"
+@pytest.fixture(scope="module")
+def gate(tmp_path_factory):
+    """The whole resource gate, run once for this module: every configuration on every arch
+    in every dtype and precision (``python -m benchmarks.resources``, 2 worker processes:
+    about 5 minutes of CPU, 3 minutes on 2 free cores, with a cold Triton cache). Returns
+    (rows, process)."""
+    rows_file = tmp_path_factory.mktemp("resources") / "rows.json"
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.resources",
-            "--others-arch",
-            "86",
-            "--json",
-            str(rows_file),
-        ],
+        [sys.executable, "-m", "benchmarks.resources", "--json", str(rows_file)],
         capture_output=True,
         text=True,
         env=_env(),
         cwd=ROOT,
         timeout=1200,
     )
-    assert rows_file.exists(), proc.stderr[-3000:]
-    rows = json.loads(rows_file.read_text())
+    assert rows_file.exists(), proc.stdout[-2000:] + proc.stderr[-3000:]
+    return json.loads(rows_file.read_text()), proc
+
+
+@pytest.mark.slow
+def test_the_gate_covers_every_config_arch_dtype_and_precision(gate):
+    rows, _ = gate
+    for config in CONFIGS:
+        for arch in ARCHS:
+            for dtype, precision in PRECISIONS:
+                kernels = {
+                    r["kernel"]
+                    for r in rows
+                    if (r["config"], r["arch"], r["dtype"], r["precision"])
+                    == (config, arch, dtype, precision)
+                }
+                assert kernels == KERNELS, (config, arch, dtype, precision, kernels)
+
+
+@pytest.mark.slow
+def test_every_kernel_fits_every_arch_at_the_occupancy_target(gate):
+    rows, proc = gate
     short = [line for line in proc.stdout.splitlines() if "SHORT:" in line]
     assert not short, "kernels short of fitting or of the occupancy target:\n" + "\n".join(short)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    archs = {r["arch"] for r in rows}
-    assert archs == {80, 86, 89, 90}
-    assert {r["dtype"] for r in rows} == {"float32", "bfloat16", "float16"}
-    assert {r["config"] for r in rows} == {"default", "tiny", "encoding", "wide"}
-    assert {r["arch"] for r in rows if r["config"] != "default"} == {86}
-    kernels = {r["kernel"] for r in rows}
-    assert {
-        "_band_fwd_kernel",
-        "_band_bwd_kernel",
-        "_fenc_norm1_kernel",
-        "_fenc_ffn_kernel",
-        "_fenc_bwd_ffn_kernel",
-        "_fenc_bwd_norm1_kernel",
-        "_fenc_bwd_softmax_kernel",
-    } <= kernels
-    assert all(r["local_bytes"] == 0 for r in rows)
-    # the dispatcher's table of needs is the one these kernels give
+    assert all(r["fits"] and r["meets_target"] for r in rows)
+
+
+@pytest.mark.slow
+def test_no_kernel_uses_local_memory(gate):
+    rows, _ = gate
+    local = [
+        f"{r['kernel']} ({r['variant']}) sm_{r['arch']} {r['precision']} {r['config']}: "
+        f"{r['local_bytes']} B local, {r['ldl']} LDL, {r['stl']} STL"
+        for r in rows
+        if r["local_bytes"] or r["ldl"] or r["stl"]
+    ]
+    assert not local, "\n".join(local)
+
+
+@pytest.mark.slow
+def test_ffn_kernels_run_their_dots_on_the_tensor_cores(gate):
+    """The F-Encoder FFN kernels, forward (`_fenc_ffn_kernel`), its GRAD variant and both
+    variants of `_fenc_bwd_ffn_kernel` (DY1, WGRAD), contain matrix instructions (HMMA on
+    sm_80/86/89, HGMMA or HMMA on sm_90) on every arch in tf32, bf16 and fp16."""
+    rows, _ = gate
+    ffn_variants = {  # (kernel, variant): does a row's set of on flags belong to it
+        ("_fenc_ffn_kernel", "forward"): lambda flags: "GRAD" not in flags,
+        ("_fenc_ffn_kernel", "GRAD"): lambda flags: "GRAD" in flags,
+        ("_fenc_bwd_ffn_kernel", "DY1"): lambda flags: "DY1" in flags,
+        ("_fenc_bwd_ffn_kernel", "WGRAD"): lambda flags: "WGRAD" in flags,
+    }
+    missing, ffma_only = [], []
+    for (kernel, label), belongs in ffn_variants.items():
+        for arch in sorted(ARCHS):
+            for precision in ("tf32", "bf16", "fp16"):
+                found = [
+                    r
+                    for r in rows
+                    if (r["kernel"], r["arch"], r["precision"]) == (kernel, arch, precision)
+                    and belongs(r["variant"].split("+"))
+                ]
+                where = f"{kernel} {label} sm_{arch} {precision}"
+                if not found:
+                    missing.append(where)
+                ffma_only += [
+                    f"{where} {r['config']}: {r['mma']} matrix instructions, {r['ffma']} FFMA"
+                    for r in found
+                    if r["mma"] == 0
+                ]
+    assert not missing, "no rows for: " + ", ".join(missing)
+    assert not ffma_only, (
+        f"FFN dots not on the tensor cores in {len(ffma_only)} rows:\n" + "\n".join(ffma_only[:40])
+    )
+
+
+@pytest.mark.slow
+def test_the_dispatchers_needs_file_is_the_compiled_kernels(gate):
     from atfnn_fast.kernels.fit import NEEDS_FILE
     from benchmarks.resources import needs_from_rows
 
+    rows, _ = gate
     recorded = json.loads(NEEDS_FILE.read_text())
     for op, per_arch in needs_from_rows(rows).items():
         for arch, need in per_arch.items():
@@ -73,6 +137,77 @@ def test_every_kernel_fits_every_arch_dtype_and_config(tmp_path):
                 f"kernels/resource_needs.json is stale for {op} on sm_{arch}: "
                 "run python -m benchmarks.resources --write-needs"
             )
+
+
+SASS_SNIPPET = """
+	code for sm_90
+		Function : k
+	.headerflags	@"EF_CUDA_TEXMODE_UNIFIED EF_CUDA_64BIT_ADDRESS EF_CUDA_SM90"
+        /*0000*/                   LDC R1, c[0x0][0x28] ;                 /* 0x00000a00ff017b82 */
+                                                                          /* 0x000fe20000000800 */
+        /*0010*/                   HGMMA.64x64x16.F32.BF16 R24, gdesc[UR4].tnspB, RZ, !UPT ;
+        /*0020*/                   HMMA.1688.F32.TF32 R12, R28.reuse, R36, RZ ;
+        /*0030*/               @P0 HMMA.16816.F32.BF16 R12, R28, R36, R12 ;
+        /*0040*/                   IMMA.16832.S8.S8 R4, R8, R12, R4 ;
+        /*0050*/                   FFMA R3, R2, R5, R3 ;
+        /*0060*/              @!P1 FFMA.FTZ R3, R2, 1.4426950216293334961, -R3 ;
+        /*0070*/                   FFMA32I R3, R3, 0.5, R2 ;
+        /*0080*/                   HFMA2.MMA R4, -RZ, RZ, 0, 0 ;
+        /*0090*/                   MUFU.EX2 R0, R0 ;
+        /*00a0*/                   STL [R1], R3 ;
+        /*00b0*/                   STL.64 [R1+0x8], R4 ;
+        /*00c0*/                   LDL.LU R3, [R1] ;
+        /*00d0*/                   LDS R3, [R1] ;
+        /*00e0*/                   EXIT ;
+"""
+
+
+def test_sass_counts_on_a_snippet():
+    from benchmarks.resources import sass_counts
+
+    assert sass_counts(SASS_SNIPPET) == {"mma": 4, "ffma": 3, "mufu": 1, "ldl": 1, "stl": 2}
+    assert sass_counts("") == {"mma": 0, "ffma": 0, "mufu": 0, "ldl": 0, "stl": 0}
+
+
+@pytest.mark.slow
+def test_sass_counts_find_the_matrix_instructions_of_a_dot_on_every_arch():
+    """A bf16, fp16 and tf32 ``tl.dot`` compiles to matrix instructions (HMMA, HGMMA on
+    sm_90) on every arch, an ieee float32 one to FFMA only; the batched disassembly counts
+    what ``cuobjdump --dump-sass`` of each cubin shows."""
+    code = """
+import json, torch
+from benchmarks.resources import ARCHS, batch_sass_counts, compile_for, cubin_sass, sass_counts
+from _dot_kernel import dot_kernel
+out = []
+for arch in sorted(ARCHS):
+    cubins = []
+    for dtype, prec in (("bfloat16", "ieee"), ("float16", "ieee"), ("float32", "tf32"),
+                        ("float32", "ieee")):
+        a, b = (torch.empty(64 * 32, dtype=getattr(torch, dtype)) for _ in range(2))
+        c = torch.empty(64 * 64)
+        k = compile_for(arch, dot_kernel, (1,), a, b, c, M=64, K=32, N=64, PREC=prec)
+        cubins.append(k.asm["cubin"])
+        out.append([arch, dtype, prec, sass_counts(cubin_sass(k.asm["cubin"]))])
+    for row, batched in zip(out[-4:], batch_sass_counts(cubins, arch)):
+        row.append(batched)
+print(json.dumps(out))
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=ROOT,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for arch, dtype, prec, counts, batched in json.loads(proc.stdout.strip().splitlines()[-1]):
+        assert counts == batched, (arch, dtype, prec, counts, batched)
+        assert counts["mufu"] > 0 and counts["ldl"] == counts["stl"] == 0
+        if prec == "ieee" and dtype == "float32":
+            assert counts["mma"] == 0 and counts["ffma"] > 0, (arch, counts)
+        else:
+            assert counts["mma"] > 0, (arch, dtype, prec, counts)
 
 
 def test_an_oversized_block_is_reported_short():
@@ -97,6 +232,8 @@ print(json.dumps([row, len(shortfalls([row]))]))
     row, n_short = json.loads(proc.stdout.strip().splitlines()[-1])
     assert row["shared_bytes"] > 99 * 1024
     assert row["fits"] is False and row["meets_target"] is False and n_short == 1
+    # the SASS counts come with every row
+    assert row["precision"] == "tf32" and row["mma"] + row["ffma"] > 0
 
 
 def test_occupancy_arithmetic():
