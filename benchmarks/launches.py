@@ -200,8 +200,15 @@ def measure(config_name: str = "default", batch: int = 2, x_grad: bool = False) 
     model = ATFNN(cfg)
     x = torch.randn(batch, 1, cfg.n_mels, cfg.frames)
     with use_backend("triton"):
+        with counting() as check:
+            model.prepare_input(x)
         fwd, step = front_end_counts(model, x, x_grad=x_grad)
-    return dict(config=config_name, forward=fwd.summary(), training_step=step.summary())
+    return dict(
+        config=config_name,
+        input_check=check.summary(),
+        forward=fwd.summary(),
+        training_step=step.summary(),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,10 +21,11 @@ Which implementation runs is decided per call by :func:`atfnn_fast.kernels.dispa
 """
 
 from .dispatch import BACKENDS, get_backend, set_backend, use_backend
-from .ops import band_attention, freq_encoder
+from .ops import assert_finite, band_attention, freq_encoder
 
 __all__ = [
     "BACKENDS",
+    "assert_finite",
     "band_attention",
     "freq_encoder",
     "get_backend",
