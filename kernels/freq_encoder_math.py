@@ -14,9 +14,10 @@ projection the attention adds ``sum_h m_f^h U_h + e`` to the token (``U_h = W_o[
 ``e = W_o b_v + bias_o``). The row maximum is known without a pass: ``max_g s_f x_g`` is
 ``s_f max(x)`` if ``s_f >= 0`` else ``s_f min(x)``. No d-wide matmul and no score tensor.
 
-The derived parameters (:func:`derive`) are computed from the module's parameters by plain
-differentiable torch, so the gradients the kernels return for them flow back to
-``in_proj_weight`` and the rest through autograd. The conv FFN is written as two matmuls
+The derived parameters (:func:`derive`) are computed from the module's parameters (by
+plain torch here, by one kernel on the Triton path), and the op returns the module
+parameters' gradients itself: :func:`derive_vjp` is the vector-Jacobian product of
+:func:`derive`, which the gradient kernel of :mod:`.fenc_params` also computes. The conv FFN is written as two matmuls
 over an im2col of the k shifted copies of the tokens (``col[f, k*C + ch] = y[f + k - k//2,
 ch]``, zero outside the bands); ``W1col[k*c + ch, o] = ffn1.weight[o, ch, k]`` and
 ``W2col[k*P + o, ch] = ffn2.weight[ch, o, k]``.

@@ -8,6 +8,8 @@ the kernels. The kernels live beside it:
 * :mod:`.fenc_backward`: FFN backward (``d y1``; weight gradients), LayerNorm1 + direct
   attention backward, softmax backward;
 * :mod:`.fenc_common`: the packed parameter buffer and the per-band math they share;
+* :mod:`.fenc_params`: the module parameters -> the packed buffer (forward), the partial
+  rows -> the module parameters' gradients (backward), one launch each;
 * :mod:`.freq_encoder_math`: the reference: the same rank-one math in plain torch (the CPU
   implementation of the ops and the kernels' ground truth);
 * :mod:`.tuning`: the launch settings (frames per program and warps of each kernel).
