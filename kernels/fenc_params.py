@@ -62,10 +62,11 @@ def _rank_one_vectors(
 
 @triton.jit
 def _copy_vec(src_ptr, dst_ptr, n: tl.constexpr, NP: tl.constexpr):
-    """``dst[:n] = src[:n]`` (converted to dst's dtype)."""
+    """``dst[:n] = src[:n]`` (converted to dst's dtype through float32: a direct float64 ->
+    bf16/fp16 conversion takes a stack frame on sm_80)."""
     k = tl.arange(0, NP)
     v = tl.load(src_ptr + k, mask=k < n, other=0.0)
-    tl.store(dst_ptr + k, v.to(dst_ptr.dtype.element_ty), mask=k < n)
+    tl.store(dst_ptr + k, v.to(tl.float32).to(dst_ptr.dtype.element_ty), mask=k < n)
 
 
 @triton.jit
@@ -228,11 +229,17 @@ def _fenc_param_grad_kernel(
         q1 = tl.where(is1, q, 0)
         kk = q1 // (C * P)
         dst1 = ((q1 % P) * C + (q1 // P) % C) * K + kk
-        tl.store(d_ffn1_w_ptr + dst1, acc.to(d_ffn1_w_ptr.dtype.element_ty), mask=qm & is1)
+        tl.store(
+            d_ffn1_w_ptr + dst1, acc.to(tl.float32).to(d_ffn1_w_ptr.dtype.element_ty), mask=qm & is1
+        )
         q2 = tl.where(is1, 0, q - K * C * P)
         kk2 = q2 // (P * C)
         dst2 = ((q2 % C) * P + (q2 // C) % P) * K + kk2
-        tl.store(d_ffn2_w_ptr + dst2, acc.to(d_ffn2_w_ptr.dtype.element_ty), mask=qm & ~is1)
+        tl.store(
+            d_ffn2_w_ptr + dst2,
+            acc.to(tl.float32).to(d_ffn2_w_ptr.dtype.element_ty),
+            mask=qm & ~is1,
+        )
     else:
         # ---- phase 1: the small fields' sums into the float64 scratch
         col = tl.arange(0, SP)

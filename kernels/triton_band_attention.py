@@ -14,7 +14,8 @@ The backward kernel recomputes ``w`` from the source (nothing but the inputs is 
 ``d target = d out * (1 + w)``, ``dw = sum(d out * target) + sum(d map)`` per window,
 ``dz_c = dw / C * a_c (1 - a_c)``, ``d source = sum_c dz_c W_c`` and per-program partial sums
 of ``dz_c * source`` and ``dz_c`` for the weight and bias gradients. A second kernel
-(:func:`_band_param_grad_kernel`) sums the partials in float64 over a fixed program order
+(:func:`_band_param_grad_kernel`) sums the partials (float32 tiles of 64 rows, accumulated in
+float64) over a fixed program order
 (deterministic, run to run) and writes the gradients in the parameters' dtypes: two launches
 per backward, no fill (an unused output's gradient is never materialised: ``HAS_GOUT``).
 
@@ -302,8 +303,10 @@ def _band_param_grad_kernel(
     RB: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    """The weight and bias gradients: the backward's per-program partial rows summed in
-    float64, in a fixed order (deterministic). Programs ``0 .. n-2`` sum ``BLOCK`` columns
+    """The weight and bias gradients: the backward's per-program partial rows summed in a
+    fixed order (deterministic): float32 sums of RB rows (a tree of log2(RB) roundings),
+    accumulated in float64. (Float64 tile sums made ptxas use a stack frame on sm_80 for
+    bf16/fp16 weights.) Programs ``0 .. n-2`` sum ``BLOCK`` columns
     of the weight partials each, the last one the bias partials."""
     pid = tl.program_id(0)
     N_WB: tl.constexpr = (C * KP + BLOCK - 1) // BLOCK
@@ -319,11 +322,13 @@ def _band_param_grad_kernel(
                 mask=(r_w < n_prog)[:, None] & cm[None, :],
                 other=0.0,
             )
-            acc_w += tl.sum(tile_w.to(tl.float64), axis=0)
+            acc_w += tl.sum(tile_w, axis=0).to(tl.float64)
             r0_w += RB
         q = col % KP
         tl.store(
-            dw_ptr + (col // KP) * KQ + q, acc_w.to(dw_ptr.dtype.element_ty), mask=cm & (q < KQ)
+            dw_ptr + (col // KP) * KQ + q,
+            acc_w.to(tl.float32).to(dw_ptr.dtype.element_ty),
+            mask=cm & (q < KQ),
         )
     else:
         cc = tl.arange(0, CP)
@@ -336,9 +341,9 @@ def _band_param_grad_kernel(
                 mask=(r_b < n_prog)[:, None] & (cc < C)[None, :],
                 other=0.0,
             )
-            acc_b += tl.sum(tile_b.to(tl.float64), axis=0)
+            acc_b += tl.sum(tile_b, axis=0).to(tl.float64)
             r0_b += RB
-        tl.store(db_ptr + cc, acc_b.to(db_ptr.dtype.element_ty), mask=cc < C)
+        tl.store(db_ptr + cc, acc_b.to(tl.float32).to(db_ptr.dtype.element_ty), mask=cc < C)
 
 
 # ------------------------------------------------------------------------ host helpers
@@ -547,8 +552,8 @@ def band_attention_backward_op(
         CP=cp,
         **consts,
     )
-    # the per-program partials summed in float64 in a fixed order (deterministic): the
-    # many-term weight and bias sums lose no more than one float32 rounding
+    # the per-program partials summed in a fixed order (deterministic), float32 tiles of
+    # PARAM_GRAD_ROWS rows accumulated in float64
     dweight = torch.empty(weight.shape, dtype=weight.dtype, device=weight.device)
     dbias = torch.empty(bias.shape, dtype=bias.dtype, device=bias.device)
     launch(
