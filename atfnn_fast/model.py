@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from . import kernels
-from .reference import ATFNNBase, AttentionMaps
+from .reference import ATFNNBase, AttentionMaps, non_finite_error
 
 
 class ATFNN(ATFNNBase):
@@ -23,6 +23,22 @@ class ATFNN(ATFNNBase):
     ``model(x)`` -> logits ``(B, num_classes)``; ``model(x, return_attention=True)`` ->
     ``(logits, AttentionMaps(freq, time))`` with both maps ``(B, F, T)``.
     """
+
+    def assert_finite(self, x: torch.Tensor) -> None:
+        """The NaN/Inf check without a host sync (docs/design.md#choices-the-paper-leaves-open):
+        on CUDA one kernel with a device-side assert naming ``x`` (asynchronous: it surfaces
+        as ``CUDA error: device-side assert triggered`` at the next sync, and the CUDA
+        context is lost); on the CPU a ValueError with the counts at once.
+        ``check_finite="sync"`` takes the synchronous check of the reference everywhere."""
+        if self.check_finite == "sync":
+            return super().assert_finite(x)
+        try:
+            kernels.assert_finite(x)
+        except RuntimeError:  # raised at once only where there is no device to wait for
+            if x.is_cuda:
+                raise
+            raise non_finite_error(x) from None
+        return None
 
     def _f_attention(self, x: torch.Tensor):
         conv = self.f_attention.conv

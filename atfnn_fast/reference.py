@@ -11,8 +11,10 @@ Choices where the paper is silent (docs/design.md#choices-the-paper-leaves-open)
   autocast is active on the input's device (then autocast decides).
 * ``return_attention=True`` returns :class:`AttentionMaps`; a map whose attention block is
   disabled is ``None``.
-* The NaN/Inf check needs a device-to-host sync on CUDA; it is skipped while tracing,
-  compiling or exporting, and can be turned off with ``check_finite=False``.
+* The NaN/Inf check (``check_finite``) of the reference is synchronous: a ValueError with
+  the NaN and Inf counts, one device-to-host sync per call on CUDA (``ATFNN`` checks
+  without a sync: :meth:`atfnn_fast.model.ATFNN.assert_finite`). It is skipped while
+  tracing, compiling or exporting, and can be turned off with ``check_finite=False``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ATFNNConfig
+
+# check_finite: True (the model's default check), "sync" (synchronous, a ValueError with
+# counts), False (off); the reference checks synchronously for True and "sync" alike
+CHECK_FINITE = (True, False, "sync")
 
 
 class AttentionMaps(NamedTuple):
@@ -118,6 +124,8 @@ class ATFNNBase(nn.Module):
         if overrides:
             cfg = cfg.replace(**overrides)
         self.config = cfg
+        if check_finite not in CHECK_FINITE:
+            raise ValueError(f"check_finite must be one of {CHECK_FINITE}, got {check_finite!r}")
         self.check_finite = check_finite
         c = cfg.channels
         self.f_attention = BandAttention(1, c, cfg.f_group, "freq") if cfg.f_attention else None
@@ -187,18 +195,19 @@ class ATFNNBase(nn.Module):
                 f"x is on {x.device} but the model is on {param.device}; move one of them"
             )
         if self.check_finite and not _tracing() and x.device.type != "meta":
-            finite = torch.isfinite(x)
-            if not bool(finite.all()):
-                nan = int(torch.isnan(x).sum())
-                inf = int((~finite).sum()) - nan
-                raise ValueError(
-                    f"x must be finite: got {nan} NaN and {inf} Inf values (shape {shape})"
-                )
+            self.assert_finite(x)
         if x.dim() == 3:
             x = x.unsqueeze(1)
         if x.dtype != param.dtype and not torch.is_autocast_enabled(x.device.type):
             x = x.to(param.dtype)
         return x
+
+    def assert_finite(self, x: torch.Tensor) -> None:
+        """The NaN/Inf check of :meth:`prepare_input`: synchronous (one device-to-host sync
+        on CUDA), a ValueError with the NaN and Inf counts."""
+        finite = torch.isfinite(x)
+        if not bool(finite.all()):
+            raise non_finite_error(x)
 
     def forward(self, x: torch.Tensor, return_attention: bool = False):
         """``x (B, 1, F, T)`` or ``(B, F, T)`` -> logits ``(B, num_classes)``; with
@@ -253,6 +262,15 @@ class ATFNNBase(nn.Module):
 
     def extra_repr(self) -> str:
         return f"variant={self.config.variant}"
+
+
+def non_finite_error(x: torch.Tensor) -> ValueError:
+    """The error of a failed NaN/Inf check, with the counts (synchronises on CUDA)."""
+    nan = int(torch.isnan(x).sum())
+    inf = int((~torch.isfinite(x)).sum()) - nan
+    return ValueError(
+        f"x must be finite: got {nan} NaN and {inf} Inf values (shape {tuple(x.shape)})"
+    )
 
 
 def _tracing() -> bool:

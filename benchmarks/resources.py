@@ -326,8 +326,9 @@ def compile_for(arch: int, kernel, grid, *args, **kwargs):
 
 
 def _run_front_end(cfg, dtype, device: str = "cpu", batch: int = 2, tf32: bool = True) -> None:
-    """The fused front-end of ATFNN, forward and backward (what training launches), with
-    ``torch.backends.cudnn.allow_tf32`` set to ``tf32`` (restored afterwards)."""
+    """The input check and the fused front-end of ATFNN, forward and backward (what training
+    launches), with ``torch.backends.cudnn.allow_tf32`` set to ``tf32`` (restored
+    afterwards)."""
     import torch
 
     from atfnn_fast import ATFNN
@@ -336,9 +337,10 @@ def _run_front_end(cfg, dtype, device: str = "cpu", batch: int = 2, tf32: bool =
     torch.backends.cudnn.allow_tf32 = tf32
     try:
         torch.manual_seed(0)
-        model = ATFNN(cfg, check_finite=False).to(device=device, dtype=dtype)
+        model = ATFNN(cfg).to(device=device, dtype=dtype)
         x = torch.randn(batch, 1, cfg.n_mels, cfg.frames, device=device, dtype=dtype)
         x.requires_grad_(True)
+        model.prepare_input(x)  # the NaN/Inf check's kernel
         enc, maps = model.front_end(x)
         loss = enc.float().sum() + sum(m.float().sum() for m in maps if m is not None)
         loss.backward()
@@ -520,6 +522,8 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+# kernels of the ops the dispatcher checks devices for (kernels/fit.py); the input check's
+# kernel (_assert_finite_kernel) is not dispatched and needs no entry
 OP_OF_KERNEL = {"_fenc": "freq_encoder", "_band": "band_attention"}
 
 
@@ -528,7 +532,9 @@ def needs_from_rows(rows: list[dict]) -> dict[str, dict[str, int]]:
     table :mod:`atfnn_fast.kernels.fit` checks devices against."""
     out: dict[str, dict[str, int]] = {}
     for r in rows:
-        op = next(v for k, v in OP_OF_KERNEL.items() if r["kernel"].startswith(k))
+        op = next((v for k, v in OP_OF_KERNEL.items() if r["kernel"].startswith(k)), None)
+        if op is None:
+            continue
         per_arch = out.setdefault(op, {})
         per_arch[str(r["arch"])] = max(per_arch.get(str(r["arch"]), 0), r["shared_bytes"])
     return {op: dict(sorted(v.items())) for op, v in sorted(out.items())}

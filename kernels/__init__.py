@@ -8,7 +8,9 @@ CUDA tensors registered as a ``torch.library`` op in the ``atfnn`` namespace:
   :mod:`.triton_band_attention`;
 * ``atfnn::freq_encoder`` (+ ``atfnn::freq_encoder_backward``): the whole F-Encoder and the
   T-Attention multiply, in the rank-one form of :mod:`.freq_encoder_math`,
-  :mod:`.triton_freq_encoder`.
+  :mod:`.triton_freq_encoder`;
+* :func:`assert_finite`: ATFNN's NaN/Inf input check without a host sync (a device-side
+  assert on CUDA, :mod:`.checks`).
 
 Which implementation runs is decided per call by :func:`atfnn_fast.kernels.dispatch.select`:
 
@@ -21,10 +23,11 @@ Which implementation runs is decided per call by :func:`atfnn_fast.kernels.dispa
 """
 
 from .dispatch import BACKENDS, get_backend, set_backend, use_backend
-from .ops import band_attention, freq_encoder
+from .ops import assert_finite, band_attention, freq_encoder
 
 __all__ = [
     "BACKENDS",
+    "assert_finite",
     "band_attention",
     "freq_encoder",
     "get_backend",

@@ -4,8 +4,8 @@ Packed parameters. The rank-one parameters of :class:`.freq_encoder_math.Derived
 every kernel as *one* float32 buffer, in the order of :data:`PACK_ORDER` (one pointer, no
 offsets to pass: each kernel computes them from the constexpr sizes ``C, H, K, P`` with
 :func:`_offsets`, the jit twin of :func:`param_layout`). Parameter gradients come back in the
-same layout, so one ``torch.sum`` over the per-program partials and one :func:`unpack` give
-every gradient.
+same layout, as per-program partial rows that one kernel (:mod:`.fenc_params`) sums and
+maps back to the module parameters' gradients.
 
 Tiles. A program owns ``BT`` consecutive frames of one utterance; frames are the rows (the M
 dimension of every ``tl.dot``). Channel tiles are ``[BT, CK]`` with ``CK = max(16,

@@ -14,9 +14,10 @@ projection the attention adds ``sum_h m_f^h U_h + e`` to the token (``U_h = W_o[
 ``e = W_o b_v + bias_o``). The row maximum is known without a pass: ``max_g s_f x_g`` is
 ``s_f max(x)`` if ``s_f >= 0`` else ``s_f min(x)``. No d-wide matmul and no score tensor.
 
-The derived parameters (:func:`derive`) are computed from the module's parameters by plain
-differentiable torch, so the gradients the kernels return for them flow back to
-``in_proj_weight`` and the rest through autograd. The conv FFN is written as two matmuls
+The derived parameters (:func:`derive`) are computed from the module's parameters (by
+plain torch here, by one kernel on the Triton path), and the op returns the module
+parameters' gradients itself: :func:`derive_vjp` is the vector-Jacobian product of
+:func:`derive`, which the gradient kernel of :mod:`.fenc_params` also computes. The conv FFN is written as two matmuls
 over an im2col of the k shifted copies of the tokens (``col[f, k*C + ch] = y[f + k - k//2,
 ch]``, zero outside the bands); ``W1col[k*c + ch, o] = ffn1.weight[o, ch, k]`` and
 ``W2col[k*P + o, ch] = ffn2.weight[ch, o, k]``.
@@ -107,6 +108,71 @@ def derive(
         norm2_weight.to(dt),
         norm2_bias.to(dt),
     )
+
+
+def derive_vjp(grads: Derived, *params: torch.Tensor, num_heads: int) -> list[torch.Tensor]:
+    """The vector-Jacobian product of :func:`derive`: gradients of the derived parameters
+    -> gradients of the module parameters (the order of ``FrequencyEncoder.op_params``),
+    each in its parameter's dtype. :mod:`.fenc_params` computes the same in one kernel.
+
+    With ``i`` an output row of ``W_q`` (head ``h(i)``), ``s = 1/sqrt(d)``:
+    ``g a_q = s gA_h a_k``, ``g a_k = s (gA_h a_q + gB_h b_q)``, ``g b_q = s gB_h a_k``,
+    ``g a_v = W_o^T gU_h``, ``g W_o[o, i] = gU_h[o] a_v[i] + g e[o] b_v[i]``,
+    ``g b_v = W_o^T g e``; then ``g W_q = g a_q w^T + g b_q b^T``, ``g W_k = g a_k w^T``,
+    ``g W_v = g a_v w^T + g b_v b^T``, ``g w = g w_lift + W_q^T g a_q + W_k^T g a_k +
+    W_v^T g a_v`` and ``g b = g e + W_q^T g b_q + W_v^T g b_v``."""
+    lw, lb, ipw, ipb, opw = params[:5]
+    f1w = params[8]
+    c = lw.shape[0]
+    d = c // num_heads
+    dt = grads.w_lift.dtype
+    w, b = lw[:, 0].to(dt), lb.to(dt)
+    wq, wk, wv = ipw.to(dt).chunk(3)
+    bq, _, bv = ipb.to(dt).chunk(3)
+    w_o = opw.to(dt)
+    a_q, a_k, a_v = wq @ w, wk @ w, wv @ w
+    b_q, b_v = wq @ b + bq, wv @ b + bv
+    scale = 1.0 / math.sqrt(d)
+    g_a = grads.a_head.repeat_interleave(d)  # per row i: the gradient of its head
+    g_b = grads.b_head.repeat_interleave(d)
+    g_u = grads.u_head.repeat_interleave(d, dim=0)  # (c rows i, c outputs o)
+    g_aq = scale * g_a * a_k
+    g_ak = scale * (g_a * a_q + g_b * b_q)
+    g_bq = scale * g_b * a_k
+    g_av = (g_u * w_o.t()).sum(-1)
+    g_e = grads.e_bias
+    g_wo = g_u.t() * a_v[None, :] + g_e[:, None] * b_v[None, :]
+    g_bv = w_o.t() @ g_e
+    g_in_w = torch.cat(
+        [
+            torch.outer(g_aq, w) + torch.outer(g_bq, b),
+            torch.outer(g_ak, w),
+            torch.outer(g_av, w) + torch.outer(g_bv, b),
+        ]
+    )
+    g_in_b = torch.cat([g_bq, torch.zeros_like(g_bq), g_bv])
+    g_w = grads.w_lift + wq.t() @ g_aq + wk.t() @ g_ak + wv.t() @ g_av
+    g_lb = g_e + wq.t() @ g_bq + wv.t() @ g_bv
+    k = f1w.shape[-1]
+    g_f1w = grads.w1col.reshape(k, c, -1).permute(2, 1, 0)  # [o, ch, k]
+    g_f2w = grads.w2col.reshape(k, -1, c).permute(2, 1, 0)  # [ch, o, k]
+    out = (
+        g_w[:, None],
+        g_lb,
+        g_in_w,
+        g_in_b,
+        g_wo,
+        g_e,
+        grads.norm1_weight,
+        grads.norm1_bias,
+        g_f1w,
+        grads.ffn1_bias,
+        g_f2w,
+        grads.ffn2_bias,
+        grads.norm2_weight,
+        grads.norm2_bias,
+    )
+    return [g.to(p.dtype).contiguous() for g, p in zip(out, params, strict=True)]
 
 
 def transposed_cols(w1col: torch.Tensor, w2col: torch.Tensor, k: int):

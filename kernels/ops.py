@@ -16,9 +16,9 @@ from .dispatch import select
 TRITON_IMPLS: dict[str, Callable] = {}
 
 try:  # triton ships with torch's Linux wheels; elsewhere the ops run in plain torch
-    from . import triton_band_attention, triton_freq_encoder
+    from . import checks, triton_band_attention, triton_freq_encoder
 except ImportError:  # pragma: no cover
-    pass
+    checks = None
 else:
     TRITON_IMPLS["band_attention"] = triton_band_attention.band_attention
     TRITON_IMPLS["freq_encoder"] = triton_freq_encoder.freq_encoder
@@ -57,3 +57,14 @@ def freq_encoder(
         "freq_encoder", x, torch_ops.freq_encoder, TRITON_IMPLS.get("freq_encoder"), unsupported
     )
     return impl(x, *params, num_heads=num_heads, eps=eps, time_weights=time_weights)
+
+
+def assert_finite(x: torch.Tensor) -> None:
+    """NaN/Inf check of a model input without a host sync (:mod:`.checks`): a device-side
+    assert on CUDA; ``torch._assert_async`` (a RuntimeError at once) on the CPU."""
+    if torch.onnx.is_in_onnx_export():
+        return
+    if checks is not None:
+        checks.assert_finite(x)
+    else:  # pragma: no cover
+        torch._assert_async(torch.isfinite(x).all(), "x must be finite: NaN or Inf values")

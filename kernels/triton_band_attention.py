@@ -13,9 +13,11 @@ band (T-Attention, ``axis="time"``). Per window the forward kernel
 The backward kernel recomputes ``w`` from the source (nothing but the inputs is saved), then
 ``d target = d out * (1 + w)``, ``dw = sum(d out * target) + sum(d map)`` per window,
 ``dz_c = dw / C * a_c (1 - a_c)``, ``d source = sum_c dz_c W_c`` and per-program partial sums
-of ``dz_c * source`` and ``dz_c`` for the weight and bias gradients. The partials are reduced
-on the host by ``torch.sum`` in float64 over a fixed program order: deterministic, run to
-run.
+of ``dz_c * source`` and ``dz_c`` for the weight and bias gradients. A second kernel
+(:func:`_band_param_grad_kernel`) sums the partials (float32 tiles of 64 rows, accumulated in
+float64) over a fixed program order
+(deterministic, run to run) and writes the gradients in the parameters' dtypes: two launches
+per backward, no fill (an unused output's gradient is never materialised: ``HAS_GOUT``).
 
 Everything is computed in float32 whatever the input dtype (fp32, bf16, fp16); outputs take
 the target's dtype, the weight map the source's. Any strides are accepted (non-contiguous
@@ -212,6 +214,7 @@ def _band_bwd_kernel(
     GWP: tl.constexpr,
     GP: tl.constexpr,
     BLOCK: tl.constexpr,
+    HAS_GOUT: tl.constexpr,
     HAS_GMAP: tl.constexpr,
     FUSED_TARGET: tl.constexpr,
     CP: tl.constexpr,
@@ -231,11 +234,14 @@ def _band_bwd_kernel(
         mask=tmask,
         other=0.0,
     ).to(tl.float32)
-    gout = tl.load(
-        gout_ptr + (b * g_b + i * g_i + j * g_j)[:, None] + pos * g_k + chan * g_c,
-        mask=tmask,
-        other=0.0,
-    ).to(tl.float32)
+    if HAS_GOUT:
+        gout = tl.load(
+            gout_ptr + (b * g_b + i * g_i + j * g_j)[:, None] + pos * g_k + chan * g_c,
+            mask=tmask,
+            other=0.0,
+        ).to(tl.float32)
+    else:  # the output was not used: its gradient is zero
+        gout = tl.zeros([BLOCK, GWP], dtype=tl.float32)
     dweight = tl.sum(gout * tgt, axis=1)
     if HAS_GMAP:
         k = tl.arange(0, GP)
@@ -283,7 +289,69 @@ def _band_bwd_kernel(
     )
 
 
+@triton.jit
+def _band_param_grad_kernel(
+    dw_part_ptr,  # (programs, C, KP) float32: per-program d weight partials
+    db_part_ptr,  # (programs, C) float32: per-program d bias partials
+    dw_ptr,  # out: d weight (C, C_in, kf, kt), contiguous, the weight's dtype
+    db_ptr,  # out: d bias (C,), the bias's dtype
+    n_prog,
+    C: tl.constexpr,
+    KQ: tl.constexpr,  # C_in * G: the weight's values per output channel
+    KP: tl.constexpr,
+    CP: tl.constexpr,
+    RB: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """The weight and bias gradients: the backward's per-program partial rows summed in a
+    fixed order (deterministic): float32 sums of RB rows (a tree of log2(RB) roundings),
+    accumulated in float64. (Float64 tile sums made ptxas use a stack frame on sm_80 for
+    bf16/fp16 weights.) Programs ``0 .. n-2`` sum ``BLOCK`` columns
+    of the weight partials each, the last one the bias partials."""
+    pid = tl.program_id(0)
+    N_WB: tl.constexpr = (C * KP + BLOCK - 1) // BLOCK
+    if pid < N_WB:
+        col = pid * BLOCK + tl.arange(0, BLOCK)
+        cm = col < C * KP
+        acc_w = tl.zeros([BLOCK], dtype=tl.float64)
+        r0_w = 0
+        while r0_w < n_prog:  # (a while loop: the interpreter's range needs constants)
+            r_w = r0_w + tl.arange(0, RB)
+            tile_w = tl.load(
+                dw_part_ptr + r_w[:, None] * (C * KP) + col[None, :],
+                mask=(r_w < n_prog)[:, None] & cm[None, :],
+                other=0.0,
+            )
+            acc_w += tl.sum(tile_w, axis=0).to(tl.float64)
+            r0_w += RB
+        q = col % KP
+        tl.store(
+            dw_ptr + (col // KP) * KQ + q,
+            acc_w.to(tl.float32).to(dw_ptr.dtype.element_ty),
+            mask=cm & (q < KQ),
+        )
+    else:
+        cc = tl.arange(0, CP)
+        acc_b = tl.zeros([CP], dtype=tl.float64)
+        r0_b = 0
+        while r0_b < n_prog:
+            r_b = r0_b + tl.arange(0, RB)
+            tile_b = tl.load(
+                db_part_ptr + r_b[:, None] * C + cc[None, :],
+                mask=(r_b < n_prog)[:, None] & (cc < C)[None, :],
+                other=0.0,
+            )
+            acc_b += tl.sum(tile_b, axis=0).to(tl.float64)
+            r0_b += RB
+        tl.store(db_ptr + cc, acc_b.to(tl.float32).to(db_ptr.dtype.element_ty), mask=cc < C)
+
+
 # ------------------------------------------------------------------------ host helpers
+# the parameter-gradient kernel: partial rows per step and weight columns per program
+PARAM_GRAD_ROWS = 64
+PARAM_GRAD_BLOCK = 64
+
+
 def _src_strides(t: torch.Tensor, group: int, time_axis: bool) -> tuple[int, ...]:
     """(b, i, j, k, c) strides of a (B, C, F, T) tensor; window grid (i, j) is
     (F/G, T) for F-Attention and (T/G, F) for T-Attention (band fastest)."""
@@ -304,6 +372,11 @@ def _map_strides(t: torch.Tensor, group: int, time_axis: bool) -> tuple[int, ...
     if time_axis:
         return mb, group * mt, mf, mt
     return mb, group * mf, mt, mf
+
+
+def _named(prefix: str, strides: tuple[int, ...]) -> dict[str, int]:
+    """``(b, i, j, k[, c])`` strides as the kernels' keyword arguments ``prefix_b`` ..."""
+    return {f"{prefix}_{axis}": v for axis, v in zip("bijkc", strides, strict=False)}
 
 
 def _geometry(source: torch.Tensor, weight: torch.Tensor, target, time_axis: bool, backward: bool):
@@ -388,19 +461,19 @@ def band_attention_op(
     launch(
         _band_fwd_kernel,
         grid,
-        source,
-        weight,
-        bias,
-        tgt,
-        out,
-        wmap,
-        n_windows,
-        n_i,
-        n_j,
-        *src_s,
-        *tgt_s,
-        *out_s,
-        *_map_strides(wmap, group, time_axis),
+        src_ptr=source,
+        w_ptr=weight,
+        b_ptr=bias,
+        tgt_ptr=tgt,
+        out_ptr=out,
+        map_ptr=wmap,
+        n_windows=n_windows,
+        n_i=n_i,
+        n_j=n_j,
+        **_named("s", src_s),
+        **_named("t", tgt_s),
+        **_named("o", out_s),
+        **_named("m", _map_strides(wmap, group, time_axis)),
         **consts,
     )
     return out, wmap
@@ -408,7 +481,7 @@ def band_attention_op(
 
 @triton_op("atfnn::band_attention_backward", mutates_args=())
 def band_attention_backward_op(
-    grad_out: torch.Tensor,
+    grad_out: torch.Tensor | None,
     grad_map: torch.Tensor | None,
     source: torch.Tensor,
     weight: torch.Tensor,
@@ -417,7 +490,8 @@ def band_attention_backward_op(
     time_axis: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(d source, d target, d weight, d bias)``; ``d target`` is empty without a target
-    (its gradient is then part of ``d source``)."""
+    (its gradient is then part of ``d source``). ``grad_out`` / ``grad_map`` None: that
+    output was not used (a zero gradient, never materialised)."""
     if plain_torch(source, _band_fwd_kernel):
         return band_attention_backward_cpu(
             grad_out, grad_map, source, weight, bias, target, time_axis
@@ -438,46 +512,67 @@ def band_attention_backward_op(
     dw_part = torch.empty((n_prog, c, kp), dtype=torch.float32, device=source.device)
     db_part = torch.empty((n_prog, c), dtype=torch.float32, device=source.device)
     src_s = _src_strides(source, group, time_axis)
+    has_gout = grad_out is not None
+    gout = grad_out if has_gout else tgt  # stand-in pointer, never read
     if target is None:
         tgt_s = src_s
-        gout_s = _src_strides(grad_out, group, time_axis)
+        gout_s = _src_strides(gout, group, time_axis)
         dtgt_s = (0, 0, 0, 0, 0)
     else:
-        tgt_s, gout_s = _enc_strides(target, group), _enc_strides(grad_out, group)
+        tgt_s, gout_s = _enc_strides(target, group), _enc_strides(gout, group)
         dtgt_s = _enc_strides(dtgt, group)
-    gmap = grad_map if grad_map is not None else source  # dummy pointer, never read
+    gmap = grad_map if grad_map is not None else source  # stand-in pointer, never read
     map_s = _map_strides(grad_map, group, time_axis) if grad_map is not None else (0, 0, 0, 0)
+    cp = triton.next_power_of_2(c)
     launch(
         _band_bwd_kernel,
         (n_prog,),
-        source,
-        weight,
-        bias,
-        tgt,
-        grad_out,
-        gmap,
-        dsrc,
-        dtgt_arg,
-        dw_part,
-        db_part,
-        n_windows,
-        n_i,
-        n_j,
-        *src_s,
-        *tgt_s,
-        *gout_s,
-        *map_s,
-        *_src_strides(dsrc, group, time_axis),
-        *dtgt_s,
+        src_ptr=source,
+        w_ptr=weight,
+        b_ptr=bias,
+        tgt_ptr=tgt,
+        gout_ptr=gout,
+        gmap_ptr=gmap,
+        dsrc_ptr=dsrc,
+        dtgt_ptr=dtgt_arg,
+        dw_part_ptr=dw_part,
+        db_part_ptr=db_part,
+        n_windows=n_windows,
+        n_i=n_i,
+        n_j=n_j,
+        **_named("s", src_s),
+        **_named("t", tgt_s),
+        **_named("g", gout_s),
+        **_named("m", map_s),
+        **_named("ds", _src_strides(dsrc, group, time_axis)),
+        **_named("dt", dtgt_s),
+        HAS_GOUT=has_gout,
         HAS_GMAP=grad_map is not None,
         FUSED_TARGET=target is None,
-        CP=triton.next_power_of_2(c),
+        CP=cp,
         **consts,
     )
-    # the per-program partials are summed in float64 (a fixed order: deterministic), so
-    # the many-term weight and bias sums lose no more than one float32 rounding
-    dweight = dw_part.double().sum(dim=0)[:, : consts["CIN"] * group].reshape(weight.shape)
-    return dsrc, dtgt, dweight.to(weight.dtype), db_part.double().sum(dim=0).to(bias.dtype)
+    # the per-program partials summed in a fixed order (deterministic), float32 tiles of
+    # PARAM_GRAD_ROWS rows accumulated in float64
+    dweight = torch.empty(weight.shape, dtype=weight.dtype, device=weight.device)
+    dbias = torch.empty(bias.shape, dtype=bias.dtype, device=bias.device)
+    launch(
+        _band_param_grad_kernel,
+        (triton.cdiv(c * kp, PARAM_GRAD_BLOCK) + 1,),
+        dw_part_ptr=dw_part,
+        db_part_ptr=db_part,
+        dw_ptr=dweight,
+        db_ptr=dbias,
+        n_prog=n_prog,
+        C=c,
+        KQ=consts["CIN"] * group,
+        KP=kp,
+        CP=cp,
+        RB=PARAM_GRAD_ROWS,
+        BLOCK=PARAM_GRAD_BLOCK,
+        num_warps=4,
+    )
+    return dsrc, dtgt, dweight, dbias
 
 
 # ----------------------------------------------------------------- CPU implementations
@@ -499,6 +594,8 @@ def band_attention_backward_cpu(grad_out, grad_map, source, weight, bias, target
         w_full = wgt.repeat_interleave(group, dim=2)
     else:
         w_full = wgt.repeat_interleave(group, dim=1)
+    if grad_out is None:  # the output was not used
+        grad_out = torch.zeros_like(source if target is None else target)
     g = grad_out.float()
     if target is None:
         dtgt = g * (1 + w_full[:, None])
@@ -535,8 +632,8 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_out, grad_map):
     source, weight, bias, target = ctx.saved_tensors
-    if grad_out is None:
-        grad_out = torch.zeros_like(source if target is None else target)
+    if grad_out is None and grad_map is None:
+        return None, None, None, None, None
     dsrc, dtgt, dweight, dbias = torch.ops.atfnn.band_attention_backward(
         grad_out, grad_map, source, weight, bias, target, ctx.time_axis
     )

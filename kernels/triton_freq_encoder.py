@@ -8,6 +8,8 @@ the kernels. The kernels live beside it:
 * :mod:`.fenc_backward`: FFN backward (``d y1``; weight gradients), LayerNorm1 + direct
   attention backward, softmax backward;
 * :mod:`.fenc_common`: the packed parameter buffer and the per-band math they share;
+* :mod:`.fenc_params`: the module parameters -> the packed buffer (forward), the partial
+  rows -> the module parameters' gradients (backward), one launch each;
 * :mod:`.freq_encoder_math`: the reference: the same rank-one math in plain torch (the CPU
   implementation of the ops and the kernels' ground truth);
 * :mod:`.tuning`: the launch settings (frames per program and warps of each kernel).
@@ -36,11 +38,14 @@ backward.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 from torch.library import triton_op
 
 from . import fenc_common as fc
+from . import fenc_params as fp
 from . import freq_encoder_math as fm
 from ._triton_utils import MAX_OFFSET, launch, max_offset, plain_torch
 from .fenc_backward import (
@@ -49,6 +54,7 @@ from .fenc_backward import (
     _fenc_bwd_softmax_kernel,
 )
 from .fenc_forward import _fenc_ffn_kernel, _fenc_norm1_kernel
+from .fenc_params import _fenc_derive_kernel, _fenc_param_grad_kernel
 from .tuning import freq_encoder_settings
 
 
@@ -93,16 +99,19 @@ def _norm1(x, prm, eps, s, consts) -> torch.Tensor:
     b, _, f, t = x.shape
     y1 = torch.empty((b, f, t, consts["C"]), dtype=torch.float32, device=x.device)
     grid, n_tb, kw = _grid(x, s.norm1)
+    x_sb, x_sf, x_st = _xs(x)
     launch(
         _fenc_norm1_kernel,
         grid,
-        x,
-        prm,
-        y1,
-        t,
-        n_tb,
-        eps,
-        *_xs(x),
+        x_ptr=x,
+        prm_ptr=prm,
+        y1_ptr=y1,
+        n_t=t,
+        n_tb=n_tb,
+        eps=eps,
+        x_sb=x_sb,
+        x_sf=x_sf,
+        x_st=x_st,
         GB=s.band_chunk,
         **kw,
         **consts,
@@ -135,7 +144,33 @@ def supports(dim: list[int] | tuple[int, ...], device_type: str = "cuda") -> str
     return None
 
 
-def _check(x: torch.Tensor, time_weights, params: torch.Tensor, dim) -> None:
+def dims_of(params, num_heads: int) -> list[int]:
+    """``[C, H, K, P]`` of the F-Encoder module parameters (``FrequencyEncoder.op_params``)."""
+    ffn1_weight = params[8]  # (P, C, K)
+    return [params[0].shape[0], num_heads, ffn1_weight.shape[-1], ffn1_weight.shape[0]]
+
+
+# module parameter shapes in the order of FrequencyEncoder.op_params, from (C, P, K)
+PARAM_SHAPES = (
+    ("lift.weight", lambda c, p, k: (c, 1)),
+    ("lift.bias", lambda c, p, k: (c,)),
+    ("attn.in_proj_weight", lambda c, p, k: (3 * c, c)),
+    ("attn.in_proj_bias", lambda c, p, k: (3 * c,)),
+    ("attn.out_proj.weight", lambda c, p, k: (c, c)),
+    ("attn.out_proj.bias", lambda c, p, k: (c,)),
+    ("norm1.weight", lambda c, p, k: (c,)),
+    ("norm1.bias", lambda c, p, k: (c,)),
+    ("ffn1.weight", lambda c, p, k: (p, c, k)),
+    ("ffn1.bias", lambda c, p, k: (p,)),
+    ("ffn2.weight", lambda c, p, k: (c, p, k)),
+    ("ffn2.bias", lambda c, p, k: (c,)),
+    ("norm2.weight", lambda c, p, k: (c,)),
+    ("norm2.bias", lambda c, p, k: (c,)),
+)
+
+
+def _check(x: torch.Tensor, time_weights, params, num_heads: int) -> list[int]:
+    """Shapes of the op's inputs; returns ``[C, H, K, P]``."""
     if x.dim() != 4 or x.shape[1] != 1:
         raise ValueError(f"freq_encoder: x must be (B, 1, F, T), got {tuple(x.shape)}")
     b, _, f, t = x.shape
@@ -144,17 +179,28 @@ def _check(x: torch.Tensor, time_weights, params: torch.Tensor, dim) -> None:
             f"freq_encoder: time_weights must be (B, F, T) = ({b}, {f}, {t}), "
             f"got {tuple(time_weights.shape)}"
         )
-    if len(dim) != 4 or min(dim) <= 0 or dim[2] % 2 == 0:
-        raise ValueError(f"freq_encoder: dims must be (C, H, K, P) with K odd, got {list(dim)}")
-    size = fc.packed_size(*dim)
-    if params.dim() != 1 or params.shape[0] != size:
+    if len(params) != len(PARAM_SHAPES) or params[8].dim() != 3 or params[0].dim() != 2:
         raise ValueError(
-            f"freq_encoder: params must be the packed buffer of {size} values for "
-            f"(C, H, K, P) = {tuple(dim)}, got shape {tuple(params.shape)}"
+            f"freq_encoder: params must be the {len(PARAM_SHAPES)} F-Encoder parameters "
+            f"(FrequencyEncoder.op_params), got {len(params)} tensors"
         )
-    hp = max(2, triton.next_power_of_2(dim[1]))
-    if max_offset(x) > MAX_OFFSET or b * t * f * max(dim[0], 2 * hp) > MAX_OFFSET:
+    c, p, k = params[0].shape[0], params[8].shape[0], params[8].shape[-1]
+    for (name, shape), param in zip(PARAM_SHAPES, params, strict=True):
+        if tuple(param.shape) != shape(c, p, k):
+            raise ValueError(
+                f"freq_encoder: {name} must be {shape(c, p, k)} for channels {c}, "
+                f"ffn_channels {p}, ffn_kernel {k}, got {tuple(param.shape)}"
+            )
+    dim = [c, num_heads, k, p]
+    if num_heads <= 0 or c % num_heads or k % 2 == 0:
+        raise ValueError(
+            f"freq_encoder: num_heads must divide channels and ffn_kernel be odd, got "
+            f"(C, H, K, P) = {tuple(dim)}"
+        )
+    hp = max(2, triton.next_power_of_2(num_heads))
+    if max_offset(x) > MAX_OFFSET or b * t * f * max(c, 2 * hp) > MAX_OFFSET:
         raise ValueError("freq_encoder: tensors beyond 2**31 - 1 elements (32-bit offsets)")
+    return dim
 
 
 def _xs(t: torch.Tensor) -> tuple[int, int, int]:
@@ -162,57 +208,144 @@ def _xs(t: torch.Tensor) -> tuple[int, int, int]:
     return (t.stride(0), t.stride(-2), t.stride(-1))
 
 
+# ------------------------------------------------------------------------ parameters
+PARAM_ARGS = (
+    "lift_w_ptr",
+    "lift_b_ptr",
+    "in_w_ptr",
+    "in_b_ptr",
+    "out_w_ptr",
+    "out_b_ptr",
+    "norm1_w_ptr",
+    "norm1_b_ptr",
+    "ffn1_w_ptr",
+    "ffn1_b_ptr",
+    "ffn2_w_ptr",
+    "ffn2_b_ptr",
+    "norm2_w_ptr",
+    "norm2_b_ptr",
+)
+
+
+def _size_consts(dim) -> dict:
+    c, h, k, p = dim
+    return dict(C=c, H=h, K=k, P=p, CK=_p2(c), HP=max(2, triton.next_power_of_2(h)))
+
+
+def _derive(params, dim, device) -> torch.Tensor:
+    """The packed derived parameters (float32) from the module parameters: one launch."""
+    c, h, _, p = dim
+    prm = torch.empty(fc.packed_size(*dim), dtype=torch.float32, device=device)
+    launch(
+        _fenc_derive_kernel,
+        (1,),
+        **dict(zip(PARAM_ARGS, params, strict=True)),
+        prm_ptr=prm,
+        scale=1.0 / math.sqrt(c // h),
+        PK=_p2(p),
+        BLOCK=fp.WEIGHT_BLOCK,
+        num_warps=4,
+        **_size_consts(dim),
+    )
+    return prm
+
+
+def _param_grads(part, rows: dict, params, dim) -> list[torch.Tensor]:
+    """The module parameters' gradients from the backward kernels' partial rows: one
+    launch (sums in a fixed order, then the derive's vector-Jacobian product)."""
+    c, h, k, p = dim
+    dev = part.device
+    grads = [torch.empty(t.shape, dtype=t.dtype, device=dev) for t in params]
+    o_w1 = fc.param_layout(*dim)["w1col"][0]
+    sums = torch.empty(o_w1, dtype=torch.float64, device=dev)
+    n_w_blocks = triton.cdiv(2 * k * c * p, fp.WEIGHT_BLOCK)
+    launch(
+        _fenc_param_grad_kernel,
+        (1 + n_w_blocks,),
+        part_ptr=part,
+        sums_ptr=sums,
+        **dict(zip(PARAM_ARGS[:5], params[:5], strict=True)),
+        **{"d_" + name: g for name, g in zip(PARAM_ARGS, grads, strict=True)},
+        total=part.shape[1],
+        rows_norm1=rows["norm1"],
+        rows_ffn=rows["ffn"],
+        rows_dy1=rows["dy1"],
+        rows_wgrad=rows["wgrad"],
+        rows_small=max(rows["norm1"], rows["ffn"], rows["dy1"]),
+        scale=1.0 / math.sqrt(c // h),
+        SP=triton.next_power_of_2(o_w1),
+        RB=fp.ROWS_PER_STEP,
+        BLOCK=fp.WEIGHT_BLOCK,
+        num_warps=4,
+        **_size_consts(dim),
+    )
+    return grads
+
+
 # -------------------------------------------------------------------------------- ops
 @triton_op("atfnn::freq_encoder", mutates_args=())
 def freq_encoder_op(
     x: torch.Tensor,
     time_weights: torch.Tensor | None,
-    params: torch.Tensor,
-    dim: list[int],
+    params: list[torch.Tensor],
+    num_heads: int,
     eps: float,
-) -> torch.Tensor:
-    """``x' (B, 1, F, T)`` -> ``(B, T, F, C)`` (times ``1 + w_t`` with ``time_weights``).
-    ``params``: the packed derived parameters (:func:`.fenc_common.pack`); ``dim``:
-    ``(C, H, K, P)``."""
-    _check(x, time_weights, params, dim)
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x' (B, 1, F, T)`` -> ``(out (B, T, F, C), packed)``: ``out`` times ``1 + w_t``
+    with ``time_weights``. ``params``: the module parameters in the order of
+    ``FrequencyEncoder.op_params``; ``packed``: the derived (rank-one) parameters
+    (:func:`.fenc_common.pack`), an output so that the backward need not derive them again
+    (not differentiable)."""
+    dim = _check(x, time_weights, params, num_heads)
     if plain_torch(x, _fenc_norm1_kernel):
-        return fm.forward(x, time_weights, fc.unpack(params, *dim), eps)
+        with torch.autocast(x.device.type, enabled=False):  # derived parameters in float32
+            derived = fm.derive(*params, num_heads=num_heads)
+            return fm.forward(x, time_weights, derived, eps), fc.pack(derived)
+    params = [t.contiguous() for t in params]
     s, consts = _launch_consts(x, dim)
     b, _, f, t = x.shape
     out = torch.empty((b, t, f, dim[0]), dtype=x.dtype, device=x.device)
-    wt = time_weights if time_weights is not None else x  # stand-in, never read
-    prm = params.float().contiguous()
+    prm = _derive(params, dim, x.device)
     y1 = _norm1(x, prm, eps, s, consts)
     grid, n_tb, kw = _grid(x, s.ffn)
+    has_wt = time_weights is not None
+    wt = time_weights if has_wt else x  # stand-in pointer, never read
+    w_sb, w_sf, w_st = _xs(wt)
+    o_sb, o_st, o_sf, o_sc = out.stride()
     launch(
         _fenc_ffn_kernel,
         grid,
-        y1,
-        wt,
-        prm,
-        out,
-        out,
-        out,
-        y1,
-        prm,
-        t,
-        n_tb,
-        eps,
-        0,
-        0,
-        *_xs(wt),
-        *out.stride(),
-        0,
-        0,
-        0,
+        y1_ptr=y1,
+        wt_ptr=wt,
+        prm_ptr=prm,
+        out_ptr=out,
+        gout_ptr=out,  # GRAD-only pointers and sizes: never touched in the forward
+        dwt_ptr=out,
+        df2_ptr=y1,
+        part_ptr=prm,
+        n_t=t,
+        n_tb=n_tb,
+        eps=eps,
+        total=0,
+        n_zero=0,
+        w_sb=w_sb,
+        w_sf=w_sf,
+        w_st=w_st,
+        o_sb=o_sb,
+        o_st=o_st,
+        o_sf=o_sf,
+        o_sc=o_sc,
+        dw_sb=0,
+        dw_sf=0,
+        dw_st=0,
         PK=_p2(dim[3]),
-        HAS_WT=time_weights is not None,
+        HAS_WT=has_wt,
         GRAD=False,
         PREC=_precision(x),
         **kw,
         **_no_hp(consts),
     )
-    return out
+    return out, prm
 
 
 @triton_op("atfnn::freq_encoder_backward", mutates_args=())
@@ -220,22 +353,29 @@ def freq_encoder_backward_op(
     grad_out: torch.Tensor,
     x: torch.Tensor,
     time_weights: torch.Tensor | None,
-    params: torch.Tensor,
-    dim: list[int],
+    packed: torch.Tensor,
+    params: list[torch.Tensor],
+    num_heads: int,
     eps: float,
 ) -> list[torch.Tensor]:
-    """``[dx, d time_weights (empty without them), d params (packed)]``."""
+    """``[dx, d time_weights (empty without them), *d params]``: the gradients of the
+    module parameters, in their order and dtypes."""
+    dim = dims_of(params, num_heads)
     if plain_torch(x, _fenc_norm1_kernel):
-        dx, d_time, grads = fm.backward(grad_out, x, time_weights, fc.unpack(params, *dim), eps)
+        with torch.autocast(x.device.type, enabled=False):
+            derived = fc.unpack(packed, *dim)
+            dx, d_time, grads = fm.backward(grad_out, x, time_weights, derived, eps)
+            d_params = fm.derive_vjp(grads, *params, num_heads=num_heads)
         if d_time is None:
             d_time = torch.empty(0, dtype=x.dtype, device=x.device)
-        return [dx, d_time, fc.pack(grads).to(params.dtype)]
+        return [dx, d_time, *d_params]
+    params = [t.contiguous() for t in params]
     s, consts = _launch_consts(x, dim)
     b, _, f, t = x.shape
     c, hp = dim[0], consts["HP"]
     total = fc.packed_size(*dim)
     dev = x.device
-    prm = params.float().contiguous()
+    prm = packed.float().contiguous()
     has_wt = time_weights is not None
     dx = torch.empty(x.shape, dtype=x.dtype, device=dev)
     d_time = (
@@ -248,33 +388,50 @@ def freq_encoder_backward_op(
     dy1 = torch.empty_like(df2)
     dxd = torch.empty((b, f, t), dtype=torch.float32, device=dev)
     bg = torch.empty((b, f, t, 2, hp), dtype=torch.float32, device=dev)
-    # one row of parameter-gradient partials per program of the widest grid; each kernel
-    # writes its own fields of its programs' rows
-    n_rows = max(_grid(x, kl)[0][0] for kl in (s.ffn, s.ffn_bwd_dy1, s.ffn_bwd_wgrad, s.norm1_bwd))
-    part = torch.zeros((n_rows, total), dtype=torch.float32, device=dev)
+    # one row of parameter-gradient partials per program; each kernel writes its own fields
+    # of its programs' rows (every row it has), so no fill is needed: the gradient kernel
+    # sums each field over its writer's rows
+    rows = {
+        "ffn": _grid(x, s.ffn)[0][0],
+        "dy1": _grid(x, s.ffn_bwd_dy1)[0][0],
+        "wgrad": _grid(x, s.ffn_bwd_wgrad)[0][0],
+        "norm1": _grid(x, s.norm1_bwd)[0][0],
+    }
+    part = torch.empty((max(rows.values()), total), dtype=torch.float32, device=dev)
     pk, prec, no_hp = _p2(dim[3]), _precision(x), _no_hp(consts)
+    x_sb, x_sf, x_st = _xs(x)
 
     y1 = _norm1(x, prm, eps, s, consts)
     grid, n_tb, kw = _grid(x, s.ffn)
+    w_sb, w_sf, w_st = _xs(wt)
+    g_sb, g_st, g_sf, g_sc = grad_out.stride()
+    dw_sb, dw_sf, dw_st = _xs(dwt)
     launch(
         _fenc_ffn_kernel,
         grid,
-        y1,
-        wt,
-        prm,
-        grad_out,
-        grad_out,
-        dwt,
-        df2,
-        part,
-        t,
-        n_tb,
-        eps,
-        total,
-        0,
-        *_xs(wt),
-        *grad_out.stride(),
-        *_xs(dwt),
+        y1_ptr=y1,
+        wt_ptr=wt,
+        prm_ptr=prm,
+        out_ptr=grad_out,  # forward-only pointer: never touched with GRAD
+        gout_ptr=grad_out,
+        dwt_ptr=dwt,
+        df2_ptr=df2,
+        part_ptr=part,
+        n_t=t,
+        n_tb=n_tb,
+        eps=eps,
+        total=total,
+        n_zero=0,
+        w_sb=w_sb,
+        w_sf=w_sf,
+        w_st=w_st,
+        o_sb=g_sb,
+        o_st=g_st,
+        o_sf=g_sf,
+        o_sc=g_sc,
+        dw_sb=dw_sb,
+        dw_sf=dw_sf,
+        dw_st=dw_st,
         PK=pk,
         HAS_WT=has_wt,
         GRAD=True,
@@ -287,14 +444,14 @@ def freq_encoder_backward_op(
         launch(
             _fenc_bwd_ffn_kernel,
             grid,
-            prm,
-            y1,
-            df2,
-            dy1,
-            part,
-            t,
-            n_tb,
-            total,
+            prm_ptr=prm,
+            y1_ptr=y1,
+            df2_ptr=df2,
+            dy1_ptr=dy1,
+            part_ptr=part,
+            n_t=t,
+            n_tb=n_tb,
+            total=total,
             PK=pk,
             PREC=prec,
             DY1=dy1_part,
@@ -306,53 +463,62 @@ def freq_encoder_backward_op(
     launch(
         _fenc_bwd_norm1_kernel,
         grid,
-        x,
-        prm,
-        dy1,
-        dxd,
-        bg,
-        part,
-        t,
-        n_tb,
-        eps,
-        total,
-        *_xs(x),
+        x_ptr=x,
+        prm_ptr=prm,
+        dy1_ptr=dy1,
+        dxd_ptr=dxd,
+        bg_ptr=bg,
+        part_ptr=part,
+        n_t=t,
+        n_tb=n_tb,
+        eps=eps,
+        total=total,
+        x_sb=x_sb,
+        x_sf=x_sf,
+        x_st=x_st,
         GB=s.band_chunk,
         **kw,
         **consts,
     )
     grid, n_tb, kw = _grid(x, s.softmax_bwd)
+    d_sb, d_sf, d_st = _xs(dx)
     launch(
         _fenc_bwd_softmax_kernel,
         grid,
-        x,
-        prm,
-        dxd,
-        bg,
-        dx,
-        t,
-        n_tb,
-        *_xs(x),
-        *_xs(dx),
+        x_ptr=x,
+        prm_ptr=prm,
+        dxd_ptr=dxd,
+        bg_ptr=bg,
+        dx_ptr=dx,
+        n_t=t,
+        n_tb=n_tb,
+        x_sb=x_sb,
+        x_sf=x_sf,
+        x_st=x_st,
+        d_sb=d_sb,
+        d_sf=d_sf,
+        d_st=d_st,
         GB=s.band_chunk,
         **kw,
         **consts,
     )
-    # partial rows summed in float64, in a fixed order: deterministic and one rounding
-    return [dx, d_time, part.double().sum(dim=0).to(params.dtype)]
+    return [dx, d_time, *_param_grads(part, rows, params, dim)]
 
 
 def _setup_context(ctx, inputs, output):
-    x, time_weights, params, dim, eps = inputs
-    ctx.save_for_backward(x, time_weights, params)
-    ctx.dim = dim
+    x, time_weights, params, num_heads, eps = inputs
+    ctx.save_for_backward(x, time_weights, output[1], *params)
+    ctx.num_heads = num_heads
     ctx.eps = eps
+    ctx.set_materialize_grads(False)  # the packed output has no gradient: no zeros for it
 
 
-def _backward(ctx, grad_out):
-    x, time_weights, params = ctx.saved_tensors
-    dx, d_time, d_params = torch.ops.atfnn.freq_encoder_backward(
-        grad_out, x, time_weights, params, ctx.dim, ctx.eps
+def _backward(ctx, grad_out, _grad_packed):
+    x, time_weights, packed, *params = ctx.saved_tensors
+    if grad_out is None:
+        return None, None, None, None, None
+    dx, d_time, *d_params = torch.ops.atfnn.freq_encoder_backward(
+        grad_out, x, time_weights, packed, params, ctx.num_heads, ctx.eps
     )
     return dx, (d_time if time_weights is not None else None), d_params, None, None
 
@@ -362,8 +528,7 @@ freq_encoder_op.register_autograd(_backward, setup_context=_setup_context)
 
 def freq_encoder(x, *params, num_heads: int, eps: float, time_weights=None):
     """Entry point with the :func:`atfnn_fast.kernels.torch_ops.freq_encoder` signature:
-    module parameters in, the packed derived (rank-one) parameters to the op."""
-    with torch.autocast(x.device.type, enabled=False):  # derived parameters stay float32
-        derived = fm.derive(*params, num_heads=num_heads)
-        packed = fc.pack(derived)
-    return torch.ops.atfnn.freq_encoder(x, time_weights, packed, list(fc.dims(derived)), eps)
+    the module parameters go to the op as they are (it derives the rank-one parameters on
+    the device and returns their gradients directly)."""
+    out, _ = torch.ops.atfnn.freq_encoder(x, time_weights, list(params), num_heads, eps)
+    return out

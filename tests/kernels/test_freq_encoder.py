@@ -44,8 +44,8 @@ def reference_run(enc, x, wt, g, dtype=torch.float64):
 
 
 def fused_run(enc, x, wt, g):
-    """The op through the public entry point; gradients reach the module's parameters
-    through freq_encoder_math.derive."""
+    """The op through the public entry point; it returns the module parameters' gradients
+    itself (the derive's vector-Jacobian product)."""
     x = x.detach().clone().requires_grad_()
     wt = wt.detach().clone().requires_grad_() if wt is not None else None
     params = list(enc.op_params())
@@ -179,10 +179,8 @@ def test_torch_ops_time_weights_match_the_reference_multiply():
     assert max_rel_err(got, want) <= 1e-5
 
 
-def packed_params(enc, heads, requires_grad=False):
-    derived = fm.derive(*enc.op_params(), num_heads=heads)
-    packed = fc.pack(derived).detach().requires_grad_(requires_grad)
-    return packed, list(fc.dims(derived))
+def op_params(enc, requires_grad=False):
+    return [p.detach().clone().requires_grad_(requires_grad) for p in enc.op_params()]
 
 
 def test_packed_layout_round_trips():
@@ -195,15 +193,43 @@ def test_packed_layout_round_trips():
 
 def test_bad_shapes_are_refused():
     enc = make_encoder(2, 8)
-    packed, dims = packed_params(enc, 2)
+    params = op_params(enc)
     with pytest.raises(ValueError, match=r"x must be \(B, 1, F, T\)"):
-        torch.ops.atfnn.freq_encoder(torch.randn(2, 10, 8), None, packed, dims, EPS)
+        torch.ops.atfnn.freq_encoder(torch.randn(2, 10, 8), None, params, 2, EPS)
     with pytest.raises(ValueError, match=r"time_weights must be \(B, F, T\) = \(2, 10, 8\)"):
-        torch.ops.atfnn.freq_encoder(
-            torch.randn(2, 1, 10, 8), torch.rand(2, 8, 10), packed, dims, EPS
-        )
-    with pytest.raises(ValueError, match=r"packed buffer of \d+ values"):
-        torch.ops.atfnn.freq_encoder(torch.randn(2, 1, 10, 8), None, packed[:-1], dims, EPS)
+        torch.ops.atfnn.freq_encoder(torch.randn(2, 1, 10, 8), torch.rand(2, 8, 10), params, 2, EPS)
+    with pytest.raises(ValueError, match=r"params must be the 14 F-Encoder parameters"):
+        torch.ops.atfnn.freq_encoder(torch.randn(2, 1, 10, 8), None, params[:-1], 2, EPS)
+    bad = [*params[:4], params[4][:, :4], *params[5:]]
+    with pytest.raises(ValueError, match=r"attn.out_proj.weight must be \(8, 8\) .* got \(8, 4\)"):
+        torch.ops.atfnn.freq_encoder(torch.randn(2, 1, 10, 8), None, bad, 2, EPS)
+    with pytest.raises(ValueError, match=r"num_heads must divide channels"):
+        torch.ops.atfnn.freq_encoder(torch.randn(2, 1, 10, 8), None, params, 3, EPS)
+
+
+def test_derive_vjp_equals_autograd():
+    """The gradient kernel's math in torch: the derive's vector-Jacobian product."""
+    for heads, channels in [(1, 4), (2, 8), (4, 16)]:
+        enc = make_encoder(heads, channels).double()
+        params = op_params(enc, requires_grad=True)
+        derived = fm.derive(*params, num_heads=heads)
+        grads = fm.Derived(*(torch.randn_like(t) for t in derived))
+        loss = sum((t * g).sum() for t, g in zip(derived, grads, strict=True))
+        auto = torch.autograd.grad(loss, params)
+        got = fm.derive_vjp(grads, *params, num_heads=heads)
+        for i, (a, b) in enumerate(zip(got, auto, strict=True)):
+            assert max_rel_err(a, b) <= 1e-12, i
+
+
+def test_derived_parameters_on_the_device_equal_derive():
+    """The forward's packed output (the derive kernel on the Triton path)."""
+    enc = make_encoder(4, 16, ffn_channels=20)
+    x = torch.randn(1, 1, 10, 8, device=DEVICE)
+    want = fc.pack(fm.derive(*enc.op_params(), num_heads=4))
+    with use_backend("triton"):
+        _, packed = torch.ops.atfnn.freq_encoder(x, None, list(enc.op_params()), 4, EPS)
+    assert packed.dtype == torch.float32
+    assert max_rel_err(packed, want) <= 1e-6
 
 
 @pytest.mark.parametrize("with_time", [True, False])
@@ -211,7 +237,7 @@ def test_opcheck(with_time):
     """torch.library's consistency checks; on the CPU they exercise the op's torch branch
     (with the hand-written backward) and its fake implementation."""
     enc = make_encoder(2, 8)
-    packed, dims = packed_params(enc, 2, requires_grad=True)
+    params = op_params(enc, requires_grad=True)
     x = torch.randn(2, 1, 10, 8, device=DEVICE, requires_grad=True)
     wt = torch.rand(2, 10, 8, device=DEVICE, requires_grad=True) if with_time else None
     tests = ("test_schema", "test_autograd_registration", "test_faketensor")
@@ -219,17 +245,17 @@ def test_opcheck(with_time):
         tests += ("test_aot_dispatch_dynamic",)
     with use_backend("auto"):
         torch.library.opcheck(
-            torch.ops.atfnn.freq_encoder.default, (x, wt, packed, dims, EPS), test_utils=tests
+            torch.ops.atfnn.freq_encoder.default, (x, wt, params, 2, EPS), test_utils=tests
         )
 
 
 def test_op_compiles_without_graph_break():
     enc = make_encoder(2, 8)
-    packed, dims = packed_params(enc, 2)
+    params = op_params(enc)
     x = torch.randn(2, 1, 10, 8, device=DEVICE)
 
     def fn(x):
-        return torch.ops.atfnn.freq_encoder(x, None, packed, dims, EPS)
+        return torch.ops.atfnn.freq_encoder(x, None, params, 2, EPS)[0]
 
     with use_backend("auto"):
         got = torch.compile(fn, fullgraph=True)(x)
