@@ -40,6 +40,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from atfnn_fast import ATFNNConfig
+from atfnn_fast.kernels import tuning
 
 F32 = 4  # bytes of the float32 scratch tensors (y1, d r2, d y1, beta/gamma, ...)
 
@@ -64,6 +65,10 @@ def _sum(items) -> Counts:
     for item in items:
         total = total + item
     return total
+
+
+def _p2(n: int) -> int:
+    return 1 << (n - 1).bit_length()
 
 
 def _hp(heads: int) -> int:
@@ -98,11 +103,13 @@ def band_bwd(
     elem: int,
     target: bool,
     grad_map: bool,
+    grad_out: bool = True,
 ) -> Counts:
     """``_band_bwd_kernel``: the weights recomputed, then per conv channel the conv and
     its sigmoid again (the kernel's loop), ``dz``, ``d source`` and the weight/bias
-    partials; ``d target``; reads source, target (when separate), ``d out`` and the map's
-    gradient (``grad_map``); writes ``d source`` and ``d target``."""
+    partials; ``d target``; reads source, target (when separate), ``d out`` (unless
+    ``grad_out`` is False: an unused output, ``HAS_GOUT``) and the map's gradient
+    (``grad_map``); writes ``d source`` and ``d target``."""
     flops, exps = _conv_weights(c, cin, group)
     gw = group * width
     flops += 2 * gw + (group if grad_map else 0) + 1  # d weight of the window
@@ -112,9 +119,29 @@ def band_bwd(
     exps += c
     if not target:
         flops += gw  # d source += d target (one tensor)
-    read = cin * group + (gw if target else 0) + gw + (group if grad_map else 0)
+    read = cin * group + (gw if target else 0) + (gw if grad_out else 0)
+    read += group if grad_map else 0
     written = cin * group + (gw if target else 0)
     return Counts(windows * flops, windows * exps, windows * (read + written) * elem)
+
+
+def param_grad_sum(rows: int, width: int, elem: int) -> Counts:
+    """``_band_param_grad_kernel`` / ``_fenc_param_grad_kernel``: ``rows`` float32 partial
+    rows of ``width`` values summed (the derive's vector-Jacobian product on the summed row
+    is negligible); writes one row of parameter gradients."""
+    return Counts(rows * width, 0, rows * width * F32 + width * elem)
+
+
+def fenc_derive(c: int, h: int, k: int, p: int) -> Counts:
+    """``_fenc_derive_kernel``: the packed rank-one parameters from the module's (a few
+    hundred FMAs, the FFN weights copied into their im2col layout)."""
+    size = packed_size(c, h, k, p)
+    return Counts(2 * 3 * c * c + 4 * c * c, 0, 2 * size * F32)
+
+
+def packed_size(c: int, h: int, k: int, p: int) -> int:
+    """Values of the packed parameter buffer (kernels/fenc_common.param_layout)."""
+    return 7 * c + 2 * h + h * c + p + 2 * k * c * p
 
 
 # --------------------------------------------------------------------- F-Encoder kernels
@@ -222,8 +249,18 @@ def fused_launches(
     fw, tw = bft // cfg.f_group, bft // cfg.t_group
     enc_w = cfg.encoding_width
 
+    fs = tuning.freq_encoder_settings(f, c, p)
+    fenc_rows = max(
+        batch * -(-frames // kl.block_t) for kl in (fs.ffn, fs.ffn_bwd_dy1, fs.norm1_bwd)
+    )
+
+    def band_rows(windows: int, cin: int, group: int, width: int) -> int:
+        kp, gwp = _p2(cin * group), _p2(group * width)
+        return -(-windows // tuning.band_attention_settings(kp, gwp, True).block)
+
     def fenc(has_wt: bool) -> tuple[list, list]:
         fwd = [
+            ("_fenc_derive_kernel", fenc_derive(c, h, k, p)),
             ("_fenc_norm1_kernel", fenc_norm1(n, f, c, h, elem)),
             ("_fenc_ffn_kernel", fenc_ffn(n, f, c, k, p, elem, has_wt, False)),
         ]
@@ -234,6 +271,7 @@ def fused_launches(
             ("_fenc_bwd_ffn_kernel[WGRAD]", fenc_bwd_ffn(n, f, c, k, p, False)),
             ("_fenc_bwd_norm1_kernel", fenc_bwd_norm1(n, f, c, h, elem)),
             ("_fenc_bwd_softmax_kernel", fenc_bwd_softmax(n, f, h, elem)),
+            ("_fenc_param_grad_kernel", param_grad_sum(fenc_rows, packed_size(c, h, k, p), elem)),
         ]
         return fwd, bwd
 
@@ -241,18 +279,34 @@ def fused_launches(
         args = (fw, c, 1, cfg.f_group, 1, elem)
         return (
             [(f"_band_fwd_kernel[G={cfg.f_group}]", band_fwd(*args, target=False))],
-            [(f"_band_bwd_kernel[G={cfg.f_group}]", band_bwd(*args, target=False, grad_map=False))],
+            [
+                (
+                    f"_band_bwd_kernel[G={cfg.f_group}]",
+                    band_bwd(*args, target=False, grad_map=False),
+                ),
+                (
+                    "_band_param_grad_kernel",
+                    param_grad_sum(band_rows(fw, 1, cfg.f_group, 1), c * cfg.f_group + c, elem),
+                ),
+            ],
         )
 
-    def t_att(width: int, cin: int, target: bool, grad_map: bool) -> tuple[list, list]:
+    def t_att(
+        width: int, cin: int, target: bool, grad_map: bool, grad_out: bool = True
+    ) -> tuple[list, list]:
         args = (tw, c, cin, cfg.t_group, width, elem)
+        rows = band_rows(tw, cin, cfg.t_group, width)
         return (
             [(f"_band_fwd_kernel[G={cfg.t_group}]", band_fwd(*args, target=target))],
             [
                 (
                     f"_band_bwd_kernel[G={cfg.t_group}]",
-                    band_bwd(*args, target=target, grad_map=grad_map),
-                )
+                    band_bwd(*args, target=target, grad_map=grad_map, grad_out=grad_out),
+                ),
+                (
+                    "_band_param_grad_kernel",
+                    param_grad_sum(rows, c * cin * cfg.t_group + c, elem),
+                ),
             ],
         )
 
@@ -269,8 +323,8 @@ def fused_launches(
         if cfg.f_attention:
             parts.append(f_att())
         if _fused_t(cfg):
-            # T-Attention weights from x (out written, unused; d out is a zero tensor)
-            parts.append(t_att(1, 1, False, True))
+            # T-Attention weights from x (out written, unused: its gradient is never formed)
+            parts.append(t_att(1, 1, False, True, grad_out=False))
             parts.append(fenc(True))
         else:
             if cfg.f_encoder:
