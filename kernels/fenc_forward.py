@@ -36,6 +36,7 @@ from .fenc_common import (
     _band_softmax,
     _band_tile,
     _channel_vec,
+    _dot,
     _frame_range,
     _head_params,
     _layer_norm,
@@ -208,65 +209,34 @@ def _fenc_ffn_kernel(
     acc_g2 = tl.zeros([CK], dtype=tl.float32)
     acc_bn2 = tl.zeros([CK], dtype=tl.float32)
 
-    for f in range(0, NF + 2):
+    zero_p = tl.zeros([BT, PK], dtype=tl.float32)
+    # tf32: no software pipelining (Triton 3.6's pipeliner fails on these tf32 wgmma dots
+    # on sm_90); the other modes keep Triton's default of 3 stages
+    STAGES: tl.constexpr = 1 if PREC == "tf32" else 3
+    for f in tl.range(0, NF + 2, num_stages=STAGES):
         # ---- FFN1 of band f from the y1 tiles of f-2 .. f+2 (zero outside the bands)
+        prm_f = prm_ptr + f * n_zero
         y_0 = _band_tile(y1_ptr, b, f, NF, n_t, tt, tmask, cc, C)
-        h1 = tl.dot(
-            y_0, _w1_tile(prm_ptr + f * n_zero, 0, C, H, K, P, CK, PK, False), input_precision=PREC
-        )
+        h1 = _dot(y_0, _w1_tile(prm_f, 0, C, H, K, P, CK, PK, False), zero_p, PREC)
         if HALF >= 1:
             y_m1 = _band_tile(y1_ptr, b, f - 1, NF, n_t, tt, tmask, cc, C)
-            h1 += tl.dot(
-                y_m1,
-                _w1_tile(prm_ptr + f * n_zero, -1, C, H, K, P, CK, PK, False),
-                input_precision=PREC,
-            )
+            h1 = _dot(y_m1, _w1_tile(prm_f, -1, C, H, K, P, CK, PK, False), h1, PREC)
             y_p1 = _band_tile(y1_ptr, b, f + 1, NF, n_t, tt, tmask, cc, C)
-            h1 += tl.dot(
-                y_p1,
-                _w1_tile(prm_ptr + f * n_zero, 1, C, H, K, P, CK, PK, False),
-                input_precision=PREC,
-            )
+            h1 = _dot(y_p1, _w1_tile(prm_f, 1, C, H, K, P, CK, PK, False), h1, PREC)
         if HALF >= 2:
             y_m2 = _band_tile(y1_ptr, b, f - 2, NF, n_t, tt, tmask, cc, C)
-            h1 += tl.dot(
-                y_m2,
-                _w1_tile(prm_ptr + f * n_zero, -2, C, H, K, P, CK, PK, False),
-                input_precision=PREC,
-            )
+            h1 = _dot(y_m2, _w1_tile(prm_f, -2, C, H, K, P, CK, PK, False), h1, PREC)
             y_p2 = _band_tile(y1_ptr, b, f + 2, NF, n_t, tt, tmask, cc, C)
-            h1 += tl.dot(
-                y_p2,
-                _w1_tile(prm_ptr + f * n_zero, 2, C, H, K, P, CK, PK, False),
-                input_precision=PREC,
-            )
+            h1 = _dot(y_p2, _w1_tile(prm_f, 2, C, H, K, P, CK, PK, False), h1, PREC)
         a1 = tl.where(f < NF, tl.maximum(h1 + b1[None, :], 0.0), 0.0)
         # ---- pushed through FFN2: a1[f] reaches the output of band f-j with weights W2_j
-        acc_0 += tl.dot(
-            a1, _w2_tile(prm_ptr + f * n_zero, 0, C, H, K, P, CK, PK, False), input_precision=PREC
-        )
+        acc_0 = _dot(a1, _w2_tile(prm_f, 0, C, H, K, P, CK, PK, False), acc_0, PREC)
         if HALF >= 1:
-            acc_p1 += tl.dot(
-                a1,
-                _w2_tile(prm_ptr + f * n_zero, -1, C, H, K, P, CK, PK, False),
-                input_precision=PREC,
-            )
-            acc_m1 += tl.dot(
-                a1,
-                _w2_tile(prm_ptr + f * n_zero, 1, C, H, K, P, CK, PK, False),
-                input_precision=PREC,
-            )
+            acc_p1 = _dot(a1, _w2_tile(prm_f, -1, C, H, K, P, CK, PK, False), acc_p1, PREC)
+            acc_m1 = _dot(a1, _w2_tile(prm_f, 1, C, H, K, P, CK, PK, False), acc_m1, PREC)
         if HALF >= 2:
-            acc_p2 += tl.dot(
-                a1,
-                _w2_tile(prm_ptr + f * n_zero, -2, C, H, K, P, CK, PK, False),
-                input_precision=PREC,
-            )
-            acc_m2 += tl.dot(
-                a1,
-                _w2_tile(prm_ptr + f * n_zero, 2, C, H, K, P, CK, PK, False),
-                input_precision=PREC,
-            )
+            acc_p2 = _dot(a1, _w2_tile(prm_f, -2, C, H, K, P, CK, PK, False), acc_p2, PREC)
+            acc_m2 = _dot(a1, _w2_tile(prm_f, 2, C, H, K, P, CK, PK, False), acc_m2, PREC)
 
         # ---- band f-2 is complete: residual, LayerNorm2, T-Attention multiply
         o = f - 2

@@ -79,9 +79,17 @@ def _grid(x: torch.Tensor, kl) -> tuple[tuple[int], int, dict]:
 
 
 def _precision(x: torch.Tensor) -> str:
-    """All dots run in float32 ("ieee"): the inputs are converted to float32 anyway, and
-    tf32 operands cost more registers in these small-K dots than they save."""
-    return "ieee"
+    """Operand precision of the FFN dots (the ``PREC`` constexpr), chosen per call: bf16 /
+    fp16 inputs multiply 16-bit operands ("bf16" / "fp16"); float32 inputs take tf32 while
+    ``torch.backends.cudnn.allow_tf32`` is True (PyTorch's default, the flag under which
+    the reference's ``nn.Conv1d`` FFN runs tf32 on cuDNN), else exact float32 ("ieee").
+    Accumulation is float32 in every mode. The interpreter multiplies float32 whatever the
+    mode."""
+    if x.dtype == torch.bfloat16:
+        return "bf16"
+    if x.dtype == torch.float16:
+        return "fp16"
+    return "tf32" if torch.backends.cudnn.allow_tf32 else "ieee"
 
 
 def _no_hp(consts: dict) -> dict:
@@ -296,7 +304,7 @@ def freq_encoder_backward_op(
             n_tb,
             total,
             PK=pk,
-            PREC=prec,
+            PREC="ieee",  # float32 FMA dots: see docs/design.md, F-Encoder kernels, Precision
             DY1=dy1_part,
             WGRAD=not dy1_part,
             **kw,
