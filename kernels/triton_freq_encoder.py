@@ -25,8 +25,10 @@ read and 2.5 KB written in float32), so the kernels spend bytes (one ``y1`` roun
 forward; four band tensors backward, about 9 KB per frame) to stay within 128 registers a
 thread and the shared memory of every arch.
 
-Precision: all math in float32, every dot ``input_precision="ieee"`` (tf32 operands cost
-more registers in these K = 16 dots than they save). The output takes x's dtype. Offsets
+Precision: all math and accumulation in float32; the forward FFN's dots multiply on the
+matrix units with bf16 / fp16 operands for bf16 / fp16 inputs and tf32 operands for float32
+inputs while ``torch.backends.cudnn.allow_tf32`` (exact float32 otherwise); the backward FFN
+stays float32 (:func:`_precision`). The output takes x's dtype. Offsets
 are 32-bit. On CUDA the kernels run FFN kernel size 5, up to 16 channels and 32 FFN
 channels (:func:`supports`); other sizes take plain torch (the dispatcher warns once, or
 refuses under ``ATFNN_BACKEND=triton``). Parameter gradients are reduced in a fixed order:
@@ -84,7 +86,10 @@ def _precision(x: torch.Tensor) -> str:
     ``torch.backends.cudnn.allow_tf32`` is True (PyTorch's default, the flag under which
     the reference's ``nn.Conv1d`` FFN runs tf32 on cuDNN), else exact float32 ("ieee").
     Accumulation is float32 in every mode. The interpreter multiplies float32 whatever the
-    mode."""
+    mode. The backward's forward recompute (the GRAD FFN kernel) takes "ieee" where the
+    forward takes "tf32" (with tf32 operands its registers overflow on sm_86 at c = 16), and
+    the backward FFN kernels run float32 FMA dots in every mode (docs/design.md, F-Encoder
+    kernels, Precision)."""
     if x.dtype == torch.bfloat16:
         return "bf16"
     if x.dtype == torch.float16:
@@ -286,7 +291,7 @@ def freq_encoder_backward_op(
         PK=pk,
         HAS_WT=has_wt,
         GRAD=True,
-        PREC=prec,
+        PREC="ieee" if prec == "tf32" else prec,  # see _precision
         **kw,
         **no_hp,
     )
