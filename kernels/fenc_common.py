@@ -207,67 +207,6 @@ def _band_tile(ptr, b, band, NF: tl.constexpr, n_t, tt, tmask, cc, C: tl.constex
 
 
 @triton.jit
-def _band_cols(
-    ptr,
-    b,
-    f,
-    SIGN: tl.constexpr,
-    NF: tl.constexpr,
-    n_t,
-    tt,
-    tmask,
-    C: tl.constexpr,
-    K: tl.constexpr,
-    CK: tl.constexpr,
-    KR: tl.constexpr,
-    TRANS: tl.constexpr,
-):
-    """im2col along the bands of a (B, F, T, C) float32 tensor: a [BT, KR] tile whose column
-    ``j * CK + ch`` holds channel ``ch`` of band ``f + SIGN * (j - K//2)`` (zero outside
-    the bands and in the padding up to ``KR``, a power of two >= K * CK); with TRANS its
-    transpose [KR, BT]. One such tile carries all K shifts of a band conv into one dot."""
-    r = tl.arange(0, KR)
-    j = r // CK
-    ch = r % CK
-    band = f + SIGN * (j - K // 2)
-    ok = (j < K) & (ch < C) & (band >= 0) & (band < NF)
-    if TRANS:
-        off = ((b * NF + band[:, None]) * n_t + tt[None, :]) * C + ch[:, None]
-        msk = ok[:, None] & tmask[None, :]
-    else:
-        off = ((b * NF + band[None, :]) * n_t + tt[:, None]) * C + ch[None, :]
-        msk = ok[None, :] & tmask[:, None]
-    return tl.load(ptr + off, mask=msk, other=0.0)
-
-
-@triton.jit
-def _wcol_tile(
-    prm_ptr,
-    which: tl.constexpr,
-    C: tl.constexpr,
-    H: tl.constexpr,
-    K: tl.constexpr,
-    P: tl.constexpr,
-    CK: tl.constexpr,
-    PK: tl.constexpr,
-    KR: tl.constexpr,
-):
-    """The weights of all K shifts as one [KR, PK] tile, rows matching :func:`_band_cols`:
-    row ``j * CK + ch`` is ``W1_j[ch, :]`` (which=1: ``ffn1.weight[:, ch, j]``) or
-    ``W2_j[:, ch]`` (which=2: ``ffn2.weight[ch, :, j]``); zero in the padding."""
-    _, _, _, _, o_w1, o_w2 = _offsets(C, H, K, P)
-    r = tl.arange(0, KR)[:, None]
-    j = r // CK
-    ch = r % CK
-    o = tl.arange(0, PK)[None, :]
-    if which == 1:
-        src = prm_ptr + o_w1 + (j * C + ch) * P + o
-    else:
-        src = prm_ptr + o_w2 + (j * P + o) * C + ch
-    return tl.load(src, mask=(j < K) & (ch < C) & (o < P), other=0.0)
-
-
-@triton.jit
 def _frame_range(x_ptr, row_off, tmask, NF: tl.constexpr, x_sf, BT: tl.constexpr, GB: tl.constexpr):
     """Per frame, the largest and smallest band value ([BT] each): with them the softmax
     row maximum of every band is known without a pass (freq_encoder_math)."""
