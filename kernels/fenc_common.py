@@ -104,6 +104,20 @@ def _offsets(C: tl.constexpr, H: tl.constexpr, K: tl.constexpr, P: tl.constexpr)
 
 
 @triton.jit
+def _dot(a, b, acc, PREC: tl.constexpr):
+    """``acc + a @ b`` with float32 accumulation on the matrix units. ``PREC``: "bf16" or
+    "fp16" round the (float32) operands to 16 bits (bf16/fp16 inputs); "tf32" or "ieee"
+    multiply float32 operands as ``tl.dot``'s ``input_precision`` (see the host's
+    ``_precision``)."""
+    if PREC == "bf16":
+        return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), acc)
+    elif PREC == "fp16":
+        return tl.dot(a.to(tl.float16), b.to(tl.float16), acc)
+    else:
+        return tl.dot(a, b, acc, input_precision=PREC)
+
+
+@triton.jit
 def _channel_vec(prm_ptr, slot: tl.constexpr, C: tl.constexpr, CK: tl.constexpr):
     """Field ``slot`` (0..6: w_lift, e_bias, norm1 w/b, ffn2_bias, norm2 w/b) as [CK]."""
     cc = tl.arange(0, CK)

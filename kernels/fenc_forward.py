@@ -21,6 +21,12 @@ per SM on every arch (docs/design.md#kernel-resources). The price is one float32
 round trip, 32 bytes per band and frame written and read (about 5 KB per frame), against
 about 0.4 MFLOP of FFN work per frame: the F-Encoder stays compute-bound.
 
+Dots (``fenc_common._dot``): ``PREC`` "bf16" / "fp16" / "tf32" multiply on the matrix units
+(HMMA; HGMMA on sm_90), "ieee" with float32 FMAs; accumulation is float32 in every mode.
+The tensor-core modes run the band loop unpipelined (``num_stages=1``): Triton 3.6's
+pipeliner fails on the tf32 wgmma dots on sm_90, and the bf16/fp16 variant spills on
+sm_86/sm_89 with 3 stages; unpipelined they need 4-10 KB of shared memory instead of 85-89 KB.
+
 With ``GRAD`` the FFN kernel is the backward's first step: instead of storing the output it
 reads ``d out``, writes ``d w_t``, runs the T-Attention multiply and LayerNorm2 backward,
 writes ``d r2`` (the gradient of the FFN2 output) for :mod:`.fenc_backward`, and adds
@@ -36,6 +42,7 @@ from .fenc_common import (
     _band_softmax,
     _band_tile,
     _channel_vec,
+    _dot,
     _frame_range,
     _head_params,
     _layer_norm,
@@ -149,6 +156,34 @@ def _fenc_norm1_kernel(
 
 
 @triton.jit
+def _push_rest(
+    a1,
+    prm_f,
+    acc_m1,
+    acc_0,
+    acc_p1,
+    acc_p2,
+    C: tl.constexpr,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    P: tl.constexpr,
+    CK: tl.constexpr,
+    PK: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    """FFN2 pushes of ``a1[f]`` into the accumulators of bands f-1 .. f+2 (the push into
+    band f-2 is the caller's)."""
+    HALF: tl.constexpr = K // 2
+    acc_0 = _dot(a1, _w2_tile(prm_f, 0, C, H, K, P, CK, PK, False), acc_0, PREC)
+    if HALF >= 1:
+        acc_p1 = _dot(a1, _w2_tile(prm_f, -1, C, H, K, P, CK, PK, False), acc_p1, PREC)
+        acc_m1 = _dot(a1, _w2_tile(prm_f, 1, C, H, K, P, CK, PK, False), acc_m1, PREC)
+    if HALF >= 2:
+        acc_p2 = _dot(a1, _w2_tile(prm_f, -2, C, H, K, P, CK, PK, False), acc_p2, PREC)
+    return acc_m1, acc_0, acc_p1, acc_p2
+
+
+@triton.jit
 def _fenc_ffn_kernel(
     y1_ptr,  # (B, F, T, C) float32, contiguous: y1 (from _fenc_norm1_kernel)
     wt_ptr,  # T-Attention weights (B, F, T) if HAS_WT (else a stand-in, never read)
@@ -208,66 +243,35 @@ def _fenc_ffn_kernel(
     acc_g2 = tl.zeros([CK], dtype=tl.float32)
     acc_bn2 = tl.zeros([CK], dtype=tl.float32)
 
-    for f in range(0, NF + 2):
+    zero_p = tl.zeros([BT, PK], dtype=tl.float32)
+    # matrix-unit modes: no software pipelining (module docstring); "ieee" keeps Triton's 3
+    STAGES: tl.constexpr = 3 if PREC == "ieee" else 1
+    for f in tl.range(0, NF + 2, num_stages=STAGES):
         # ---- FFN1 of band f from the y1 tiles of f-2 .. f+2 (zero outside the bands)
+        prm_f = prm_ptr + f * n_zero
         y_0 = _band_tile(y1_ptr, b, f, NF, n_t, tt, tmask, cc, C)
-        h1 = tl.dot(
-            y_0, _w1_tile(prm_ptr + f * n_zero, 0, C, H, K, P, CK, PK, False), input_precision=PREC
-        )
+        h1 = _dot(y_0, _w1_tile(prm_f, 0, C, H, K, P, CK, PK, False), zero_p, PREC)
         if HALF >= 1:
             y_m1 = _band_tile(y1_ptr, b, f - 1, NF, n_t, tt, tmask, cc, C)
-            h1 += tl.dot(
-                y_m1,
-                _w1_tile(prm_ptr + f * n_zero, -1, C, H, K, P, CK, PK, False),
-                input_precision=PREC,
-            )
+            h1 = _dot(y_m1, _w1_tile(prm_f, -1, C, H, K, P, CK, PK, False), h1, PREC)
             y_p1 = _band_tile(y1_ptr, b, f + 1, NF, n_t, tt, tmask, cc, C)
-            h1 += tl.dot(
-                y_p1,
-                _w1_tile(prm_ptr + f * n_zero, 1, C, H, K, P, CK, PK, False),
-                input_precision=PREC,
-            )
+            h1 = _dot(y_p1, _w1_tile(prm_f, 1, C, H, K, P, CK, PK, False), h1, PREC)
         if HALF >= 2:
             y_m2 = _band_tile(y1_ptr, b, f - 2, NF, n_t, tt, tmask, cc, C)
-            h1 += tl.dot(
-                y_m2,
-                _w1_tile(prm_ptr + f * n_zero, -2, C, H, K, P, CK, PK, False),
-                input_precision=PREC,
-            )
+            h1 = _dot(y_m2, _w1_tile(prm_f, -2, C, H, K, P, CK, PK, False), h1, PREC)
             y_p2 = _band_tile(y1_ptr, b, f + 2, NF, n_t, tt, tmask, cc, C)
-            h1 += tl.dot(
-                y_p2,
-                _w1_tile(prm_ptr + f * n_zero, 2, C, H, K, P, CK, PK, False),
-                input_precision=PREC,
-            )
+            h1 = _dot(y_p2, _w1_tile(prm_f, 2, C, H, K, P, CK, PK, False), h1, PREC)
         a1 = tl.where(f < NF, tl.maximum(h1 + b1[None, :], 0.0), 0.0)
-        # ---- pushed through FFN2: a1[f] reaches the output of band f-j with weights W2_j
-        acc_0 += tl.dot(
-            a1, _w2_tile(prm_ptr + f * n_zero, 0, C, H, K, P, CK, PK, False), input_precision=PREC
-        )
-        if HALF >= 1:
-            acc_p1 += tl.dot(
-                a1,
-                _w2_tile(prm_ptr + f * n_zero, -1, C, H, K, P, CK, PK, False),
-                input_precision=PREC,
-            )
-            acc_m1 += tl.dot(
-                a1,
-                _w2_tile(prm_ptr + f * n_zero, 1, C, H, K, P, CK, PK, False),
-                input_precision=PREC,
+        # ---- pushed through FFN2: a1[f] reaches the output of band f-j with weights W2_j.
+        # On the matrix units band f-2 goes first, so its epilogue runs before the other
+        # pushes (fewer live registers there); the FMA dots ("ieee") fit better all first.
+        EARLY: tl.constexpr = PREC != "ieee"
+        if not EARLY:
+            acc_m1, acc_0, acc_p1, acc_p2 = _push_rest(
+                a1, prm_f, acc_m1, acc_0, acc_p1, acc_p2, C, H, K, P, CK, PK, PREC
             )
         if HALF >= 2:
-            acc_p2 += tl.dot(
-                a1,
-                _w2_tile(prm_ptr + f * n_zero, -2, C, H, K, P, CK, PK, False),
-                input_precision=PREC,
-            )
-            acc_m2 += tl.dot(
-                a1,
-                _w2_tile(prm_ptr + f * n_zero, 2, C, H, K, P, CK, PK, False),
-                input_precision=PREC,
-            )
-
+            acc_m2 = _dot(a1, _w2_tile(prm_f, 2, C, H, K, P, CK, PK, False), acc_m2, PREC)
         # ---- band f-2 is complete: residual, LayerNorm2, T-Attention multiply
         o = f - 2
         if o >= 0:
@@ -297,6 +301,10 @@ def _fenc_ffn_kernel(
                 if HAS_WT:
                     y2 = y2 * scale[:, None]
                 tl.store(out_ptr + o_off, y2.to(out_ptr.dtype.element_ty), mask=omask)
+        if EARLY:
+            acc_m1, acc_0, acc_p1, acc_p2 = _push_rest(
+                a1, prm_f, acc_m1, acc_0, acc_p1, acc_p2, C, H, K, P, CK, PK, PREC
+            )
         acc_m2 = acc_m1
         acc_m1 = acc_0
         acc_0 = acc_p1

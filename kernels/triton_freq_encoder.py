@@ -27,8 +27,10 @@ read and 2.5 KB written in float32), so the kernels spend bytes (one ``y1`` roun
 forward; four band tensors backward, about 9 KB per frame) to stay within 128 registers a
 thread and the shared memory of every arch.
 
-Precision: all math in float32, every dot ``input_precision="ieee"`` (tf32 operands cost
-more registers in these K = 16 dots than they save). The output takes x's dtype. Offsets
+Precision: all math and accumulation in float32; the forward FFN's dots multiply on the
+matrix units with bf16 / fp16 operands for bf16 / fp16 inputs and tf32 operands for float32
+inputs while ``torch.backends.cudnn.allow_tf32`` (exact float32 otherwise); the backward FFN
+stays float32 (:func:`_precision`). The output takes x's dtype. Offsets
 are 32-bit. On CUDA the kernels run FFN kernel size 5, up to 16 channels and 32 FFN
 channels (:func:`supports`); other sizes take plain torch (the dispatcher warns once, or
 refuses under ``ATFNN_BACKEND=triton``). Parameter gradients are reduced in a fixed order:
@@ -85,9 +87,20 @@ def _grid(x: torch.Tensor, kl) -> tuple[tuple[int], int, dict]:
 
 
 def _precision(x: torch.Tensor) -> str:
-    """All dots run in float32 ("ieee"): the inputs are converted to float32 anyway, and
-    tf32 operands cost more registers in these small-K dots than they save."""
-    return "ieee"
+    """Operand precision of the FFN dots (the ``PREC`` constexpr), chosen per call: bf16 /
+    fp16 inputs multiply 16-bit operands ("bf16" / "fp16"); float32 inputs take tf32 while
+    ``torch.backends.cudnn.allow_tf32`` is True (PyTorch's default, the flag under which
+    the reference's ``nn.Conv1d`` FFN runs tf32 on cuDNN), else exact float32 ("ieee").
+    Accumulation is float32 in every mode. The interpreter multiplies float32 whatever the
+    mode. The backward's forward recompute (the GRAD FFN kernel) takes "ieee" where the
+    forward takes "tf32" (with tf32 operands its registers overflow on sm_86 at c = 16), and
+    the backward FFN kernels run float32 FMA dots in every mode (docs/design.md, F-Encoder
+    kernels, Precision)."""
+    if x.dtype == torch.bfloat16:
+        return "bf16"
+    if x.dtype == torch.float16:
+        return "fp16"
+    return "tf32" if torch.backends.cudnn.allow_tf32 else "ieee"
 
 
 def _no_hp(consts: dict) -> dict:
@@ -435,7 +448,7 @@ def freq_encoder_backward_op(
         PK=pk,
         HAS_WT=has_wt,
         GRAD=True,
-        PREC=prec,
+        PREC="ieee" if prec == "tf32" else prec,  # see _precision
         **kw,
         **no_hp,
     )
@@ -453,7 +466,7 @@ def freq_encoder_backward_op(
             n_tb=n_tb,
             total=total,
             PK=pk,
-            PREC=prec,
+            PREC="ieee",  # float32 FMA dots: see docs/design.md, F-Encoder kernels, Precision
             DY1=dy1_part,
             WGRAD=not dy1_part,
             **kw,

@@ -11,6 +11,7 @@ import pytest
 import torch
 from helpers import (
     DEVICE,
+    TF32_FLOOR,
     assert_accurate,
     max_rel_err,
     randomize,
@@ -67,12 +68,23 @@ def assert_as_accurate(enc, x, wt, g=None):
     with use_backend("triton"):
         got = fused_run(enc, x, wt, g)
     assert got[0].dtype == x.dtype
-    assert_accurate(
-        got,
-        reference_run(enc64, *args64),
-        ref=reference_run(enc, x, wt, g, torch.float32),
-        sensitivity=rounding_sensitivity(reference_run, enc64, *args64),
-    )
+    with torch.backends.cudnn.flags(allow_tf32=False):  # the float32 reference in float32
+        ref = reference_run(enc, x, wt, g, torch.float32)
+    truth = reference_run(enc64, *args64)
+    sens = rounding_sensitivity(reference_run, enc64, *args64)
+    if runs_tf32(x):
+        # the forward FFN multiplies tf32 operands: the output has the tf32 floor; the
+        # gradients come from an exact float32 recompute (docs/design.md, Precision)
+        assert_accurate(got[0], truth[0], tol=TF32_FLOOR)
+        assert_accurate(got[1], truth[1], ref=ref[1], sensitivity=sens)
+    else:
+        assert_accurate(got, truth, ref=ref, sensitivity=sens)
+
+
+def runs_tf32(x: torch.Tensor) -> bool:
+    """Whether the fused F-Encoder multiplies this input's FFN in tf32 (compiled kernels,
+    float32, torch.backends.cudnn.allow_tf32; the interpreter multiplies float32)."""
+    return x.is_cuda and x.dtype == torch.float32 and torch.backends.cudnn.allow_tf32
 
 
 # ------------------------------------------------------- the rank-one form, in torch
@@ -155,7 +167,8 @@ def test_non_contiguous_inputs_and_gradients():
     g = torch.randn(2, 10, 8, 8, device=DEVICE).transpose(1, 2)  # non-contiguous grad
     with use_backend("triton"):
         _, got = fused_run(enc, x, wt, g)
-    _, truth = reference_run(enc, x, wt, g)
+    with torch.backends.cudnn.flags(allow_tf32=False):
+        _, truth = reference_run(enc, x, wt, g)
     for a, t in zip(got, truth, strict=True):
         assert max_rel_err(a, t) <= 1e-5
 
@@ -292,3 +305,89 @@ def test_no_score_tensor_in_global_memory():
     peak = torch.cuda.max_memory_allocated() - before
     scores = 32 * 128 * 2 * 80 * 80 * 4
     assert peak < scores / 4, f"peak {peak / 2**20:.1f} MiB"
+
+
+# ------------------------------------------------------ precision modes of the FFN dots
+def _round_tf32(t: torch.Tensor) -> torch.Tensor:
+    """t with the low 13 mantissa bits of its float32 value cleared: what the tensor cores
+    read of a float32 operand (Triton feeds the float32 registers to mma / wgmma .tf32)."""
+    bits = t.float().contiguous().view(torch.int32) & ~0x1FFF
+    return bits.view(torch.float32).to(t.dtype)
+
+
+ROUNDINGS = {
+    "tf32": _round_tf32,
+    "bf16": lambda t: t.to(torch.bfloat16).to(t.dtype),
+    "fp16": lambda t: t.to(torch.float16).to(t.dtype),
+}
+
+
+def emulated_forward(x, wt, derived, mode):
+    """freq_encoder_math.forward in float64 with the operands of its two FFN matmuls rounded
+    as the kernels' dots round them in ``mode`` (float32 accumulation is exact enough here:
+    the matmuls are the only matmuls of the forward)."""
+    rnd, mm = ROUNDINGS[mode], torch.Tensor.__matmul__
+    torch.Tensor.__matmul__ = lambda a, b: mm(rnd(a), rnd(b))
+    try:
+        return fm.forward(x, wt, derived, EPS)
+    finally:
+        torch.Tensor.__matmul__ = mm
+
+
+@pytest.mark.parametrize("mode,floor", [("tf32", TF32_FLOOR), ("fp16", 5e-3), ("bf16", 3e-2)])
+def test_dot_precision_floors_cover_the_emulated_rounding(mode, floor):
+    """The accuracy floors of the matrix-unit modes, checked by emulation on the CPU: the
+    default model size (c = 8, P = 32, k = 5, 80 bands), operands rounded like the kernels
+    round them, against float64. The worst cases measured (30 draws, three model sizes) are
+    1.5e-3 (tf32, truncated), 1.3e-3 (fp16), 1.1e-2 (bf16): each floor is 2.7-3.8x that."""
+    enc = make_encoder(2, 8, n_mels=80, ffn_channels=32).double().cpu()
+    x = torch.randn(2, 1, 80, 64, dtype=torch.float64) * 2
+    wt = torch.rand(2, 80, 64, dtype=torch.float64)
+    derived = fm.derive(*enc.op_params(), num_heads=2)
+    err = max_rel_err(emulated_forward(x, wt, derived, mode), fm.forward(x, wt, derived, EPS))
+    assert 0 < err <= floor / 2, err
+
+
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="tf32 needs the compiled kernels (CUDA)")
+@pytest.mark.parametrize("allow_tf32", [True, False])
+def test_float32_precision_modes_on_cuda(allow_tf32):
+    """float32 inputs: tf32 dots while cudnn.allow_tf32 (the output within TF32_FLOOR of the
+    float64 truth, the gradients at the float32 bounds), exact float32 ("ieee") otherwise."""
+    enc = make_encoder(2, 8, n_mels=80)
+    x = torch.randn(4, 1, 80, 128, device=DEVICE) * 2
+    wt = torch.rand(4, 80, 128, device=DEVICE)
+    with torch.backends.cudnn.flags(allow_tf32=allow_tf32):
+        assert runs_tf32(x) == allow_tf32
+        assert triton_freq_encoder._precision(x) == ("tf32" if allow_tf32 else "ieee")
+        assert_as_accurate(enc, x, wt)
+        if allow_tf32:  # tf32 really ran: the output is off the float32 result
+            g = torch.randn(4, 128, 80, 8, device=DEVICE)
+            with use_backend("triton"):
+                out = fused_run(enc, x, wt, g)[0]
+            with torch.backends.cudnn.flags(allow_tf32=False), use_backend("triton"):
+                exact = fused_run(enc, x, wt, g)[0]
+            assert max_rel_err(out, exact) > 1e-6
+
+
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="bf16/fp16 kernels are tested on CUDA only")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_dots_against_float64(dtype):
+    """bf16/fp16 inputs: 16-bit dot operands, float32 accumulation; the output within the
+    per-dtype floor of the float64 truth computed from the same (rounded) inputs."""
+    enc = make_encoder(2, 8, n_mels=80)
+    x = (torch.randn(4, 1, 80, 128, device=DEVICE) * 2).to(dtype)
+    wt = torch.rand(4, 80, 128, device=DEVICE).to(dtype)
+    assert (
+        triton_freq_encoder._precision(x) == {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+    )
+    with use_backend("triton"):
+        out = triton_freq_encoder.freq_encoder(
+            x, *enc.op_params(), num_heads=2, eps=EPS, time_weights=wt
+        )
+    truth = fm.forward(
+        x.double(),
+        wt.double(),
+        fm.derive(*copy.deepcopy(enc).double().op_params(), num_heads=2),
+        EPS,
+    )
+    assert_accurate(out, truth, dtype=dtype)
