@@ -27,30 +27,7 @@
 # run here.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-out="${OUT:-gpu-out}"
-mkdir -p "$out"
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-py="${PYTHON:-python}"
-budget="${GPU_CHECK_BUDGET_S:-470}"
-start=$SECONDS
-log="$out/gpu_check.log"
-: > "$log"
-
-# step NAME CAP_S CMD...: run CMD under timeout min(CAP_S, time left); log status and time
-step() {
-    local name=$1 cap=$2
-    shift 2
-    local left=$((budget - (SECONDS - start)))
-    local limit=$((cap < left ? cap : left))
-    if ((limit < 10)); then
-        echo "$name: skipped (budget of ${budget}s spent)" | tee -a "$log"
-        return 0
-    fi
-    local t0=$SECONDS
-    timeout --kill-after=10 "$limit" "$@"
-    local rc=$?
-    echo "$name: exit $rc in $((SECONDS - t0))s (limit ${limit}s)" | tee -a "$log"
-}
+source scripts/gpu_steps.sh
 
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv | tee -a "$log"
 
