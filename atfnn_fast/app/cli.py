@@ -206,16 +206,21 @@ def _int_in(low: int, high: int | None = None):
     return parse
 
 
-def _positive_float(text: str) -> float:
-    import math
+def _positive_float(high: float):
+    """A number in ``(0, high]``."""
 
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
+    def parse(text: str) -> float:
+        import math
+
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not (math.isfinite(value) and 0 < value <= high):
+            raise argparse.ArgumentTypeError(f"must be a number in (0, {high:g}], got {text}")
+        return value
+
+    return parse
 
 
 def _default(function, name: str):
@@ -235,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .evaluate import evaluate
     from .plots import plot_attention
     from .predict import PROVIDER_CHOICES, load_predictor
-    from .train import AMP_MODES, DEVICES, PRESETS, PROTOCOLS, default, train
+    from .train import AMP_MODES, DEVICES, MAX_LR, PRESETS, PROTOCOLS, default, train
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -312,7 +317,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tr.add_argument("--epochs", type=positive, default=default("epochs"))
     tr.add_argument("--batch-size", type=positive, default=default("batch_size"))
-    tr.add_argument("--lr", type=_positive_float, default=default("lr"))
+    tr.add_argument(
+        "--lr",
+        type=_positive_float(MAX_LR),
+        default=default("lr"),
+        help=f"Adam learning rate, at most {MAX_LR:g} (default %(default)s)",
+    )
     tr.add_argument(
         "--hop", type=positive, default=default("hop"), help="training segment hop in frames"
     )

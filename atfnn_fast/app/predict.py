@@ -53,8 +53,10 @@ def predict_files(
     """Each file is reported as soon as it is done: a line of text, or (``json_list``) an
     entry of a JSON list that is printed progressively (``[`` first, ``]`` last). A file
     that fails gets an error line on stderr and, with ``json_list``, an entry
-    ``{"path", "error"}``; the others are still labelled. Returns the exit code: 1 if any
-    file failed, else 0. ``debug`` re-raises the first failure instead."""
+    ``{"path", "error"}``; the others are still labelled. A file whose scores are not
+    finite is such a failure (:class:`atfnn_fast.inference.NonFiniteOutput`), and the JSON
+    is strict (``allow_nan=False``). Returns the exit code: 1 if any file failed, else 0.
+    ``debug`` re-raises the first failure instead."""
     failed = 0
     if json_list:
         sys.stdout.write("[")
@@ -74,7 +76,7 @@ def predict_files(
             entry, text = {"path": str(path), "error": message}, None
             failed += 1
         if json_list:
-            sys.stdout.write(("\n  " if n == 0 else ",\n  ") + json.dumps(entry))
+            sys.stdout.write(("\n  " if n == 0 else ",\n  ") + json.dumps(entry, allow_nan=False))
             sys.stdout.flush()
         elif text is not None:
             print(text, flush=True)

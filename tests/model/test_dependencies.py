@@ -75,15 +75,12 @@ def test_old_torch_is_refused_at_import(monkeypatch):
 
 
 def test_features_match_torchaudio_where_installed():
-    """The plain-torch resampler and Mel filters are torchaudio's algorithms, bit for bit."""
+    """The plain-torch Mel spectrogram is torchaudio's algorithm."""
     torchaudio = pytest.importorskip("torchaudio")
     from atfnn_fast import features
 
     gen = torch.Generator().manual_seed(0)
     wave = torch.randn(2, 9000, generator=gen)
-    for rate in (8000, 22050, 44100):
-        expected = torchaudio.functional.resample(wave, rate, 16000)
-        assert torch.equal(features.resample(wave, rate, 16000), expected)
     mel = torchaudio.transforms.MelSpectrogram(
         sample_rate=16000,
         n_fft=512,
