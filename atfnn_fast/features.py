@@ -289,13 +289,14 @@ def resample(wave: torch.Tensor, orig_freq: int, new_freq: int) -> torch.Tensor:
 def iter_audio(
     path: str | os.PathLike,
     sample_rate: int = 16_000,
-    block_seconds: float = AUDIO_BLOCK_SECONDS,
+    block_seconds: float | None = None,
 ):
     """The file's float32 mono waveform at ``sample_rate``, as chunks read about
-    ``block_seconds`` of audio at a time and resampled by one streaming libsoxr resampler
-    (``soxr.ResampleStream``), so the concatenation equals a whole-file
-    :func:`resample` exactly and memory is set by the block, not the file. Errors are
-    :func:`load_audio`'s, raised when the bad block is reached."""
+    ``block_seconds`` (default :data:`AUDIO_BLOCK_SECONDS`) of audio at a time and
+    resampled by one streaming libsoxr resampler (``soxr.ResampleStream``), so the
+    concatenation equals a whole-file :func:`resample` exactly and memory is set by the
+    block, not the file. Errors are :func:`load_audio`'s, raised when the bad block is
+    reached."""
     path = Path(path)
     with _open_audio(path) as handle:
         rate, total = handle.samplerate, handle.frames
@@ -307,7 +308,7 @@ def iter_audio(
 
             _check_rates(rate, sample_rate)
             stream = soxr.ResampleStream(rate, sample_rate, 1, "float32", SOXR_QUALITY)
-        block = max(1, int(block_seconds * rate))
+        block = max(1, int((block_seconds or AUDIO_BLOCK_SECONDS) * rate))
         produced = 0
         for start in range(0, total, block):
             count = min(block, total - start)

@@ -83,6 +83,10 @@ from .graph import DeployGraph
 INPUT_NAME = "spectrogram"
 OUTPUT_NAME = "logits"
 DEFAULT_OPSET = 18
+try:  # the newest opset torch's TorchScript exporter writes (20 in torch 2.8 to 2.11)
+    from torch.onnx._constants import ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET as MAX_OPSET
+except ImportError:  # pragma: no cover - a torch that moved it
+    MAX_OPSET = 20
 MAX_BATCH = MAX_BATCH_SIZE
 FOLD_LIMIT = 1 << 26  # elements: constant folding may build any weight of the model
 FORMAT = "atfnn-fast-onnx"
@@ -136,8 +140,12 @@ def export_onnx(
     onnx = require("onnx", extra="export")
 
     opset = DEFAULT_OPSET if opset is None else opset
-    if not isinstance(opset, int) or isinstance(opset, bool) or opset < DEFAULT_OPSET:
-        raise ValueError(f"opset must be an int >= {DEFAULT_OPSET}, got {opset!r}")
+    if (
+        not isinstance(opset, int)
+        or isinstance(opset, bool)
+        or not DEFAULT_OPSET <= opset <= MAX_OPSET
+    ):
+        raise ValueError(f"opset must be an int in {DEFAULT_OPSET}..{MAX_OPSET}, got {opset!r}")
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     if quantize not in QUANTIZATIONS:

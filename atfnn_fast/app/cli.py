@@ -232,7 +232,7 @@ def _default(function, name: str):
 
 def build_parser() -> argparse.ArgumentParser:
     from atfnn_fast import __version__
-    from atfnn_fast.export.onnx_export import DEFAULT_OPSET, DTYPES, export_onnx
+    from atfnn_fast.export.onnx_export import DEFAULT_OPSET, DTYPES, MAX_OPSET, export_onnx
     from atfnn_fast.inference import DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE
 
     from .datasets import DATASETS
@@ -366,9 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--dtype", choices=tuple(DTYPES), default=_default(export_onnx, "dtype"))
     export.add_argument(
         "--opset",
-        type=_int_in(DEFAULT_OPSET),
+        type=_int_in(DEFAULT_OPSET, MAX_OPSET),
         default=None,
-        help=f"ONNX opset (>= {DEFAULT_OPSET})",
+        help=f"ONNX opset, {DEFAULT_OPSET} to {MAX_OPSET} (default {DEFAULT_OPSET})",
     )
     export.add_argument(
         "--static-batch", action="store_true", help="batch fixed at 1 (default: dynamic)"

@@ -47,6 +47,12 @@ def one_line(err: BaseException) -> str:
     return re.sub(r"\s*\n\s*", "; ", text)
 
 
+def printable(text: str) -> str:
+    """``text`` with the bytes of a file name that are not UTF-8 (decoded by Python as
+    lone surrogates) written as ``\\xNN``, so printing never fails on such a name."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def predict_files(
     predictor, files: Sequence[str | os.PathLike], json_list: bool = False, debug: bool = False
 ) -> int:
@@ -79,7 +85,7 @@ def predict_files(
             sys.stdout.write(("\n  " if n == 0 else ",\n  ") + json.dumps(entry, allow_nan=False))
             sys.stdout.flush()
         elif text is not None:
-            print(text, flush=True)
+            print(printable(text), flush=True)
     if json_list:
         sys.stdout.write("\n]\n" if files else "]\n")
         sys.stdout.flush()
