@@ -5,12 +5,19 @@ Pipeline: :func:`load_audio` (soundfile; any rate, any channel count -> 16 kHz m
 :func:`log_mel` ``(n_mels, N)`` -> :func:`segment` ``(S, n_mels, frames)`` ->
 :meth:`NormStats.apply`. :func:`file_segments` runs all four for one file.
 
-The same pipeline in bounded memory, for files of any length (prediction):
-:func:`iter_audio` reads and resamples blocks of ``AUDIO_BLOCK_SECONDS``, :func:`iter_log_mel`
-turns them into log-Mel frames, :func:`iter_segment_batches` cuts, normalises and groups the
-segments into batches. Memory is set by the block and batch sizes, not by the file's length;
-the result equals the whole-file pipeline's (to float rounding of the resampling and
-STFT).
+The same pipeline in bounded memory, for files of any length (prediction, and the feature
+cache of training and evaluation): :func:`iter_audio` reads blocks of
+``AUDIO_BLOCK_SECONDS`` and resamples them with one streaming libsoxr resampler (exactly
+a whole-file :func:`resample`), :func:`iter_log_mel` turns them into log-Mel frames,
+:func:`iter_segment_batches` cuts, normalises and groups the segments into batches. Memory
+is set by the block and batch sizes, not by the file's length nor by the ratio of the
+rates; the result equals the whole-file pipeline's (to float rounding of the STFT).
+
+What a file may be (docs/design.md#features-and-data): a regular file (checked without
+blocking), at a rate in :data:`AUDIO_RATE_RANGE`, no longer than
+:data:`MAX_AUDIO_SECONDS`, not truncated (:func:`truncation_note`; the pad byte after an
+odd-length data chunk is not truncation). Anything else is an :class:`AudioError` of one
+line naming the file.
 
 Choices where the paper is silent (docs/design.md#choices-the-paper-leaves-open):
 * MelSpectrogram: power spectrum (power 2), ``center=True`` with reflect padding (frame i is

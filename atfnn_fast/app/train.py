@@ -38,6 +38,11 @@ docs/design.md#choices-the-paper-leaves-open):
   unless ``resume`` (continue it) or ``overwrite`` (delete the trainer's files in it, and
   nothing else, then start again) is given.
 
+Divergence: an epoch whose training loss, weights after the last update, or validation
+outputs are not finite stops the run with a :class:`~atfnn_fast.errors.RunError` naming the
+epoch, before anything of it is written; ``best`` therefore always holds finite outputs.
+``lr`` is at most :data:`MAX_LR`.
+
 The validation split and the epoch granularity of resuming are our choices:
 docs/design.md#choices-the-paper-leaves-open.
 
