@@ -67,6 +67,9 @@ AUDIO_RATE_RANGE = (4_000, 384_000)
 # Longest file read (our choice: 3 hours; a training utterance is seconds long, and the
 # log-Mel of 3 hours is 1.08 M frames, 350 MB at 80 bands).
 MAX_AUDIO_SECONDS = 3 * 3600
+# Most samples (all channels) decoded at once: a block is AUDIO_BLOCK_SECONDS or fewer
+# frames, so a many-channel or very high-rate file cannot make one block huge (16 MiB).
+MAX_BLOCK_SAMPLES = 1 << 22
 SOXR_QUALITY = "HQ"  # libsoxr's "high quality" preset (python-soxr's default)
 
 
@@ -299,7 +302,8 @@ def iter_audio(
     block_seconds: float | None = None,
 ):
     """The file's float32 mono waveform at ``sample_rate``, as chunks read about
-    ``block_seconds`` (default :data:`AUDIO_BLOCK_SECONDS`) of audio at a time and
+    ``block_seconds`` (default :data:`AUDIO_BLOCK_SECONDS`; at most
+    :data:`MAX_BLOCK_SAMPLES` samples of all channels together) of audio at a time and
     resampled by one streaming libsoxr resampler (``soxr.ResampleStream``), so the
     concatenation equals a whole-file :func:`resample` exactly and memory is set by the
     block, not the file. Errors are :func:`load_audio`'s, raised when the bad block is
@@ -315,7 +319,8 @@ def iter_audio(
 
             _check_rates(rate, sample_rate)
             stream = soxr.ResampleStream(rate, sample_rate, 1, "float32", SOXR_QUALITY)
-        block = max(1, int((block_seconds or AUDIO_BLOCK_SECONDS) * rate))
+        block = int((block_seconds or AUDIO_BLOCK_SECONDS) * rate)
+        block = max(1, min(block, MAX_BLOCK_SAMPLES // handle.channels))
         produced = 0
         for start in range(0, total, block):
             count = min(block, total - start)
