@@ -259,6 +259,11 @@ def load_checkpoint(
     problem = label_problem(labels, config.num_classes) if labels is not None else None
     if problem:
         raise CheckpointError(f"{cfg_path}: field 'labels': {problem}")
+    extra = meta.get("extra") or {}
+    if not isinstance(extra, dict):
+        raise CheckpointError(
+            f"{cfg_path}: field 'extra': expected a JSON object, got {type(extra).__name__}"
+        )
     if stats is not None and stats.n_mels != config.n_mels:
         raise CheckpointError(
             f"{cfg_path}: norm_stats has {stats.n_mels} bands, the model config "
@@ -321,7 +326,7 @@ def load_checkpoint(
         )
     model.load_state_dict(state)
     model.to(map_location)
-    return Checkpoint(model, config, labels, stats, features, meta.get("extra") or {})
+    return Checkpoint(model, config, labels, stats, features, extra)
 
 
 def _parse_field(cfg_path: Path, name: str, parse, value):

@@ -7,8 +7,8 @@ instead). Exit codes:
 
 * 0: done;
 * 1: the run failed: a bad manifest, checkpoint, ONNX or audio file, a failed validation, a
-  run directory locked by another run, a diverged training, or (``predict``) any file that
-  could not be labelled;
+  run directory locked by another run, a diverged training, a model whose scores are not
+  finite, or (``predict``) any file that could not be labelled;
 * 2: bad usage: argparse's errors (an unknown option, ``--batch-size 0``...), a value the
   owning module refuses (:class:`atfnn_fast.errors.UsageError`: ``--device cuda`` without
   CUDA, an unknown fold, a fold directory holding a run without ``--resume`` or
