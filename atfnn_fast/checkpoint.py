@@ -119,7 +119,7 @@ def _sha256(path: Path) -> str:
 def _is_checkpoint(directory: Path) -> bool:
     try:
         meta = json.loads((directory / CONFIG_FILE).read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return False
     return isinstance(meta, dict) and meta.get("format") == FORMAT
 

@@ -184,25 +184,31 @@ def _file_kind(mode: int) -> str:
 
 def _open_audio(path: Path):
     """An open ``soundfile.SoundFile`` after the checks every reader shares; errors name the
-    file. The file is opened without blocking (``O_NONBLOCK``) and refused unless it is a
-    regular file (a FIFO would block, a device never end); soundfile gets the open file
+    file. Anything but a regular file (a FIFO would block, a device never end) is refused
+    before it is opened, and the file is opened without blocking (``O_NONBLOCK``) and
+    checked again, so a file swapped meanwhile cannot block either; soundfile gets the open file
     object, so any bytes in the name work. The declared rate must lie in
     :data:`AUDIO_RATE_RANGE` and the length within :data:`MAX_AUDIO_SECONDS`."""
     import soundfile as sf
 
+    def refuse(mode: int):
+        kind = _file_kind(mode)
+        return AudioError(path, f"is {kind}, not an audio file (a regular file is needed)")
+
     try:
+        mode = os.stat(path).st_mode  # before opening: opening a device can have effects
+        if not stat.S_ISREG(mode):
+            raise refuse(mode)
+        # O_NONBLOCK: should a FIFO have taken the file's place since, opening cannot block
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: audio file not found") from None
-    except IsADirectoryError:
-        raise AudioError(path, "is a directory, not an audio file") from None
     except OSError as err:
         raise AudioError(path, f"cannot open ({err.strerror or err})") from None
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
         os.close(fd)
-        kind = _file_kind(mode)
-        raise AudioError(path, f"is {kind}, not an audio file (a regular file is needed)")
+        raise refuse(mode)
     fh = os.fdopen(fd, "rb")
     try:
         handle = sf.SoundFile(fh)
