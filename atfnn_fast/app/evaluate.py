@@ -20,7 +20,7 @@ from atfnn_fast.checkpoint import load_checkpoint
 from atfnn_fast.config import ATFNNConfig
 from atfnn_fast.errors import resolve_device
 from atfnn_fast.features import FeatureConfig, NormStats, segment
-from atfnn_fast.inference import NonFiniteOutput, mean_probabilities
+from atfnn_fast.inference import NonFiniteOutput, mean_probabilities, softmax_probabilities
 from atfnn_fast.manifest import Item, read_manifest
 
 
@@ -40,7 +40,7 @@ def predict_items(
     model.eval()
 
     def probabilities(segs: torch.Tensor):
-        return model(segs.to(device)).float().softmax(-1).cpu().numpy()
+        return softmax_probabilities(model(segs.to(device)).float())
 
     preds = []
     for item in items:
