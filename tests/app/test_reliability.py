@@ -7,14 +7,12 @@ import os
 import re
 import signal
 import struct
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from helpers import randomize, tiny_config
+from helpers import randomize, tiny_config, wav_bytes
 
 from atfnn_fast import ATFNN
 from atfnn_fast.app import train as train_module
@@ -24,9 +22,6 @@ from atfnn_fast.app.synth import CLASSES, make_corpus
 from atfnn_fast.checkpoint import save_checkpoint
 from atfnn_fast.features import AUDIO_RATE_RANGE, FeatureConfig, NormStats, speech_sample
 from atfnn_fast.manifest import read_manifest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "model"))
-from test_audio_decode import wav_bytes
 
 LABELS = sorted(CLASSES)
 

@@ -5,7 +5,6 @@ random valid WAV parameters."""
 
 import os
 import shutil
-import struct
 import subprocess
 import sys
 import textwrap
@@ -16,6 +15,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from helpers import wav_bytes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -28,48 +28,6 @@ from atfnn_fast.features import (
     resample,
     truncation_note,
 )
-
-KSDATAFORMAT_PCM = bytes.fromhex("0100000000001000800000aa00389b71")
-
-
-def wav_bytes(
-    frames: np.ndarray, rate: int, bits: int, *, extensible: bool = False, pad: bool = True
-) -> bytes:
-    """A PCM WAV file written byte by byte: ``frames (n, channels)`` in [-1, 1) as
-    ``bits``-bit samples (8 bits unsigned, the others signed little-endian), the fmt chunk
-    plain or WAVE_FORMAT_EXTENSIBLE (as sox writes it for 24 bits), and the data chunk
-    followed by its pad byte when its size is odd (``pad=False``: a writer that forgets)."""
-    channels = frames.shape[1]
-    width = bits // 8
-    scaled = np.clip(np.round(frames * 2 ** (bits - 1)), -(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
-    ints = scaled.astype(np.int64).reshape(-1)
-    if bits == 8:
-        data = (ints + 128).astype(np.uint8).tobytes()
-    else:
-        data = b"".join(int(v).to_bytes(width, "little", signed=True) for v in ints)
-    block = channels * width
-    if extensible:
-        fmt = struct.pack(
-            "<HHIIHHHHI16s",
-            0xFFFE,
-            channels,
-            rate,
-            rate * block,
-            block,
-            bits,
-            22,
-            bits,
-            0,
-            KSDATAFORMAT_PCM,
-        )
-    else:
-        fmt = struct.pack("<HHIIHH", 1, channels, rate, rate * block, block, bits)
-    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt
-    body += b"data" + struct.pack("<I", len(data)) + data
-    if len(data) % 2 and pad:
-        body += b"\0"
-    riff_size = len(body) + (1 if len(data) % 2 and not pad else 0)
-    return b"RIFF" + struct.pack("<I", riff_size) + body
 
 
 def _frames(n: int, channels: int = 1, seed: int = 0) -> np.ndarray:
