@@ -25,6 +25,8 @@ Choices where the paper is silent (docs/design.md#choices-the-paper-leaves-open)
   without filter normalisation (torchaudio's defaults, written here in plain torch), 0 Hz to
   Nyquist.
 * Multi-channel audio is mixed down by averaging the channels.
+* Resampling: libsoxr (quality ``HQ``), in blocks; rates outside :data:`AUDIO_RATE_RANGE`
+  and files longer than :data:`MAX_AUDIO_SECONDS` are refused.
 * Padding: a tail shorter than a segment (and an utterance shorter than one segment) is
   padded with the silence value ``log(0 + log_offset)`` *before* normalisation, so padding
   looks like digital silence to the model.
