@@ -56,17 +56,38 @@ class Checkpoint:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def label_problem(labels, num_classes: int) -> str | None:
+    """Why ``labels`` cannot name the ``num_classes`` outputs of a model, or None: they
+    must be a list of ``num_classes`` strings, none empty or blank, no two the same (a
+    repeated name would hide a class). The one check for checkpoints, ONNX metadata and
+    ``export``."""
+    if not isinstance(labels, list | tuple):
+        return f"must be a list of {num_classes} names, got {type(labels).__name__}"
+    if len(labels) != num_classes:
+        return f"expected {num_classes} names (num_classes), got {len(labels)}"
+    for i, label in enumerate(labels):
+        if not isinstance(label, str):
+            return f"name {i} must be a string, got {label!r}"
+        if not label.strip():
+            return f"name {i} is empty or blank ({label!r})"
+    seen: dict[str, int] = {}
+    for i, label in enumerate(labels):
+        if label in seen:
+            return f"names {seen[label]} and {i} are the same ({label!r}); names must be unique"
+        seen[label] = i
+    return None
+
+
 def check_deployment_info(
     config: ATFNNConfig, labels: list[str] | None, norm_stats: NormStats | None
 ) -> list[str] | None:
     """Labels and normalisation statistics that travel with a model (checkpoints, ONNX
-    files) must fit its config; returns the labels as a list of strings."""
+    files) must fit its config (:func:`label_problem`); returns the labels as a list."""
     if labels is not None:
-        labels = [str(label) for label in labels]
-        if len(labels) != config.num_classes:
-            raise ValueError(
-                f"labels: expected {config.num_classes} names (num_classes), got {len(labels)}"
-            )
+        problem = label_problem(labels, config.num_classes)
+        if problem:
+            raise ValueError(f"labels: {problem}")
+        labels = list(labels)
     if norm_stats is not None and norm_stats.n_mels != config.n_mels:
         raise ValueError(
             f"norm_stats: expected {config.n_mels} bands (n_mels), got {norm_stats.n_mels}"
@@ -98,7 +119,7 @@ def _sha256(path: Path) -> str:
 def _is_checkpoint(directory: Path) -> bool:
     try:
         meta = json.loads((directory / CONFIG_FILE).read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return False
     return isinstance(meta, dict) and meta.get("format") == FORMAT
 
@@ -182,9 +203,11 @@ def read_metadata(directory: str | os.PathLike) -> dict[str, Any]:
         raise FileNotFoundError(f"{directory}: checkpoint directory not found")
     path = directory / CONFIG_FILE
     try:
-        meta = json.loads(path.read_text())
+        meta = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise CheckpointError(f"{path}: missing (not a checkpoint directory?)") from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: not valid JSON (nested too deeply to parse)") from None
     except (OSError, UnicodeDecodeError, ValueError) as err:
         raise CheckpointError(f"{path}: not valid JSON ({err})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
@@ -219,25 +242,27 @@ def load_checkpoint(
     directory = Path(directory)
     meta = read_metadata(directory)
     cfg_path = directory / CONFIG_FILE
+    if "model" not in meta:
+        raise CheckpointError(f"{cfg_path}: field 'model' is missing")
+    config = _parse_field(cfg_path, "model", ATFNNConfig.from_dict, meta["model"])
+    labels = meta.get("labels")
+    stats = meta.get("norm_stats")
+    if stats is not None:
+        stats = _parse_field(cfg_path, "norm_stats", NormStats.from_dict, stats)
+    features = _parse_field(
+        cfg_path, "features", FeatureConfig.from_dict, meta.get("features") or {}
+    )
     try:
-        config = ATFNNConfig.from_dict(meta["model"])
-        labels = meta.get("labels")
-        stats = meta.get("norm_stats")
-        stats = NormStats.from_dict(stats) if stats is not None else None
-        features = FeatureConfig.from_dict(meta.get("features") or {})
-    except (KeyError, TypeError, ValueError) as err:
-        raise CheckpointError(f"{cfg_path}: invalid contents ({err})") from None
-    try:
-        config.check_size_limits(str(cfg_path))  # before anything of that size is built
+        config.check_size_limits(f"{cfg_path}: field 'model'")  # before anything is built
     except ValueError as err:
         raise CheckpointError(str(err)) from None
-    if labels is not None and (
-        not isinstance(labels, list)
-        or len(labels) != config.num_classes
-        or not all(isinstance(label, str) for label in labels)
-    ):
+    problem = label_problem(labels, config.num_classes) if labels is not None else None
+    if problem:
+        raise CheckpointError(f"{cfg_path}: field 'labels': {problem}")
+    extra = meta.get("extra") or {}
+    if not isinstance(extra, dict):
         raise CheckpointError(
-            f"{cfg_path}: labels must be a list of {config.num_classes} names, got {labels!r}"
+            f"{cfg_path}: field 'extra': expected a JSON object, got {type(extra).__name__}"
         )
     if stats is not None and stats.n_mels != config.n_mels:
         raise CheckpointError(
@@ -280,10 +305,20 @@ def load_checkpoint(
             f"{weights}: does not match a {config.variant} model with the config in "
             f"{CONFIG_FILE}:\n  " + "\n  ".join(problems)
         )
+    not_float = [
+        f"{k} ({str(state[k].dtype).removeprefix('torch.')})"
+        for k in expected
+        if not state[k].is_floating_point()
+    ]
+    if not_float:
+        raise CheckpointError(
+            f"{weights}: weights must be floating point; these are not: "
+            + ", ".join(sorted(not_float))
+        )
     bad = [
         f"{k} ({int((~torch.isfinite(v)).sum())} of {v.numel()})"
         for k, v in state.items()
-        if v.is_floating_point() and not bool(torch.isfinite(v).all())
+        if not bool(torch.isfinite(v).all())
     ]
     if bad:
         raise CheckpointError(
@@ -291,7 +326,16 @@ def load_checkpoint(
         )
     model.load_state_dict(state)
     model.to(map_location)
-    return Checkpoint(model, config, labels, stats, features, meta.get("extra") or {})
+    return Checkpoint(model, config, labels, stats, features, extra)
+
+
+def _parse_field(cfg_path: Path, name: str, parse, value):
+    """``parse(value)`` with any error as a :class:`CheckpointError` naming the file and
+    the field."""
+    try:
+        return parse(value)
+    except (AttributeError, KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{cfg_path}: field {name!r}: {err}") from None
 
 
 def resave_checkpoint(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,9 +118,9 @@ class ATFNNConfig:
             raise TypeError(
                 f"ATFNNConfig.layer_norm_eps must be a float, got {self.layer_norm_eps!r}"
             )
-        if not self.layer_norm_eps > 0:
+        if not (math.isfinite(self.layer_norm_eps) and self.layer_norm_eps > 0):
             raise ValueError(
-                f"ATFNNConfig.layer_norm_eps must be positive, got {self.layer_norm_eps}"
+                f"ATFNNConfig.layer_norm_eps must be finite and positive, got {self.layer_norm_eps}"
             )
         if self.n_mels % self.f_group:
             raise ValueError(

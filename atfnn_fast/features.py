@@ -5,12 +5,19 @@ Pipeline: :func:`load_audio` (soundfile; any rate, any channel count -> 16 kHz m
 :func:`log_mel` ``(n_mels, N)`` -> :func:`segment` ``(S, n_mels, frames)`` ->
 :meth:`NormStats.apply`. :func:`file_segments` runs all four for one file.
 
-The same pipeline in bounded memory, for files of any length (prediction):
-:func:`iter_audio` reads and resamples blocks of ``AUDIO_BLOCK_SECONDS``, :func:`iter_log_mel`
-turns them into log-Mel frames, :func:`iter_segment_batches` cuts, normalises and groups the
-segments into batches. Memory is set by the block and batch sizes, not by the file's length;
-the result equals the whole-file pipeline's (to float rounding of the resampling and
-STFT).
+The same pipeline in bounded memory, for files of any length (prediction, and the feature
+cache of training and evaluation): :func:`iter_audio` reads blocks of
+``AUDIO_BLOCK_SECONDS`` and resamples them with one streaming libsoxr resampler (exactly
+a whole-file :func:`resample`), :func:`iter_log_mel` turns them into log-Mel frames,
+:func:`iter_segment_batches` cuts, normalises and groups the segments into batches. Memory
+is set by the block and batch sizes, not by the file's length nor by the ratio of the
+rates; the result equals the whole-file pipeline's (to float rounding of the STFT).
+
+What a file may be (docs/design.md#features-and-data): a regular file (checked without
+blocking), at a rate in :data:`AUDIO_RATE_RANGE`, no longer than
+:data:`MAX_AUDIO_SECONDS`, not truncated (:func:`truncation_note`; the pad byte after an
+odd-length data chunk is not truncation). Anything else is an :class:`AudioError` of one
+line naming the file.
 
 Choices where the paper is silent (docs/design.md#choices-the-paper-leaves-open):
 * MelSpectrogram: power spectrum (power 2), ``center=True`` with reflect padding (frame i is
@@ -18,6 +25,8 @@ Choices where the paper is silent (docs/design.md#choices-the-paper-leaves-open)
   without filter normalisation (torchaudio's defaults, written here in plain torch), 0 Hz to
   Nyquist.
 * Multi-channel audio is mixed down by averaging the channels.
+* Resampling: libsoxr (quality ``HQ``), in blocks; rates outside :data:`AUDIO_RATE_RANGE`
+  and files longer than :data:`MAX_AUDIO_SECONDS` are refused.
 * Padding: a tail shorter than a segment (and an utterance shorter than one segment) is
   padded with the silence value ``log(0 + log_offset)`` *before* normalisation, so padding
   looks like digital silence to the model.
@@ -36,6 +45,8 @@ import functools
 import json
 import math
 import os
+import re
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +63,16 @@ FEATURE_LIMITS = {
     "hop_length": 16_384,
 }
 AUDIO_BLOCK_SECONDS = 30.0  # our choice: audio read and resampled per step by iter_audio
+# Sample rates an audio file may declare, and the target rates FeatureConfig takes (our
+# choice: 4 kHz is below any speech corpus, 384 kHz the top of studio converters).
+AUDIO_RATE_RANGE = (4_000, 384_000)
+# Longest file read (our choice: 3 hours; a training utterance is seconds long, and the
+# log-Mel of 3 hours is 1.08 M frames, 350 MB at 80 bands).
+MAX_AUDIO_SECONDS = 3 * 3600
+# Most samples (all channels) decoded at once: a block is AUDIO_BLOCK_SECONDS or fewer
+# frames, so a many-channel or very high-rate file cannot make one block huge (16 MiB).
+MAX_BLOCK_SAMPLES = 1 << 22
+SOXR_QUALITY = "HQ"  # libsoxr's "high quality" preset (python-soxr's default)
 
 
 class AudioError(ValueError):
@@ -92,6 +113,18 @@ class FeatureConfig:
                 raise ValueError(f"FeatureConfig.{name} must be a number, got {value!r}")
             if not math.isfinite(value):
                 raise ValueError(f"FeatureConfig.{name} must be finite, got {value}")
+        low, high = AUDIO_RATE_RANGE
+        if not low <= self.sample_rate <= high:
+            raise ValueError(
+                f"FeatureConfig.sample_rate must be in {low}..{high} Hz, got {self.sample_rate}"
+            )
+        nyquist = self.sample_rate / 2
+        f_max = nyquist if self.f_max is None else self.f_max
+        if not 0 <= self.f_min < f_max <= nyquist:
+            raise ValueError(
+                f"FeatureConfig: need 0 <= f_min < f_max <= sample_rate / 2 = {nyquist:g} Hz, "
+                f"got f_min = {self.f_min}, f_max = {self.f_max}"
+            )
         if self.win_length > self.n_fft:
             raise ValueError(
                 f"FeatureConfig.win_length ({self.win_length}) must be <= n_fft ({self.n_fft})"
@@ -109,6 +142,8 @@ class FeatureConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FeatureConfig:
+        if not isinstance(data, dict):
+            raise TypeError(f"FeatureConfig: expected a JSON object, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -117,25 +152,107 @@ class FeatureConfig:
 
 
 # ------------------------------------------------------------------------------ audio
+# A size libsndfile notes as "NAME : declared (should be actual)" in a file's extra_info.
+_SIZE_NOTE = re.compile(r"^\s*([A-Za-z][\w ]*?)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.M)
+_CONTAINERS = {"riff", "form", "riff size"}  # whole-file sizes, which count the pad byte
+
+
+def truncation_note(extra_info: str) -> str | None:
+    """The size note of libsndfile's ``extra_info`` that shows a cut-off file, or None.
+
+    libsndfile notes a header size that differs from what the file holds as
+    ``data : 30003 (should be 14980)``. A chunk whose data has an odd byte count is
+    followed by a pad byte (RIFF, AIFF); a writer that leaves it out makes the container's
+    size one more than the file holds, and libsndfile also notes "'data' chunk should be
+    an even number of bytes" for every odd data chunk, padded or not. Neither loses a
+    sample, so neither counts; any other declared size above the actual one does."""
+    for name, declared, actual in _SIZE_NOTE.findall(extra_info or ""):
+        missing = int(declared) - int(actual)
+        if missing > 1 or (missing == 1 and name.strip().lower() not in _CONTAINERS):
+            return f"{name.strip()} : {declared} (should be {actual})"
+    return None
+
+
+def _file_kind(mode: int) -> str:
+    kinds = (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    )
+    return next((what for test, what in kinds if test(mode)), "not a regular file")
+
+
 def _open_audio(path: Path):
     """An open ``soundfile.SoundFile`` after the checks every reader shares; errors name the
-    file."""
+    file. Anything but a regular file (a FIFO would block, a device never end) is refused
+    before it is opened, and the file is opened without blocking (``O_NONBLOCK``) and
+    checked again, so a file swapped meanwhile cannot block either; soundfile gets the open file
+    object, so any bytes in the name work. The declared rate must lie in
+    :data:`AUDIO_RATE_RANGE` and the length within :data:`MAX_AUDIO_SECONDS`."""
     import soundfile as sf
 
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: audio file not found")
-    if path.is_dir():
-        raise AudioError(path, "is a directory, not an audio file")
+    def refuse(mode: int):
+        kind = _file_kind(mode)
+        return AudioError(path, f"is {kind}, not an audio file (a regular file is needed)")
+
     try:
-        info = sf.info(str(path))
-        handle = sf.SoundFile(str(path))
+        mode = os.stat(path).st_mode  # before opening: opening a device can have effects
+        if not stat.S_ISREG(mode):
+            raise refuse(mode)
+        # O_NONBLOCK: should a FIFO have taken the file's place since, opening cannot block
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: audio file not found") from None
+    except OSError as err:
+        raise AudioError(path, f"cannot open ({err.strerror or err})") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise refuse(mode)
+    fh = os.fdopen(fd, "rb")
+    try:
+        handle = sf.SoundFile(fh)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as err:
+        fh.close()
         raise AudioError(path, f"cannot decode audio ({err})") from None
-    # libsndfile reads what is there of a cut-off file and notes the header mismatch.
-    if "should be" in (info.extra_info or ""):
+    problem = truncation_note(handle.extra_info)
+    if problem is not None:
+        problem = f"truncated audio file (the header declares more data: {problem})"
+    else:
+        problem = _check_rate_and_length(handle.samplerate, handle.frames)
+    if problem is not None:
         handle.close()
-        raise AudioError(path, "truncated audio file (the header declares more data)")
-    return handle
+        fh.close()
+        raise AudioError(path, problem)
+    return _Opened(handle, fh)
+
+
+def _check_rate_and_length(rate: int, frames: int) -> str | None:
+    low, high = AUDIO_RATE_RANGE
+    if not low <= rate <= high:
+        return f"sample rate {rate} Hz is outside the supported {low}..{high} Hz"
+    if frames / rate > MAX_AUDIO_SECONDS:
+        return (
+            f"{frames / rate:,.0f} s of audio ({frames:,} samples at {rate} Hz) is longer than "
+            f"the limit of {MAX_AUDIO_SECONDS:,} s"
+        )
+    return None
+
+
+class _Opened:
+    """A SoundFile and the file object under it, closed together."""
+
+    def __init__(self, handle, fh) -> None:
+        self.handle, self.fh = handle, fh
+
+    def __enter__(self):
+        return self.handle
+
+    def __exit__(self, *exc) -> None:
+        self.handle.close()
+        self.fh.close()
 
 
 def _read(path: Path, handle, count: int) -> np.ndarray:
@@ -153,90 +270,80 @@ def _read(path: Path, handle, count: int) -> np.ndarray:
 
 def load_audio(path: str | os.PathLike, sample_rate: int = 16_000) -> torch.Tensor:
     """Read an audio file with soundfile and return a float32 mono waveform ``(N,)`` at
-    ``sample_rate``. Missing, unreadable, truncated, empty or non-finite audio raises
-    :class:`FileNotFoundError` or :class:`AudioError`, both naming the file."""
-    path = Path(path)
-    with _open_audio(path) as handle:
-        rate = handle.samplerate
-        data = _read(path, handle, -1)
-    if data.shape[0] == 0:
-        raise AudioError(path, "empty audio (0 samples)")
-    wave = torch.from_numpy(data)
-    if rate != sample_rate:
-        wave = resample(wave, rate, sample_rate)
-    return wave
+    ``sample_rate``: the concatenation of :func:`iter_audio`'s blocks. Missing,
+    unreadable, truncated, empty or non-finite audio, a file that is not a regular file,
+    a rate outside :data:`AUDIO_RATE_RANGE` or a length beyond :data:`MAX_AUDIO_SECONDS`
+    raises :class:`FileNotFoundError` or :class:`AudioError`, both naming the file."""
+    return torch.cat(list(iter_audio(path, sample_rate)))
+
+
+def _check_rates(orig_freq, new_freq) -> tuple[int, int]:
+    low, high = AUDIO_RATE_RANGE
+    rates = []
+    for name, value in (("orig_freq", orig_freq), ("new_freq", new_freq)):
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ValueError(f"resample: {name} must be an int in {low}..{high} Hz, got {value!r}")
+        rates.append(value)
+    return rates[0], rates[1]
 
 
 def resample(wave: torch.Tensor, orig_freq: int, new_freq: int) -> torch.Tensor:
-    """Band-limited sinc resampling of ``wave (..., N)``: Hann-windowed sinc, 6 zero
-    crossings, roll-off 0.99 (the algorithm and defaults of
-    ``torchaudio.functional.resample``, in plain torch so torchaudio is not needed)."""
+    """Resample ``wave (..., N)`` from ``orig_freq`` to ``new_freq`` Hz with libsoxr
+    (python-soxr, quality ``HQ``): time and memory linear in N and independent of the
+    ratio of the two rates (docs/design.md#features-and-data). Returns float32 with
+    ``round(N * new_freq / orig_freq)`` samples along the last axis."""
+    import soxr
+
+    orig_freq, new_freq = _check_rates(orig_freq, new_freq)
     if orig_freq == new_freq:
         return wave
-    gcd = math.gcd(int(orig_freq), int(new_freq))
-    orig, new = int(orig_freq) // gcd, int(new_freq) // gcd
-    zeros, rolloff = 6, 0.99
-    base = min(orig, new) * rolloff
-    width = math.ceil(zeros * orig / base)
-    idx = torch.arange(-width, width + orig, dtype=wave.dtype)[None, None] / orig
-    t = torch.arange(0, -new, -1, dtype=wave.dtype)[:, None, None] / new + idx
-    t = (t * base).clamp(-zeros, zeros)
-    window = torch.cos(t * math.pi / zeros / 2) ** 2
-    t = t * math.pi
-    kernel = torch.where(t == 0, torch.ones_like(t), t.sin() / t) * (window * (base / orig))
     shape = wave.shape
-    flat = torch.nn.functional.pad(wave.reshape(-1, shape[-1]), (width, width + orig))
-    out = torch.nn.functional.conv1d(flat[:, None], kernel, stride=orig)
-    out = out.transpose(1, 2).reshape(flat.shape[0], -1)[:, : math.ceil(new * shape[-1] / orig)]
-    return out.reshape(*shape[:-1], out.shape[-1])
-
-
-def _resample_context(orig: int, new: int) -> tuple[int, int, int]:
-    """(orig, new) in lowest terms and the input samples of context each side that make a
-    block of torchaudio's sinc resampler (its default ``lowpass_filter_width=6``,
-    ``rolloff=0.99``) equal to the same samples of a whole-file resampling: at least the
-    kernel's half width plus one input period, rounded up to whole periods."""
-    g = math.gcd(orig, new)
-    orig, new = orig // g, new // g
-    width = math.ceil(6 * orig / (min(orig, new) * 0.99))
-    return orig, new, orig * (math.ceil((width + orig) / orig) + 1)
+    flat = wave.detach().reshape(-1, shape[-1]).to("cpu", torch.float32).numpy()
+    out = soxr.resample(np.ascontiguousarray(flat.T), orig_freq, new_freq, quality=SOXR_QUALITY)
+    out = torch.from_numpy(np.ascontiguousarray(out.reshape(-1, flat.shape[0]).T))
+    return out.reshape(*shape[:-1], out.shape[-1]).to(wave.device)
 
 
 def iter_audio(
     path: str | os.PathLike,
     sample_rate: int = 16_000,
-    block_seconds: float = AUDIO_BLOCK_SECONDS,
+    block_seconds: float | None = None,
 ):
-    """:func:`load_audio` in blocks: yields float32 mono chunks at ``sample_rate`` whose
-    concatenation is the file's waveform, reading about ``block_seconds`` of audio at a
-    time (resampling each block with enough context on both sides to match a whole-file
-    resampling). Same errors as :func:`load_audio`, raised when the bad block is reached."""
+    """The file's float32 mono waveform at ``sample_rate``, as chunks read about
+    ``block_seconds`` (default :data:`AUDIO_BLOCK_SECONDS`; at most
+    :data:`MAX_BLOCK_SAMPLES` samples of all channels together) of audio at a time and
+    resampled by one streaming libsoxr resampler (``soxr.ResampleStream``), so the
+    concatenation equals a whole-file :func:`resample` exactly and memory is set by the
+    block, not the file. Errors are :func:`load_audio`'s, raised when the bad block is
+    reached."""
     path = Path(path)
     with _open_audio(path) as handle:
         rate, total = handle.samplerate, handle.frames
         if total == 0:
             raise AudioError(path, "empty audio (0 samples)")
-        if rate == sample_rate:
-            block = max(1, int(block_seconds * rate))
-            for start in range(0, total, block):
-                data = _read(path, handle, min(block, total - start))
-                if data.shape[0] == 0:
-                    raise AudioError(path, "truncated audio file (ends before its header says)")
-                yield torch.from_numpy(data)
-            return
-        orig, new, context = _resample_context(rate, sample_rate)
-        block = orig * max(1, round(block_seconds * rate / orig))
+        stream = None
+        if rate != sample_rate:
+            import soxr
+
+            _check_rates(rate, sample_rate)
+            stream = soxr.ResampleStream(rate, sample_rate, 1, "float32", SOXR_QUALITY)
+        block = int((block_seconds or AUDIO_BLOCK_SECONDS) * rate)
+        block = max(1, min(block, MAX_BLOCK_SAMPLES // handle.channels))
+        produced = 0
         for start in range(0, total, block):
-            end = min(start + block, total)
-            first, last = max(0, start - context), min(total, end + context)
-            handle.seek(first)
-            data = _read(path, handle, last - first)
-            if data.shape[0] != last - first:
+            count = min(block, total - start)
+            data = _read(path, handle, count)
+            if data.shape[0] != count:
                 raise AudioError(path, "truncated audio file (ends before its header says)")
-            out = resample(torch.from_numpy(data), rate, sample_rate)
-            offset = (start - first) // orig * new
-            count = -(-end * new // orig) - start // orig * new
-            yield out[offset : offset + count]
+            if stream is not None:
+                data = stream.resample_chunk(data, last=start + count >= total)
+            if data.shape[0]:
+                produced += data.shape[0]
+                yield torch.from_numpy(np.ascontiguousarray(data))
+        if not produced:
+            raise AudioError(
+                path, f"too short: {total} sample(s) at {rate} Hz are 0 samples at {sample_rate} Hz"
+            )
 
 
 # ---------------------------------------------------------------------------- log-Mel

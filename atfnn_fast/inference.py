@@ -8,6 +8,10 @@ Memory stays flat in the file's length: the audio is read and turned into featur
 blocks (:func:`atfnn_fast.features.iter_segment_batches`) and the segments go through the
 model ``batch_size`` at a time (default :data:`DEFAULT_BATCH_SIZE`); the probabilities are
 summed in float64 as the batches finish.
+
+A NaN never passes as a result: probabilities that are not finite (a model whose weights
+are finite but whose outputs overflow) raise :class:`NonFiniteOutput`, which ``predict``
+reports as that file's error.
 """
 
 from __future__ import annotations
@@ -44,6 +48,30 @@ class Prediction:
         return f"{self.file}: {self.label} (" + ", ".join(f"{k} {v:.3f}" for k, v in ranked) + ")"
 
 
+class NonFiniteOutput(ValueError):
+    """The model's outputs for an input are NaN or Inf."""
+
+
+def check_finite_scores(scores) -> None:
+    """Refuse model outputs ``(b, C)`` (logits or probabilities, numpy or torch) that are not
+    all finite with a :class:`NonFiniteOutput` counting the segments."""
+    scores = scores.detach().cpu().numpy() if isinstance(scores, torch.Tensor) else scores
+    finite = np.isfinite(np.asarray(scores))
+    if not finite.all():
+        bad = int((~finite).reshape(finite.shape[0], -1).any(axis=-1).sum())
+        raise NonFiniteOutput(
+            f"the model's scores are not finite (NaN or Inf) for {bad} of "
+            f"{finite.shape[0]} segments; the model is broken (diverged training?)"
+        )
+
+
+def softmax_probabilities(logits: torch.Tensor) -> np.ndarray:
+    """Softmax of model logits ``(b, C)`` as float64 numpy, after :func:`check_finite_scores`
+    of the logits themselves (a -inf logit would otherwise pass as a probability of 0)."""
+    check_finite_scores(logits)
+    return logits.double().softmax(-1).cpu().numpy()
+
+
 def make_prediction(path, labels: list[str], probs) -> Prediction:
     """Mean segment probabilities ``probs (C,)`` -> :class:`Prediction`."""
     probs = [float(p) for p in probs]
@@ -65,10 +93,12 @@ def mean_probabilities(
     batches: Iterable[torch.Tensor], probabilities: Callable[[torch.Tensor], np.ndarray]
 ) -> np.ndarray:
     """Mean over all segments of ``probabilities(batch)`` (``(b, C)`` per batch), summed in
-    float64 batch by batch so no more than one batch is held."""
+    float64 batch by batch so no more than one batch is held. Scores that are not finite
+    raise :class:`NonFiniteOutput`."""
     total, count = None, 0
     for batch in batches:
         probs = np.asarray(probabilities(batch), dtype=np.float64)
+        check_finite_scores(probs)
         total = probs.sum(0) if total is None else total + probs.sum(0)
         count += probs.shape[0]
     if not count:
@@ -96,7 +126,7 @@ class CheckpointPredictor:
 
     def _probabilities(self, segs: torch.Tensor) -> np.ndarray:
         with torch.inference_mode():
-            return self.model(segs.to(self.device)).float().softmax(-1).cpu().numpy()
+            return softmax_probabilities(self.model(segs.to(self.device)).float())
 
     def predict_file(self, path: str | os.PathLike) -> Prediction:
         batches = iter_segment_batches(

@@ -13,7 +13,9 @@ programs save CSV), LF or CRLF line endings. :func:`read_manifest` checks what i
 * a file listed twice with the same label, speaker and session is a duplicate row: a
   :class:`ManifestWarning` names the lines and the copy is dropped; the same file under two
   speakers (it would leak between training and test folds), or with two labels or two
-  sessions, is refused naming both lines.
+  sessions, is refused naming both lines;
+* a repeated header row (two manifests joined) and two labels that differ only in case
+  (``Angry`` and ``angry`` would be two classes) are refused naming the lines.
 """
 
 from __future__ import annotations
@@ -95,6 +97,7 @@ def read_manifest(path: str | os.PathLike) -> list[Item]:
     items: list[Item] = []
     first: dict[Path, tuple[int, Item]] = {}  # file -> (line, item) of its first row
     duplicates: list[tuple[int, int]] = []
+    spellings: dict[str, tuple[str, int]] = {}  # label.casefold() -> (label, first line)
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.reader(fh)
@@ -106,6 +109,11 @@ def read_manifest(path: str | os.PathLike) -> list[Item]:
             for line, row in enumerate(reader, start=2):
                 if not row:
                     continue
+                if row[:3] == ["path", "label", "speaker"]:
+                    raise ManifestError(
+                        f"{path}:{line}: the header row path,label,speaker appears again "
+                        "(two manifests joined?); keep only the first"
+                    )
                 if len(row) != len(header) or not all(v.strip() for v in row[:3]):
                     raise ManifestError(f"{path}:{line}: expected {len(header)} fields, got {row}")
                 session = row[3] if len(row) > 3 else ""
@@ -137,6 +145,13 @@ def read_manifest(path: str | os.PathLike) -> list[Item]:
                     )
                 first[item.path] = (line, item)
                 items.append(item)
+                spelled = spellings.setdefault(item.label.casefold(), (item.label, line))
+                if spelled[0] != item.label:
+                    raise ManifestError(
+                        f"{path}: labels {spelled[0]!r} (line {spelled[1]}) and {item.label!r} "
+                        f"(line {line}) differ only in case; they would be two classes. Use one "
+                        "spelling"
+                    )
     except UnicodeDecodeError as err:
         raise ManifestError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     if not items:

@@ -72,7 +72,7 @@ import torch
 from torch import nn
 
 from atfnn_fast._deps import require
-from atfnn_fast.checkpoint import check_deployment_info
+from atfnn_fast.checkpoint import check_deployment_info, label_problem
 from atfnn_fast.config import ATFNNConfig
 from atfnn_fast.features import FeatureConfig, NormStats
 from atfnn_fast.inference import MAX_BATCH_SIZE
@@ -83,6 +83,10 @@ from .graph import DeployGraph
 INPUT_NAME = "spectrogram"
 OUTPUT_NAME = "logits"
 DEFAULT_OPSET = 18
+try:  # the newest opset torch's TorchScript exporter writes (20 in torch 2.8 to 2.11)
+    from torch.onnx._constants import ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET as MAX_OPSET
+except ImportError:  # pragma: no cover - a torch that moved it
+    MAX_OPSET = 20
 MAX_BATCH = MAX_BATCH_SIZE
 FOLD_LIMIT = 1 << 26  # elements: constant folding may build any weight of the model
 FORMAT = "atfnn-fast-onnx"
@@ -136,8 +140,12 @@ def export_onnx(
     onnx = require("onnx", extra="export")
 
     opset = DEFAULT_OPSET if opset is None else opset
-    if not isinstance(opset, int) or isinstance(opset, bool) or opset < DEFAULT_OPSET:
-        raise ValueError(f"opset must be an int >= {DEFAULT_OPSET}, got {opset!r}")
+    if (
+        not isinstance(opset, int)
+        or isinstance(opset, bool)
+        or not DEFAULT_OPSET <= opset <= MAX_OPSET
+    ):
+        raise ValueError(f"opset must be an int in {DEFAULT_OPSET}..{MAX_OPSET}, got {opset!r}")
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     if quantize not in QUANTIZATIONS:
@@ -307,7 +315,8 @@ def load_model(path: str | os.PathLike):
         raise OnnxError(f"{path}: not a readable ONNX model ({type(err).__name__})") from None
 
 
-_ELEM_TYPES = {"float32": 1, "float16": 10}  # onnx.TensorProto.FLOAT / FLOAT16
+_ELEM_TYPES = {"float32": 1, "float16": 10}
+_MISSING = object()  # onnx.TensorProto.FLOAT / FLOAT16
 
 
 def _dims(value_info) -> list[int | str | None]:
@@ -339,19 +348,33 @@ def read_metadata(path: str | os.PathLike, proto=None) -> dict[str, Any]:
             f"{path}: metadata atfnn.format_version is {version!r}, this atfnn-fast reads "
             f"{str(FORMAT_VERSION)!r}"
         )
-    try:
-        stats = json.loads(props["atfnn.norm_stats"])
-        meta = {
-            "config": ATFNNConfig.from_json(props["atfnn.config"]),
-            "labels": json.loads(props["atfnn.labels"]),
-            "norm_stats": NormStats.from_dict(stats) if stats is not None else None,
-            "features": FeatureConfig.from_dict(json.loads(props["atfnn.features"])),
-            "dtype": props.get("atfnn.dtype", "float32"),
-            "quantization": props.get("atfnn.quantization", "none"),
-            "version": props.get("atfnn.version"),
-        }
-    except (KeyError, TypeError, ValueError) as err:
-        raise OnnxError(f"{path}: invalid atfnn metadata ({err})") from None
+
+    def field(key: str, parse, default: Any = _MISSING):
+        """Metadata ``key`` parsed by ``parse``; errors name the file and the key."""
+        if key not in props:
+            if default is not _MISSING:
+                return default
+            raise OnnxError(f"{path}: metadata {key} is missing")
+        try:
+            return parse(props[key])
+        except RecursionError:
+            raise OnnxError(f"{path}: metadata {key}: JSON nested too deeply to parse") from None
+        except (AttributeError, KeyError, TypeError, ValueError) as err:
+            raise OnnxError(f"{path}: metadata {key}: {err}") from None
+
+    def stats_or_none(text: str):
+        data = json.loads(text)
+        return NormStats.from_dict(data) if data is not None else None
+
+    meta = {
+        "config": field("atfnn.config", ATFNNConfig.from_json),
+        "labels": field("atfnn.labels", json.loads),
+        "norm_stats": field("atfnn.norm_stats", stats_or_none),
+        "features": field("atfnn.features", lambda t: FeatureConfig.from_dict(json.loads(t))),
+        "dtype": props.get("atfnn.dtype", "float32"),
+        "quantization": props.get("atfnn.quantization", "none"),
+        "version": props.get("atfnn.version"),
+    }
     cfg = meta["config"]
     try:
         cfg.check_size_limits("metadata atfnn.config")
@@ -362,16 +385,9 @@ def read_metadata(path: str | os.PathLike, proto=None) -> dict[str, Any]:
             f"{path}: metadata atfnn.dtype is {meta['dtype']!r}, expected one of {sorted(DTYPES)}"
         )
     labels = meta["labels"]
-    if labels is not None:
-        if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
-            raise OnnxError(
-                f"{path}: metadata atfnn.labels must be a list of names, got {labels!r}"
-            )
-        if len(labels) != cfg.num_classes:
-            raise OnnxError(
-                f"{path}: metadata atfnn.labels has {len(labels)} names, atfnn.config "
-                f"num_classes is {cfg.num_classes}"
-            )
+    problem = label_problem(labels, cfg.num_classes) if labels is not None else None
+    if problem:
+        raise OnnxError(f"{path}: metadata atfnn.labels: {problem}")
     if meta["norm_stats"] is not None and meta["norm_stats"].n_mels != cfg.n_mels:
         raise OnnxError(
             f"{path}: metadata atfnn.norm_stats has {meta['norm_stats'].n_mels} bands, "

@@ -20,6 +20,7 @@ from atfnn_fast.inference import (
     DEFAULT_BATCH_SIZE,
     Prediction,
     check_batch_size,
+    check_finite_scores,
     make_prediction,
     mean_probabilities,
 )
@@ -79,6 +80,7 @@ class OnnxPredictor:
                     [chunk, np.zeros_like(chunk[:1]).repeat(self.fixed_batch - n, 0)]
                 )
             logits = self.session.run(None, {INPUT_NAME: chunk})[0][:n]
+            check_finite_scores(logits)
             out.append(softmax(logits.astype(np.float64)))
         return np.concatenate(out) if out else np.zeros((0, self.config.num_classes))
 

@@ -8,7 +8,14 @@ then runs ``python -m atfnn_fast.cli predict --checkpoint|--onnx ... --json FILE
 (predictor, length) in a fresh process and reads that process's peak resident set size
 from ``os.wait4`` (the kernel's ``ru_maxrss``, as ``/usr/bin/time -v`` reports it).
 ``--source DIR`` runs another checkout's CLI (e.g. the code before the change) on the
-same files. Prints a Markdown table.
+same files. Prints a Markdown table (``--repeats N``: N runs per case, the largest peak and
+the shortest time, which is the least disturbed by other work on the machine).
+
+    PYTHONPATH=. python scripts/predict_memory.py --rates 16000 16001 44099 48001 \
+        --seconds 5 --predictors checkpoint --out predict-memory
+
+does the same for ``--seconds`` of audio written at each of the sample rates ``--rates``
+(the resampler's cost; docs/notes/predict-memory.md).
 """
 
 from __future__ import annotations
@@ -55,10 +62,12 @@ def make_models(folder: Path) -> tuple[Path, Path]:
     return ckpt, onnx
 
 
-def peak_rss(cmd: list[str], env: dict) -> tuple[float, float, int]:
+def peak_rss(cmd: list[str], env: dict, cwd: str | None = None) -> tuple[float, float, int]:
     """(peak RSS in MiB, seconds, exit code) of one command."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode:
@@ -73,22 +82,36 @@ def main() -> None:
     parser.add_argument("--source", default=None, help="checkout whose CLI runs")
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--predictors", nargs="+", default=["checkpoint", "onnx"])
+    parser.add_argument(
+        "--rates", type=int, nargs="+", default=None, help="sample rates of the files (Hz)"
+    )
+    parser.add_argument(
+        "--seconds", type=float, default=5.0, help="length of the files with --rates"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="runs per case; the table shows the fastest"
+    )
     args = parser.parse_args()
-    out = Path(args.out)
+    out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     ckpt, onnx = (out / "ckpt", out / "model.onnx")
     if not (ckpt.exists() and onnx.exists()):
         ckpt, onnx = make_models(out)
     env = dict(os.environ)
     if args.source:
+        # python -m puts the working directory first on sys.path: run from the checkout
         env["PYTHONPATH"] = str(Path(args.source).resolve())
     extra = ["--batch-size", str(args.batch_size)] if args.batch_size else []
     print("| predictor | audio | peak RSS | time | exit |")
     print("| --- | ---: | ---: | ---: | ---: |")
-    for minutes in args.minutes:
-        wav = out / f"audio-{minutes:g}min.wav"
+    if args.rates:
+        cases = [(f"{args.seconds:g} s at {r} Hz", args.seconds / 60, r) for r in args.rates]
+    else:
+        cases = [(f"{m:g} min", m, 16_000) for m in args.minutes]
+    for label, minutes, rate in cases:
+        wav = out / f"audio-{minutes * 60:g}s-{rate}Hz.wav"
         if not wav.exists():
-            make_wav(wav, minutes)
+            make_wav(wav, minutes, rate)
         for kind in args.predictors:
             source = ["--checkpoint", str(ckpt)] if kind == "checkpoint" else ["--onnx", str(onnx)]
             cmd = [
@@ -101,9 +124,12 @@ def main() -> None:
                 "--json",
                 str(wav),
             ]
-            rss, seconds, code = peak_rss(cmd, env)
+            runs = [peak_rss(cmd, env, args.source) for _ in range(args.repeats)]
+            rss = max(r[0] for r in runs)
+            seconds = min(r[1] for r in runs)
+            code = max(r[2] for r in runs)
             print(
-                f"| {kind} | {minutes:g} min | {rss:,.0f} MiB | {seconds:.0f} s | {code} |",
+                f"| {kind} | {label} | {rss:,.0f} MiB | {seconds:.1f} s | {code} |",
                 flush=True,
             )
 

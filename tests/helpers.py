@@ -1,5 +1,5 @@
 """The helpers every test directory imports (``from helpers import ...``): test sizes, random
-parameters, and the one accuracy check.
+parameters, the one accuracy check, and WAV files written byte by byte.
 
 Importing this module first sets TRITON_INTERPRET=1 on a machine without CUDA, so the Triton
 kernels run through the interpreter there; on a GPU machine they compile for real. (The
@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import copy
 import os
+import struct
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 if not torch.cuda.is_available():
@@ -150,3 +152,46 @@ def assert_accurate(got, truth, *, ref=None, sensitivity=None, dtype=None, tol=N
             f"{label}: relative error {err:.3g} > bound {bound:.3g} "
             f"(floor {floor:.3g}, reference {ref_err:.3g}, sensitivity {sens.get(label, 0):.3g})"
         )
+
+
+_KSDATAFORMAT_PCM = bytes.fromhex("0100000000001000800000aa00389b71")
+
+
+def wav_bytes(
+    frames: np.ndarray, rate: int, bits: int, *, extensible: bool = False, pad: bool = True
+) -> bytes:
+    """A PCM WAV file written byte by byte: ``frames (n, channels)`` in [-1, 1) as
+    ``bits``-bit samples (8 bits unsigned, the others signed little-endian), the fmt chunk
+    plain or WAVE_FORMAT_EXTENSIBLE (as sox writes it for 24 bits), and the data chunk
+    followed by its pad byte when its size is odd (``pad=False``: a writer that forgets)."""
+    channels = frames.shape[1]
+    width = bits // 8
+    scaled = np.clip(np.round(frames * 2 ** (bits - 1)), -(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+    ints = scaled.astype(np.int64).reshape(-1)
+    if bits == 8:
+        data = (ints + 128).astype(np.uint8).tobytes()
+    else:
+        data = b"".join(int(v).to_bytes(width, "little", signed=True) for v in ints)
+    block = channels * width
+    if extensible:
+        fmt = struct.pack(
+            "<HHIIHHHHI16s",
+            0xFFFE,
+            channels,
+            rate,
+            rate * block,
+            block,
+            bits,
+            22,
+            bits,
+            0,
+            _KSDATAFORMAT_PCM,
+        )
+    else:
+        fmt = struct.pack("<HHIIHH", 1, channels, rate, rate * block, block, bits)
+    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt
+    body += b"data" + struct.pack("<I", len(data)) + data
+    if len(data) % 2 and pad:
+        body += b"\0"
+    riff_size = len(body) + (1 if len(data) % 2 and not pad else 0)
+    return b"RIFF" + struct.pack("<I", riff_size) + body

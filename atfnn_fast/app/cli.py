@@ -7,8 +7,8 @@ instead). Exit codes:
 
 * 0: done;
 * 1: the run failed: a bad manifest, checkpoint, ONNX or audio file, a failed validation, a
-  run directory locked by another run, a diverged training, or (``predict``) any file that
-  could not be labelled;
+  run directory locked by another run, a diverged training, a model whose scores are not
+  finite, or (``predict``) any file that could not be labelled;
 * 2: bad usage: argparse's errors (an unknown option, ``--batch-size 0``...), a value the
   owning module refuses (:class:`atfnn_fast.errors.UsageError`: ``--device cuda`` without
   CUDA, an unknown fold, a fold directory holding a run without ``--resume`` or
@@ -206,16 +206,21 @@ def _int_in(low: int, high: int | None = None):
     return parse
 
 
-def _positive_float(text: str) -> float:
-    import math
+def _positive_float(high: float):
+    """A number in ``(0, high]``."""
 
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
+    def parse(text: str) -> float:
+        import math
+
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not (math.isfinite(value) and 0 < value <= high):
+            raise argparse.ArgumentTypeError(f"must be a number in (0, {high:g}], got {text}")
+        return value
+
+    return parse
 
 
 def _default(function, name: str):
@@ -227,7 +232,7 @@ def _default(function, name: str):
 
 def build_parser() -> argparse.ArgumentParser:
     from atfnn_fast import __version__
-    from atfnn_fast.export.onnx_export import DEFAULT_OPSET, DTYPES, export_onnx
+    from atfnn_fast.export.onnx_export import DEFAULT_OPSET, DTYPES, MAX_OPSET, export_onnx
     from atfnn_fast.inference import DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE
 
     from .datasets import DATASETS
@@ -235,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .evaluate import evaluate
     from .plots import plot_attention
     from .predict import PROVIDER_CHOICES, load_predictor
-    from .train import AMP_MODES, DEVICES, PRESETS, PROTOCOLS, default, train
+    from .train import AMP_MODES, DEVICES, MAX_LR, PRESETS, PROTOCOLS, default, train
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -312,7 +317,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tr.add_argument("--epochs", type=positive, default=default("epochs"))
     tr.add_argument("--batch-size", type=positive, default=default("batch_size"))
-    tr.add_argument("--lr", type=_positive_float, default=default("lr"))
+    tr.add_argument(
+        "--lr",
+        type=_positive_float(MAX_LR),
+        default=default("lr"),
+        help=f"Adam learning rate, at most {MAX_LR:g} (default %(default)s)",
+    )
     tr.add_argument(
         "--hop", type=positive, default=default("hop"), help="training segment hop in frames"
     )
@@ -356,9 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--dtype", choices=tuple(DTYPES), default=_default(export_onnx, "dtype"))
     export.add_argument(
         "--opset",
-        type=_int_in(DEFAULT_OPSET),
+        type=_int_in(DEFAULT_OPSET, MAX_OPSET),
         default=None,
-        help=f"ONNX opset (>= {DEFAULT_OPSET})",
+        help=f"ONNX opset, {DEFAULT_OPSET} to {MAX_OPSET} (default {DEFAULT_OPSET})",
     )
     export.add_argument(
         "--static-batch", action="store_true", help="batch fixed at 1 (default: dynamic)"

@@ -16,7 +16,11 @@
 * ``cremad``: ``AudioWAV/<actor>_<sentence>_<EMO>_<level>.wav`` (6 emotions).
 
 :class:`FeatureCache` computes each file's log-Mel matrix once (with a progress bar) and
-keeps it in ``<cache>/<sha1 of the path, size and mtime>.pt`` files, written atomically.
+keeps it in ``<cache>/<sha1 of the path, size and mtime>.pt`` files, written atomically. The
+audio is read, resampled and turned into log-Mel frames in blocks, as ``predict`` does
+(:func:`atfnn_fast.features.iter_log_mel` of :func:`~atfnn_fast.features.iter_audio`). An
+entry read back is checked (a float32 ``(n_mels, N > 0)`` matrix of finite values); a
+damaged one is rebuilt with a :class:`CacheWarning` naming it.
 """
 
 from __future__ import annotations
@@ -25,14 +29,18 @@ import hashlib
 import os
 import re
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
 
 from atfnn_fast.app.progress import progress
-from atfnn_fast.features import AudioError, FeatureConfig, load_audio, log_mel
+from atfnn_fast.features import AudioError, FeatureConfig, iter_audio, iter_log_mel
 from atfnn_fast.manifest import Item, ManifestError, write_manifest
 
+# Part of every cache key: entries computed by an older feature pipeline are not reused
+# ("soxr-HQ": the libsoxr resampler of issue 18, whose features differ from the old one's).
+CACHE_VERSION = "soxr-HQ"
 DATASETS = ("iemocap", "casia", "emodb", "ravdess", "cremad")
 AUDIO_EXTENSIONS = (".wav", ".flac")
 
@@ -168,6 +176,10 @@ def prepare(
 
 
 # ----------------------------------------------------------------------- feature cache
+class CacheWarning(UserWarning):
+    """A damaged feature-cache entry, deleted and rebuilt."""
+
+
 class FeatureCache:
     """Log-Mel matrices ``(n_mels, N)`` per file, computed once and cached on disk."""
 
@@ -181,20 +193,64 @@ class FeatureCache:
 
     def _key(self, path: Path) -> Path:
         stat = path.stat()
-        text = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{self.n_mels}|{self.features}"
-        return self.folder / (hashlib.sha1(text.encode()).hexdigest() + ".pt")
+        text = (
+            f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{self.n_mels}|{self.features}"
+            f"|{CACHE_VERSION}"
+        )
+        return self.folder / (hashlib.sha1(os.fsencode(text)).hexdigest() + ".pt")
+
+    def _problem(self, entry) -> str | None:
+        """Why a cached entry cannot be used, or None."""
+        if not isinstance(entry, torch.Tensor):
+            return f"holds a {type(entry).__name__}, not a tensor"
+        if entry.dtype != torch.float32 or entry.dim() != 2 or entry.shape[0] != self.n_mels:
+            return (
+                f"holds a {entry.dtype} tensor of shape {tuple(entry.shape)}, expected float32 "
+                f"({self.n_mels}, frames)"
+            )
+        if entry.shape[1] == 0:
+            return "holds no frames"
+        if not bool(torch.isfinite(entry).all()):
+            return "holds NaN or Inf values"
+        return None
+
+    def _read_entry(self, key: Path, path: Path) -> torch.Tensor | None:
+        """The cached log-Mel of ``path`` at ``key``, or None (absent, or damaged: then it
+        is deleted with a warning naming it, and rebuilt)."""
+        if not key.exists():
+            return None
+        try:
+            entry = torch.load(key, weights_only=True)  # tensors only: no code runs
+            problem = self._problem(entry)
+        except Exception as err:  # any unpickling error
+            problem = f"is unreadable ({type(err).__name__})"
+        if problem is None:
+            return entry
+        warnings.warn(
+            f"{key}: damaged feature-cache entry of {path} ({problem}); rebuilding it",
+            CacheWarning,
+            stacklevel=3,
+        )
+        key.unlink(missing_ok=True)
+        return None
 
     def get(self, path: str | os.PathLike) -> torch.Tensor:
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"{path}: audio file not found")
         key = self._key(path)
-        if key.exists():
-            try:
-                return torch.load(key, weights_only=True)  # tensors only: no code runs
-            except Exception:  # a damaged entry (any unpickling error) is recomputed
-                key.unlink(missing_ok=True)
-        lm = log_mel(load_audio(path, self.features.sample_rate), self.n_mels, self.features)
+        lm = self._read_entry(key, path)
+        if lm is not None:
+            return lm
+        try:
+            blocks = iter_log_mel(
+                iter_audio(path, self.features.sample_rate), self.n_mels, self.features
+            )
+            lm = torch.cat(list(blocks), dim=1)
+        except AudioError:
+            raise
+        except ValueError as err:  # too short for one frame
+            raise AudioError(path, str(err)) from None
         if not bool(torch.isfinite(lm).all()):
             raise AudioError(path, "log-Mel features are not finite (samples too large?)")
         fd, tmp = tempfile.mkstemp(prefix="tmp-", suffix=".part", dir=self.folder)

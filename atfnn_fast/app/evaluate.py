@@ -20,7 +20,7 @@ from atfnn_fast.checkpoint import load_checkpoint
 from atfnn_fast.config import ATFNNConfig
 from atfnn_fast.errors import resolve_device
 from atfnn_fast.features import FeatureConfig, NormStats, segment
-from atfnn_fast.inference import mean_probabilities
+from atfnn_fast.inference import NonFiniteOutput, mean_probabilities, softmax_probabilities
 from atfnn_fast.manifest import Item, read_manifest
 
 
@@ -34,16 +34,21 @@ def predict_items(
     feats: FeatureConfig,
     device: torch.device,
 ) -> list[int]:
-    """The predicted class index of each utterance (its log-Mel matrix in ``mels``)."""
+    """The predicted class index of each utterance (its log-Mel matrix in ``mels``); scores
+    that are not finite raise :class:`~atfnn_fast.inference.NonFiniteOutput` naming the
+    utterance."""
     model.eval()
 
     def probabilities(segs: torch.Tensor):
-        return model(segs.to(device)).float().softmax(-1).cpu().numpy()
+        return softmax_probabilities(model(segs.to(device)).float())
 
     preds = []
     for item in items:
         segs = segment(mels[item.path], cfg.frames, cfg.frames, feats.silence_value)
-        probs = mean_probabilities([stats.apply(segs).unsqueeze(1)], probabilities)
+        try:
+            probs = mean_probabilities([stats.apply(segs).unsqueeze(1)], probabilities)
+        except NonFiniteOutput as err:
+            raise NonFiniteOutput(f"{item.path}: {err}") from None
         preds.append(int(probs.argmax()))
     return preds
 
@@ -71,12 +76,17 @@ def evaluate(checkpoint, manifest, out=None, device: str = "cpu", cache=None) ->
         cache or Path(manifest).resolve().parent / ".atfnn-cache", ckpt.config.n_mels, ckpt.features
     )
     mels = cache.warm(items)
-    metrics = evaluate_items(
-        ckpt.model, items, mels, ckpt.norm_stats, ckpt.config, ckpt.features, labels, device
-    )
+    try:
+        metrics = evaluate_items(
+            ckpt.model, items, mels, ckpt.norm_stats, ckpt.config, ckpt.features, labels, device
+        )
+    except NonFiniteOutput as err:
+        raise NonFiniteOutput(f"{checkpoint}: {err}") from None
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        write_atomic(out / "metrics.json", (json.dumps(metrics, indent=2) + "\n").encode())
+        write_atomic(
+            out / "metrics.json", (json.dumps(metrics, indent=2, allow_nan=False) + "\n").encode()
+        )
         plot_confusion(metrics, out / "confusion.png")
     return metrics

@@ -47,14 +47,22 @@ def one_line(err: BaseException) -> str:
     return re.sub(r"\s*\n\s*", "; ", text)
 
 
+def printable(text: str) -> str:
+    """``text`` with the bytes of a file name that are not UTF-8 (decoded by Python as
+    lone surrogates) written as ``\\xNN``, so printing never fails on such a name."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def predict_files(
     predictor, files: Sequence[str | os.PathLike], json_list: bool = False, debug: bool = False
 ) -> int:
     """Each file is reported as soon as it is done: a line of text, or (``json_list``) an
     entry of a JSON list that is printed progressively (``[`` first, ``]`` last). A file
     that fails gets an error line on stderr and, with ``json_list``, an entry
-    ``{"path", "error"}``; the others are still labelled. Returns the exit code: 1 if any
-    file failed, else 0. ``debug`` re-raises the first failure instead."""
+    ``{"path", "error"}``; the others are still labelled. A file whose scores are not
+    finite is such a failure (:class:`atfnn_fast.inference.NonFiniteOutput`), and the JSON
+    is strict (``allow_nan=False``). Returns the exit code: 1 if any file failed, else 0.
+    ``debug`` re-raises the first failure instead."""
     failed = 0
     if json_list:
         sys.stdout.write("[")
@@ -74,10 +82,10 @@ def predict_files(
             entry, text = {"path": str(path), "error": message}, None
             failed += 1
         if json_list:
-            sys.stdout.write(("\n  " if n == 0 else ",\n  ") + json.dumps(entry))
+            sys.stdout.write(("\n  " if n == 0 else ",\n  ") + json.dumps(entry, allow_nan=False))
             sys.stdout.flush()
         elif text is not None:
-            print(text, flush=True)
+            print(printable(text), flush=True)
     if json_list:
         sys.stdout.write("\n]\n" if files else "]\n")
         sys.stdout.flush()

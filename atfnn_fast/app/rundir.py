@@ -162,8 +162,10 @@ def load_resume_state(folder: Path, model, optimizer, cfg, labels, device) -> di
             raise ValueError(f"best_uar must be a number, got {best_uar!r}")
         if not isinstance(history, list) or len(history) != epoch:
             raise ValueError(f"history must list the {epoch} epochs")
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, RecursionError) as err:
         detail = f"missing key {err}" if isinstance(err, KeyError) else str(err)
+        if isinstance(err, RecursionError):
+            detail = "JSON nested too deeply to parse"
         raise RunError(
             f"{state_path}: broken resume state ({detail}); start again with --overwrite"
         ) from None

@@ -38,6 +38,11 @@ docs/design.md#choices-the-paper-leaves-open):
   unless ``resume`` (continue it) or ``overwrite`` (delete the trainer's files in it, and
   nothing else, then start again) is given.
 
+Divergence: an epoch whose training loss, weights after the last update, or validation
+outputs are not finite stops the run with a :class:`~atfnn_fast.errors.RunError` naming the
+epoch, before anything of it is written; ``best`` therefore always holds finite outputs.
+``lr`` is at most :data:`MAX_LR`.
+
 The validation split and the epoch granularity of resuming are our choices:
 docs/design.md#choices-the-paper-leaves-open.
 
@@ -79,6 +84,7 @@ from atfnn_fast.checkpoint import load_checkpoint, save_checkpoint
 from atfnn_fast.config import ATFNNConfig
 from atfnn_fast.errors import RunError, UsageError, resolve_device
 from atfnn_fast.features import FeatureConfig, NormStats, segment
+from atfnn_fast.inference import NonFiniteOutput
 from atfnn_fast.manifest import (
     Item,
     ManifestWarning,
@@ -104,6 +110,9 @@ PRESETS = {
 
 
 PROTOCOLS = ("loso", "session")
+# Largest learning rate taken (our choice): Adam's step is about lr per weight, and no
+# useful rate for this model comes near 1 (the paper's is 5e-4).
+MAX_LR = 1.0
 AMP_MODES = ("off", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -131,8 +140,13 @@ class TrainConfig:
                 raise UsageError(f"TrainConfig.{name} must be a positive int, got {value!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise UsageError(f"TrainConfig.seed must be a non-negative int, got {self.seed!r}")
-        if not (isinstance(self.lr, int | float) and math.isfinite(self.lr) and self.lr > 0):
-            raise UsageError(f"TrainConfig.lr must be a positive number, got {self.lr!r}")
+        if not (
+            isinstance(self.lr, int | float)
+            and not isinstance(self.lr, bool)
+            and math.isfinite(self.lr)
+            and 0 < self.lr <= MAX_LR
+        ):
+            raise UsageError(f"TrainConfig.lr must be in (0, {MAX_LR:g}], got {self.lr!r}")
         if not (isinstance(self.val_fraction, int | float) and 0 < self.val_fraction < 1):
             raise UsageError(
                 f"TrainConfig.val_fraction must be in (0, 1), got {self.val_fraction!r}"
@@ -396,11 +410,20 @@ def _run_epoch(run: FoldRun, net, optimizer, data: FoldData, epoch: int) -> floa
             total += float(loss.detach()) * len(idx)
             count += len(idx)
     if not math.isfinite(total):
-        raise RunError(
-            f"{run.folder}: the training loss of epoch {epoch} is not finite (diverged); "
-            f"nothing of this epoch was saved. Try a lower --lr than {tc.lr}"
-        )
+        raise _diverged(run, epoch, "its training loss is not finite")
+    bad = [name for name, p in net.named_parameters() if not bool(torch.isfinite(p).all())]
+    if bad:
+        raise _diverged(run, epoch, f"its weights are not finite ({', '.join(bad[:3])}...)")
     return total / max(1, count)
+
+
+def _diverged(run: FoldRun, epoch: int, what: str) -> RunError:
+    """The error of a diverged epoch: nothing of it is saved, and ``best`` stays the last
+    epoch whose outputs were finite."""
+    return RunError(
+        f"{run.folder}: training diverged in epoch {epoch}: {what}; nothing of this epoch "
+        f"was saved. Try a lower --lr than {run.tc.lr}"
+    )
 
 
 def _commit_epoch(
@@ -418,9 +441,12 @@ def _commit_epoch(
     improved, then commit the epoch (``last``: weights, optimiser and state in one
     rename) and rewrite ``log.jsonl``; returns the new state."""
     folder, tc = run.folder, run.tc
-    val_metrics = evaluate_items(
-        model, val, data.mels, data.stats, run.cfg, run.feats, run.labels, run.device
-    )
+    try:
+        val_metrics = evaluate_items(
+            model, val, data.mels, data.stats, run.cfg, run.feats, run.labels, run.device
+        )
+    except NonFiniteOutput as err:  # the weights are finite, the outputs are not
+        raise _diverged(run, epoch, f"its validation outputs are not finite ({err})") from None
     record = {
         "epoch": epoch,
         "train_loss": loss,
@@ -473,7 +499,10 @@ def _write_artefacts(run: FoldRun, data: FoldData, test: list[Item], state: dict
         val_uar=state["best_uar"],
         checkpoint=str(folder / "best"),
     )
-    write_atomic(inside(folder, "metrics.json"), (json.dumps(metrics, indent=2) + "\n").encode())
+    write_atomic(
+        inside(folder, "metrics.json"),
+        (json.dumps(metrics, indent=2, allow_nan=False) + "\n").encode(),
+    )
     plot_confusion(
         metrics,
         inside(folder, "confusion.png"),
@@ -528,7 +557,10 @@ def train(
     if fold == "all":
         table = summary_table(results)
         write_atomic(inside(out, "summary.md"), (table + "\n").encode())
-        write_atomic(inside(out, "summary.json"), (json.dumps(results, indent=2) + "\n").encode())
+        write_atomic(
+            inside(out, "summary.json"),
+            (json.dumps(results, indent=2, allow_nan=False) + "\n").encode(),
+        )
         print(table, flush=True)
     best = max(results, key=lambda r: r["val_uar"])
     return Path(best["checkpoint"])

@@ -135,15 +135,40 @@ def test_feature_cache_computes_once(tmp_path, monkeypatch):
     tone(wav, seconds=0.5)
     cache = FeatureCache(tmp_path / "cache")
     calls = []
-    real = data.log_mel
-    monkeypatch.setattr(data, "log_mel", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = data.iter_audio
+    monkeypatch.setattr(data, "iter_audio", lambda *a, **k: calls.append(1) or real(*a, **k))
     first = cache.get(wav)
     second = FeatureCache(tmp_path / "cache").get(wav)
     assert torch.equal(first, second) and len(calls) == 1
     assert first.shape == (80, 1 + 8000 // 160)
+
+
+@pytest.mark.parametrize(
+    "damage,problem",
+    [
+        (lambda lm: b"damaged", r"is unreadable \(UnpicklingError\)"),
+        (lambda lm: lm[:, :0], "holds no frames"),
+        (lambda lm: lm[:40], r"shape \(40, 51\), expected float32 \(80, frames\)"),
+        (lambda lm: lm.double(), r"holds a torch\.float64 tensor"),
+        (lambda lm: lm.index_fill(1, torch.tensor([3]), float("nan")), "holds NaN or Inf"),
+        (lambda lm: {"x": lm}, "holds a dict, not a tensor"),
+    ],
+)
+def test_damaged_cache_entry_is_rebuilt_with_a_warning_naming_it(tmp_path, damage, problem):
+    wav = tmp_path / "a.wav"
+    tone(wav, seconds=0.5)
+    cache = FeatureCache(tmp_path / "cache")
+    first = cache.get(wav)
     (entry,) = (tmp_path / "cache").glob("*.pt")
-    entry.write_bytes(b"damaged")
-    assert torch.equal(cache.get(wav), first) and len(calls) == 2  # recomputed
+    bad = damage(first.clone())
+    if isinstance(bad, bytes):
+        entry.write_bytes(bad)
+    else:
+        torch.save(bad, entry)
+    with pytest.warns(data.CacheWarning, match=rf"{re.escape(str(entry))}: damaged .*{problem}"):
+        again = cache.get(wav)
+    assert torch.equal(again, first)
+    assert torch.equal(torch.load(entry, weights_only=True), first)  # rewritten
 
 
 # ------------------------------------------------------------------ manifest checks (#13)

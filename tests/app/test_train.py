@@ -574,7 +574,7 @@ def test_broken_resume_state_is_one_line_naming_the_file(
         (
             "--lr",
             "nan",
-            "atfnn-fast train: error: argument --lr: must be a positive number, got nan",
+            "atfnn-fast train: error: argument --lr: must be a number in (0, 1], got nan",
         ),
         ("--hop", "x", "atfnn-fast train: error: argument --hop: expected an integer, got 'x'"),
         (

@@ -201,7 +201,7 @@ def test_bad_files_give_clear_errors(tmp_path, exported):
 
 def test_export_checks_its_arguments(tmp_path):
     model = ATFNN(tiny_config())
-    with pytest.raises(ValueError, match="opset must be an int >= 18"):
+    with pytest.raises(ValueError, match=r"opset must be an int in 18\.\.20, got 17"):
         export_onnx(model, tmp_path / "m.onnx", opset=17)
     with pytest.raises(ValueError, match="dtype must be one of"):
         export_onnx(model, tmp_path / "m.onnx", dtype="int8")
@@ -410,9 +410,28 @@ def _tamper_onnx(source, target, **props):
         ),
         (
             dict(labels=["a", "b"]),
-            "metadata atfnn.labels has 2 names, atfnn.config num_classes is 3",
+            "metadata atfnn.labels: expected 3 names (num_classes), got 2",
         ),
-        (dict(labels=[1, 2, 3]), "metadata atfnn.labels must be a list of names, got [1, 2, 3]"),
+        (dict(labels=[1, 2, 3]), "metadata atfnn.labels: name 0 must be a string, got 1"),
+        (
+            dict(labels=["a", "b", "a"]),
+            "metadata atfnn.labels: names 0 and 2 are the same ('a'); names must be unique",
+        ),
+        (dict(labels=["a", " ", "c"]), "metadata atfnn.labels: name 1 is empty or blank (' ')"),
+        (
+            dict(features='{"f_min": 9000.0}'),
+            "metadata atfnn.features: FeatureConfig: need 0 <= f_min < f_max <= "
+            "sample_rate / 2 = 8000 Hz, got f_min = 9000.0, f_max = None",
+        ),
+        (
+            dict(features="[" * 100_000),
+            "metadata atfnn.features: JSON nested too deeply to parse",
+        ),
+        (
+            dict(layer_norm_eps=float("inf")),
+            "metadata atfnn.config: ATFNNConfig.layer_norm_eps must be finite and positive, "
+            "got inf",
+        ),
         (
             dict(dtype="float16"),
             "metadata atfnn.dtype is 'float16', the graph input "
@@ -442,7 +461,7 @@ def test_tampered_onnx_metadata_is_refused_naming_field_file_and_values(
 ):
     config = json.loads(read_metadata(tiny["dynamic"])["config"].to_json())
     props = {}
-    for key in ("labels", "dtype", "format_version"):
+    for key in ("labels", "dtype", "format_version", "features"):
         if key in change:
             value = change.pop(key)
             props[key] = value if isinstance(value, str) else json.dumps(value)
@@ -512,7 +531,9 @@ def test_tampered_checkpoints_are_refused_before_use(tiny, tmp_path, capsys):
         assert (code, out, err) == (
             1,
             "",
-            [f"atfnn-fast: error: {huge / 'config.json'}: {field} = {value} {limit}"],
+            [
+                f"atfnn-fast: error: {huge / 'config.json'}: field 'model': {field} = {value} {limit}"
+            ],
         )
 
 

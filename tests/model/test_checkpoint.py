@@ -192,10 +192,10 @@ def test_bad_metadata_values_are_refused(tmp_path):
     with pytest.raises(CheckpointError, match="version 99"):
         load_checkpoint(path)
     rewrite_meta(path, version=1, labels=["only-one"])
-    with pytest.raises(CheckpointError, match="labels must be a list of 3 names"):
+    with pytest.raises(CheckpointError, match="field 'labels': expected 3 names"):
         load_checkpoint(path)
     rewrite_meta(path, labels=None, model={"channels": -1})
-    with pytest.raises(CheckpointError, match="invalid contents"):
+    with pytest.raises(CheckpointError, match=r"field 'model': ATFNNConfig\.channels must be"):
         load_checkpoint(path)
 
 
@@ -298,7 +298,7 @@ def test_sizes_in_config_json_are_bounded_before_any_allocation(tmp_path, change
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(path)
-    assert str(info.value) == f"{path / 'config.json'}: {message}"
+    assert str(info.value) == f"{path / 'config.json'}: field 'model': {message}"
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000  # KiB
 
 

@@ -39,7 +39,12 @@ def test_frozen():
         (dict(t_attention_source="output"), ValueError, "t_attention_source must be one of"),
         (dict(ffn_kernel=4), ValueError, "ffn_kernel must be odd"),
         (dict(dropout=1.0), ValueError, r"dropout must be in \[0, 1\)"),
-        (dict(layer_norm_eps=0.0), ValueError, "layer_norm_eps must be positive"),
+        (dict(layer_norm_eps=0.0), ValueError, "layer_norm_eps must be finite and positive"),
+        (
+            dict(layer_norm_eps=float("inf")),
+            ValueError,
+            "layer_norm_eps must be finite and positive",
+        ),
     ],
 )
 def test_invalid_values_are_refused(changes, error, pattern):
