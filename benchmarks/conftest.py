@@ -3,8 +3,6 @@ and the run metadata written into pytest-benchmark's JSON (key ``"atfnn"``)."""
 
 from __future__ import annotations
 
-import datetime as dt
-
 import pytest
 import torch
 
@@ -82,14 +80,7 @@ def bench_env(pytestconfig):
     """Device, size and the peaks measured once per run (stored for the JSON hook)."""
     device, size, _, frames, _ = _settings(pytestconfig)
     env = {
-        "device": dev.device_name(device),
-        "driver": dev.driver_version() if device.type == "cuda" else None,
-        "cuda": torch.version.cuda if device.type == "cuda" else None,
-        "torch": torch.__version__,
-        "triton": _triton_version(),
-        "commit": dev.git_commit(),
-        "date": dt.date.today().isoformat(),
-        "size": size,
+        **dev.run_metadata(device, size),
         "peaks": dev.measure_peaks(device, tiny=size == "tiny"),
     }
     pytestconfig.stash[ENV_KEY] = env
@@ -97,15 +88,6 @@ def bench_env(pytestconfig):
 
 
 ENV_KEY = pytest.StashKey[dict]()
-
-
-def _triton_version() -> str | None:
-    try:
-        import triton
-
-        return triton.__version__
-    except ImportError:
-        return None
 
 
 def pytest_benchmark_update_json(config, benchmarks, output_json):

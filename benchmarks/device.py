@@ -63,6 +63,29 @@ def git_commit() -> str | None:
         return None
 
 
+def run_metadata(device: torch.device, size: str) -> dict:
+    """The environment fields of a results file (docs/design.md#benchmarks): device, driver,
+    CUDA, torch, triton, commit, date and the run's size."""
+    import datetime as dt
+
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    return {
+        "device": device_name(device),
+        "driver": driver_version() if device.type == "cuda" else None,
+        "cuda": torch.version.cuda if device.type == "cuda" else None,
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "commit": git_commit(),
+        "date": dt.date.today().isoformat(),
+        "size": size,
+    }
+
+
 def _median_time(fn, device: torch.device, repeats: int) -> float:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     fn()

@@ -32,7 +32,6 @@ every row, so a run cut off early keeps what it measured.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import statistics
 import sys
@@ -315,14 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     print("peaks:", json.dumps(peaks), flush=True)
     results = {
         "kind": "gpu_timing",
-        "device": dev.device_name(device),
-        "driver": dev.driver_version() if device.type == "cuda" else None,
-        "cuda": torch.version.cuda if device.type == "cuda" else None,
-        "torch": torch.__version__,
-        "triton": _triton_version(),
-        "commit": dev.git_commit(),
-        "date": dt.date.today().isoformat(),
-        "size": f"B={args.batch}, T={args.frames}",
+        **dev.run_metadata(device, f"B={args.batch}, T={args.frames}"),
         "peaks": peaks,
         "method": "scripts/gpu_timing.py: "
         + ("triton.testing.do_bench (CUDA events, median)" if device.type == "cuda" else "")
@@ -382,15 +374,6 @@ def main(argv: list[str] | None = None) -> int:
     save()
     print(report.render_gpu_markdown(results), flush=True)
     return 0
-
-
-def _triton_version() -> str | None:
-    try:
-        import triton
-
-        return triton.__version__
-    except ImportError:
-        return None
 
 
 if __name__ == "__main__":
