@@ -214,7 +214,7 @@ def _open_audio(path: Path):
     fh = os.fdopen(fd, "rb")
     try:
         handle = sf.SoundFile(fh)
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as err:
+    except Exception as err:  # any decoder failure (OSError from reads too): one-line error
         fh.close()
         raise AudioError(path, f"cannot decode audio ({err})") from None
     problem = truncation_note(handle.extra_info)

@@ -315,8 +315,8 @@ def load_model(path: str | os.PathLike):
         raise OnnxError(f"{path}: not a readable ONNX model ({type(err).__name__})") from None
 
 
-_ELEM_TYPES = {"float32": 1, "float16": 10}
-_MISSING = object()  # onnx.TensorProto.FLOAT / FLOAT16
+_ELEM_TYPES = {"float32": 1, "float16": 10}  # onnx.TensorProto.FLOAT / FLOAT16
+_MISSING = object()
 
 
 def _dims(value_info) -> list[int | str | None]:

@@ -46,8 +46,20 @@ def launch(kernel, grid: tuple[int, ...], *args, **kwargs) -> None:
     if _recorder is not None:
         _recorder(kernel, grid, args, kwargs)
         return
-    runner = kernel if isinstance(kernel, InterpretedFunction) else wrap_triton(kernel)
-    runner[grid](*args, **kwargs)
+    if isinstance(kernel, InterpretedFunction):
+        kernel[grid](*args, **kwargs)
+        return
+    # Triton launches on the current CUDA device: a tensor on another one (``cuda:1``
+    # while device 0 is current) needs that device made current for the launch
+    device = next(
+        (v.device for v in (*kwargs.values(), *args) if isinstance(v, torch.Tensor) and v.is_cuda),
+        None,
+    )
+    if device is not None and device.index not in (None, torch.cuda.current_device()):
+        with torch.cuda.device(device):
+            wrap_triton(kernel)[grid](*args, **kwargs)
+        return
+    wrap_triton(kernel)[grid](*args, **kwargs)
 
 
 def plain_torch(t: torch.Tensor, kernel) -> bool:

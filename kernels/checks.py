@@ -39,6 +39,7 @@ def _assert_finite_kernel(
 ):
     idx = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = idx < n_elements
+    idx = tl.where(mask, idx, 0)  # masked lanes must not overflow the offsets (debug=True checks)
     t = idx % n_t
     rest = idx // n_t
     off = (rest // n_f) * x_sb + (rest % n_f) * x_sf + t * x_st
@@ -53,7 +54,7 @@ def assert_finite(x: torch.Tensor) -> None:
     """Check ``x`` (``(B, 1, F, T)`` or ``(B, F, T)``) for NaN/Inf without a host sync (see
     the module docstring)."""
     recording = _triton_utils._recorder is not None
-    if (x.is_cuda or recording) and x.numel() <= _triton_utils.MAX_OFFSET:
+    if (x.is_cuda or recording) and x.numel() + BLOCK <= _triton_utils.MAX_OFFSET:
         launch_assert_finite(x)
         return
     torch._assert_async(torch.isfinite(x).all(), "x must be finite: NaN or Inf values")

@@ -398,6 +398,7 @@ def _geometry(source: torch.Tensor, weight: torch.Tensor, target, time_axis: boo
         GP=triton.next_power_of_2(group),
         BLOCK=settings.block,
         num_warps=settings.num_warps,
+        **({"num_stages": settings.num_stages} if settings.num_stages is not None else {}),
     )
     return b * n_i * n_j, n_i, n_j, consts
 

@@ -49,6 +49,7 @@ from torch.library import triton_op
 from . import fenc_common as fc
 from . import fenc_params as fp
 from . import freq_encoder_math as fm
+from . import tuning
 from ._triton_utils import MAX_OFFSET, launch, max_offset, plain_torch
 from .fenc_backward import (
     _fenc_bwd_ffn_kernel,
@@ -67,7 +68,7 @@ def _p2(n: int, floor: int = 16) -> int:
 
 def _launch_consts(x: torch.Tensor, dim: list[int]):
     c, h, k, p = dim
-    s = freq_encoder_settings(x.shape[2], c, p)
+    s = freq_encoder_settings(x.shape[2], c, p, dtype=str(x.dtype).removeprefix("torch."))
     consts = dict(
         NF=x.shape[2],
         C=c,
@@ -83,7 +84,7 @@ def _launch_consts(x: torch.Tensor, dim: list[int]):
 def _grid(x: torch.Tensor, kl) -> tuple[tuple[int], int, dict]:
     """Grid, blocks per utterance and launch kwargs of one kernel's KernelLaunch."""
     n_tb = triton.cdiv(x.shape[3], kl.block_t)
-    return (x.shape[0] * n_tb,), n_tb, dict(BT=kl.block_t, num_warps=kl.num_warps)
+    return (x.shape[0] * n_tb,), n_tb, kl.launch_kwargs()
 
 
 def _precision(x: torch.Tensor) -> str:
@@ -100,7 +101,7 @@ def _precision(x: torch.Tensor) -> str:
         return "bf16"
     if x.dtype == torch.float16:
         return "fp16"
-    return "tf32" if torch.backends.cudnn.allow_tf32 else "ieee"
+    return tuning.current_precision()
 
 
 def _no_hp(consts: dict) -> dict:
@@ -211,7 +212,9 @@ def _check(x: torch.Tensor, time_weights, params, num_heads: int) -> list[int]:
             f"(C, H, K, P) = {tuple(dim)}"
         )
     hp = max(2, triton.next_power_of_2(num_heads))
-    if max_offset(x) > MAX_OFFSET or b * t * f * max(c, 2 * hp) > MAX_OFFSET:
+    # the partial-gradient rows: at most one per frame (block_t >= 1), packed-size wide
+    part = b * t * fc.packed_size(c, num_heads, k, p)
+    if max_offset(x) > MAX_OFFSET or max(b * t * f * max(c, 2 * hp), part) > MAX_OFFSET:
         raise ValueError("freq_encoder: tensors beyond 2**31 - 1 elements (32-bit offsets)")
     return dim
 
@@ -524,6 +527,7 @@ def _setup_context(ctx, inputs, output):
     ctx.num_heads = num_heads
     ctx.eps = eps
     ctx.set_materialize_grads(False)  # the packed output has no gradient: no zeros for it
+    ctx.mark_non_differentiable(output[1])
 
 
 def _backward(ctx, grad_out, _grad_packed):

@@ -192,11 +192,12 @@ def override(
 
 # ---------------------------------------------------------------------- tuned tables
 def current_precision() -> str:
-    """ "tf32" when torch lets float32 matmuls use tf32 (``torch.backends.cuda.matmul.
-    allow_tf32``), else "ieee": the key the tuned tables are read with."""
+    """ "tf32" while ``torch.backends.cudnn.allow_tf32`` (the flag the F-Encoder's dots
+    follow: kernels/triton_freq_encoder.py ``_precision``), else "ieee": the key the tuned
+    tables are read and written with."""
     import torch
 
-    return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
+    return "tf32" if torch.backends.cudnn.allow_tf32 else "ieee"
 
 
 def table_key(dtype: str = "float32", precision: str = "ieee", channels=None, ffn=None) -> str:

@@ -32,32 +32,32 @@ source scripts/gpu_steps.sh
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv | tee -a "$log"
 
 # 1. the timing table (rows stop starting 25 s before the step's cap)
-step timing 215 bash -c "$py scripts/gpu_timing.py --results-dir '$out' --budget-s 190 \
+step timing 215 bash -c "set -o pipefail; $py scripts/gpu_timing.py --results-dir '$out' --budget-s 190 \
     2>&1 | tee '$out/timing.log' | cut -c1-220"
 timing_json=$(ls -t "$out"/*-[0-9]*.json 2>/dev/null | head -1)
 peaks=()
 [[ -n "$timing_json" ]] && peaks=(--peaks-json "$timing_json")
 
 # 2. per-launch backward breakdown against the floors
-step launches 25 bash -c "$py -m benchmarks.profile --launches --steps 5 ${peaks[*]:-} \
+step launches 25 bash -c "set -o pipefail; $py -m benchmarks.profile --launches --steps 5 ${peaks[*]:-} \
     --json '$out/launches.json' 2>&1 | tee '$out/launches.md'"
 
 # 3. the launch-settings sweep and the tuned table
-step sweep 70 bash -c "$py scripts/gpu_sweep.py --out '$out/sweep.json' \
+step sweep 70 bash -c "set -o pipefail; $py scripts/gpu_sweep.py --out '$out/sweep.json' \
     --write-tuned '$out/tuned' --budget-s 55 2>&1 | tee '$out/sweep.log' | tail -3 | cut -c1-400"
 
 # 4. kernel and model tests on the GPU (all of them: no -x)
-step tests 90 bash -c "$py -m pytest tests/kernels/test_freq_encoder.py \
+step tests 90 bash -c "set -o pipefail; $py -m pytest tests/kernels/test_freq_encoder.py \
     tests/kernels/test_band_attention.py tests/model/test_model.py \
     tests/kernels/test_dispatch_fit.py -q -p no:cacheprovider 2>&1 | tee '$out/tests.log' | tail -15"
 
 # 5. resources of what launched, as the driver reports them
-step resources 35 bash -c "$py -m benchmarks.resources --device --config default \
+step resources 35 bash -c "set -o pipefail; $py -m benchmarks.resources --device --config default \
     --json '$out/resources-device.json' > '$out/resources-device.txt' 2>&1; \
     tail -3 '$out/resources-device.txt'"
 
 # 6. the pytest-benchmark suite's CUDA path at a tiny size
-step bench-smoke 25 bash -c "$py -m pytest benchmarks --benchmark-only --bench-size tiny -q \
+step bench-smoke 25 bash -c "set -o pipefail; $py -m pytest benchmarks --benchmark-only --bench-size tiny -q \
     -p no:cacheprovider -k 'freq_encoder_fwd and (fused or rank1)' 2>&1 \
     | tee '$out/bench-smoke.log' | tail -5"
 

@@ -20,8 +20,8 @@ ignore the flags.
 
 ``--write-tuned DIR`` writes ``DIR/sm_<XX>.json`` in the format ``tuning.load_table`` reads
 (commit it as ``kernels/tuned/sm_<XX>.json``): per slot the fastest candidate when it beats
-the default by more than 3 %, leaving out candidates whose ``num_stages`` only the sweep
-could pass (the host code passes none yet). The JSON of all rows is rewritten after every
+the default by more than 3 % (``num_stages`` included: the host code passes a setting's
+stages to its launches). The JSON of all rows is rewritten after every
 candidate, so a run cut off early keeps what it measured.
 """
 
@@ -179,7 +179,7 @@ def tuned_table(rows: list[dict], cfg: ATFNNConfig, arch: int, device: str, comm
     by_slot = defaultdict(list)
     for r in rows:
         if r.get("median_ms") is not None and not r.get("stages_injected"):
-            prec = r["prec_seen"][0] if r.get("prec_seen") else r["precision"]
+            prec = r["precision"]  # the mode the run set: the key the host reads with
             by_slot[(r["op"], r["slot"], prec if r["op"] == "freq_encoder" else "-")].append(r)
     for key, cands in by_slot.items():
         op, slot, _ = key

@@ -330,14 +330,33 @@ def _run_fold(run: FoldRun, resume: bool, cache, items: list[Item], splits) -> d
         net = torch.nn.parallel.DistributedDataParallel(model)
     for epoch in range(state["epoch"] + 1, run.tc.epochs + 1):
         start = time.time()
-        loss = _run_epoch(run, net, optimizer, data, epoch)
-        if run.rank == 0:
-            state = _commit_epoch(run, model, optimizer, data, val, state, epoch, loss, start)
+        error = None
+        try:
+            loss = _run_epoch(run, net, optimizer, data, epoch)
+            if run.rank == 0:
+                state = _commit_epoch(run, model, optimizer, data, val, state, epoch, loss, start)
+        except RunError as err:  # e.g. diverged: every process must stop, not only this one
+            error = err
         if run.world > 1:
-            torch.distributed.barrier()
+            _agree_on_error(run, epoch, error)
+        if error is not None:
+            raise error
     if run.rank != 0:
         return {}
     return _write_artefacts(run, data, test, state)
+
+
+def _agree_on_error(run: FoldRun, epoch: int, error: RunError | None) -> None:
+    """All processes learn whether any of them failed this epoch (one all-reduce, which
+    also stands for the epoch's barrier): a process that failed alone would otherwise leave
+    the others waiting in the next collective until its timeout. The others raise too."""
+    flag = torch.tensor([0 if error is None else 1], device=run.device)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    if error is None and int(flag.item()):
+        raise RunError(
+            f"{run.folder}: epoch {epoch} failed in another process (see its message); "
+            "nothing of this epoch was saved"
+        )
 
 
 def _build_or_resume(run: FoldRun, resume: bool):

@@ -262,6 +262,17 @@ def test_opcheck(with_time):
         )
 
 
+def test_packed_output_is_not_differentiable():
+    """The op's second output (the derived parameters, saved for the backward) carries no
+    gradient: using it in a loss must not silently give a wrong gradient."""
+    enc = make_encoder(2, 8)
+    params = op_params(enc, requires_grad=True)
+    x = torch.randn(2, 1, 10, 8, device=DEVICE, requires_grad=True)
+    out, packed = torch.ops.atfnn.freq_encoder(x, None, params, 2, EPS)
+    assert out.requires_grad
+    assert not packed.requires_grad
+
+
 def test_op_compiles_without_graph_break():
     enc = make_encoder(2, 8)
     params = op_params(enc)
