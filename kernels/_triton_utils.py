@@ -50,11 +50,18 @@ def launch(kernel, grid: tuple[int, ...], *args, **kwargs) -> None:
         kernel[grid](*args, **kwargs)
         return
     # Triton launches on the current CUDA device: a tensor on another one (``cuda:1``
-    # while device 0 is current) needs that device made current for the launch
-    device = next(
-        (v.device for v in (*kwargs.values(), *args) if isinstance(v, torch.Tensor) and v.is_cuda),
-        None,
-    )
+    # while device 0 is current) needs that device made current for the launch (looked for
+    # only where there is more than one device: no cost on the hot path otherwise)
+    device = None
+    if torch.cuda.device_count() > 1:
+        device = next(
+            (
+                v.device
+                for v in (*kwargs.values(), *args)
+                if isinstance(v, torch.Tensor) and v.is_cuda
+            ),
+            None,
+        )
     if device is not None and device.index not in (None, torch.cuda.current_device()):
         with torch.cuda.device(device):
             wrap_triton(kernel)[grid](*args, **kwargs)
