@@ -12,6 +12,9 @@
 #                         racecheck over one forward and backward of every kernel (it
 #                         probes first whether the sanitizer can read this GPU)
 #   gpu_validate.log      each step's exit status and seconds
+# A session has 15 minutes of device time in all, machine starts included: after a full
+# gpu_check.sh (about 8 minutes) run this one with what is left, e.g.
+# `GPU_CHECK_BUDGET_S=240 bash scripts/gpu_validate.sh` (parity and the CUDA tests come first).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 GPU_CHECK_BUDGET_S="${GPU_CHECK_BUDGET_S:-420}" GPU_LOG_NAME=gpu_validate.log
