@@ -26,8 +26,9 @@ backward runs as separate launches that hand each other float32 band tensors
    chunks like the forward.
 
 Parameter gradients: every kernel adds its own fields to its program's row of one partials
-buffer (the packed layout of :mod:`.fenc_common`); the host sums the rows in a fixed order,
-so the result is deterministic run to run.
+buffer (the packed layout of :mod:`.fenc_common`); ``_fenc_param_grad_kernel``
+(:mod:`.fenc_params`) sums the rows in a fixed order, so the result is deterministic run to
+run, and turns them into the module parameters' gradients.
 """
 
 from __future__ import annotations
