@@ -565,12 +565,19 @@ def train(
         train_items, _, _ = split(items, protocol, name, tc.val_fraction, tc.seed)
         check_labels(manifest, items, train_items, name)
         inside(out, name)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", category=ManifestWarning)  # said once, above
-        results = [
-            train_fold(manifest, out, name, protocol, tc, resume, cache, overwrite)
-            for name in names
-        ]
+    owns_group = not torch.distributed.is_initialized()  # else the caller's to close
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", category=ManifestWarning)  # said once, above
+            results = [
+                train_fold(manifest, out, name, protocol, tc, resume, cache, overwrite)
+                for name in names
+            ]
+    finally:
+        if owns_group and torch.distributed.is_initialized():
+            # left to interpreter exit, gloo's threads can abort the process
+            # ("terminate called without an active exception") after a run that succeeded
+            torch.distributed.destroy_process_group()
     if not results or not results[0]:
         return None  # not rank 0
     if fold == "all":
