@@ -195,6 +195,9 @@ def test_ddp_with_gloo_two_processes(corpus, tmp_path):
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # the process group is closed before exit: no abort from gloo's threads (1 run in 8
+    # aborted after a successful run when it was left to interpreter exit)
+    assert "terminate called" not in proc.stderr, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1].endswith(str(Path("spk1") / "best"))
     assert len((tmp_path / "spk1" / "log.jsonl").read_text().splitlines()) == 2  # rank 0 only
     assert json.loads((tmp_path / "spk1" / "metrics.json").read_text())["utterances"] == 12
