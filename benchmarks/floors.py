@@ -198,19 +198,26 @@ def fenc_ffn(n: int, f: int, c: int, k: int, p: int, elem: int, has_wt: bool, gr
     return Counts(n * f * flops, 0, n * f * (read + written))
 
 
-def fenc_bwd_ffn(n: int, f: int, c: int, k: int, p: int, dy1: bool) -> Counts:
-    """``_fenc_bwd_ffn_kernel``: recomputes FFN1, forms ``d h1`` (FFN2 transposed); with
-    ``dy1`` (DY1) pushes ``d h1`` through FFN1 transposed and writes ``d y1``; else (WGRAD)
-    accumulates both weight gradients. Reads ``y1`` and ``d r2``."""
+def fenc_bwd_dh1(n: int, f: int, c: int, k: int, p: int, elem: int) -> Counts:
+    """``_fenc_bwd_dh1_kernel``: recomputes FFN1 (``h1``), forms ``d a1`` (FFN2
+    transposed) and ``d h1``, and accumulates both weight gradients and the FFN biases'.
+    Reads ``y1`` and ``d r2``; writes ``d h1`` (16-bit for bf16 / fp16 inputs, else
+    float32)."""
     half = ffn_flops(c, k, p) // 2  # one convolution: 2 k c p
-    flops = half + p + half + 3 * p + p + c  # h1, d a1, relu masks, bias sums
-    if dy1:
-        flops += half + c
-        written = c * F32
-    else:
-        flops += 2 * half
-        written = 0
-    return Counts(n * f * flops, 0, n * f * (2 * c * F32 + written))
+    flops = 4 * half + p + 3 * p + p + c  # h1, d a1, d W1, d W2, bias, relu masks, sums
+    return Counts(n * f * flops, 0, n * f * (2 * c * F32 + p * _dh1_elem(elem)))
+
+
+def fenc_bwd_dy1(n: int, f: int, c: int, k: int, p: int, elem: int) -> Counts:
+    """``_fenc_bwd_dy1_kernel``: ``d y1 = d r2 + d h1`` through FFN1 transposed (one
+    convolution). Reads ``d r2`` and ``d h1``, writes ``d y1``."""
+    half = ffn_flops(c, k, p) // 2
+    return Counts(n * f * (half + c), 0, n * f * (2 * c * F32 + p * _dh1_elem(elem)))
+
+
+def _dh1_elem(elem: int) -> int:
+    """Bytes of a ``d h1`` element: the dots' operand width (2 for bf16 / fp16 inputs)."""
+    return elem if elem == 2 else F32
 
 
 def fenc_bwd_norm1(n: int, f: int, c: int, h: int, elem: int) -> Counts:
@@ -251,7 +258,7 @@ def fused_launches(
 
     fs = tuning.freq_encoder_settings(f, c, p)
     fenc_rows = max(
-        batch * -(-frames // kl.block_t) for kl in (fs.ffn, fs.ffn_bwd_dy1, fs.norm1_bwd)
+        batch * -(-frames // kl.block_t) for kl in (fs.ffn, fs.ffn_bwd_dh1, fs.norm1_bwd)
     )
 
     def band_rows(windows: int, cin: int, group: int, width: int) -> int:
@@ -267,8 +274,8 @@ def fused_launches(
         bwd = [
             ("_fenc_norm1_kernel", fenc_norm1(n, f, c, h, elem)),
             ("_fenc_ffn_kernel[GRAD]", fenc_ffn(n, f, c, k, p, elem, has_wt, True)),
-            ("_fenc_bwd_ffn_kernel[DY1]", fenc_bwd_ffn(n, f, c, k, p, True)),
-            ("_fenc_bwd_ffn_kernel[WGRAD]", fenc_bwd_ffn(n, f, c, k, p, False)),
+            ("_fenc_bwd_dh1_kernel", fenc_bwd_dh1(n, f, c, k, p, elem)),
+            ("_fenc_bwd_dy1_kernel", fenc_bwd_dy1(n, f, c, k, p, elem)),
             ("_fenc_bwd_norm1_kernel", fenc_bwd_norm1(n, f, c, h, elem)),
             ("_fenc_bwd_softmax_kernel", fenc_bwd_softmax(n, f, h, elem)),
             ("_fenc_param_grad_kernel", param_grad_sum(fenc_rows, packed_size(c, h, k, p), elem)),
@@ -346,8 +353,6 @@ def launch_label(kernel_name: str, kwargs: dict) -> str:
         return f"{kernel_name}[G={kwargs.get('G')}]"
     if kernel_name == "_fenc_ffn_kernel" and kwargs.get("GRAD"):
         return "_fenc_ffn_kernel[GRAD]"
-    if kernel_name == "_fenc_bwd_ffn_kernel":
-        return "_fenc_bwd_ffn_kernel[DY1]" if kwargs.get("DY1") else "_fenc_bwd_ffn_kernel[WGRAD]"
     return kernel_name
 
 

@@ -34,8 +34,8 @@ FENC_SLOTS = {
     "_fenc_norm1_kernel": "norm1",
     "_fenc_ffn_kernel": "ffn",
     "_fenc_ffn_kernel[GRAD]": "ffn",
-    "_fenc_bwd_ffn_kernel[DY1]": "ffn_bwd_dy1",
-    "_fenc_bwd_ffn_kernel[WGRAD]": "ffn_bwd_wgrad",
+    "_fenc_bwd_dh1_kernel": "ffn_bwd_dh1",
+    "_fenc_bwd_dy1_kernel": "ffn_bwd_dy1",
     "_fenc_bwd_norm1_kernel": "norm1_bwd",
     "_fenc_bwd_softmax_kernel": "softmax_bwd",
 }

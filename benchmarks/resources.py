@@ -103,7 +103,7 @@ def warps_per_sm(arch: int, num_warps: int, regs: int, shared: int) -> int:
 
 def judge(row: dict) -> dict:
     """Add ``warps_per_sm``, ``fits`` and ``meets_target`` to a row of resources."""
-    from atfnn_fast.kernels.tuning import WARPS_TARGET
+    from atfnn_fast.kernels.tuning import warps_target
 
     arch, lim = row["arch"], ARCHS[row["arch"]]
     threads = 32 * row["num_warps"]
@@ -114,8 +114,8 @@ def judge(row: dict) -> dict:
         and row["local_bytes"] == 0
         and row.get("ldl", 0) + row.get("stl", 0) == 0
     )
-    row["target_warps"] = WARPS_TARGET[arch]
-    row["meets_target"] = row["fits"] and row["warps_per_sm"] >= WARPS_TARGET[arch]
+    row["target_warps"] = warps_target(row["kernel"], arch)
+    row["meets_target"] = row["fits"] and row["warps_per_sm"] >= row["target_warps"]
     return row
 
 
@@ -349,8 +349,8 @@ def _run_front_end(cfg, dtype, device: str = "cpu", batch: int = 2, tf32: bool =
 
 
 def variant(kwargs: dict) -> str:
-    """The variant of a launch: its boolean constexpr flags that are on (``GRAD``, ``DY1``,
-    ``WGRAD``, ``HAS_GMAP``, ...), joined by "+", or "-"."""
+    """The variant of a launch: its boolean constexpr flags that are on (``GRAD``,
+    ``HAS_WT``, ``HAS_GMAP``, ...), joined by "+", or "-"."""
     return "+".join(sorted(k for k, v in kwargs.items() if v is True)) or "-"
 
 

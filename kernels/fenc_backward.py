@@ -9,13 +9,13 @@ backward runs as separate launches that hand each other float32 band tensors
 
 1. ``_fenc_norm1_kernel`` (forward module): ``y1``.
 2. ``_fenc_ffn_kernel`` with ``GRAD``: ``d w_t``, LayerNorm2 backward -> ``d r2``.
-3. :func:`_fenc_bwd_ffn_kernel` with ``DY1``: per band ``f`` it loads the ``y1`` and
-   ``d r2`` tiles of ``f-2 .. f+2`` (shifted loads), recomputes ``h1``, forms ``d h1`` and
-   pushes ``d h1 @ W1_j^T`` into a 5-tile ring; ``d y1 = d r2 + ring`` is stored when a
-   band is complete; ``d b1``, ``d b2``.
-4. the same kernel with ``WGRAD``: the same recompute, then ``d W1_j += y1[f+j]^T d h1``
-   and ``d W2_j += relu(h1)^T d r2[f-j]`` (ten register accumulators). Split from 3
-   because together they need 188 registers a thread; apart, 128 and 74.
+3. :func:`_fenc_bwd_dh1_kernel`: per band ``f`` one im2col tile of ``y1`` (bands f-2 ..
+   f+2) and one of ``d r2`` (f+2 .. f-2), each gathered by one load; ``h1`` (exact float32,
+   for the ReLU mask), ``d a1`` and ``d h1`` as single dots with K = ``K * C``; ``d h1`` is
+   stored; the weight gradients are two transposed dots into ``[K*C, P]`` accumulators;
+   ``d b1``, ``d b2``.
+4. :func:`_fenc_bwd_dy1_kernel`: ``d y1 = d r2 + sum_j d h1[f-j] W1_j^T`` (K dots a band,
+   gathering the bands whose FFN1 read band ``f``).
 5. :func:`_fenc_bwd_norm1_kernel`: per band, the attention recomputed with its variance
    (one pass, shifted around the row-maximum value), LayerNorm1 recomputed, its backward,
    and the *direct* attention gradients (``d lift``, ``d e``, ``d U``, ``d A``, ``d B``
@@ -40,6 +40,7 @@ from .fenc_common import (
     _band_softmax,
     _band_tile,
     _channel_vec,
+    _dot,
     _frame_range,
     _head_col,
     _head_params,
@@ -49,42 +50,39 @@ from .fenc_common import (
     _offsets,
     _token,
     _w1_tile,
-    _w2_tile,
 )
 
 
 @triton.jit
-def _store_w_grad(
-    part,
-    acc,
-    j: tl.constexpr,
-    which: tl.constexpr,
+def _band_cols(
+    ptr,
+    b,
+    f,
+    NF: tl.constexpr,
+    n_t,
+    tt,
+    tmask,
     C: tl.constexpr,
-    H: tl.constexpr,
     K: tl.constexpr,
-    P: tl.constexpr,
-    CK: tl.constexpr,
-    PK: tl.constexpr,
+    KC: tl.constexpr,
+    SIGN: tl.constexpr,
 ):
-    """Store a [CK, PK] d W1_j (which=1) or [PK, CK] d W2_j (which=2) partial."""
-    _, _, _, _, o_w1, o_w2 = _offsets(C, H, K, P)
-    if which == 1:
-        ch = tl.arange(0, CK)[:, None]
-        o = tl.arange(0, PK)[None, :]
-        dst = part + o_w1 + ((j + K // 2) * C + ch) * P + o
-    else:
-        o = tl.arange(0, PK)[:, None]
-        ch = tl.arange(0, CK)[None, :]
-        dst = part + o_w2 + ((j + K // 2) * P + o) * C + ch
-    tl.store(dst, acc, mask=(ch < C) & (o < P))
+    """The im2col tile ``[BT, KC]`` of a (B, F, T, C) float32 scratch around band ``f``:
+    column ``q = jj * C + ch`` (``jj`` < K) holds channel ``ch`` of band
+    ``f + SIGN * (jj - K//2)``; columns past ``K * C`` and bands outside hold zeros."""
+    q = tl.arange(0, KC)
+    band = f + SIGN * (q // C - K // 2)
+    ok = (q < K * C) & (band >= 0) & (band < NF)
+    off = ((b * NF + band[None, :]) * n_t + tt[:, None]) * C + (q % C)[None, :]
+    return tl.load(ptr + off, mask=tmask[:, None] & ok[None, :], other=0.0)
 
 
 @triton.jit
-def _fenc_bwd_ffn_kernel(
+def _fenc_bwd_dh1_kernel(
     prm_ptr,  # packed derived parameters, float32
-    y1_ptr,  # (B, F, T, C) float32: y1 (from the GRAD sweep)
-    df2_ptr,  # (B, F, T, C) float32: d r2 (from the GRAD sweep)
-    dy1_ptr,  # out: (B, F, T, C) float32: d y1
+    y1_ptr,  # (B, F, T, C) float32: y1 (from _fenc_norm1_kernel)
+    df2_ptr,  # (B, F, T, C) float32: d r2 (from the GRAD FFN sweep)
+    dh1_ptr,  # out: (B, F, T, P) d h1, float32 (bf16 / fp16 with 16-bit PREC)
     part_ptr,  # per-program gradient partials (programs, packed size) float32
     n_t,
     n_tb,
@@ -95,12 +93,84 @@ def _fenc_bwd_ffn_kernel(
     K: tl.constexpr,
     P: tl.constexpr,
     CK: tl.constexpr,
+    KC: tl.constexpr,
     PK: tl.constexpr,
     BT: tl.constexpr,
     PREC: tl.constexpr,
-    DY1: tl.constexpr,
-    WGRAD: tl.constexpr,
 ):
+    """Per band ``f``, as two im2col dots (rows: frames; K dim: ``KC >= K * C``):
+    ``h1 = Y1col @ W1col + b1`` (the recompute) and ``d a1 = dR2col @ W2col'``, then
+    ``d h1 = [h1 > 0] d a1`` (stored for :func:`_fenc_bwd_dy1_kernel`), and the weight
+    gradients as transposed dots ``d W1col += Y1col^T d h1``, ``d W2col' += dR2col^T
+    relu(h1)``, with ``d b1`` and ``d b2`` (the centre columns of ``dR2col``).
+
+    ``h1`` is an exact float32 dot (``ieee``, FMA) in every mode, the other three run
+    ``PREC``: a rounded ``h1`` flips the ReLU mask ``h1 > 0`` where ``|h1|`` is near 0 and
+    changes which gradient is computed (docs/design.md, F-Encoder kernels, Precision)."""
+    pid = tl.program_id(0)
+    b = pid // n_tb
+    tt = (pid % n_tb) * BT + tl.arange(0, BT)
+    tmask = tt < n_t
+    q = tl.arange(0, KC)[:, None]  # im2col row of the weight tiles: jj * C + ch
+    o = tl.arange(0, PK)[None, :]
+    pp = tl.arange(0, PK)
+    wmask = (q < K * C) & (o < P)
+    _, _, _, o_b1, o_w1, o_w2 = _offsets(C, H, K, P)
+    w1_off = o_w1 + q * P + o  # [q, o] = ffn1.weight[o, ch, jj]
+    w2_off = o_w2 + ((q // C) * P + o) * C + q % C  # [q, o] = ffn2.weight[ch, o, jj]
+    w1 = tl.load(prm_ptr + w1_off, mask=wmask, other=0.0)
+    w2 = tl.load(prm_ptr + w2_off, mask=wmask, other=0.0)
+    b1 = tl.load(prm_ptr + o_b1 + pp, mask=pp < P, other=0.0)
+    live = tmask[:, None] & (pp < P)[None, :]
+    acc_w1 = tl.zeros([KC, PK], dtype=tl.float32)
+    acc_w2 = tl.zeros([KC, PK], dtype=tl.float32)
+    acc_b1 = tl.zeros([PK], dtype=tl.float32)
+    acc_g = tl.zeros([KC], dtype=tl.float32)
+    for f in range(0, NF):
+        yc = _band_cols(y1_ptr, b, f, NF, n_t, tt, tmask, C, K, KC, 1)
+        gc = _band_cols(df2_ptr, b, f, NF, n_t, tt, tmask, C, K, KC, -1)
+        # exact h1 (FMA) for the ReLU mask: see the docstring
+        h1 = _dot(yc, w1, tl.zeros([BT, PK], dtype=tl.float32), "ieee") + b1[None, :]
+        da1 = _dot(gc, w2, tl.zeros([BT, PK], dtype=tl.float32), PREC)
+        on = live & (h1 > 0)
+        a1 = tl.where(on, h1, 0.0)
+        dh1 = tl.where(on, da1, 0.0)
+        acc_b1 += tl.sum(dh1, axis=0)
+        acc_g += tl.sum(gc, axis=0)
+        acc_w1 = _dot(tl.trans(yc), dh1, acc_w1, PREC)
+        acc_w2 = _dot(tl.trans(gc), a1, acc_w2, PREC)
+        off = ((b * NF + f) * n_t + tt[:, None]) * P + pp[None, :]
+        tl.store(dh1_ptr + off, dh1.to(dh1_ptr.dtype.element_ty), mask=live)
+
+    part = part_ptr + pid * total
+    tl.store(part + o_b1 + pp, acc_b1, mask=pp < P)
+    qq = tl.arange(0, KC)
+    centre = (qq // C == K // 2) & (qq < K * C)  # band f itself: sum of d r2 = d b2
+    tl.store(part + 4 * C + qq % C, acc_g, mask=centre)  # ffn2_bias
+    tl.store(part + w1_off, acc_w1, mask=wmask)
+    tl.store(part + w2_off, acc_w2, mask=wmask)
+
+
+@triton.jit
+def _fenc_bwd_dy1_kernel(
+    prm_ptr,  # packed derived parameters, float32
+    df2_ptr,  # (B, F, T, C) float32: d r2 (the residual's share of d y1)
+    dh1_ptr,  # (B, F, T, P) d h1 (from _fenc_bwd_dh1_kernel)
+    dy1_ptr,  # out: (B, F, T, C) float32: d y1
+    n_t,
+    n_tb,
+    NF: tl.constexpr,
+    C: tl.constexpr,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    P: tl.constexpr,
+    CK: tl.constexpr,
+    PK: tl.constexpr,
+    BT: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    """``d y1[f] = d r2[f] + sum_jj d h1[f - jj + K//2] @ W1_jj^T``: per band ``K`` dots
+    ``[BT, PK] @ [PK, CK]`` gathering the bands whose FFN1 read band ``f``."""
     pid = tl.program_id(0)
     b = pid // n_tb
     tt = (pid % n_tb) * BT + tl.arange(0, BT)
@@ -108,123 +178,18 @@ def _fenc_bwd_ffn_kernel(
     cc = tl.arange(0, CK)
     cmask = cc < C
     pp = tl.arange(0, PK)
-    _, _, _, o_b1, _, _ = _offsets(C, H, K, P)
-    b1 = tl.load(prm_ptr + o_b1 + pp, mask=pp < P, other=0.0)
     HALF: tl.constexpr = K // 2
-    zero_w1 = tl.zeros([CK, PK], dtype=tl.float32)
-    zero_w2 = tl.zeros([PK, CK], dtype=tl.float32)
-    w1_0 = _w1_tile(prm_ptr, 0, C, H, K, P, CK, PK, False)
-    w2t_0 = _w2_tile(prm_ptr, 0, C, H, K, P, CK, PK, True)
-    dw1_0 = zero_w1
-    dw2_0 = zero_w2
-    if HALF >= 1:
-        w1_m1 = _w1_tile(prm_ptr, -1, C, H, K, P, CK, PK, False)
-        w1_p1 = _w1_tile(prm_ptr, 1, C, H, K, P, CK, PK, False)
-        w2t_m1 = _w2_tile(prm_ptr, -1, C, H, K, P, CK, PK, True)
-        w2t_p1 = _w2_tile(prm_ptr, 1, C, H, K, P, CK, PK, True)
-        dw1_m1 = zero_w1
-        dw1_p1 = zero_w1
-        dw2_m1 = zero_w2
-        dw2_p1 = zero_w2
-    if HALF >= 2:
-        w1_m2 = _w1_tile(prm_ptr, -2, C, H, K, P, CK, PK, False)
-        w1_p2 = _w1_tile(prm_ptr, 2, C, H, K, P, CK, PK, False)
-        w2t_m2 = _w2_tile(prm_ptr, -2, C, H, K, P, CK, PK, True)
-        w2t_p2 = _w2_tile(prm_ptr, 2, C, H, K, P, CK, PK, True)
-        dw1_m2 = zero_w1
-        dw1_p2 = zero_w1
-        dw2_m2 = zero_w2
-        dw2_p2 = zero_w2
-    acc_b1 = tl.zeros([PK], dtype=tl.float32)
-    acc_b2 = tl.zeros([CK], dtype=tl.float32)
-    zero_c = tl.zeros([BT, CK], dtype=tl.float32)
-    d_m2 = zero_c  # d y1 ring: bands f-2 .. f+2
-    d_m1 = zero_c
-    d_0 = zero_c
-    d_p1 = zero_c
-    d_p2 = zero_c
-
-    for f in range(0, NF + 2):
-        # y1[f + j] and d r2[f - j]: the FFN1 inputs and the FFN2 output grads of band f
-        y_0 = _band_tile(y1_ptr, b, f, NF, n_t, tt, tmask, cc, C)
-        g_0 = _band_tile(df2_ptr, b, f, NF, n_t, tt, tmask, cc, C)
-        h1 = tl.dot(y_0, w1_0, input_precision=PREC) + b1[None, :]
-        da1 = tl.dot(g_0, w2t_0, input_precision=PREC)
-        if HALF >= 1:
-            y_m1 = _band_tile(y1_ptr, b, f - 1, NF, n_t, tt, tmask, cc, C)
-            y_p1 = _band_tile(y1_ptr, b, f + 1, NF, n_t, tt, tmask, cc, C)
-            g_m1 = _band_tile(df2_ptr, b, f + 1, NF, n_t, tt, tmask, cc, C)  # j = -1
-            g_p1 = _band_tile(df2_ptr, b, f - 1, NF, n_t, tt, tmask, cc, C)  # j = +1
-            h1 += tl.dot(y_m1, w1_m1, input_precision=PREC)
-            h1 += tl.dot(y_p1, w1_p1, input_precision=PREC)
-            da1 += tl.dot(g_m1, w2t_m1, input_precision=PREC)
-            da1 += tl.dot(g_p1, w2t_p1, input_precision=PREC)
-        if HALF >= 2:
-            y_m2 = _band_tile(y1_ptr, b, f - 2, NF, n_t, tt, tmask, cc, C)
-            y_p2 = _band_tile(y1_ptr, b, f + 2, NF, n_t, tt, tmask, cc, C)
-            g_m2 = _band_tile(df2_ptr, b, f + 2, NF, n_t, tt, tmask, cc, C)
-            g_p2 = _band_tile(df2_ptr, b, f - 2, NF, n_t, tt, tmask, cc, C)
-            h1 += tl.dot(y_m2, w1_m2, input_precision=PREC)
-            h1 += tl.dot(y_p2, w1_p2, input_precision=PREC)
-            da1 += tl.dot(g_m2, w2t_m2, input_precision=PREC)
-            da1 += tl.dot(g_p2, w2t_p2, input_precision=PREC)
-        live = (f < NF) & tmask[:, None] & (pp < P)[None, :]
-        a1 = tl.where(live, tl.maximum(h1, 0.0), 0.0)
-        dh1 = tl.where(live & (h1 > 0), da1, 0.0)
-        acc_b1 += tl.sum(dh1, axis=0)
-        acc_b2 += tl.sum(g_0, axis=0)
-        if WGRAD:
-            a1t = tl.trans(a1)
-            dw1_0 += tl.dot(tl.trans(y_0), dh1, input_precision=PREC)
-            dw2_0 += tl.dot(a1t, g_0, input_precision=PREC)
-            if HALF >= 1:
-                dw1_m1 += tl.dot(tl.trans(y_m1), dh1, input_precision=PREC)
-                dw1_p1 += tl.dot(tl.trans(y_p1), dh1, input_precision=PREC)
-                dw2_m1 += tl.dot(a1t, g_m1, input_precision=PREC)
-                dw2_p1 += tl.dot(a1t, g_p1, input_precision=PREC)
-            if HALF >= 2:
-                dw1_m2 += tl.dot(tl.trans(y_m2), dh1, input_precision=PREC)
-                dw1_p2 += tl.dot(tl.trans(y_p2), dh1, input_precision=PREC)
-                dw2_m2 += tl.dot(a1t, g_m2, input_precision=PREC)
-                dw2_p2 += tl.dot(a1t, g_p2, input_precision=PREC)
-        if DY1:
-            d_0 += tl.dot(dh1, tl.trans(w1_0), input_precision=PREC)
-            if HALF >= 1:
-                d_m1 += tl.dot(dh1, tl.trans(w1_m1), input_precision=PREC)
-                d_p1 += tl.dot(dh1, tl.trans(w1_p1), input_precision=PREC)
-            if HALF >= 2:
-                d_m2 += tl.dot(dh1, tl.trans(w1_m2), input_precision=PREC)
-                d_p2 += tl.dot(dh1, tl.trans(w1_p2), input_precision=PREC)
-
-        # band f-2 has all its contributions: d y1 = d r2 (residual) + the FFN1 path
-        o = f - 2
-        if (o >= 0) and DY1:
-            dy1 = d_m2 + _band_tile(df2_ptr, b, o, NF, n_t, tt, tmask, cc, C)
-            off = ((b * NF + o) * n_t + tt[:, None]) * C + cc[None, :]
-            tl.store(dy1_ptr + off, dy1, mask=tmask[:, None] & cmask[None, :])
-        d_m2 = d_m1
-        d_m1 = d_0
-        d_0 = d_p1
-        d_p1 = d_p2
-        d_p2 = zero_c
-
-    part = part_ptr + pid * total
-    if DY1:
-        tl.store(part + o_b1 + pp, acc_b1, mask=pp < P)
-        tl.store(part + 4 * C + cc, acc_b2, mask=cmask)  # ffn2_bias
-    if WGRAD:
-        _store_w_grad(part, dw1_0, 0, 1, C, H, K, P, CK, PK)
-        _store_w_grad(part, dw2_0, 0, 2, C, H, K, P, CK, PK)
-        if HALF >= 1:
-            _store_w_grad(part, dw1_m1, -1, 1, C, H, K, P, CK, PK)
-            _store_w_grad(part, dw1_p1, 1, 1, C, H, K, P, CK, PK)
-            _store_w_grad(part, dw2_m1, -1, 2, C, H, K, P, CK, PK)
-            _store_w_grad(part, dw2_p1, 1, 2, C, H, K, P, CK, PK)
-        if HALF >= 2:
-            _store_w_grad(part, dw1_m2, -2, 1, C, H, K, P, CK, PK)
-            _store_w_grad(part, dw1_p2, 2, 1, C, H, K, P, CK, PK)
-            _store_w_grad(part, dw2_m2, -2, 2, C, H, K, P, CK, PK)
-            _store_w_grad(part, dw2_p2, 2, 2, C, H, K, P, CK, PK)
+    for f in range(0, NF):
+        acc = _band_tile(df2_ptr, b, f, NF, n_t, tt, tmask, cc, C)
+        for jj in tl.static_range(K):
+            band = f + HALF - jj
+            ok = (band >= 0) & (band < NF)
+            off = ((b * NF + band) * n_t + tt[:, None]) * P + pp[None, :]
+            dh = tl.load(dh1_ptr + off, mask=ok & tmask[:, None] & (pp < P)[None, :], other=0.0)
+            w1t = _w1_tile(prm_ptr, jj - HALF, C, H, K, P, CK, PK, True)
+            acc = _dot(dh.to(tl.float32), w1t, acc, PREC)
+        off = ((b * NF + f) * n_t + tt[:, None]) * C + cc[None, :]
+        tl.store(dy1_ptr + off, acc, mask=tmask[:, None] & cmask[None, :])
 
 
 @triton.jit

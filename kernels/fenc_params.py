@@ -154,16 +154,16 @@ def _field_rows(
     P: tl.constexpr,
     rows_norm1,
     rows_ffn,
-    rows_dy1,
+    rows_dh1,
 ):
     """Rows of partials written for packed column ``col`` of the small fields: LayerNorm1
     and attention fields by the norm1 backward, ``ffn2_bias`` / ``ffn1_bias`` by the FFN
-    backward (d y1 half), LayerNorm2 fields by the GRAD FFN sweep."""
+    backward's d h1 kernel, LayerNorm2 fields by the GRAD FFN sweep."""
     _, _, _, o_b1, _, _ = _offsets(C, H, K, P)
     rows = tl.where(col < 4 * C, rows_norm1, rows_norm1)
-    rows = tl.where((col >= 4 * C) & (col < 5 * C), rows_dy1, rows)
+    rows = tl.where((col >= 4 * C) & (col < 5 * C), rows_dh1, rows)
     rows = tl.where((col >= 5 * C) & (col < 7 * C), rows_ffn, rows)
-    rows = tl.where(col >= o_b1, rows_dy1, rows)
+    rows = tl.where(col >= o_b1, rows_dh1, rows)
     return rows
 
 
@@ -193,9 +193,8 @@ def _fenc_param_grad_kernel(
     total,
     rows_norm1,  # rows each backward kernel wrote (its programs)
     rows_ffn,
-    rows_dy1,
-    rows_wgrad,
-    rows_small,  # the most of rows_norm1, rows_ffn, rows_dy1
+    rows_dh1,
+    rows_small,  # the most of rows_norm1, rows_ffn, rows_dh1
     scale,
     C: tl.constexpr,
     H: tl.constexpr,
@@ -216,11 +215,11 @@ def _fenc_param_grad_kernel(
         qm = q < n_w
         acc = tl.zeros([BLOCK], dtype=tl.float64)
         r0 = 0
-        while r0 < rows_wgrad:  # (a while loop: the interpreter's range needs constants)
+        while r0 < rows_dh1:  # (a while loop: the interpreter's range needs constants)
             r = r0 + tl.arange(0, RB)
             tile = tl.load(
                 part_ptr + r[:, None] * total + o_w1 + q[None, :],
-                mask=(r < rows_wgrad)[:, None] & qm[None, :],
+                mask=(r < rows_dh1)[:, None] & qm[None, :],
                 other=0.0,
             )
             acc += tl.sum(tile.to(tl.float64), axis=0)
@@ -244,7 +243,7 @@ def _fenc_param_grad_kernel(
         # ---- phase 1: the small fields' sums into the float64 scratch
         col = tl.arange(0, SP)
         cm = col < o_w1
-        n_rows = _field_rows(col, C, H, K, P, rows_norm1, rows_ffn, rows_dy1)
+        n_rows = _field_rows(col, C, H, K, P, rows_norm1, rows_ffn, rows_dh1)
         acc_s = tl.zeros([SP], dtype=tl.float64)
         r0_s = 0
         while r0_s < rows_small:

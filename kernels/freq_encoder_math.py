@@ -253,10 +253,17 @@ def backward(
     time_weights: torch.Tensor | None,
     p: Derived,
     eps: float,
+    rnd=None,
 ):
     """Gradients of :func:`forward`: ``(dx, d time_weights or None, Derived of grads)``,
     by the hand-derived formulas the Triton backward kernel uses. Parameter gradients are
-    returned in the parameters' dtype."""
+    returned in the parameters' dtype.
+
+    ``rnd`` (a function of a tensor, default none) rounds the operands of the four products
+    the backward FFN kernels run in the dots' precision (``d a1``, ``d W1``, ``d W2``,
+    ``d y1``; ``h1`` and its ReLU mask stay exact): the tests emulate tf32 / bf16 / fp16
+    with it."""
+    rd = rnd or (lambda t: t)
     b, _, n_f, t = x.shape
     c = p.w_lift.shape[0]
     k = p.w1col.shape[0] // c
@@ -281,12 +288,12 @@ def backward(
         dout = dout * (1 + wt)
     dgamma2, dbeta2 = (dout * n2).sum((0, 1)), dout.sum((0, 1))
     df2 = _layer_norm_backward(dout, n2, rstd2, p.norm2_weight)  # = d r2
-    dw2col = torch.einsum("nfj,nfc->jc", a1col, df2)
+    dw2col = torch.einsum("nfj,nfc->jc", rd(a1col), rd(df2))
     db2 = df2.sum((0, 1))
-    dh1 = (im2col(df2, k, reverse=True) @ w2t) * (h1 > 0)
-    dw1col = torch.einsum("nfj,nfo->jo", y1col, dh1)
+    dh1 = (rd(im2col(df2, k, reverse=True)) @ rd(w2t)) * (h1 > 0)
+    dw1col = torch.einsum("nfj,nfo->jo", rd(y1col), rd(dh1))
     db1 = dh1.sum((0, 1))
-    dy1 = df2 + im2col(dh1, k, reverse=True) @ w1t
+    dy1 = df2 + rd(im2col(dh1, k, reverse=True)) @ rd(w1t)
     dgamma1, dbeta1 = (dy1 * n1).sum((0, 1)), dy1.sum((0, 1))
     dr = _layer_norm_backward(dy1, n1, rstd1, p.norm1_weight)
 

@@ -52,7 +52,8 @@ from . import freq_encoder_math as fm
 from . import tuning
 from ._triton_utils import MAX_OFFSET, launch, max_offset, plain_torch
 from .fenc_backward import (
-    _fenc_bwd_ffn_kernel,
+    _fenc_bwd_dh1_kernel,
+    _fenc_bwd_dy1_kernel,
     _fenc_bwd_norm1_kernel,
     _fenc_bwd_softmax_kernel,
 )
@@ -94,9 +95,9 @@ def _precision(x: torch.Tensor) -> str:
     the reference's ``nn.Conv1d`` FFN runs tf32 on cuDNN), else exact float32 ("ieee").
     Accumulation is float32 in every mode. The interpreter multiplies float32 whatever the
     mode. The backward's forward recompute (the GRAD FFN kernel) takes "ieee" where the
-    forward takes "tf32" (with tf32 operands its registers overflow on sm_86 at c = 16), and
-    the backward FFN kernels run float32 FMA dots in every mode (docs/design.md, F-Encoder
-    kernels, Precision)."""
+    forward takes "tf32" (with tf32 operands its registers overflow on sm_86 at c = 16); the
+    backward FFN kernels take the mode, but for their exact ``h1`` dot (the ReLU mask)
+    (docs/design.md, F-Encoder kernels, Precision)."""
     if x.dtype == torch.bfloat16:
         return "bf16"
     if x.dtype == torch.float16:
@@ -214,7 +215,8 @@ def _check(x: torch.Tensor, time_weights, params, num_heads: int) -> list[int]:
     hp = max(2, triton.next_power_of_2(num_heads))
     # the partial-gradient rows: at most one per frame (block_t >= 1), packed-size wide
     part = b * t * fc.packed_size(c, num_heads, k, p)
-    if max_offset(x) > MAX_OFFSET or max(b * t * f * max(c, 2 * hp), part) > MAX_OFFSET:
+    # the (B, F, T, .) band tensors: y1, d r2, d y1 (c), beta/gamma (2 HP), d h1 (p)
+    if max_offset(x) > MAX_OFFSET or max(b * t * f * max(c, 2 * hp, p), part) > MAX_OFFSET:
         raise ValueError("freq_encoder: tensors beyond 2**31 - 1 elements (32-bit offsets)")
     return dim
 
@@ -285,9 +287,8 @@ def _param_grads(part, rows: dict, params, dim) -> list[torch.Tensor]:
         total=part.shape[1],
         rows_norm1=rows["norm1"],
         rows_ffn=rows["ffn"],
-        rows_dy1=rows["dy1"],
-        rows_wgrad=rows["wgrad"],
-        rows_small=max(rows["norm1"], rows["ffn"], rows["dy1"]),
+        rows_dh1=rows["dh1"],
+        rows_small=max(rows.values()),
         scale=1.0 / math.sqrt(c // h),
         SP=triton.next_power_of_2(o_w1),
         RB=fp.ROWS_PER_STEP,
@@ -402,6 +403,9 @@ def freq_encoder_backward_op(
     wt, dwt = (time_weights, d_time) if has_wt else (x, dx)  # stand-ins, never touched
     df2 = torch.empty((b, f, t, c), dtype=torch.float32, device=dev)
     dy1 = torch.empty_like(df2)
+    # d h1 between the two backward FFN kernels, in the dots' operand width
+    dh1_dtype = x.dtype if x.dtype in (torch.bfloat16, torch.float16) else torch.float32
+    dh1 = torch.empty((b, f, t, dim[3]), dtype=dh1_dtype, device=dev)
     dxd = torch.empty((b, f, t), dtype=torch.float32, device=dev)
     bg = torch.empty((b, f, t, 2, hp), dtype=torch.float32, device=dev)
     # one row of parameter-gradient partials per program; each kernel writes its own fields
@@ -409,8 +413,7 @@ def freq_encoder_backward_op(
     # sums each field over its writer's rows
     rows = {
         "ffn": _grid(x, s.ffn)[0][0],
-        "dy1": _grid(x, s.ffn_bwd_dy1)[0][0],
-        "wgrad": _grid(x, s.ffn_bwd_wgrad)[0][0],
+        "dh1": _grid(x, s.ffn_bwd_dh1)[0][0],
         "norm1": _grid(x, s.norm1_bwd)[0][0],
     }
     part = torch.empty((max(rows.values()), total), dtype=torch.float32, device=dev)
@@ -455,26 +458,39 @@ def freq_encoder_backward_op(
         **kw,
         **no_hp,
     )
-    for kl, dy1_part in ((s.ffn_bwd_dy1, True), (s.ffn_bwd_wgrad, False)):
-        grid, n_tb, kw = _grid(x, kl)
-        launch(
-            _fenc_bwd_ffn_kernel,
-            grid,
-            prm_ptr=prm,
-            y1_ptr=y1,
-            df2_ptr=df2,
-            dy1_ptr=dy1,
-            part_ptr=part,
-            n_t=t,
-            n_tb=n_tb,
-            total=total,
-            PK=pk,
-            PREC="ieee",  # float32 FMA dots: see docs/design.md, F-Encoder kernels, Precision
-            DY1=dy1_part,
-            WGRAD=not dy1_part,
-            **kw,
-            **no_hp,
-        )
+    grid, n_tb, kw = _grid(x, s.ffn_bwd_dh1)
+    launch(
+        _fenc_bwd_dh1_kernel,
+        grid,
+        prm_ptr=prm,
+        y1_ptr=y1,
+        df2_ptr=df2,
+        dh1_ptr=dh1,
+        part_ptr=part,
+        n_t=t,
+        n_tb=n_tb,
+        total=total,
+        KC=_p2(dim[2] * c),
+        PK=pk,
+        PREC=prec,
+        **kw,
+        **no_hp,
+    )
+    grid, n_tb, kw = _grid(x, s.ffn_bwd_dy1)
+    launch(
+        _fenc_bwd_dy1_kernel,
+        grid,
+        prm_ptr=prm,
+        df2_ptr=df2,
+        dh1_ptr=dh1,
+        dy1_ptr=dy1,
+        n_t=t,
+        n_tb=n_tb,
+        PK=pk,
+        PREC=prec,
+        **kw,
+        **no_hp,
+    )
     grid, n_tb, kw = _grid(x, s.norm1_bwd)
     launch(
         _fenc_bwd_norm1_kernel,

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -36,6 +37,21 @@ import triton
 
 # resident warps per SM each kernel must reach: 16 on sm_80 / sm_90, 12 on sm_86 / sm_89
 WARPS_TARGET = {80: 16, 86: 12, 89: 12, 90: 16}
+# The one exception, measured (benchmarks.resources, 2026-11-30): _fenc_bwd_dh1_kernel holds
+# per band four im2col tensor-core operands ([frames, K*C] tiles of y1 and d r2, the FFN
+# weights as [K*C, P] operands) and two [K*C, P] weight-gradient accumulators. Its dots chain
+# (d h1 feeds the weight-gradient dot), so Triton puts every warp on the M dim and each warp
+# keeps a whole copy of the weight operands (64 registers each in tf32 at c = 8): 170-250
+# registers a thread on 4 warps, 8 resident warps (4 on sm_86 / sm_89 at c = 16). Every
+# layout tried with fewer registers spilled (docs/design.md#kernel-resources).
+WARPS_TARGET_BY_KERNEL = {"_fenc_bwd_dh1_kernel": {80: 8, 86: 4, 89: 4, 90: 8}}
+
+
+def warps_target(kernel: str, arch: int) -> int:
+    """The resident warps per SM ``kernel`` must reach on ``arch``."""
+    return WARPS_TARGET_BY_KERNEL.get(kernel, WARPS_TARGET)[arch]
+
+
 TUNED_DIR = Path(__file__).resolve().parent / "tuned"
 
 
@@ -64,18 +80,18 @@ class FreqEncoderSettings:
 
     norm1: KernelLaunch = KernelLaunch(16, 4)
     ffn: KernelLaunch = KernelLaunch(64, 16)
-    ffn_bwd_dy1: KernelLaunch = KernelLaunch(16, 16)
-    ffn_bwd_wgrad: KernelLaunch = KernelLaunch(16, 8)
+    ffn_bwd_dh1: KernelLaunch = KernelLaunch(32, 4, 2)
+    ffn_bwd_dy1: KernelLaunch = KernelLaunch(64, 4, 1)
     norm1_bwd: KernelLaunch = KernelLaunch(16, 8)
     softmax_bwd: KernelLaunch = KernelLaunch(16, 4)
     band_chunk: int = 16
 
 
 # the FreqEncoderSettings field of each F-Encoder kernel launch (the FFN kernel's forward and
-# its GRAD variant share ``ffn``; the backward FFN kernel's DY1 / WGRAD variants do not)
-FREQ_ENCODER_FIELDS = ("norm1", "ffn", "ffn_bwd_dy1", "ffn_bwd_wgrad", "norm1_bwd", "softmax_bwd")
+# its GRAD variant share ``ffn``)
+FREQ_ENCODER_FIELDS = ("norm1", "ffn", "ffn_bwd_dh1", "ffn_bwd_dy1", "norm1_bwd", "softmax_bwd")
 # fields whose kernels run tl.dot (their speed depends on the dot precision, ieee or tf32)
-DOT_FIELDS = ("ffn", "ffn_bwd_dy1", "ffn_bwd_wgrad")
+DOT_FIELDS = ("ffn", "ffn_bwd_dh1", "ffn_bwd_dy1")
 
 
 @dataclass(frozen=True)
@@ -95,12 +111,15 @@ _K = KernelLaunch
 # Triton's default is 3; 1 and 2 are the alternatives. Left out because they do not fit: the
 # forward FFN at 32 or 16 frames, at 8 warps, or with 1 or 2 stages (local memory on sm_80,
 # or 8 warps per SM on sm_86: its 64-88 KB block leaves one block per SM), so it keeps its
-# default; the backward FFN's d y1 half on 8 warps (140 registers).
+# default. The backward FFN kernels (2026-11-30, checked on all four archs in tf32, ieee and
+# bf16 at their own targets): d y1 with 128 frames (local memory in ieee, or below the
+# target) or 2-3 stages (55-159 KB of shared memory); d h1 beyond 32 frames or 4 warps
+# (spills, or replicated warp slices; docs/design.md#kernel-resources).
 FREQ_ENCODER_CANDIDATES: dict[str, tuple[KernelLaunch, ...]] = {
     "norm1": (_K(16, 4), _K(16, 8), _K(32, 8), _K(32, 16)),
     "ffn": (_K(64, 16),),
-    "ffn_bwd_dy1": (_K(16, 16), _K(32, 16), _K(16, 16, 1), _K(16, 16, 2)),
-    "ffn_bwd_wgrad": (_K(16, 8), _K(16, 16), _K(32, 16), _K(16, 8, 1), _K(16, 8, 2)),
+    "ffn_bwd_dh1": (_K(32, 4, 2), _K(16, 4), _K(32, 4), _K(16, 4, 2)),
+    "ffn_bwd_dy1": (_K(64, 4, 1), _K(32, 4, 1), _K(64, 8, 1)),
     "norm1_bwd": (_K(16, 8), _K(16, 16), _K(32, 16)),
     "softmax_bwd": (_K(16, 4), _K(16, 8), _K(32, 8), _K(32, 16)),
 }
@@ -260,7 +279,12 @@ def load_table(path: Path) -> dict:
                 f"{path}: freq_encoder[{key!r}] must be an object with keys among "
                 f"{(*FREQ_ENCODER_FIELDS, 'band_chunk')}, got {entry!r}"
             )
-        settings = FreqEncoderSettings()
+        sizes = re.fullmatch(r"c(\d+)-p\d+/(\w+)/(\w+)", key)
+        settings = (
+            default_freq_encoder_settings(int(sizes[1]), sizes[2], sizes[3])
+            if sizes
+            else FreqEncoderSettings()
+        )
         for slot in FREQ_ENCODER_FIELDS:
             if slot in entry:
                 kl = _launch_from(entry[slot], path, f"freq_encoder[{key!r}].{slot}")
@@ -339,13 +363,14 @@ def freq_encoder_settings(
     10-15 small dots per band in registers and shared memory; the settings are the ones the
     resource table shows fitting every arch at the occupancy targets
     (docs/design.md#kernel-resources): the forward FFN with 64 frames and 16 warps (one
-    90 KB block per SM), the backward FFN with 16 frames."""
+    90 KB block per SM), the backward FFN's d h1 kernel with 32 frames on 4 warps (16 above 8
+    channels: its im2col tiles are ``K * C`` wide), its d y1 kernel with 64 frames."""
     del n_f  # bands are streamed: the band count does not change the tiles
     if "freq_encoder" in _override:
         return _override["freq_encoder"]
+    prec = precision or current_precision()
     table = tuned_table(current_arch())
     if table:
-        prec = precision or current_precision()
         entries = table["freq_encoder"]
         for key in (
             table_key(dtype, prec, channels, ffn_channels),
@@ -353,6 +378,18 @@ def freq_encoder_settings(
         ):
             if key in entries:
                 return entries[key]
+    return default_freq_encoder_settings(channels, dtype, prec)
+
+
+def default_freq_encoder_settings(channels: int, dtype: str, precision: str):
+    """The untuned settings of a model size, dtype and dot precision (a tuned table's entry
+    replaces fields of these): the class defaults, but for ``_fenc_bwd_dh1_kernel``, whose
+    im2col tiles are ``K * C`` wide, 16 frames above 8 channels, and 16 frames with 2
+    stages for float32 FMA dots ("ieee": 32 frames take local memory on sm_90)."""
+    if channels > 8:
+        return FreqEncoderSettings(ffn_bwd_dh1=KernelLaunch(16, 4))
+    if dtype == "float32" and precision == "ieee":
+        return FreqEncoderSettings(ffn_bwd_dh1=KernelLaunch(16, 4, 2))
     return FreqEncoderSettings()
 
 

@@ -75,6 +75,11 @@ FLOOR = {torch.float32: 1e-5, torch.bfloat16: 3e-2, torch.float16: 5e-3}
 # tensor cores read 10 of the 23 mantissa bits (truncation, u = 2**-10); emulated on the CPU
 # the forward output moves up to 1.5e-3 (docs/design.md, "How accuracy is judged")
 TF32_FLOOR = 5e-3
+# The F-Encoder's gradients with its backward FFN dots on the matrix units (h1 and its ReLU
+# mask exact, freq_encoder_math.backward's ``rnd``): emulated on the CPU (30 draws, default
+# model size) the worst gradient moves 1.0e-2 (tf32), 3.2e-3 (fp16), 6.6e-2 (bf16), each on
+# a_head, a sum over every frame and band whose terms cancel; each floor is 3x that.
+GRAD_FLOOR = {"tf32": 3e-2, "fp16": 1e-2, "bf16": 0.2}
 
 
 def leaves(tree, label: str = "") -> list[tuple[str, torch.Tensor | None]]:

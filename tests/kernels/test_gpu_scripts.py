@@ -36,9 +36,9 @@ def test_sweep_plan_covers_every_candidate_once_per_precision():
     slots = [c.slot for c in tuning.candidate_settings()]
     alternatives = [c for c in tuning.candidate_settings() if slots.count(c.slot) > 1]
     assert sorted(map(repr, ieee)) == sorted(map(repr, alternatives))
-    assert {c.slot for c in ieee} >= {"ffn_bwd_dy1", "ffn_bwd_wgrad", "fwd-narrow", "bwd-wide"}
+    assert {c.slot for c in ieee} >= {"ffn_bwd_dy1", "ffn_bwd_dh1", "fwd-narrow", "bwd-wide"}
     assert "ffn" not in {c.slot for c in ieee}  # its default is its only candidate
-    assert {c.slot for p, c in plan if p == "tf32"} == {"ffn_bwd_dy1", "ffn_bwd_wgrad"}
+    assert {c.slot for p, c in plan if p == "tf32"} == {"ffn_bwd_dy1", "ffn_bwd_dh1"}
 
 
 def test_tuned_table_from_sweep_rows_loads(tmp_path):
@@ -58,25 +58,27 @@ def test_tuned_table_from_sweep_rows_loads(tmp_path):
         )
 
     rows = [
-        row("ffn_bwd_dy1", [16, 16], 1.0),
-        row("ffn_bwd_dy1", [32, 16], 0.5),  # faster: written
+        row("ffn_bwd_dy1", [64, 4, 1], 1.0),
+        row("ffn_bwd_dy1", [32, 4, 1], 0.5),  # faster: written
         row("norm1", [16, 4], 1.0),
         row("norm1", [32, 8], 0.99),  # within 3 %: the default stays
-        row("ffn_bwd_wgrad", [16, 8], 1.0),
-        row("ffn_bwd_wgrad", [16, 8, 2], 0.2, injected=True),  # host cannot pass it
+        row("ffn_bwd_dh1", [32, 4, 2], 1.0),
+        row("ffn_bwd_dh1", [16, 4, 2], 0.2, injected=True),  # host cannot pass it
         row("fwd-narrow", {"block": 128, "num_warps": 4}, 1.0, op="band_attention"),
         row("fwd-narrow", {"block": 256, "num_warps": 8}, 0.8, op="band_attention"),
         {"op": "freq_encoder", "slot": "ffn", "setting": [16, 4], "error": "boom"},
     ]
     table = sweep.tuned_table(rows, ATFNNConfig(), 90, "NVIDIA H200", "abc")
-    assert table["freq_encoder"] == {"c8-p32/float32/ieee": {"ffn_bwd_dy1": [32, 16]}}
+    assert table["freq_encoder"] == {"c8-p32/float32/ieee": {"ffn_bwd_dy1": [32, 4, 1]}}
     assert table["band_attention"] == {
         "fwd-narrow": {"kp8-gwp8/float32": {"block": 256, "num_warps": 8}}
     }
     path = tmp_path / "sm_90.json"
     path.write_text(json.dumps(table))
     loaded = tuning.load_table(path)
-    assert loaded["freq_encoder"]["c8-p32/float32/ieee"].ffn_bwd_dy1 == tuning.KernelLaunch(32, 16)
+    assert loaded["freq_encoder"]["c8-p32/float32/ieee"].ffn_bwd_dy1 == tuning.KernelLaunch(
+        32, 4, 1
+    )
 
 
 def test_timing_default_rows():

@@ -21,7 +21,8 @@ KERNELS = {
     "_band_bwd_kernel",
     "_fenc_norm1_kernel",
     "_fenc_ffn_kernel",
-    "_fenc_bwd_ffn_kernel",
+    "_fenc_bwd_dh1_kernel",
+    "_fenc_bwd_dy1_kernel",
     "_fenc_bwd_norm1_kernel",
     "_fenc_bwd_softmax_kernel",
     "_band_param_grad_kernel",
@@ -93,21 +94,15 @@ def test_no_kernel_uses_local_memory(gate):
 
 
 # (kernel, variant label, does a row's set of on flags belong to it, precisions whose dots
-# must reach the matrix units). The forward FFN runs tf32 / bf16 / fp16 operands; its GRAD
-# recompute takes bf16 / fp16 operands but exact float32 where the forward took tf32 (with
-# tf32 operands its registers overflow on sm_86 at c = 16: docs/design.md, F-Encoder kernels,
-# Precision).
+# must reach the matrix units). The forward FFN and the backward FFN kernels (d h1 with the
+# weight gradients, d y1) run tf32 / bf16 / fp16 operands; the GRAD recompute takes bf16 /
+# fp16 operands but exact float32 where the forward took tf32 (with tf32 operands its
+# registers overflow on sm_86 at c = 16: docs/design.md, F-Encoder kernels, Precision).
 FFN_TENSOR_CORES = (
     ("_fenc_ffn_kernel", "forward", lambda flags: "GRAD" not in flags, ("tf32", "bf16", "fp16")),
     ("_fenc_ffn_kernel", "GRAD", lambda flags: "GRAD" in flags, ("bf16", "fp16")),
-)
-# not yet: every tensor-core layout tried for the backward FFN kernels overflowed the
-# registers (255 a thread for the weight gradients, spills for d y1); they run float32 FMA
-# dots (docs/design.md, F-Encoder kernels, Precision). Strict: the test fails once they do
-# reach the matrix units, so this list must then shrink.
-FFN_NOT_YET = (
-    ("_fenc_bwd_ffn_kernel", "DY1", lambda flags: "DY1" in flags, ("tf32", "bf16", "fp16")),
-    ("_fenc_bwd_ffn_kernel", "WGRAD", lambda flags: "WGRAD" in flags, ("tf32", "bf16", "fp16")),
+    ("_fenc_bwd_dh1_kernel", "-", lambda flags: True, ("tf32", "bf16", "fp16")),
+    ("_fenc_bwd_dy1_kernel", "-", lambda flags: True, ("tf32", "bf16", "fp16")),
 )
 
 
@@ -135,28 +130,16 @@ def _ffn_rows_without_mma(rows, variants) -> tuple[list[str], list[str]]:
 
 @pytest.mark.slow
 def test_ffn_kernels_run_their_dots_on_the_tensor_cores(gate):
-    """The forward FFN kernel (`_fenc_ffn_kernel`) contains matrix instructions (HMMA on
-    sm_80/86/89, HGMMA or HMMA on sm_90) on every arch and config in tf32, bf16 and fp16,
-    and its GRAD variant in bf16 and fp16."""
+    """The FFN kernels contain matrix instructions (HMMA on sm_80/86/89, HGMMA or HMMA on
+    sm_90) on every arch and config: the forward (`_fenc_ffn_kernel`) and the backward's
+    `_fenc_bwd_dh1_kernel` and `_fenc_bwd_dy1_kernel` in tf32, bf16 and fp16, the GRAD
+    recompute in bf16 and fp16."""
     rows, _ = gate
     missing, ffma_only = _ffn_rows_without_mma(rows, FFN_TENSOR_CORES)
     assert not missing, "no rows for: " + ", ".join(missing)
     assert not ffma_only, (
         f"FFN dots not on the tensor cores in {len(ffma_only)} rows:\n" + "\n".join(ffma_only[:40])
     )
-
-
-@pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True, reason="backward FFN kernels still run float32 FMA dots (registers)"
-)
-def test_backward_ffn_kernels_run_their_dots_on_the_tensor_cores(gate):
-    """`_fenc_bwd_ffn_kernel` (DY1, WGRAD) on the matrix units in tf32, bf16 and fp16: the
-    open part of the tensor-core work (see FFN_NOT_YET)."""
-    rows, _ = gate
-    missing, ffma_only = _ffn_rows_without_mma(rows, FFN_NOT_YET)
-    assert not missing, "no rows for: " + ", ".join(missing)
-    assert not ffma_only, f"{len(ffma_only)} rows without matrix instructions"
 
 
 @pytest.mark.slow

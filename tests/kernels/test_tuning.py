@@ -28,7 +28,12 @@ def test_candidates_hold_the_defaults():
 
 
 def test_no_table_gives_the_defaults(tuned_dir):
-    assert tuning.freq_encoder_settings(80, 8, 32) == tuning.FreqEncoderSettings()
+    assert tuning.freq_encoder_settings(80, 8, 32, precision="tf32") == tuning.FreqEncoderSettings()
+    # the backward d h1 kernel's tiles follow the channels and the dot precision
+    assert tuning.freq_encoder_settings(80, 8, 32, precision="ieee").ffn_bwd_dh1 == (
+        tuning.KernelLaunch(16, 4, 2)
+    )
+    assert tuning.freq_encoder_settings(80, 16, 32).ffn_bwd_dh1 == tuning.KernelLaunch(16, 4)
     assert tuning.band_attention_settings(8, 8, False) == tuning.BandAttentionSettings(128)
     assert tuning.band_attention_settings(64, 64, True) == tuning.BandAttentionSettings(16, 8)
 
@@ -39,7 +44,7 @@ def test_table_of_the_arch_is_used(tuned_dir):
             {
                 "arch": 90,
                 "freq_encoder": {
-                    "c8-p32/float32/ieee": {"ffn_bwd_dy1": [32, 16], "norm1": [32, 8]}
+                    "c8-p32/float32/ieee": {"ffn_bwd_dy1": [32, 4, 1], "norm1": [32, 8]}
                 },
                 "band_attention": {
                     "fwd-narrow": {"kp8-gwp8/float32": {"block": 256, "num_warps": 8}}
@@ -48,13 +53,13 @@ def test_table_of_the_arch_is_used(tuned_dir):
         )
     )
     s = tuning.freq_encoder_settings(80, 8, 32, precision="ieee")
-    assert s.ffn_bwd_dy1 == tuning.KernelLaunch(32, 16) and s.norm1 == tuning.KernelLaunch(32, 8)
+    assert s.ffn_bwd_dy1 == tuning.KernelLaunch(32, 4, 1) and s.norm1 == tuning.KernelLaunch(32, 8)
     assert s.softmax_bwd == tuning.FreqEncoderSettings().softmax_bwd  # not in the table
     # bf16 has no entry: the float32 one; other sizes and tf32: the defaults
     assert tuning.freq_encoder_settings(80, 8, 32, dtype="bfloat16", precision="ieee") == s
-    assert (
-        tuning.freq_encoder_settings(80, 16, 32, precision="ieee") == tuning.FreqEncoderSettings()
-    )
+    assert tuning.freq_encoder_settings(
+        80, 16, 32, precision="ieee"
+    ) == tuning.default_freq_encoder_settings(16, "float32", "ieee")
     assert tuning.freq_encoder_settings(80, 8, 32, precision="tf32") == tuning.FreqEncoderSettings()
     assert tuning.band_attention_settings(8, 8, False) == tuning.BandAttentionSettings(256, 8)
     assert tuning.band_attention_settings(8, 8, True) == tuning.BandAttentionSettings(32)
@@ -71,7 +76,12 @@ def test_override_wins_and_is_undone(tuned_dir):
         assert tuning.freq_encoder_settings(80, 8, 32) is forced
         assert tuning.band_attention_settings(8, 8, True) == tuning.BandAttentionSettings(16)
         assert tuning.band_attention_settings(8, 8, False) == tuning.BandAttentionSettings(128)
-    assert tuning.freq_encoder_settings(80, 8, 32) == tuning.FreqEncoderSettings()
+    assert tuning.freq_encoder_settings(80, 8, 32, precision="tf32") == tuning.FreqEncoderSettings()
+    # the backward d h1 kernel's tiles follow the channels and the dot precision
+    assert tuning.freq_encoder_settings(80, 8, 32, precision="ieee").ffn_bwd_dh1 == (
+        tuning.KernelLaunch(16, 4, 2)
+    )
+    assert tuning.freq_encoder_settings(80, 16, 32).ffn_bwd_dh1 == tuning.KernelLaunch(16, 4)
     with pytest.raises(ValueError, match="slots must be among"):
         with tuning.override(band_attention={"sideways": tuning.BandAttentionSettings(16)}):
             pass
