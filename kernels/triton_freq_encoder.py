@@ -40,6 +40,7 @@ backward.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -299,6 +300,40 @@ def _param_grads(part, rows: dict, params, dim) -> list[torch.Tensor]:
     return grads
 
 
+def _rank1(name: str):
+    """The "compile-rank1" implementation of a pass (``tuning.PASS_IMPLS``): ``torch.compile``
+    of :mod:`.freq_encoder_math`'s ``forward`` or ``backward``, built once per process.
+    Inside a graph being compiled (the op traced by an outer ``torch.compile``) the plain
+    function: the outer compile compiles it there."""
+    if torch.compiler.is_compiling():
+        return getattr(fm, name)
+    return _compiled(name)
+
+
+@functools.cache
+def _compiled(name: str):
+    return torch.compile(getattr(fm, name))
+
+
+def _math_forward(forward, x, time_weights, params, num_heads: int, eps: float):
+    """The forward in plain torch (``forward``: ``fm.forward`` or its compiled form)."""
+    with torch.autocast(x.device.type, enabled=False):  # derived parameters in float32
+        derived = fm.derive(*params, num_heads=num_heads)
+        return forward(x, time_weights, derived, eps), fc.pack(derived)
+
+
+def _math_backward(backward, grad_out, x, time_weights, packed, params, num_heads, eps):
+    """The backward in plain torch (``backward``: ``fm.backward`` or its compiled form),
+    in the op's output format."""
+    with torch.autocast(x.device.type, enabled=False):
+        derived = fc.unpack(packed, *dims_of(params, num_heads))
+        dx, d_time, grads = backward(grad_out, x, time_weights, derived, eps)
+        d_params = fm.derive_vjp(grads, *params, num_heads=num_heads)
+    if d_time is None:
+        d_time = torch.empty(0, dtype=x.dtype, device=x.device)
+    return [dx, d_time, *d_params]
+
+
 # -------------------------------------------------------------------------------- ops
 @triton_op("atfnn::freq_encoder", mutates_args=())
 def freq_encoder_op(
@@ -315,11 +350,11 @@ def freq_encoder_op(
     (not differentiable)."""
     dim = _check(x, time_weights, params, num_heads)
     if plain_torch(x, _fenc_norm1_kernel):
-        with torch.autocast(x.device.type, enabled=False):  # derived parameters in float32
-            derived = fm.derive(*params, num_heads=num_heads)
-            return fm.forward(x, time_weights, derived, eps), fc.pack(derived)
-    params = [t.contiguous() for t in params]
+        return _math_forward(fm.forward, x, time_weights, params, num_heads, eps)
     s, consts = _launch_consts(x, dim)
+    if s.forward == "compile-rank1":
+        return _math_forward(_rank1("forward"), x, time_weights, params, num_heads, eps)
+    params = [t.contiguous() for t in params]
     b, _, f, t = x.shape
     out = torch.empty((b, t, f, dim[0]), dtype=x.dtype, device=x.device)
     prm = _derive(params, dim, x.device)
@@ -378,16 +413,13 @@ def freq_encoder_backward_op(
     """``[dx, d time_weights (empty without them), *d params]``: the gradients of the
     module parameters, in their order and dtypes."""
     dim = dims_of(params, num_heads)
+    args = (grad_out, x, time_weights, packed, params, num_heads, eps)
     if plain_torch(x, _fenc_norm1_kernel):
-        with torch.autocast(x.device.type, enabled=False):
-            derived = fc.unpack(packed, *dim)
-            dx, d_time, grads = fm.backward(grad_out, x, time_weights, derived, eps)
-            d_params = fm.derive_vjp(grads, *params, num_heads=num_heads)
-        if d_time is None:
-            d_time = torch.empty(0, dtype=x.dtype, device=x.device)
-        return [dx, d_time, *d_params]
-    params = [t.contiguous() for t in params]
+        return _math_backward(fm.backward, *args)
     s, consts = _launch_consts(x, dim)
+    if s.backward == "compile-rank1":
+        return _math_backward(_rank1("backward"), *args)
+    params = [t.contiguous() for t in params]
     b, _, f, t = x.shape
     c, hp = dim[0], consts["HP"]
     total = fc.packed_size(*dim)

@@ -85,11 +85,19 @@ class FreqEncoderSettings:
     norm1_bwd: KernelLaunch = KernelLaunch(16, 8)
     softmax_bwd: KernelLaunch = KernelLaunch(16, 4)
     band_chunk: int = 16
+    forward: str = "kernels"  # which implementation runs the pass: PASS_IMPLS
+    backward: str = "kernels"
 
 
 # the FreqEncoderSettings field of each F-Encoder kernel launch (the FFN kernel's forward and
 # its GRAD variant share ``ffn``)
 FREQ_ENCODER_FIELDS = ("norm1", "ffn", "ffn_bwd_dh1", "ffn_bwd_dy1", "norm1_bwd", "softmax_bwd")
+# Per pass (forward, backward) of atfnn::freq_encoder, the implementation that runs it:
+# "kernels" (the Triton kernels) or "compile-rank1" (torch.compile of the plain-torch
+# rank-one math, kernels/freq_encoder_math.py). A tuned table names "compile-rank1" for a
+# pass only where the GPU timing measured it faster (scripts/gpu_sweep.py --timing-json).
+PASS_FIELDS = ("forward", "backward")
+PASS_IMPLS = ("kernels", "compile-rank1")
 # fields whose kernels run tl.dot (their speed depends on the dot precision, ieee or tf32)
 DOT_FIELDS = ("ffn", "ffn_bwd_dh1", "ffn_bwd_dy1")
 
@@ -274,10 +282,11 @@ def load_table(path: Path) -> dict:
     cands = {(c.op, c.slot, c.setting) for c in candidate_settings()}
     table: dict = {"freq_encoder": {}, "band_attention": {}}
     for key, entry in (data.get("freq_encoder") or {}).items():
-        if not isinstance(entry, dict) or not set(entry) <= {*FREQ_ENCODER_FIELDS, "band_chunk"}:
+        keys = {*FREQ_ENCODER_FIELDS, *PASS_FIELDS, "band_chunk"}
+        if not isinstance(entry, dict) or not set(entry) <= keys:
             raise TunedTableError(
                 f"{path}: freq_encoder[{key!r}] must be an object with keys among "
-                f"{(*FREQ_ENCODER_FIELDS, 'band_chunk')}, got {entry!r}"
+                f"{(*FREQ_ENCODER_FIELDS, *PASS_FIELDS, 'band_chunk')}, got {entry!r}"
             )
         sizes = re.fullmatch(r"c(\d+)-p\d+/(\w+)/(\w+)", key)
         settings = (
@@ -294,6 +303,14 @@ def load_table(path: Path) -> dict:
                         "candidate of kernels/tuning.py (only candidates pass the resource gate)"
                     )
                 settings = replace(settings, **{slot: kl})
+        for field in PASS_FIELDS:
+            if field in entry:
+                if entry[field] not in PASS_IMPLS:
+                    raise TunedTableError(
+                        f"{path}: freq_encoder[{key!r}].{field} must be one of {PASS_IMPLS}, "
+                        f"got {entry[field]!r}"
+                    )
+                settings = replace(settings, **{field: entry[field]})
         chunk = entry.get("band_chunk", settings.band_chunk)
         if chunk not in BAND_CHUNK_CANDIDATES:
             raise TunedTableError(

@@ -16,7 +16,8 @@
 #                                the fused front-end forward + backward vs its floor
 #   sweep.{json,log}, tuned/sm_XX.json  scripts/gpu_sweep.py: each launch candidate of
 #                                kernels/tuning.py timed; the tuned table to commit as
-#                                kernels/tuned/sm_XX.json
+#                                kernels/tuned/sm_XX.json (with the F-Encoder passes that
+#                                compile-rank1 won in step 1, if any)
 #   tests.log                    the kernel and model tests with compiled kernels (no -x)
 #   resources-device.{json,txt}  every kernel compiled and launched on this GPU: registers /
 #                                shared / local from the cubin and the driver, vs prediction
@@ -44,7 +45,7 @@ step launches 25 bash -c "set -o pipefail; $py -m benchmarks.profile --launches 
 
 # 3. the launch-settings sweep and the tuned table
 step sweep 70 bash -c "set -o pipefail; $py scripts/gpu_sweep.py --out '$out/sweep.json' \
-    --write-tuned '$out/tuned' --budget-s 55 2>&1 | tee '$out/sweep.log' | tail -3 | cut -c1-400"
+    --write-tuned '$out/tuned' --timing-json '${timing_json:-}' --budget-s 55 2>&1 | tee '$out/sweep.log' | tail -3 | cut -c1-400"
 
 # 4. kernel and model tests on the GPU (all of them: no -x)
 step tests 90 bash -c "set -o pipefail; $py -m pytest tests/kernels/test_freq_encoder.py \

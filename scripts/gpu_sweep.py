@@ -21,7 +21,9 @@ ignore the flags.
 ``--write-tuned DIR`` writes ``DIR/sm_<XX>.json`` in the format ``tuning.load_table`` reads
 (commit it as ``kernels/tuned/sm_<XX>.json``): per slot the fastest candidate when it beats
 the default by more than 3 % (``num_stages`` included: the host code passes a setting's
-stages to its launches). The JSON of all rows is rewritten after every
+stages to its launches). With ``--timing-json`` (``scripts/gpu_timing.py``'s JSON) it also
+names, per dtype, the F-Encoder passes that ``torch.compile`` of the rank-one math
+("compile-rank1") ran faster than the kernels (:func:`pass_choices`). The JSON of all rows is rewritten after every
 candidate, so a run cut off early keeps what it measured.
 """
 
@@ -206,6 +208,28 @@ def tuned_table(rows: list[dict], cfg: ATFNNConfig, arch: int, device: str, comm
     return table
 
 
+def pass_choices(timing_rows: list[dict], cfg: ATFNNConfig) -> dict:
+    """``{table key: {"forward" / "backward": "compile-rank1"}}`` from the rows of
+    ``scripts/gpu_timing.py`` (its JSON's ``cases``): per dtype, the F-Encoder forward
+    (``freq_encoder_fwd``) and backward (``freq_encoder_fwd_bwd`` minus the forward) of
+    ``fused`` against ``compile-rank1``; a pass is sent to ``compile-rank1`` where that is
+    faster by more than IMPROVEMENT (issue #16: dispatch a pass to it until a kernel wins).
+    The timing runs under torch's default flags, so float32 is keyed ``tf32``."""
+    ms = {(r["case"], r["provider"], r["dtype"]): r.get("median_ms") for r in timing_rows}
+    out: dict = {}
+    for dtype in sorted({r["dtype"] for r in timing_rows}):
+        f = [ms.get(("freq_encoder_fwd", p, dtype)) for p in ("fused", "compile-rank1")]
+        fb = [ms.get(("freq_encoder_fwd_bwd", p, dtype)) for p in ("fused", "compile-rank1")]
+        entry = {}
+        if None not in f and f[1] < f[0] * (1 - IMPROVEMENT):
+            entry["forward"] = "compile-rank1"
+        if None not in f + fb and fb[1] - f[1] < (fb[0] - f[0]) * (1 - IMPROVEMENT):
+            entry["backward"] = "compile-rank1"
+        if entry:
+            out[tuning.table_key(dtype, "tf32", cfg.channels, cfg.ffn_channels)] = entry
+    return out
+
+
 def dry_run(cfg: ATFNNConfig) -> int:
     """CPU: print the plan and check, by recording the launches (nothing compiled), that
     every candidate's override reaches its kernels' launch arguments."""
@@ -248,6 +272,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--precision", nargs="+", default=["ieee", "tf32"], choices=("ieee", "tf32"))
     ap.add_argument("--budget-s", type=float, default=None, help="stop starting candidates")
     ap.add_argument("--dry-run", action="store_true", help="CPU: plan and override check")
+    ap.add_argument(
+        "--timing-json",
+        type=Path,
+        help="scripts/gpu_timing.py's JSON: passes compile-rank1 wins go into the tuned table",
+    )
     args = ap.parse_args(argv)
     cfg = ATFNNConfig()
     if args.dry_run:
@@ -296,6 +325,10 @@ def main(argv: list[str] | None = None) -> int:
             args.out.write_text(json.dumps(result, indent=1) + "\n")
     if args.write_tuned and arch is not None:
         table = tuned_table(rows, cfg, arch, result["device"], result["commit"])
+        if args.timing_json and args.timing_json.is_file():
+            timing = json.loads(args.timing_json.read_text())
+            for key, entry in pass_choices(timing.get("cases", []), cfg).items():
+                table["freq_encoder"].setdefault(key, {}).update(entry)
         args.write_tuned.mkdir(parents=True, exist_ok=True)
         path = args.write_tuned / f"sm_{arch}.json"
         path.write_text(json.dumps(table, indent=1) + "\n")

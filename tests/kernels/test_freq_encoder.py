@@ -20,9 +20,9 @@ from helpers import (
     tiny_config,
 )
 
+from atfnn_fast.kernels import _triton_utils, torch_ops, triton_freq_encoder, tuning, use_backend
 from atfnn_fast.kernels import fenc_common as fc
 from atfnn_fast.kernels import freq_encoder_math as fm
-from atfnn_fast.kernels import torch_ops, triton_freq_encoder, use_backend
 from atfnn_fast.reference import FrequencyEncoder
 
 EPS = 1e-5
@@ -435,3 +435,35 @@ def test_offsets_beyond_32_bits_are_refused_for_the_widest_band_tensor():
     x = torch.zeros(1, 1, 1, 1, device=DEVICE).expand(10, 1, 100_000, 100)
     with pytest.raises(ValueError, match="32-bit offsets"), use_backend("triton"):
         triton_freq_encoder.freq_encoder(x, *enc.op_params(), num_heads=2, eps=EPS)
+
+
+@pytest.mark.slow
+def test_compile_rank1_passes_dispatch_and_match_the_kernels():
+    """A tuned table (here an override) may send either pass to ``torch.compile`` of the
+    rank-one math ("compile-rank1", docs/design.md, F-Encoder kernels): that pass then
+    launches no F-Encoder kernel, and its output and gradients equal the kernels'."""
+    enc = make_encoder(2, 8, ffn_channels=16)
+    x = torch.randn(2, 1, 10, 16, device=DEVICE)
+    wt = torch.rand(2, 10, 16, device=DEVICE)
+    g = torch.randn(2, 16, 10, 8, device=DEVICE)
+    with use_backend("triton"):
+        want = fused_run(enc, x, wt, g)
+    for forward, backward in (("compile-rank1", "kernels"), ("kernels", "compile-rank1")):
+        settings = tuning.FreqEncoderSettings(forward=forward, backward=backward)
+        launched = []
+
+        def record(kernel, grid, args, kwargs, launched=launched):
+            launched.append(getattr(kernel, "fn", kernel).__name__)
+
+        with tuning.override(freq_encoder=settings), use_backend("triton"):
+            got = fused_run(enc, x, wt, g)
+            with _triton_utils.recording(record):
+                fused_run(enc, x, wt, g)
+        assert max_rel_err(got[0], want[0]) <= 1e-5
+        for a, b in zip(got[1], want[1], strict=True):
+            assert max_rel_err(a, b) <= 1e-4
+        if forward == "compile-rank1":  # the backward's kernels only: no derive
+            assert "_fenc_derive_kernel" not in launched, launched
+            assert "_fenc_bwd_dh1_kernel" in launched, launched
+        else:  # the forward's kernels only
+            assert launched == ["_fenc_derive_kernel", "_fenc_norm1_kernel", "_fenc_ffn_kernel"]

@@ -188,3 +188,35 @@ def test_gpu_check_keeps_its_time_budget(tmp_path):
     )
     assert proc.returncode == 0 and not calls.exists()
     assert "bench-smoke: skipped" in (out / "gpu_check.log").read_text()
+
+
+def test_pass_choices_send_a_pass_to_compile_rank1_only_where_it_was_faster(tmp_path):
+    sweep = _script("gpu_sweep")
+
+    def row(case, provider, dtype, ms):
+        return dict(case=case, provider=provider, dtype=dtype, median_ms=ms)
+
+    rows = [  # float32: the kernels win the forward, compile-rank1 the backward (6 < 10 ms)
+        row("freq_encoder_fwd", "fused", "float32", 1.0),
+        row("freq_encoder_fwd", "compile-rank1", "float32", 2.0),
+        row("freq_encoder_fwd_bwd", "fused", "float32", 11.0),
+        row("freq_encoder_fwd_bwd", "compile-rank1", "float32", 8.0),
+        # bfloat16: within 3 % in the forward, compile-rank1 missing for fwd+bwd: no entry
+        row("freq_encoder_fwd", "fused", "bfloat16", 1.0),
+        row("freq_encoder_fwd", "compile-rank1", "bfloat16", 0.99),
+        row("freq_encoder_fwd_bwd", "fused", "bfloat16", 9.0),
+        row("freq_encoder_fwd_bwd", "compile-rank1", "bfloat16", None),
+    ]
+    choices = sweep.pass_choices(rows, ATFNNConfig())
+    assert choices == {"c8-p32/float32/tf32": {"backward": "compile-rank1"}}
+    table = sweep.tuned_table([], ATFNNConfig(), 90, "NVIDIA H200", "abc")
+    table["freq_encoder"].update(choices)
+    path = tmp_path / "sm_90.json"
+    path.write_text(json.dumps(table))
+    loaded = tuning.load_table(path)["freq_encoder"]["c8-p32/float32/tf32"]
+    assert (loaded.forward, loaded.backward) == ("kernels", "compile-rank1")
+    # anything but the two implementations is refused, naming the file and field
+    table["freq_encoder"]["c8-p32/float32/tf32"] = {"backward": "eager"}
+    path.write_text(json.dumps(table))
+    with pytest.raises(tuning.TunedTableError, match=r"sm_90.json.*backward must be one of"):
+        tuning.load_table(path)
