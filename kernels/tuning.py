@@ -162,7 +162,7 @@ class Candidate:
 def candidate_settings() -> Iterator[Candidate]:
     """Every launch setting the sweep may time and a tuned table may name (defaults
     included). The resource gate must compile each of them for every arch: a candidate that
-    does not fit (shared memory, spills) or misses :data:`WARPS_TARGET` must not be here."""
+    does not fit (shared memory, spills) or misses :func:`warps_target` must not be here."""
     for slot, options in FREQ_ENCODER_CANDIDATES.items():
         for setting in options:
             yield Candidate("freq_encoder", slot, setting)

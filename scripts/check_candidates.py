@@ -8,7 +8,7 @@ candidate of :func:`atfnn_fast.kernels.tuning.candidate_settings`: the fused fro
 forward + backward runs on CPU tensors under ``tuning.override`` with that one setting, and
 only the launches of the candidate's own kernel are compiled (``num_stages`` passed as the
 candidate says). Prints one JSON line per (arch, dtype, candidate); exit 1 when a candidate
-misses the resource target (shared memory, 0 local memory, ``tuning.WARPS_TARGET``).
+misses the resource target (shared memory, 0 local memory, ``tuning.warps_target``).
 """
 
 from __future__ import annotations
