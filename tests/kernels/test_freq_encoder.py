@@ -11,8 +11,8 @@ import pytest
 import torch
 from helpers import (
     DEVICE,
+    DOT_FLOOR,
     GRAD_FLOOR,
-    TF32_FLOOR,
     assert_accurate,
     max_rel_err,
     randomize,
@@ -75,9 +75,9 @@ def assert_as_accurate(enc, x, wt, g=None):
     sens = rounding_sensitivity(reference_run, enc64, *args64)
     if runs_tf32(x):
         # the FFN dots multiply tf32 operands, forward and backward (h1 and its ReLU mask
-        # exact): the output has the tf32 floor, the gradients GRAD_FLOOR["tf32"]
+        # exact): the output has DOT_FLOOR["tf32"], the gradients GRAD_FLOOR["tf32"]
         # (docs/design.md, Precision)
-        assert_accurate(got[0], truth[0], tol=TF32_FLOOR)
+        assert_accurate(got[0], truth[0], tol=DOT_FLOOR["tf32"])
         assert_accurate(got[1], truth[1], tol=GRAD_FLOOR["tf32"], sensitivity=sens)
     else:
         assert_accurate(got, truth, ref=ref, sensitivity=sens)
@@ -298,10 +298,10 @@ def test_low_precision_on_cuda(dtype):
     out, got = fused_run(enc, x, wt, g)
     assert out.dtype == dtype
     truth = reference_run(enc, x.double(), wt.double(), g.double())
-    assert_accurate(out, truth[0], dtype=dtype)  # per-dtype floor
+    mode = {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+    assert_accurate(out, truth[0], dtype=dtype, tol=DOT_FLOOR[mode])
     # the gradients pass through five low-precision kernels (the backward FFN's dots in
     # this dtype too: GRAD_FLOOR) and a float64 partial sum
-    mode = {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
     assert_accurate(got, truth[1], dtype=dtype, tol=max(5e-2, GRAD_FLOOR[mode]))
 
 
@@ -349,41 +349,57 @@ def emulated_forward(x, wt, derived, mode):
         torch.Tensor.__matmul__ = mm
 
 
-@pytest.mark.parametrize("mode,floor", [("tf32", TF32_FLOOR), ("fp16", 5e-3), ("bf16", 3e-2)])
-def test_dot_precision_floors_cover_the_emulated_rounding(mode, floor):
-    """The accuracy floors of the matrix-unit modes, checked by emulation on the CPU: the
-    default model size (c = 8, P = 32, k = 5, 80 bands), operands rounded like the kernels
-    round them, against float64. The worst cases measured (30 draws, three model sizes) are
-    1.5e-3 (tf32, truncated), 1.3e-3 (fp16), 1.1e-2 (bf16): each floor is 2.7-3.8x that."""
-    enc = make_encoder(2, 8, n_mels=80, ffn_channels=32).double().cpu()
-    x = torch.randn(2, 1, 80, 64, dtype=torch.float64) * 2
-    wt = torch.rand(2, 80, 64, dtype=torch.float64)
-    derived = fm.derive(*enc.op_params(), num_heads=2)
-    err = max_rel_err(emulated_forward(x, wt, derived, mode), fm.forward(x, wt, derived, EPS))
-    assert 0 < err <= floor / 2, err
+CALIBRATION_DRAWS = 20
+
+
+def calibration_draws():
+    """The floors' calibration problems: ``CALIBRATION_DRAWS`` fixed draws (seeds 0, 1, ...,
+    the test's own random stream untouched) of the default model size (c = 8, P = 32, k = 5,
+    80 bands), in float64: ``(x, wt, g, derived)``. Fixed, not fresh: the floors bound a
+    heavy-tailed maximum, which one fresh draw can only sample (docs/design.md, How accuracy
+    is judged)."""
+    with torch.random.fork_rng(devices=[]):
+        for seed in range(CALIBRATION_DRAWS):
+            torch.manual_seed(seed)
+            enc = make_encoder(2, 8, n_mels=80, ffn_channels=32).double().cpu()
+            x = torch.randn(2, 1, 80, 64, dtype=torch.float64) * 2
+            wt = torch.rand(2, 80, 64, dtype=torch.float64)
+            g = torch.randn(2, 64, 80, 8, dtype=torch.float64)
+            yield x, wt, g, fm.derive(*enc.op_params(), num_heads=2)
+
+
+@pytest.mark.parametrize("mode", ["tf32", "fp16", "bf16"])
+def test_dot_precision_floors_cover_the_emulated_rounding(mode):
+    """The forward accuracy floors of the matrix-unit modes, by emulation on the CPU: the
+    FFN dot operands rounded like the kernels round them, against float64, on the
+    calibration draws. Over 200 draws the worst forward errors are 2.9e-3 (tf32,
+    truncated), 2.1e-3 (fp16), 1.6e-2 (bf16); each floor is at least twice the worst of
+    these draws (DOT_FLOOR)."""
+    errs = [
+        max_rel_err(emulated_forward(x, wt, d, mode), fm.forward(x, wt, d, EPS))
+        for x, wt, _, d in calibration_draws()
+    ]
+    assert 0 < max(errs) <= DOT_FLOOR[mode] / 2, errs
 
 
 @pytest.mark.parametrize("mode", ["tf32", "fp16", "bf16"])
 def test_backward_dot_precision_floors_cover_the_emulated_rounding(mode):
     """The gradient floors of the matrix-unit modes (GRAD_FLOOR), by emulation on the CPU:
     the backward FFN kernels' dot operands rounded as they round them (``h1`` and the ReLU
-    mask exact, as the kernels keep them), default model size, against float64."""
-    enc = make_encoder(2, 8, n_mels=80, ffn_channels=32).double().cpu()
-    x = torch.randn(2, 1, 80, 64, dtype=torch.float64) * 2
-    wt = torch.rand(2, 80, 64, dtype=torch.float64)
-    g = torch.randn(2, 64, 80, 8, dtype=torch.float64)
-    derived = fm.derive(*enc.op_params(), num_heads=2)
-    exact = fm.backward(g, x, wt, derived, EPS)
-    emulated = fm.backward(g, x, wt, derived, EPS, rnd=ROUNDINGS[mode])
-    pairs = zip([emulated[0], *emulated[2]], [exact[0], *exact[2]], strict=True)
-    errs = [max_rel_err(a, b) for a, b in pairs]
-    assert 0 < max(errs) <= GRAD_FLOOR[mode] / 2, errs
+    mask exact, as the kernels keep them), against float64, on the calibration draws."""
+    worst = 0.0
+    for x, wt, g, d in calibration_draws():
+        exact = fm.backward(g, x, wt, d, EPS)
+        emulated = fm.backward(g, x, wt, d, EPS, rnd=ROUNDINGS[mode])
+        pairs = zip([emulated[0], *emulated[2]], [exact[0], *exact[2]], strict=True)
+        worst = max(worst, *(max_rel_err(a, b) for a, b in pairs))
+    assert 0 < worst <= GRAD_FLOOR[mode] / 2, worst
 
 
 @pytest.mark.skipif(DEVICE.type != "cuda", reason="tf32 needs the compiled kernels (CUDA)")
 @pytest.mark.parametrize("allow_tf32", [True, False])
 def test_float32_precision_modes_on_cuda(allow_tf32):
-    """float32 inputs: tf32 dots while cudnn.allow_tf32 (the output within TF32_FLOOR of the
+    """float32 inputs: tf32 dots while cudnn.allow_tf32 (the output within DOT_FLOOR of the
     float64 truth, the gradients within GRAD_FLOOR["tf32"]), exact float32 ("ieee")
     otherwise."""
     enc = make_encoder(2, 8, n_mels=80)
@@ -406,7 +422,7 @@ def test_float32_precision_modes_on_cuda(allow_tf32):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_low_precision_dots_against_float64(dtype):
     """bf16/fp16 inputs: 16-bit dot operands, float32 accumulation; the output within the
-    per-dtype floor of the float64 truth computed from the same (rounded) inputs."""
+    mode's floor (DOT_FLOOR) of the float64 truth computed from the same (rounded) inputs."""
     enc = make_encoder(2, 8, n_mels=80)
     x = (torch.randn(4, 1, 80, 128, device=DEVICE) * 2).to(dtype)
     wt = torch.rand(4, 80, 128, device=DEVICE).to(dtype)
@@ -423,7 +439,8 @@ def test_low_precision_dots_against_float64(dtype):
         fm.derive(*copy.deepcopy(enc).double().op_params(), num_heads=2),
         EPS,
     )
-    assert_accurate(out, truth, dtype=dtype)
+    mode = {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+    assert_accurate(out, truth, dtype=dtype, tol=DOT_FLOOR[mode])
 
 
 def test_offsets_beyond_32_bits_are_refused_for_the_widest_band_tensor():
