@@ -10,7 +10,7 @@ import os as _os
 # this package instead of inside it, so let the checkout's root serve as a second search
 # path for atfnn_fast.kernels and atfnn_fast.export. Installed copies never take this path.
 _root = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
-if _os.path.isfile(_os.path.join(_root, "kernels", "triton_band_attention.py")) and not (
+if _os.path.isfile(_os.path.join(_root, "kernels", "dispatch.py")) and not (
     _os.path.isdir(_os.path.join(_os.path.dirname(_os.path.abspath(__file__)), "kernels"))
 ):
     __path__.append(_root)

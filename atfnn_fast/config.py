@@ -182,6 +182,30 @@ class ATFNNConfig:
         }
         return names.get(off, "ATFNN without " + ", ".join(off))
 
+    @property
+    def parameter_count(self) -> int:
+        """Parameters of the model this config builds, counted from the sizes (the state dict
+        of docs/design.md#state-dict; tests/model/test_config.py checks it against
+        ``ATFNNReference`` for every variant)."""
+        c = self.channels
+        count = self.embedding_size * self.num_classes + self.num_classes  # classifier
+        if self.f_attention:
+            count += c * self.f_group + c
+        if self.t_attention:
+            count += c * self.t_attention_in_channels * self.t_group + c
+        if self.f_encoder:
+            p, k = self.ffn_channels, self.ffn_kernel
+            count += 2 * c  # lift
+            count += 3 * c * c + 3 * c + c * c + c  # in_proj, out_proj
+            count += 4 * c  # norm1, norm2
+            count += p * c * k + p + c * p * k + c  # ffn1, ffn2
+        if self.t_encoder:
+            h, width = self.lstm_hidden, self.lstm_input_size
+            for layer in range(self.lstm_layers):
+                inputs = width if layer == 0 else 2 * h
+                count += 2 * (4 * h * inputs + 4 * h * h + 8 * h)  # both directions
+        return count
+
     def check_size_limits(self, source: str = "ATFNNConfig") -> None:
         """Refuse sizes beyond :data:`SIZE_LIMITS`, :data:`MAX_SEGMENT_ELEMENTS` and
         :data:`MAX_PARAMETERS` with a ValueError naming ``source`` (the file), the field, the
@@ -198,12 +222,7 @@ class ATFNNConfig:
                 f"{source}: n_mels * frames * channels = {elements} exceeds the limit of "
                 f"{MAX_SEGMENT_ELEMENTS}"
             )
-        import torch
-
-        from .reference import ATFNNReference
-
-        with torch.device("meta"):
-            count = sum(p.numel() for p in ATFNNReference(self).parameters())
+        count = self.parameter_count
         if count > MAX_PARAMETERS:
             raise ValueError(
                 f"{source}: this config has {count:,} parameters, more than the limit of "

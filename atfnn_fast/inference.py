@@ -32,6 +32,13 @@ MAX_BATCH_SIZE = 4096  # also the dynamic batch range of exported ONNX graphs
 DEFAULT_DEVICE = "cpu"  # of CheckpointPredictor (and `atfnn-fast predict --device`)
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of numpy logits (the ONNX predictor's and the validation's)."""
+    z = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
 @dataclass
 class Prediction:
     file: str

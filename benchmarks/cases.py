@@ -8,7 +8,7 @@ measured on its own. Providers:
 * ``compile``: the same model with its front-end (or the case's block) under
   ``torch.compile`` (default mode); the Bi-LSTM stays eager (dynamo graph-breaks on RNNs);
 * ``compile-rank1`` (F-Encoder cases): ``torch.compile`` of the plain-torch rank-one math of
-  ``kernels/freq_encoder_math.py`` (the same algebra as the kernels; forward, and forward +
+  ``kernels/freq_encoder_op/rank_one.py`` (the same algebra as the kernels; forward, and forward +
   backward through autograd): whether the hand-written kernels beat Inductor on it;
 * ``fused``: :class:`atfnn_fast.ATFNN`: its Triton ops on CUDA, its plain-torch path on
   the CPU (the path a CPU user of ``ATFNN`` gets);
@@ -36,8 +36,8 @@ from dataclasses import dataclass
 import torch
 
 from atfnn_fast import ATFNN, ATFNNConfig, ATFNNReference
-from atfnn_fast.kernels import freq_encoder_math as fm
-from atfnn_fast.kernels import ops
+from atfnn_fast.kernels import dispatch
+from atfnn_fast.kernels.freq_encoder_op import rank_one as fm
 from benchmarks.floors import block, has_backward
 
 CASES = (
@@ -94,7 +94,7 @@ def skip_reason(
         if has_backward(case):
             return "the cudagraph provider runs the inference cases"
     if provider in ("fused", "cudagraph") and device.type == "cuda":
-        missing = [op for op in CASE_OPS[block(case)] if op not in ops.TRITON_IMPLS]
+        missing = [op for op in CASE_OPS[block(case)] if op not in dispatch.TRITON_IMPLS]
         if missing:
             return f"no Triton kernel yet for {', '.join('atfnn::' + op for op in missing)}"
     return None

@@ -5,7 +5,7 @@
 
 The counting rule (docs/design.md#launches-per-call):
 
-* a **Triton launch** is one call of :func:`atfnn_fast.kernels._triton_utils.launch`. The
+* a **Triton launch** is one call of :func:`atfnn_fast.kernels.launch.launch`. The
   launch recorder receives it (nothing runs; CPU tensors take the Triton branch, as in
   :mod:`benchmarks.resources`);
 * an **aten launch** is one aten op (the package's ``atfnn::`` custom ops are looked into:
@@ -111,7 +111,7 @@ class counting:
     def __enter__(self) -> Counts:
         import contextlib
 
-        from atfnn_fast.kernels import _triton_utils
+        from atfnn_fast.kernels import launch as launch_path
 
         self._stack = contextlib.ExitStack()
         if self.record:
@@ -119,16 +119,16 @@ class counting:
             def recorder(kernel, grid, args, kwargs):
                 self.counts.triton.append(kernel.__name__)
 
-            self._stack.enter_context(_triton_utils.recording(recorder))
+            self._stack.enter_context(launch_path.recording(recorder))
         else:
-            real = _triton_utils.launch
+            real = launch_path.launch
 
             def counted(kernel, grid, *args, **kwargs):
                 self.counts.triton.append(kernel.__name__)
                 with _no_counting():
                     real(kernel, grid, *args, **kwargs)
 
-            self._stack.enter_context(_patched(_triton_utils, "launch", counted))
+            self._stack.enter_context(_patched(launch_path, "launch", counted))
         self._stack.enter_context(CountingMode(self.counts))
         return self.counts
 

@@ -47,7 +47,7 @@ def kernel_name(kernel) -> str:
 
 
 class LaunchTimer:
-    """A launch recorder (``kernels._triton_utils.recording``) that launches each kernel for
+    """A launch recorder (``kernels.launch_path.recording``) that launches each kernel for
     real between two CUDA events: per-launch device time without a profiler.
 
     ``num_stages`` of the launch settings in force (:mod:`atfnn_fast.kernels.tuning`) is
@@ -166,13 +166,14 @@ def launch_breakdown(cfg, batch: int, frames: int, peaks: dict, steps: int = 5) 
     ``steps`` steps after one warm-up, each with its counted floor."""
     import torch
 
-    from atfnn_fast.kernels import _triton_utils, tuning
+    from atfnn_fast.kernels import launch as launch_path
+    from atfnn_fast.kernels import tuning
 
     torch.manual_seed(0)
     model = ATFNN(cfg, check_finite=False).cuda()
     x = torch.randn(batch, 1, cfg.n_mels, frames, device="cuda")
     step, timer = front_end_step(model, x), LaunchTimer()
-    with _triton_utils.recording(timer):
+    with launch_path.recording(timer):
         step()
         timer.times()  # warm-up: compiles
         per_step = []

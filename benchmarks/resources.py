@@ -5,7 +5,7 @@ sm_86, sm_89 and sm_90 with Triton's own compiler, and its resource table.
     python -m benchmarks.resources --json rows.json --arch 86 --dtype bfloat16
 
 How it works. A stand-in Triton driver reports the named arch as the current target; the
-kernel launch path of the package (:func:`atfnn_fast.kernels._triton_utils.launch`) is
+kernel launch path of the package (:func:`atfnn_fast.kernels.launch.launch`) is
 redirected to a recorder that calls ``JITFunction.warmup`` (compile, never launch) with the
 exact arguments and launch settings the ops would use. The model's fused front-end runs
 forward and backward on CPU tensors of the benchmark's shape (B = 2, T = ``frames``), so the
@@ -362,7 +362,8 @@ def compile_rows(arch: int, dtype_name: str, config_names: list[str]) -> list[di
     import torch
     from triton.runtime import driver
 
-    from atfnn_fast.kernels import _triton_utils, use_backend
+    from atfnn_fast.kernels import launch as launch_path
+    from atfnn_fast.kernels import use_backend
 
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         raise RuntimeError("benchmarks.resources compiles kernels: unset TRITON_INTERPRET")
@@ -377,7 +378,7 @@ def compile_rows(arch: int, dtype_name: str, config_names: list[str]) -> list[di
             def record(kernel, grid, args, kwargs, launched=launched):
                 launched.append((kernel.warmup(*args, grid=grid, **kwargs), variant(kwargs)))
 
-            with _triton_utils.recording(record), use_backend("triton"):
+            with launch_path.recording(record), use_backend("triton"):
                 _run_front_end(all_cfgs[name], dtype, tf32=precision != "ieee")
             for compiled, var in launched:
                 key = (compiled.hash, precision, name)
@@ -436,7 +437,7 @@ def device_rows(config_names: list[str], dtypes=DTYPES) -> list[dict]:
     for each launched kernel (``n_regs``, ``n_spills``) beside the cubin's own numbers."""
     import torch
 
-    from atfnn_fast.kernels import _triton_utils
+    from atfnn_fast.kernels import launch as launch_path
 
     major, minor = torch.cuda.get_device_capability()
     arch = 10 * major + minor
@@ -449,7 +450,7 @@ def device_rows(config_names: list[str], dtypes=DTYPES) -> list[dict]:
                 def record(kernel, grid, args, kwargs, launched=launched):
                     launched.append((kernel[grid](*args, **kwargs), variant(kwargs)))
 
-                with _triton_utils.recording(record):
+                with launch_path.recording(record):
                     _run_front_end(
                         all_cfgs[name], getattr(torch, dt), "cuda", tf32=precision != "ieee"
                     )

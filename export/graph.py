@@ -14,10 +14,14 @@ float32 rounding), in a formulation chosen by profiling the exported graph in ON
   convolution per frame and two Transposes. The LayerNorms over the c channels are written
   out (ReduceMean over the plane axis): ``LayerNormalization`` only normalises trailing
   axes, and on rows of c = 8 values it is slower than the written-out form anyway.
-* **rank-one attention** (:mod:`atfnn_fast.kernels.freq_encoder_math`): the lifted tokens are
+* **rank-one attention** (:mod:`atfnn_fast.kernels.freq_encoder_op.rank_one`): the lifted tokens are
   rank one, so head h's scores are the outer product ``s_f x_g`` with ``s = x A_h + B_h``;
   no query, key or value projection is computed, and the head outputs fold into
-  ``m_h U_h``, a ``(c, 1 + h)`` matrix product with ``[x; m]``.
+  ``m_h U_h``, a ``(c, 1 + h)`` matrix product with ``[x; m]``. ``attention="standard"``
+  (the default, for ONNX Runtime) writes it as ONNX's ``Attention`` op at head size 1
+  (queries ``s``, keys = values = the bands, scale 1, the keys shared by the heads), so no
+  ``(heads, frames, F, F)`` score tensor is materialised; ``"materialized"`` (for TensorRT
+  before 10.14) as ``Mul`` + ``Softmax`` + ``MatMul``.
 * **band attention by broadcasting**: the pooled weights multiply the input viewed as
   ``(.., F/g, g, ..)`` groups; the weight map is never repeated (no Expand).
 * the derived parameters are computed once, in float64, from the model's parameters.
@@ -34,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from atfnn_fast.kernels import freq_encoder_math as fem
+from atfnn_fast.kernels.freq_encoder_op import rank_one as fem
 from atfnn_fast.reference import ATFNNReference
 
 
@@ -42,8 +46,16 @@ class DeployGraph(nn.Module):
     """``spectrogram (B, 1, F, T)`` -> ``logits (B, num_classes)``, the export formulation
     of ``reference`` (an :class:`ATFNNReference`, left unchanged); tensors in ``dtype``."""
 
-    def __init__(self, reference: ATFNNReference, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self,
+        reference: ATFNNReference,
+        dtype: torch.dtype = torch.float32,
+        attention: str = "standard",
+    ) -> None:
         super().__init__()
+        if attention not in ATTENTION_FORMS:
+            raise ValueError(f"attention must be one of {ATTENTION_FORMS}, got {attention!r}")
+        self.attention = attention
         cfg = self.config = reference.config
         ref = copy.deepcopy(reference).double()
         self.f_attention = _band(ref.f_attention)
@@ -109,9 +121,16 @@ class DeployGraph(nn.Module):
         """Frames ``(N, F)`` -> F-Encoder output planes ``(c, N, F)`` (rank-one form)."""
         cfg = self.config
         c, n_f, k = cfg.channels, cfg.n_mels, cfg.ffn_kernel
-        s = xf * self.a_head + self.b_head  # (h, N, F)
-        prob = torch.softmax(s.unsqueeze(-1) * xf.unsqueeze(1), dim=-1)  # (h, N, F, G)
-        m = torch.matmul(prob, xf.unsqueeze(-1))  # (h, N, F, 1): sum_g p_fg x_g
+        if self.attention == "standard":
+            # queries s (N, h, F, 1), keys = values = the bands (N, 1, F, 1): head size 1
+            s = xf.unsqueeze(1) * self.a_head.reshape(1, -1, 1) + self.b_head.reshape(1, -1, 1)
+            keys = xf.reshape(-1, 1, n_f, 1)
+            m = _StandardAttention.apply(s.unsqueeze(-1), keys)  # (N, h, F, 1)
+            m = m.reshape(-1, cfg.num_heads, n_f).transpose(0, 1)  # (h, N, F)
+        else:
+            s = xf * self.a_head + self.b_head  # (h, N, F)
+            prob = torch.softmax(s.unsqueeze(-1) * xf.unsqueeze(1), dim=-1)  # (h, N, F, G)
+            m = torch.matmul(prob, xf.unsqueeze(-1))  # (h, N, F, 1): sum_g p_fg x_g
         v = torch.cat([xf.reshape(1, -1), m.reshape(cfg.num_heads, -1)], 0)  # (1 + h, N*F)
         r = torch.matmul(self.w_mix, v) + self.e_bias  # (c, N*F)
         y1 = _layer_norm0(r, self.norm1_weight, self.norm1_bias, self.eps)
@@ -121,6 +140,31 @@ class DeployGraph(nn.Module):
         z = F.conv2d(a1, self.ffn2_weight, self.ffn2_bias, padding=pad) + y1
         y2 = _layer_norm0(z.reshape(c, -1), self.norm2_weight, self.norm2_bias, self.eps)
         return y2.reshape(c, -1, n_f)
+
+
+# the two forms of the F-Encoder's attention (export_onnx's targets choose one):
+# "standard": ONNX's Attention op (opset 23) at head size 1, no (heads, frames, F, F) tensor;
+# "materialized": Mul (the score tensor) + Softmax + MatMul, opset 18, what TensorRT < 10.14
+# parses
+ATTENTION_FORMS = ("standard", "materialized")
+# the domain the exporter writes the Attention node in; onnx_export moves it to the default
+# domain at opset 23 (the TorchScript exporter writes opsets up to 20 only)
+STAGED_DOMAIN = "atfnn.staged"
+
+
+class _StandardAttention(torch.autograd.Function):
+    """``softmax(q k^T) v`` with ``v = k`` and scale 1 (head size 1): eager values for the
+    trace, one ONNX ``Attention`` node in the exported graph."""
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        return F.scaled_dot_product_attention(q, k.expand_as(q), k.expand_as(q), scale=1.0)
+
+    @staticmethod
+    def symbolic(g, q, k):
+        out = g.op(f"{STAGED_DOMAIN}::Attention", q, k, k, scale_f=1.0)
+        out.setType(q.type())
+        return out
 
 
 def _layer_norm0(z: torch.Tensor, weight, bias, eps: float) -> torch.Tensor:

@@ -78,11 +78,16 @@ from atfnn_fast.features import FeatureConfig, NormStats
 from atfnn_fast.inference import MAX_BATCH_SIZE
 from atfnn_fast.reference import ATFNNReference
 
-from .graph import DeployGraph
+from .graph import STAGED_DOMAIN, DeployGraph
 
 INPUT_NAME = "spectrogram"
 OUTPUT_NAME = "logits"
 DEFAULT_OPSET = 18
+# export targets -> the form of the F-Encoder's attention (graph.ATTENTION_FORMS); the
+# default is the fastest in ONNX Runtime, "tensorrt" is what TensorRT's parser takes
+TARGETS = {"onnxruntime": "standard", "tensorrt": "materialized"}
+DEFAULT_TARGET = "onnxruntime"
+ATTENTION_OPSET = 23  # the first opset with the standard Attention op
 try:  # the newest opset torch's TorchScript exporter writes (20 in torch 2.8 to 2.11)
     from torch.onnx._constants import ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET as MAX_OPSET
 except ImportError:  # pragma: no cover - a torch that moved it
@@ -131,13 +136,21 @@ def export_onnx(
     labels: list[str] | None = None,
     norm_stats: NormStats | None = None,
     features: FeatureConfig | None = None,
+    target: str = DEFAULT_TARGET,
 ) -> Path:
     """Export ``model`` (ATFNN or ATFNNReference, any variant) to ``path``; returns the path.
 
     ``dtype="float16"`` writes a half-precision graph (weights, input and output in fp16);
     ``quantize="int8"`` a dynamically quantised float32 graph (ONNX Runtime, CPU).
+    ``target`` (:data:`TARGETS`): ``"onnxruntime"`` writes the F-Encoder's attention as the
+    standard ``Attention`` op (the graph's opset becomes :data:`ATTENTION_OPSET`; the
+    fastest in ONNX Runtime, no score tensor); ``"tensorrt"`` as ``Mul`` + ``Softmax`` +
+    ``MatMul`` at ``opset``, which every TensorRT 8.6+ ONNX parser takes
+    (docs/design.md#onnx-export).
     """
     onnx = require("onnx", extra="export")
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
 
     opset = DEFAULT_OPSET if opset is None else opset
     if (
@@ -155,7 +168,7 @@ def export_onnx(
     ref = reference_copy(model)
     cfg = ref.config
     labels = check_deployment_info(cfg, labels, norm_stats)
-    graph = DeployGraph(ref, DTYPES[dtype])
+    graph = DeployGraph(ref, DTYPES[dtype], attention=TARGETS[target])
     example = torch.randn(2 if dynamic_batch else 1, 1, cfg.n_mels, cfg.frames)
     axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
     buffer = io.BytesIO()
@@ -176,6 +189,7 @@ def export_onnx(
             do_constant_folding=True,
         )
     proto = onnx.load_from_string(buffer.getvalue())
+    _unstage(proto)
     _drop_zero_initial_states(proto)
     proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
     _set_metadata(proto, cfg, labels, norm_stats, features or FeatureConfig(), dtype, None)
@@ -184,6 +198,24 @@ def export_onnx(
         proto = _quantize_int8(proto)
         _set_metadata(proto, cfg, labels, norm_stats, features or FeatureConfig(), dtype, quantize)
     return _atomic_save(proto, Path(path))
+
+
+def _unstage(proto) -> None:
+    """Nodes the exporter wrote in :data:`graph.STAGED_DOMAIN` (the ``Attention`` op, which
+    the TorchScript exporter cannot write: it stops at opset 20) move to the default domain,
+    and the graph's opset becomes :data:`ATTENTION_OPSET` (every other op of the graph means
+    the same there; ``onnx.checker``'s full check runs on the result)."""
+    staged = [n for n in proto.graph.node if n.domain == STAGED_DOMAIN]
+    if not staged:
+        return
+    for node in staged:
+        node.domain = ""
+    imports = [o for o in proto.opset_import if o.domain != STAGED_DOMAIN]
+    for entry in imports:
+        if entry.domain in ("", "ai.onnx"):
+            entry.version = max(entry.version, ATTENTION_OPSET)
+    del proto.opset_import[:]
+    proto.opset_import.extend(imports)
 
 
 def _drop_zero_initial_states(proto) -> None:

@@ -23,16 +23,11 @@ from atfnn_fast.inference import (
     check_finite_scores,
     make_prediction,
     mean_probabilities,
+    softmax,
 )
 
 from .onnx_export import INPUT_NAME, read_metadata
 from .validate import session
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 class OnnxPredictor:

@@ -2,7 +2,9 @@
 
 Checks, without TensorRT: every node in the default ONNX domain and in
 :data:`TENSORRT_OPS` (a conservative subset of the onnx-tensorrt operator support matrix:
-ops marked supported since TensorRT 8.4, plus LayerNormalization, supported since 8.6); LSTM
+ops marked supported since TensorRT 8.4, plus LayerNormalization, supported since 8.6), an
+op of :data:`TENSORRT_NEWER_OPS` (``Attention``: TensorRT 10.14 and newer) reported with the
+version it needs, the opset within TensorRT 10.0's range (9-20); LSTM
 with ``layout=0`` and the same activations in both directions; LayerNormalization with the
 Y output only; Conv / Gemm / MatMul / LSTM weights as initializers; a float32 or float16
 graph input. Returns the list of problems found (empty: ready).
@@ -33,6 +35,12 @@ TENSORRT_OPS = frozenset(
     """.split()
 )
 _WEIGHT_INPUTS = {"Conv": (1,), "ConvTranspose": (1,), "LSTM": (1, 2), "Gemm": (1,)}
+# ops outside that subset that newer parsers take: op -> (first TensorRT version, source).
+# Attention (opset 23) arrived in the ONNX-TensorRT parser of TensorRT 10.14 GA (its release
+# notes, 2025-11); before that, and for the opset 9-20 range of TensorRT 10.0-10.13, the
+# graph must come from export_onnx(..., target="tensorrt")
+TENSORRT_NEWER_OPS = {"Attention": ("10.14", "ONNX-TensorRT 10.14 GA release notes")}
+TENSORRT_MAX_OPSET = 20  # TensorRT 10.0's parser: opsets 9 to 20 (docs/operators.md)
 
 
 def check_tensorrt_ready(path: str | os.PathLike) -> list[str]:
@@ -50,7 +58,14 @@ def check_tensorrt_ready(path: str | os.PathLike) -> list[str]:
         if node.domain not in ("", "ai.onnx"):
             problems.append(f"{where}: custom domain {node.domain!r}")
             continue
-        if node.op_type not in TENSORRT_OPS:
+        if node.op_type in TENSORRT_NEWER_OPS:
+            version, source = TENSORRT_NEWER_OPS[node.op_type]
+            problems.append(
+                f"{where}: {node.op_type} needs TensorRT >= {version} ({source}); "
+                "export with target='tensorrt' (atfnn-fast export --target tensorrt) for "
+                "older TensorRT"
+            )
+        elif node.op_type not in TENSORRT_OPS:
             problems.append(f"{where}: {node.op_type} is not in the TensorRT support matrix")
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         if node.op_type == "LSTM":
@@ -68,6 +83,13 @@ def check_tensorrt_ready(path: str | os.PathLike) -> list[str]:
                 name = node.input[index]
                 if name not in initializers and name not in constants:
                     problems.append(f"{where}: weight input {name!r} is not an initializer")
+    opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    if opset > TENSORRT_MAX_OPSET:
+        problems.append(
+            f"opset {opset}: beyond the opsets 9-{TENSORRT_MAX_OPSET} of TensorRT 10.0's parser "
+            f"(newer parsers take more; {', '.join(sorted(TENSORRT_NEWER_OPS))} needs "
+            f"{min(v for v, _ in TENSORRT_NEWER_OPS.values())})"
+        )
     for inp in graph.input:
         if inp.name in initializers:
             continue

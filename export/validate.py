@@ -309,8 +309,7 @@ def audio_files(sources: Iterable[str | os.PathLike]) -> list[Path]:
 
 def _agreement(sess, model, meta, audio, np_dtype) -> Agreement:
     from atfnn_fast.features import file_segments, speech_sample
-
-    from .predictor import softmax
+    from atfnn_fast.inference import softmax
 
     cfg = meta["config"]
     hop = max(1, cfg.frames // 4)

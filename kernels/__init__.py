@@ -22,8 +22,16 @@ Which implementation runs is decided per call by :func:`atfnn_fast.kernels.dispa
   then need ``TRITON_INTERPRET=1`` (set before this package is imported).
 """
 
+import torch
+
+from .band_attention_op import band_attention
 from .dispatch import BACKENDS, get_backend, set_backend, use_backend
-from .ops import assert_finite, band_attention, freq_encoder
+from .freq_encoder_op import freq_encoder
+
+try:  # triton ships with torch's Linux wheels; elsewhere the check is torch._assert_async
+    from . import checks
+except ImportError:  # pragma: no cover
+    checks = None
 
 __all__ = [
     "BACKENDS",
@@ -34,3 +42,14 @@ __all__ = [
     "set_backend",
     "use_backend",
 ]
+
+
+def assert_finite(x: torch.Tensor) -> None:
+    """NaN/Inf check of a model input without a host sync (:mod:`.checks`): a device-side
+    assert on CUDA; ``torch._assert_async`` (a RuntimeError at once) on the CPU."""
+    if torch.onnx.is_in_onnx_export():
+        return
+    if checks is not None:
+        checks.assert_finite(x)
+    else:  # pragma: no cover
+        torch._assert_async(torch.isfinite(x).all(), "x must be finite: NaN or Inf values")

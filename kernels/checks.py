@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _triton_utils
+from . import launch as _launch
 
 BLOCK = 1024
 
@@ -53,8 +53,8 @@ def _assert_finite_kernel(
 def assert_finite(x: torch.Tensor) -> None:
     """Check ``x`` (``(B, 1, F, T)`` or ``(B, F, T)``) for NaN/Inf without a host sync (see
     the module docstring)."""
-    recording = _triton_utils._recorder is not None
-    if (x.is_cuda or recording) and x.numel() + BLOCK <= _triton_utils.MAX_OFFSET:
+    recording = _launch._recorder is not None
+    if (x.is_cuda or recording) and x.numel() + BLOCK <= _launch.MAX_OFFSET:
         launch_assert_finite(x)
         return
     torch._assert_async(torch.isfinite(x).all(), "x must be finite: NaN or Inf values")
@@ -66,9 +66,9 @@ def launch_assert_finite(x: torch.Tensor) -> None:
     v = x if x.dim() == 3 else x[:, 0]
     b, f, t = v.shape
     n = b * f * t
-    if max(_triton_utils.max_offset(v), n) > _triton_utils.MAX_OFFSET:
+    if max(_launch.max_offset(v), n) > _launch.MAX_OFFSET:
         v = v.contiguous()
-    _triton_utils.launch(
+    _launch.launch(
         _assert_finite_kernel,
         (triton.cdiv(n, BLOCK),),
         x_ptr=v,

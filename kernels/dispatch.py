@@ -28,6 +28,10 @@ def _parse(name: str, source: str) -> str:
     return value
 
 
+# op name -> its custom-op entry point (``atfnn::<name>``: the Triton kernels on CUDA, the
+# op folder's ``cpu`` module on the CPU), filled in by each op folder's ``op`` module
+TRITON_IMPLS: dict[str, Callable] = {}
+
 _backend = _parse(os.environ.get(ENV_BACKEND, "auto") or "auto", ENV_BACKEND)
 
 
@@ -53,7 +57,7 @@ def use_backend(name: str) -> Iterator[None]:
         set_backend(previous)
 
 
-# set while benchmarks.resources records launches (see _triton_utils.recording): CPU tensors
+# set while benchmarks.resources records launches (see launch.recording): CPU tensors
 # may then take the Triton implementations, which compile but never run
 recording_launches = False
 
@@ -88,8 +92,10 @@ def select(
 
         unsupported = problem(op, tensor.device)
     if backend == "auto":
-        if not tensor.is_cuda or triton_impl is None:
+        if triton_impl is None or tensor.device.type not in ("cuda", "cpu"):
             return torch_impl
+        if not tensor.is_cuda:  # the custom op's CPU implementation (its op folder's cpu.py)
+            return triton_impl
         if unsupported is not None:
             key = (op, str(tensor.device))
             if key not in _warned:

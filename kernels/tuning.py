@@ -94,7 +94,7 @@ class FreqEncoderSettings:
 FREQ_ENCODER_FIELDS = ("norm1", "ffn", "ffn_bwd_dh1", "ffn_bwd_dy1", "norm1_bwd", "softmax_bwd")
 # Per pass (forward, backward) of atfnn::freq_encoder, the implementation that runs it:
 # "kernels" (the Triton kernels) or "compile-rank1" (torch.compile of the plain-torch
-# rank-one math, kernels/freq_encoder_math.py). A tuned table names "compile-rank1" for a
+# rank-one math, kernels/freq_encoder_op/rank_one.py). A tuned table names "compile-rank1" for a
 # pass only where the GPU timing measured it faster (scripts/gpu_sweep.py --timing-json).
 PASS_FIELDS = ("forward", "backward")
 PASS_IMPLS = ("kernels", "compile-rank1")
@@ -220,7 +220,7 @@ def override(
 # ---------------------------------------------------------------------- tuned tables
 def current_precision() -> str:
     """ "tf32" while ``torch.backends.cudnn.allow_tf32`` (the flag the F-Encoder's dots
-    follow: kernels/triton_freq_encoder.py ``_precision``), else "ieee": the key the tuned
+    follow: kernels/freq_encoder_op/custom_op.py ``_precision``), else "ieee": the key the tuned
     tables are read and written with."""
     import torch
 

@@ -28,7 +28,8 @@ def check(arch: int, dtype_name: str, cand) -> dict:
     import torch
     from triton.runtime import driver
 
-    from atfnn_fast.kernels import _triton_utils, use_backend
+    from atfnn_fast.kernels import launch as launch_path
+    from atfnn_fast.kernels import use_backend
     from benchmarks import resources
     from benchmarks.floors import launch_label
     from benchmarks.profile import kernel_name
@@ -46,7 +47,7 @@ def check(arch: int, dtype_name: str, cand) -> dict:
             kw["num_stages"] = cand.setting.num_stages
         compiled.append(kernel.warmup(*args, grid=grid, **kw))
 
-    with _triton_utils.recording(record), use_backend("triton"), gpu_sweep._override(cand):
+    with launch_path.recording(record), use_backend("triton"), gpu_sweep._override(cand):
         resources._run_front_end(cfg, getattr(torch, dtype_name))
     rows = [resources.row_for(c, arch, dtype_name, "candidate") for c in compiled]
     worst = [r for r in rows if not r["meets_target"]] or rows

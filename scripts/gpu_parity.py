@@ -187,11 +187,12 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("TRITON_INTERPRET", "1")
     import torch
 
-    from atfnn_fast.kernels import dispatch, triton_freq_encoder
+    from atfnn_fast.kernels import dispatch
+    from atfnn_fast.kernels.freq_encoder_op import custom_op as fe_custom
 
     dispatch.set_backend("triton")
     # every FFN kernel size runs the kernels here, verified or not: that is what this checks
-    triton_freq_encoder.CUDA_FFN_KERNELS = (1, 3, 5)
+    fe_custom.CUDA_FFN_KERNELS = (1, 3, 5)
     args.out.mkdir(parents=True, exist_ok=True)
     meta = {
         "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu (interpreter)",

@@ -44,7 +44,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from atfnn_fast import ATFNN, ATFNNConfig, kernels  # noqa: E402
-from atfnn_fast.kernels import _triton_utils, tuning  # noqa: E402
+from atfnn_fast.kernels import launch as launch_path  # noqa: E402
+from atfnn_fast.kernels import tuning  # noqa: E402
 from benchmarks import device as dev  # noqa: E402
 from benchmarks.profile import FENC_SLOTS, LaunchTimer  # noqa: E402
 
@@ -143,7 +144,7 @@ def plan(precisions: list[str]) -> list[tuple[str, tuning.Candidate]]:
 
 def time_candidate(step, cand, steps: int) -> dict:
     timer = LaunchTimer()
-    with _triton_utils.recording(timer), _override(cand):
+    with launch_path.recording(timer), _override(cand):
         step()
         timer.times()  # warm-up: compiles this setting
         per_step, seen = [], []
@@ -249,7 +250,7 @@ def dry_run(cfg: ATFNNConfig) -> int:
             if launch_slot(label, kwargs) == cand.slot:
                 seen.append(kwargs)
 
-        with _triton_utils.recording(record), kernels.use_backend("triton"), _override(cand):
+        with launch_path.recording(record), kernels.use_backend("triton"), _override(cand):
             steps[_workload_of(cand)]()
         s = cand.setting
         want = (s.block_t, s.num_warps) if cand.op == "freq_encoder" else (s.block, s.num_warps)

@@ -15,7 +15,7 @@ Providers (B = 128, T = 128, default config, fp32 and bf16 autocast):
   ``train_step`` the whole step (forward, cross-entropy, backward, ``Adam(capturable=True)``
   step) with static inputs;
 * ``compile-rank1`` (F-Encoder cases): ``torch.compile`` of the plain-torch rank-one math of
-  ``kernels/freq_encoder_math.py`` (forward; forward + backward through autograd): whether
+  ``kernels/freq_encoder_op/rank_one.py`` (forward; forward + backward through autograd): whether
   the hand-written kernels beat Inductor on the same algebra.
 
 Every provider is timed the same way: on CUDA ``triton.testing.do_bench`` (CUDA events
@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from atfnn_fast import ATFNN, ATFNNConfig, ATFNNReference  # noqa: E402
-from atfnn_fast.kernels import freq_encoder_math as fm  # noqa: E402
+from atfnn_fast.kernels.freq_encoder_op import rank_one as fm  # noqa: E402
 from benchmarks import device as dev  # noqa: E402
 from benchmarks import floors, report  # noqa: E402
 

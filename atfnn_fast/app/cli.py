@@ -132,6 +132,7 @@ def _export(args: argparse.Namespace) -> int:
         norm_stats=ckpt.norm_stats,
         features=ckpt.features,
         quantize=args.quantize,
+        target=args.target,
     )
     if args.validate:
         failed = output.with_name(output.name + ".failed")
@@ -232,7 +233,7 @@ def _default(function, name: str):
 
 def build_parser() -> argparse.ArgumentParser:
     from atfnn_fast import __version__
-    from atfnn_fast.export.onnx_export import DEFAULT_OPSET, DTYPES, MAX_OPSET, export_onnx
+    from atfnn_fast.export.onnx_export import DEFAULT_OPSET, DTYPES, MAX_OPSET, TARGETS, export_onnx
     from atfnn_fast.inference import DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE
 
     from .datasets import DATASETS
@@ -369,6 +370,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=_int_in(DEFAULT_OPSET, MAX_OPSET),
         default=None,
         help=f"ONNX opset, {DEFAULT_OPSET} to {MAX_OPSET} (default {DEFAULT_OPSET})",
+    )
+    export.add_argument(
+        "--target",
+        choices=tuple(TARGETS),
+        default=_default(export_onnx, "target"),
+        help="onnxruntime: the attention as ONNX's Attention op (opset 23, fastest in ONNX "
+        "Runtime); tensorrt: as Mul + Softmax + MatMul at --opset (TensorRT 8.6+) "
+        "(default %(default)s)",
     )
     export.add_argument(
         "--static-batch", action="store_true", help="batch fixed at 1 (default: dynamic)"

@@ -58,3 +58,38 @@ def test_design_doc_covers_the_contract():
         "## Benchmarks",
     ):
         assert f"\n{heading}\n" in text, heading
+
+
+PATH_PATTERN = re.compile(
+    r"(?<![\w/.-])((?:atfnn_fast|kernels|export|benchmarks|scripts|tests|docs)/[\w./-]*[\w/])"
+)
+
+
+def named_paths(text: str) -> set[str]:
+    """Repository paths a document names (``kernels/dispatch.py``, ``export/``): patterns with
+    placeholders (``sm_XX``, a date left open) are not paths."""
+    found = set()
+    for match in PATH_PATTERN.findall(text):
+        path = match.rstrip(".")
+        if re.search(r"XX|\d{8}\.|-$|_$", path):
+            continue
+        if "." in Path(path).name or path.endswith("/"):
+            found.add(path)
+    return found
+
+
+def test_the_readme_and_the_docs_name_only_paths_that_exist():
+    docs = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    missing = [
+        f"{doc.relative_to(ROOT)}: {path}"
+        for doc in docs
+        for path in sorted(named_paths(doc.read_text()))
+        if not (ROOT / path.split("#")[0]).exists()
+    ]
+    assert missing == []
+
+
+def test_the_path_check_sees_a_missing_file():
+    assert named_paths("see `kernels/triton_band_attention.py` and kernels/tuned/sm_XX.json") == {
+        "kernels/triton_band_attention.py"
+    }

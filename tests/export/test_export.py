@@ -97,8 +97,53 @@ def test_onnxruntime_loads_without_warnings(exported):
     assert "[W:" not in proc.stderr and "[E:" not in proc.stderr, proc.stderr
 
 
-def test_tensorrt_ready(exported):
-    assert check_tensorrt_ready(exported[0]) == []
+def test_default_graph_has_no_score_tensor(exported):
+    """The default (ONNX Runtime) graph writes the F-Encoder's attention as one standard
+    Attention node per model: no Softmax, and no value of the (heads, frames, F, F) scores."""
+    proto = onnx.shape_inference.infer_shapes(onnx.load(str(exported[0])))
+    ops = [n.op_type for n in proto.graph.node]
+    assert ops.count("Attention") == 1 and "Softmax" not in ops
+    assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) == 23
+    for value in proto.graph.value_info:
+        dims = [d.dim_value for d in value.type.tensor_type.shape.dim]
+        assert dims[-2:] != [80, 80], f"{value.name}: {dims}"
+
+
+def test_tensorrt_target_is_ready_and_the_default_says_what_it_needs(exported, tmp_path):
+    """The tensorrt target passes the TensorRT check; the default graph is flagged with the
+    TensorRT version its Attention node needs and the way out."""
+    path, model, _ = exported
+    trt = export_onnx(model, tmp_path / "trt.onnx", labels=LABELS, target="tensorrt")
+    assert check_tensorrt_ready(trt) == []
+    proto = onnx.load(str(trt))
+    assert "Attention" not in {n.op_type for n in proto.graph.node}
+    problems = "\n".join(check_tensorrt_ready(path))
+    assert "Attention needs TensorRT >= 10.14" in problems
+    assert "--target tensorrt" in problems and "opset 23" in problems
+
+
+@pytest.mark.parametrize("target", ["onnxruntime", "tensorrt"])
+def test_both_targets_validate_against_eager_at_batches_1_3_17(exported, tmp_path, target):
+    path, model, _ = exported
+    if target != "onnxruntime":
+        path = export_onnx(model, tmp_path / f"{target}.onnx", labels=LABELS, target=target)
+    report = validate_onnx(path, model, batch_sizes=(1, 3, 17))
+    assert report.passed and [r.batch for r in report.results] == [1, 3, 17]
+    assert all(r.max_rel <= 1e-4 for r in report.results)
+
+
+def test_int8_export_of_the_default_graph_keeps_its_attention(exported, tmp_path):
+    _, model, _ = exported
+    q = export_onnx(model, tmp_path / "int8.onnx", labels=LABELS, quantize="int8")
+    ops = {n.op_type for n in onnx.load(str(q)).graph.node}
+    assert "Attention" in ops and "DynamicQuantizeLSTM" in ops
+    report = validate_onnx(q, model, batch_sizes=(1, 3, 17))
+    assert report.passed, str(report)
+
+
+def test_unknown_target_is_refused(exported, tmp_path):
+    with pytest.raises(ValueError, match="target must be one of"):
+        export_onnx(exported[1], tmp_path / "x.onnx", labels=LABELS, target="trt")
 
 
 def test_tensorrt_check_flags_a_broken_graph(exported, tmp_path):
@@ -237,7 +282,13 @@ def test_cli_export_and_predict(exported, tmp_path, capsys):
     out = tmp_path / "cli.onnx"
     assert main(["export", "--checkpoint", str(ckpt), "--output", str(out), "--validate"]) == 0
     text = capsys.readouterr().out
-    assert "PASS" in text and "trtexec --onnx=" in text and out.exists()
+    assert "PASS" in text and out.exists()
+    assert "Attention needs TensorRT >= 10.14" in text and "--target tensorrt" in text
+    trt = tmp_path / "trt.onnx"
+    args = ["export", "--checkpoint", str(ckpt), "--output", str(trt), "--target", "tensorrt"]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "no problem found" in text and f"trtexec --onnx={trt}" in text
 
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"RIFF....WAVEfmt garbage")

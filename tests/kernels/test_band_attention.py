@@ -8,7 +8,9 @@ import pytest
 import torch
 from helpers import DEVICE, assert_accurate, max_rel_err, rounding_sensitivity
 
-from atfnn_fast.kernels import torch_ops, triton_band_attention, use_backend
+from atfnn_fast.kernels import use_backend
+from atfnn_fast.kernels.band_attention_op import custom_op as ba_custom
+from atfnn_fast.kernels.band_attention_op import reference as ba_reference
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -75,7 +77,7 @@ def run_both(*inputs, with_map_grad=True):
         if aliased:  # the encoding source stays a view of the (perturbed) target
             source = target.permute(0, 3, 2, 1)
         return run(
-            torch_ops.band_attention,
+            ba_reference.band_attention,
             source,
             weight,
             bias,
@@ -86,8 +88,8 @@ def run_both(*inputs, with_map_grad=True):
         )
 
     return [
-        run(triton_band_attention.band_attention, *inputs, with_map_grad=with_map_grad),
-        run(torch_ops.band_attention, *inputs, with_map_grad=with_map_grad),
+        run(ba_custom.band_attention, *inputs, with_map_grad=with_map_grad),
+        run(ba_reference.band_attention, *inputs, with_map_grad=with_map_grad),
         exact(*inputs[:4]),
         rounding_sensitivity(exact, *inputs[:4]),
     ]
@@ -150,7 +152,7 @@ def test_weight_gradients_are_deterministic():
     grads = []
     for _ in range(2):
         w = weight.clone().requires_grad_(True)
-        out, _ = triton_band_attention.band_attention(source, w, bias, target, axis=axis)
+        out, _ = ba_custom.band_attention(source, w, bias, target, axis=axis)
         out.sum().backward()
         grads.append(w.grad)
     assert torch.equal(grads[0], grads[1])
@@ -160,8 +162,8 @@ def test_weight_gradients_are_deterministic():
 def test_extreme_values_do_not_overflow():
     source, weight, bias, _, axis = make_inputs("freq", 2, 10, 16, 4)
     source = source * 1e3  # sigmoid saturates; no NaN, weights exactly 0 or 1 allowed
-    out, wmap = triton_band_attention.band_attention(source, weight * 10, bias, axis=axis)
-    ref, ref_map = torch_ops.band_attention(source, weight * 10, bias, axis=axis)
+    out, wmap = ba_custom.band_attention(source, weight * 10, bias, axis=axis)
+    ref, ref_map = ba_reference.band_attention(source, weight * 10, bias, axis=axis)
     assert torch.isfinite(out).all() and torch.isfinite(wmap).all()
     assert max_rel_err(out, ref) <= 1e-5 and max_rel_err(wmap, ref_map) <= 1e-5
 
@@ -223,9 +225,9 @@ def test_op_compiles_without_graph_break():
 def test_low_precision_on_cuda(mode, dtype):
     source, weight, bias, target, axis = make_inputs(mode, 3, 80, 128, 8, dtype=dtype)
     exact = [t.double() if t is not None else None for t in (source, weight, bias, target)]
-    got = triton_band_attention.band_attention(source, weight, bias, target, axis=axis)
+    got = ba_custom.band_attention(source, weight, bias, target, axis=axis)
     assert got[0].dtype == dtype
-    assert_accurate(got, torch_ops.band_attention(*exact, axis=axis))  # per-dtype floor
+    assert_accurate(got, ba_reference.band_attention(*exact, axis=axis))  # per-dtype floor
 
 
 @pytest.mark.skipif(DEVICE.type != "cuda", reason="aot dispatch traces the Triton kernel: CUDA")

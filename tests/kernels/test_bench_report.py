@@ -48,13 +48,13 @@ def test_counts_grow_along_the_pipeline():
 
 
 def test_skip_reasons(monkeypatch):
-    from atfnn_fast.kernels import ops
+    from atfnn_fast.kernels import dispatch
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert cases.skip_reason("full_fwd", "eager", cpu) is None
     assert cases.skip_reason("full_fwd", "fused", cpu) is None  # ATFNN's plain-torch path
-    monkeypatch.setitem(ops.TRITON_IMPLS, "band_attention", object())
-    monkeypatch.delitem(ops.TRITON_IMPLS, "freq_encoder", raising=False)
+    monkeypatch.setitem(dispatch.TRITON_IMPLS, "band_attention", object())
+    monkeypatch.delitem(dispatch.TRITON_IMPLS, "freq_encoder", raising=False)
     assert cases.skip_reason("band_attention_fwd_bwd", "fused", cuda) is None
     reason = cases.skip_reason("front_end_fwd", "fused", cuda)
     assert reason == "no Triton kernel yet for atfnn::freq_encoder"

@@ -106,11 +106,11 @@ def test_newer_arch_is_held_to_the_largest_known_need(monkeypatch):
 
 def test_unverified_ffn_kernel_size_falls_back_on_cuda(monkeypatch):
     mock_device(monkeypatch, 227, major=9, minor=0, name="Mock H100")
-    from atfnn_fast.kernels import triton_freq_encoder
+    from atfnn_fast.kernels.freq_encoder_op import custom_op as fe_custom
 
-    reason = triton_freq_encoder.supports([8, 2, 3, 32], "cuda")
+    reason = fe_custom.supports([8, 2, 3, 32], "cuda")
     assert "ffn_kernel 3" in reason
-    assert triton_freq_encoder.supports([8, 2, 3, 32], "cpu") is None
+    assert fe_custom.supports([8, 2, 3, 32], "cpu") is None
     with use_backend("auto"), pytest.warns(RuntimeWarning, match="ffn_kernel 3"):
         assert (
             dispatch.select("freq_encoder", CudaStub(), torch_impl, triton_impl, reason)

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from atfnn_fast import ATFNN, ATFNNConfig
-from atfnn_fast.kernels import _triton_utils, use_backend
+from atfnn_fast.kernels import launch as launch_path
+from atfnn_fast.kernels import use_backend
 from benchmarks import floors
 
 CFG = ATFNNConfig()
@@ -87,7 +88,7 @@ def _recorded(cfg, blk: str, backward: bool) -> list[str]:
     def record(kernel, grid, args, kwargs):
         labels.append(floors.launch_label(kernel_name(kernel), kwargs))
 
-    with _triton_utils.recording(record), use_backend("triton"):
+    with launch_path.recording(record), use_backend("triton"):
         if blk == "freq_encoder":
             outs = [model._f_encoder(x)]
         elif blk == "band_attention":

@@ -20,9 +20,13 @@ from helpers import (
     tiny_config,
 )
 
-from atfnn_fast.kernels import _triton_utils, torch_ops, triton_freq_encoder, tuning, use_backend
-from atfnn_fast.kernels import fenc_common as fc
-from atfnn_fast.kernels import freq_encoder_math as fm
+from atfnn_fast import kernels
+from atfnn_fast.kernels import launch as launch_path
+from atfnn_fast.kernels import tuning, use_backend
+from atfnn_fast.kernels.freq_encoder_op import common as fc
+from atfnn_fast.kernels.freq_encoder_op import custom_op as fe_custom
+from atfnn_fast.kernels.freq_encoder_op import rank_one as fm
+from atfnn_fast.kernels.freq_encoder_op import reference as fe_reference
 from atfnn_fast.reference import FrequencyEncoder
 
 EPS = 1e-5
@@ -51,22 +55,20 @@ def fused_run(enc, x, wt, g):
     x = x.detach().clone().requires_grad_()
     wt = wt.detach().clone().requires_grad_() if wt is not None else None
     params = list(enc.op_params())
-    out = triton_freq_encoder.freq_encoder(
-        x, *params, num_heads=enc.num_heads, eps=EPS, time_weights=wt
-    )
+    out = fe_custom.freq_encoder(x, *params, num_heads=enc.num_heads, eps=EPS, time_weights=wt)
     leaves = [x] + ([wt] if wt is not None else []) + params
     return out, torch.autograd.grad((out * g).sum(), leaves)
 
 
-def assert_as_accurate(enc, x, wt, g=None):
+def assert_as_accurate(enc, x, wt, g=None, backend="triton"):
     """The fused op's output and every gradient against the float64 reference, bounded by
     the float32 reference's own error and the problem's rounding sensitivity
     (helpers.assert_accurate)."""
     if g is None:
-        g = torch.randn(x.shape[0], x.shape[3], x.shape[2], enc.lift.out_features, device=DEVICE)
+        g = torch.randn(x.shape[0], x.shape[3], x.shape[2], enc.lift.out_features, device=x.device)
     enc64 = copy.deepcopy(enc).double()
     args64 = [t.double() if t is not None else None for t in (x, wt, g)]
-    with use_backend("triton"):
+    with use_backend(backend):
         got = fused_run(enc, x, wt, g)
     assert got[0].dtype == x.dtype
     with torch.backends.cudnn.flags(allow_tf32=False):  # the float32 reference in float32
@@ -112,6 +114,89 @@ def test_hand_written_backward_equals_autograd():
         assert max_rel_err(a, b) <= 1e-11, i
 
 
+# ---------------------------------------------------------------- the CPU implementation
+@pytest.mark.parametrize(
+    "heads,channels,n_mels,frames,batch,ffn_kernel,ffn_channels",
+    [
+        (2, 8, 80, 8, 2, 5, 32),  # the paper's sizes, few frames
+        (1, 8, 10, 16, 3, 5, 6),
+        (3, 6, 15, 8, 1, 3, 5),  # odd everything
+        (4, 8, 7, 24, 2, 7, 9),  # a kernel wider than the Triton kernels take; 7 bands
+        (2, 4, 5, 8, 5, 1, 3),
+    ],
+)
+@pytest.mark.parametrize("with_time", [True, False])
+def test_cpu_forward_and_gradients(
+    heads, channels, n_mels, frames, batch, ffn_kernel, ffn_channels, with_time
+):
+    """The op's CPU implementation (kernels/freq_encoder_op/cpu.py, what ATFNN runs on the
+    CPU under ATFNN_BACKEND=auto): output and every gradient against the float64 oracle,
+    within the float32 reference's own error, on fresh inputs and awkward sizes."""
+    enc = randomize(
+        FrequencyEncoder(
+            tiny_config(
+                num_heads=heads,
+                channels=channels,
+                n_mels=n_mels,
+                f_group=1 if n_mels % 5 else 5,
+                ffn_kernel=ffn_kernel,
+                ffn_channels=ffn_channels,
+            )
+        ),
+        0.5,
+    )
+    x = torch.randn(batch, 1, n_mels, frames) * 2
+    wt = torch.rand(batch, n_mels, frames) if with_time else None
+    assert_as_accurate(enc, x, wt, backend="auto")
+
+
+def test_cpu_implementation_is_what_auto_runs_on_the_cpu(monkeypatch):
+    """Under auto a CPU tensor takes the custom op, whose CPU branch is cpu.py (not the
+    SDPA reference and not the whole-batch rank-one form)."""
+    from atfnn_fast.kernels.freq_encoder_op import cpu
+
+    calls = []
+    real = cpu.forward
+    monkeypatch.setattr(cpu, "forward", lambda *a: calls.append(1) or real(*a))
+    enc = make_encoder(2, 8).cpu()
+    with use_backend("auto"), torch.no_grad():
+        out = kernels.freq_encoder(torch.randn(2, 1, 10, 8), *enc.op_params(), num_heads=2, eps=EPS)
+    assert calls == [1] and out.shape == (2, 8, 10, 8)
+
+
+def test_cpu_float64_is_the_rank_one_math_exactly():
+    """In float64 the CPU implementation and the rank-one reference agree to rounding,
+    forward and every gradient (the hand-derived backward is the same function)."""
+    from atfnn_fast.kernels.freq_encoder_op import cpu
+
+    enc = make_encoder(2, 8, n_mels=20).cpu().double()
+    x = torch.randn(3, 1, 20, 8, dtype=torch.float64) * 3
+    wt = torch.rand(3, 20, 8, dtype=torch.float64)
+    with torch.no_grad():
+        derived = fm.derive(*enc.op_params(), num_heads=2)
+        assert (
+            max_rel_err(cpu.forward(x, wt, derived, EPS), fm.forward(x, wt, derived, EPS)) < 1e-12
+        )
+        g = torch.randn(3, 8, 20, 8, dtype=torch.float64)
+        got = cpu.backward(g, x, wt, derived, EPS)
+        want = fm.backward(g, x, wt, derived, EPS)
+    pairs = zip([got[0], got[1], *got[2]], [want[0], want[1], *want[2]], strict=True)
+    for i, (a, b) in enumerate(pairs):
+        assert max_rel_err(a, b) < 1e-10, i
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cpu_low_precision_inputs(dtype):
+    """bf16 / fp16 inputs compute in float32 and return their own dtype, within its floor."""
+    enc = make_encoder(2, 8).cpu()
+    x = torch.randn(2, 1, 10, 8) * 2
+    with torch.no_grad(), use_backend("auto"):
+        got = kernels.freq_encoder(x.to(dtype), *enc.op_params(), num_heads=2, eps=EPS)
+        truth = copy.deepcopy(enc).double()(x.to(dtype).double())
+    assert got.dtype == dtype
+    assert_accurate(got, truth)
+
+
 # ------------------------------------------------------------------- the Triton kernels
 @pytest.mark.parametrize(
     "heads,channels,frames",
@@ -134,8 +219,8 @@ def test_ffn_kernel_sizes(ffn_kernel, ffn_channels):
 
 
 def test_wider_ffn_kernel_has_no_triton_kernel():
-    assert triton_freq_encoder.supports([8, 2, 7, 32]) is not None
-    assert triton_freq_encoder.supports([8, 2, 5, 32]) is None
+    assert fe_custom.supports([8, 2, 7, 32]) is not None
+    assert fe_custom.supports([8, 2, 5, 32]) is None
 
 
 @pytest.mark.parametrize("n_mels,batch", [(5, 3), (20, 1), (80, 1)])
@@ -189,7 +274,7 @@ def test_torch_ops_time_weights_match_the_reference_multiply():
     enc = make_encoder(2, 8)
     x = torch.randn(2, 1, 10, 8, device=DEVICE)
     wt = torch.rand(2, 10, 8, device=DEVICE)
-    got = torch_ops.freq_encoder(x, *enc.op_params(), num_heads=2, eps=EPS, time_weights=wt)
+    got = fe_reference.freq_encoder(x, *enc.op_params(), num_heads=2, eps=EPS, time_weights=wt)
     want = enc(x) * (1 + wt.transpose(1, 2).unsqueeze(-1))
     assert max_rel_err(got, want) <= 1e-5
 
@@ -314,7 +399,7 @@ def test_no_score_tensor_in_global_memory():
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     before = torch.cuda.memory_allocated()
-    out = triton_freq_encoder.freq_encoder(x, *enc.op_params(), num_heads=2, eps=EPS)
+    out = fe_custom.freq_encoder(x, *enc.op_params(), num_heads=2, eps=EPS)
     out.sum().backward()
     torch.cuda.synchronize()
     peak = torch.cuda.max_memory_allocated() - before
@@ -407,7 +492,7 @@ def test_float32_precision_modes_on_cuda(allow_tf32):
     wt = torch.rand(4, 80, 128, device=DEVICE)
     with torch.backends.cudnn.flags(allow_tf32=allow_tf32):
         assert runs_tf32(x) == allow_tf32
-        assert triton_freq_encoder._precision(x) == ("tf32" if allow_tf32 else "ieee")
+        assert fe_custom._precision(x) == ("tf32" if allow_tf32 else "ieee")
         assert_as_accurate(enc, x, wt)
         if allow_tf32:  # tf32 really ran: the output is off the float32 result
             g = torch.randn(4, 128, 80, 8, device=DEVICE)
@@ -426,13 +511,9 @@ def test_low_precision_dots_against_float64(dtype):
     enc = make_encoder(2, 8, n_mels=80)
     x = (torch.randn(4, 1, 80, 128, device=DEVICE) * 2).to(dtype)
     wt = torch.rand(4, 80, 128, device=DEVICE).to(dtype)
-    assert (
-        triton_freq_encoder._precision(x) == {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
-    )
+    assert fe_custom._precision(x) == {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
     with use_backend("triton"):
-        out = triton_freq_encoder.freq_encoder(
-            x, *enc.op_params(), num_heads=2, eps=EPS, time_weights=wt
-        )
+        out = fe_custom.freq_encoder(x, *enc.op_params(), num_heads=2, eps=EPS, time_weights=wt)
     truth = fm.forward(
         x.double(),
         wt.double(),
@@ -451,7 +532,7 @@ def test_offsets_beyond_32_bits_are_refused_for_the_widest_band_tensor():
     # B*F*T*8 = 8e8 < 2**31 < B*F*T*32
     x = torch.zeros(1, 1, 1, 1, device=DEVICE).expand(10, 1, 100_000, 100)
     with pytest.raises(ValueError, match="32-bit offsets"), use_backend("triton"):
-        triton_freq_encoder.freq_encoder(x, *enc.op_params(), num_heads=2, eps=EPS)
+        fe_custom.freq_encoder(x, *enc.op_params(), num_heads=2, eps=EPS)
 
 
 @pytest.mark.slow
@@ -474,7 +555,7 @@ def test_compile_rank1_passes_dispatch_and_match_the_kernels():
 
         with tuning.override(freq_encoder=settings), use_backend("triton"):
             got = fused_run(enc, x, wt, g)
-            with _triton_utils.recording(record):
+            with launch_path.recording(record):
                 fused_run(enc, x, wt, g)
         assert max_rel_err(got[0], want[0]) <= 1e-5
         for a, b in zip(got[1], want[1], strict=True):

@@ -3,6 +3,7 @@
 import dataclasses
 
 import pytest
+import torch
 
 from atfnn_fast import ATFNNConfig
 
@@ -78,3 +79,25 @@ def test_json_round_trip_and_unknown_fields():
     assert ATFNNConfig.from_json(cfg.to_json()) == cfg
     with pytest.raises(ValueError, match=r"unknown fields \['colour'\]"):
         ATFNNConfig.from_dict({"colour": "red"})
+
+
+@pytest.mark.parametrize("source", ["input", "encoding"])
+@pytest.mark.parametrize(
+    "flags",
+    [
+        {},
+        {"f_attention": False, "t_attention": False},
+        {"f_encoder": False},
+        {"t_encoder": False},
+        {"lstm_layers": 1, "ffn_kernel": 3, "channels": 6, "num_heads": 3, "num_classes": 7},
+    ],
+)
+def test_parameter_count_is_the_reference_models(flags, source):
+    """The config counts its parameters from the sizes (no model built, no import of the
+    reference): the same number as the reference module has, for every variant."""
+    from atfnn_fast.reference import ATFNNReference
+
+    cfg = ATFNNConfig(t_attention_source=source, **flags)
+    with torch.device("meta"):
+        want = sum(p.numel() for p in ATFNNReference(cfg).parameters())
+    assert cfg.parameter_count == want

@@ -1,7 +1,7 @@
 """Device launches of ATFNN's fused front-end (docs/design.md#launches-per-call).
 
 The counting rule (``benchmarks/launches.py``): a Triton launch is one call of
-``kernels._triton_utils.launch``, received by the launch recorder (nothing runs: CPU tensors
+``kernels.launch_path.launch``, received by the launch recorder (nothing runs: CPU tensors
 take the Triton branch, as in ``benchmarks.resources``); an aten launch is one aten op seen
 by a TorchDispatchMode that would run a device kernel: every op but views / aliasing ops,
 metadata queries and allocations without a fill (``empty*``). Fills, copies and casts count;

@@ -75,9 +75,11 @@ def test_no_core_module_imports_the_application():
         name: (path.read_text(), path.name == "__init__.py")
         for name, path in core_modules().items()
     }
-    assert {"atfnn_fast.features", "atfnn_fast.export.predictor", "atfnn_fast.kernels.ops"} <= set(
-        modules
-    )
+    assert {
+        "atfnn_fast.features",
+        "atfnn_fast.export.predictor",
+        "atfnn_fast.kernels.freq_encoder_op.op",
+    } <= set(modules)
     assert not any(name.startswith(APP) for name in modules)
     assert app_edges(modules) == []
 
@@ -91,7 +93,11 @@ def test_no_core_module_imports_the_application():
         ("atfnn_fast.export", True, "from ..app import cli"),
         ("atfnn_fast.inference", False, "import atfnn_fast.app.predict"),
         ("atfnn_fast.inference", False, "from atfnn_fast import app"),
-        ("atfnn_fast.kernels.ops", False, "importlib.import_module('atfnn_fast.app.demo')"),
+        (
+            "atfnn_fast.kernels.freq_encoder_op.op",
+            False,
+            "importlib.import_module('atfnn_fast.app.demo')",
+        ),
         ("atfnn_fast.model", False, "from atfnn_fast.cli import main"),
     ],
 )
@@ -113,3 +119,57 @@ def test_core_imports_stay_core_at_run_time():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "[]"
+
+
+def package_modules() -> dict[str, Path]:
+    """{module name: file} of every module of the package, the application included."""
+    found = {}
+    for folder, package in PACKAGE_DIRS.items():
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            parts = path.relative_to(ROOT / folder).with_suffix("").parts
+            found[".".join((package, *parts)).removesuffix(".__init__")] = path
+    return found
+
+
+def import_graph(modules: dict[str, tuple[str, bool]]) -> dict[str, set[str]]:
+    """{module: the package modules it imports}, lazy imports included; ``from pkg import
+    name`` counts as an import of ``pkg.name`` where that is a module, else of ``pkg``."""
+    graph = {}
+    for name, (source, is_package) in modules.items():
+        targets = set()
+        for _, target in imported_modules(name, source, is_package):
+            if target in modules and target != name:
+                targets.add(target)
+        graph[name] = targets
+    return graph
+
+
+def mutual_imports(graph: dict[str, set[str]]) -> list[str]:
+    """``a <-> b`` for every pair of modules that import each other (a package's
+    ``__init__`` importing its own submodules is not counted against them)."""
+    pairs = []
+    for a, targets in graph.items():
+        for b in targets:
+            if a < b and a in graph.get(b, set()):
+                inner = b.startswith(a + ".") or a.startswith(b + ".")
+                if not inner:
+                    pairs.append(f"{a} <-> {b}")
+    return sorted(pairs)
+
+
+def test_no_two_modules_import_each_other():
+    """No import circle of length two anywhere in the package (docs/design.md#layers):
+    every module read, lazy imports included."""
+    modules = {
+        name: (path.read_text(), path.name == "__init__.py")
+        for name, path in package_modules().items()
+    }
+    assert mutual_imports(import_graph(modules)) == []
+
+
+def test_the_circle_check_catches_a_lazy_circle():
+    modules = {
+        "atfnn_fast.config": ("def f():\n    from .reference import ATFNNReference\n", False),
+        "atfnn_fast.reference": ("from .config import ATFNNConfig\n", False),
+    }
+    assert mutual_imports(import_graph(modules)) == ["atfnn_fast.config <-> atfnn_fast.reference"]

@@ -17,7 +17,9 @@ from helpers import (
 )
 
 from atfnn_fast import ATFNN, ATFNNConfig, ATFNNReference, kernels
-from atfnn_fast.kernels import dispatch, ops, torch_ops
+from atfnn_fast.kernels import dispatch
+from atfnn_fast.kernels.band_attention_op import reference as ba_reference
+from atfnn_fast.kernels.freq_encoder_op import reference as fe_reference
 
 # float32, different code paths (functional ops + SDPA vs nn modules): a few ulps apart.
 TOL32 = dict(rtol=1e-5, atol=1e-5)
@@ -119,15 +121,22 @@ def test_backend_default_and_override():
         kernels.set_backend("cuda")
 
 
-def test_auto_on_cpu_uses_plain_torch():
+def test_auto_on_cpu_runs_the_ops_cpu_implementation():
+    """Under auto a CPU tensor takes the custom op (its folder's cpu.py); under torch the
+    plain-torch reference; a tensor of another device the reference too."""
     x = torch.randn(1, 1, 10, 16)
-    assert dispatch.select("band_attention", x, torch_ops.band_attention, lambda: 0) is (
-        torch_ops.band_attention
-    )
+    op = dispatch.TRITON_IMPLS["band_attention"]
+    assert dispatch.select("band_attention", x, ba_reference.band_attention, op) is op
+    with kernels.use_backend("torch"):
+        chosen = dispatch.select("band_attention", x, ba_reference.band_attention, op)
+    assert chosen is ba_reference.band_attention
+    meta = torch.empty(1, 1, 10, 16, device="meta")
+    chosen = dispatch.select("band_attention", meta, ba_reference.band_attention, op)
+    assert chosen is ba_reference.band_attention
 
 
 def test_triton_backend_without_kernel_names_the_op(monkeypatch):
-    monkeypatch.delitem(ops.TRITON_IMPLS, "freq_encoder")
+    monkeypatch.delitem(dispatch.TRITON_IMPLS, "freq_encoder")
     fast, _ = pair(tiny_config())
     with kernels.use_backend("triton"), pytest.raises(NotImplementedError, match="atfnn::"):
         fast(torch.randn(1, 1, 10, 16))
@@ -135,7 +144,7 @@ def test_triton_backend_without_kernel_names_the_op(monkeypatch):
 
 def test_triton_backend_on_cpu_needs_the_interpreter(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    monkeypatch.setitem(ops.TRITON_IMPLS, "band_attention", torch_ops.band_attention)
+    monkeypatch.setitem(dispatch.TRITON_IMPLS, "band_attention", ba_reference.band_attention)
     fast, _ = pair(tiny_config())
     with kernels.use_backend("triton"), pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
         fast(torch.randn(1, 1, 10, 16))
@@ -146,11 +155,11 @@ def test_triton_backend_routes_to_registered_implementation(monkeypatch):
 
     def fake(*args, **kwargs):
         calls.append(kwargs["axis"])
-        return torch_ops.band_attention(*args, **kwargs)
+        return ba_reference.band_attention(*args, **kwargs)
 
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    monkeypatch.setitem(ops.TRITON_IMPLS, "band_attention", fake)
-    monkeypatch.setitem(ops.TRITON_IMPLS, "freq_encoder", torch_ops.freq_encoder)
+    monkeypatch.setitem(dispatch.TRITON_IMPLS, "band_attention", fake)
+    monkeypatch.setitem(dispatch.TRITON_IMPLS, "freq_encoder", fe_reference.freq_encoder)
     fast, ref = pair(tiny_config())
     x = torch.randn(2, 1, 10, 16)
     with kernels.use_backend("triton"), torch.no_grad():

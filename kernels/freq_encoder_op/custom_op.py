@@ -47,20 +47,21 @@ import torch
 import triton
 from torch.library import triton_op
 
-from . import fenc_common as fc
-from . import fenc_params as fp
-from . import freq_encoder_math as fm
-from . import tuning
-from ._triton_utils import MAX_OFFSET, launch, max_offset, plain_torch
-from .fenc_backward import (
+from .. import tuning
+from ..launch import MAX_OFFSET, launch, max_offset, plain_torch
+from ..tuning import freq_encoder_settings
+from . import common as fc
+from . import cpu
+from . import params as fp
+from . import rank_one as fm
+from .backward import (
     _fenc_bwd_dh1_kernel,
     _fenc_bwd_dy1_kernel,
     _fenc_bwd_norm1_kernel,
     _fenc_bwd_softmax_kernel,
 )
-from .fenc_forward import _fenc_ffn_kernel, _fenc_norm1_kernel
-from .fenc_params import _fenc_derive_kernel, _fenc_param_grad_kernel
-from .tuning import freq_encoder_settings
+from .forward import _fenc_ffn_kernel, _fenc_norm1_kernel
+from .params import _fenc_derive_kernel, _fenc_param_grad_kernel
 
 
 def _p2(n: int, floor: int = 16) -> int:
@@ -300,6 +301,13 @@ def _param_grads(part, rows: dict, params, dim) -> list[torch.Tensor]:
     return grads
 
 
+def _cpu(name: str):
+    """The op's CPU implementation of a pass: :mod:`.cpu` (streamed over blocks of frames),
+    or, inside a graph being compiled, :mod:`.rank_one`'s whole-batch form, which Inductor
+    fuses itself (the block loop would be unrolled into the graph)."""
+    return getattr(fm if torch.compiler.is_compiling() else cpu, name)
+
+
 def _rank1(name: str):
     """The "compile-rank1" implementation of a pass (``tuning.PASS_IMPLS``): ``torch.compile``
     of :mod:`.freq_encoder_math`'s ``forward`` or ``backward``, built once per process.
@@ -350,7 +358,7 @@ def freq_encoder_op(
     (not differentiable)."""
     dim = _check(x, time_weights, params, num_heads)
     if plain_torch(x, _fenc_norm1_kernel):
-        return _math_forward(fm.forward, x, time_weights, params, num_heads, eps)
+        return _math_forward(_cpu("forward"), x, time_weights, params, num_heads, eps)
     s, consts = _launch_consts(x, dim)
     if s.forward == "compile-rank1":
         return _math_forward(_rank1("forward"), x, time_weights, params, num_heads, eps)
@@ -415,7 +423,7 @@ def freq_encoder_backward_op(
     dim = dims_of(params, num_heads)
     args = (grad_out, x, time_weights, packed, params, num_heads, eps)
     if plain_torch(x, _fenc_norm1_kernel):
-        return _math_backward(fm.backward, *args)
+        return _math_backward(_cpu("backward"), *args)
     s, consts = _launch_consts(x, dim)
     if s.backward == "compile-rank1":
         return _math_backward(_rank1("backward"), *args)

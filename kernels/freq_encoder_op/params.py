@@ -22,7 +22,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .fenc_common import _offsets
+from .common import _offsets
 
 # frames of partial rows summed per step, and FFN-weight columns per program
 ROWS_PER_STEP = 8

@@ -1,50 +1,15 @@
-"""Plain-torch implementations of the fused ops: the CPU path and the kernels' ground truth.
+"""The F-Encoder in plain torch, through ``scaled_dot_product_attention``: the specification the
+rank-one forms (:mod:`.rank_one`, :mod:`.cpu`, the Triton kernels) are tested against
+(docs/design.md#f-encoder).
 
-They take the blocks' parameters as tensors (the form a custom op and a Triton kernel take)
-and compute exactly the math of docs/design.md#model-math, written independently of the nn.Module
-blocks of :mod:`atfnn_fast.reference` so that the two check each other.
-
-Layouts: the spectrogram is ``(B, 1, F, T)``; an encoding is ``(B, T, F, W)`` (W = channels
-after the F-Encoder); attention weight maps are ``(B, F, T)``.
+Written independently of the nn.Module blocks of :mod:`atfnn_fast.reference`, so that the two
+check each other. Layouts: the spectrogram is ``(B, 1, F, T)``; the encoding ``(B, T, F, c)``.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
-AXES = ("freq", "time")
-
-
-def band_weights(source: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, axis: str):
-    """Weight map ``(B, F, T)``: grouped conv (window = stride) + sigmoid + mean over the
-    output channels, repeated over the window so every band/frame gets its group's weight."""
-    kf, kt = weight.shape[-2:]
-    a = torch.sigmoid(F.conv2d(source, weight, bias, stride=(kf, kt)))
-    w = a.mean(dim=1)
-    return w.repeat_interleave(kf, dim=1) if axis == "freq" else w.repeat_interleave(kt, dim=2)
-
-
-def band_attention(
-    source: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor,
-    target: torch.Tensor | None = None,
-    *,
-    axis: str,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Band attention ``out = target + w * target`` with ``w = band_weights(source)``.
-
-    ``source`` is ``(B, C_in, F, T)``. Without ``target`` the source itself is re-weighted
-    (F-Attention, ``C_in = 1``): ``out`` is ``(B, 1, F, T)``. With an encoding ``target`` of
-    shape ``(B, T, F, W)`` (T-Attention), ``w`` is broadcast over the W channels and ``out``
-    has the target's shape. Returns ``(out, w)``.
-    """
-    w = band_weights(source, weight, bias, axis)
-    if target is None:
-        return source + w.unsqueeze(1) * source, w
-    scale = w.transpose(1, 2).unsqueeze(-1)
-    return target + scale * target, w
 
 
 def freq_encoder(

@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import freq_encoder_math as fm
+from . import rank_one as fm
 
 # (field of freq_encoder_math.Derived, size in units of (C, H, K*C*P, P, H*C))
 PACK_ORDER = (

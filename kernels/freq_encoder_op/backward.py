@@ -36,7 +36,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .fenc_common import (
+from .common import (
     _band_softmax,
     _band_tile,
     _channel_vec,

@@ -1,0 +1,198 @@
+"""The F-Encoder on the CPU: the op's implementation for non-CUDA tensors, forward and backward
+(docs/design.md#cpu-implementation).
+
+The math is the rank-one form of :mod:`.rank_one` with its hand-derived backward; this module
+computes it the way a CPU is fast at it (each choice measured, see the design doc):
+
+* **Attention at head size 1.** The score of band f against band g in head h is
+  ``s_f x_g`` (:mod:`.rank_one`), so each head is a scaled-dot-product attention with
+  queries ``s``, keys = values = the frame's band values, head size 1 and scale 1. ATen's
+  fused CPU flash-attention kernel (``_scaled_dot_product_flash_attention_for_cpu`` and its
+  backward) runs it blocked in the cache and multithreaded: no ``(frames, heads, F, F)``
+  tensor (210 MB at B = 32) is ever written. The keys are centred on the frame's mean
+  (softmax does not see a shift of the keys), which keeps the exponent's range, and the
+  variance the backward forms, to the spread of one frame's bands.
+* **Planar layout.** Every activation is ``(frames, channels, bands)``, bands innermost: the
+  LayerNorms reduce over 8 planes of contiguous bands (vectorised, where ATen's
+  ``layer_norm`` over a last dimension of 8 is not), and the conv FFN runs as two oneDNN
+  ``conv1d`` calls (and ``convolution_backward``) with no im2col.
+* **Recompute, save nothing.** Like the Triton kernels, the backward receives only the op's
+  inputs and recomputes the forward's activations.
+
+Everything is computed in float32 (float64 for float64 inputs) and returned in x's dtype,
+like the Triton kernels; every step is one ATen call over the whole batch, so it scales with
+torch's intra-op threads.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .rank_one import Derived, compute_dtype
+
+_sdpa = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+_sdpa_backward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+_conv_backward = torch.ops.aten.convolution_backward
+_CL = torch.channels_last
+
+
+def _frames(x: torch.Tensor) -> torch.Tensor:
+    """``(B, 1, F, T)`` -> ``(B*T, F)`` in the compute dtype, contiguous."""
+    return x[:, 0].transpose(1, 2).to(compute_dtype(x)).reshape(-1, x.shape[2]).contiguous()
+
+
+def _attention_inputs(xf: torch.Tensor, a_head: torch.Tensor, b_head: torch.Tensor):
+    """Queries ``s (N, h, F, 1)``, centred keys ``(N, h, F, 1)`` and the centres ``(N, 1)``."""
+    n, n_f = xf.shape
+    h = a_head.shape[0]
+    center = xf.mean(-1, keepdim=True)
+    keys = (xf - center)[:, None, :, None].expand(n, h, n_f, 1).contiguous()
+    s = torch.addcmul(b_head[None, :, None], xf[:, None, :], a_head[None, :, None])
+    return s[..., None], keys, center
+
+
+def _convs(p: Derived, k: int, c: int):
+    """The FFN's conv weights from the im2col layout of :class:`.rank_one.Derived`, as
+    ``conv2d`` weights over a height of 1 (channels last): ``W1 (P, c, 1, k)``,
+    ``W2 (c, P, 1, k)``."""
+    n_p = p.w1col.shape[1]
+    w1 = p.w1col.reshape(k, c, n_p).permute(2, 1, 0)[:, :, None]
+    w2 = p.w2col.reshape(k, n_p, c).permute(2, 1, 0)[:, :, None]
+    return w1.contiguous(memory_format=_CL), w2.contiguous(memory_format=_CL)
+
+
+def _channel_norm(r: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float):
+    """LayerNorm over the channels of a planar ``(N, C, F)`` tensor: ``(y, n, rstd)`` with
+    ``n`` the normalised input."""
+    mean = r.mean(1, keepdim=True)
+    d = r - mean
+    rstd = torch.rsqrt((d * d).mean(1, keepdim=True) + eps)
+    n = d.mul_(rstd)
+    y = torch.addcmul(bias[None, :, None], n, weight[None, :, None])
+    return y, n, rstd
+
+
+def _channel_norm_backward(dy: torch.Tensor, n: torch.Tensor, rstd: torch.Tensor, weight):
+    """``(d r, d weight, d bias)`` of :func:`_channel_norm`."""
+    d_weight = (dy * n).sum((0, 2))
+    d_bias = dy.sum((0, 2))
+    dn = dy * weight[None, :, None]
+    dr = dn - dn.mean(1, keepdim=True) - n * (dn * n).mean(1, keepdim=True)
+    return dr.mul_(rstd), d_weight, d_bias
+
+
+def _lift(p: Derived) -> torch.Tensor:
+    """``(c, 1 + h)``: the token is ``r = L @ [x, m_1 .. m_h] + e`` per band."""
+    return torch.cat([p.w_lift[:, None], p.u_head.t()], 1)
+
+
+def _encode(xf: torch.Tensor, p: Derived, eps: float, keep: bool):
+    """The forward to LayerNorm2's output ``(N, c, F)``; with ``keep``, what the backward
+    needs."""
+    c = p.w_lift.shape[0]
+    k = p.w1col.shape[0] // c
+    pad = k // 2
+    w1, w2 = _convs(p, k, c)
+    s, keys, center = _attention_inputs(xf, p.a_head, p.b_head)
+    m, lse = _sdpa(s, keys, keys, 0.0, False, scale=1.0)  # (N, h, F, 1): centred mean
+    feats = torch.cat([xf[:, None], m[..., 0] + center[:, None]], 1)  # (N, 1 + h, F)
+    r = F.conv1d(feats, _lift(p)[..., None], p.e_bias)  # (N, c, F)
+    y1, n1, rstd1 = _channel_norm(r, p.norm1_weight, p.norm1_bias, eps)
+    y1 = y1[:, :, None].contiguous(memory_format=_CL)  # the convs' layout: (N, 1, F, C)
+    a1 = F.conv2d(y1, w1, p.ffn1_bias, padding=(0, pad)).relu_()
+    r2 = F.conv2d(a1, w2, p.ffn2_bias, padding=(0, pad)).add_(y1)[:, :, 0]
+    y2, n2, rstd2 = _channel_norm(r2, p.norm2_weight, p.norm2_bias, eps)
+    if not keep:
+        return y2, None
+    return y2, (s, keys, m, lse, feats, n1, rstd1, y1, a1, n2, rstd2, w1, w2)
+
+
+def _time_scale(time_weights: torch.Tensor, dtype, n_f: int) -> torch.Tensor:
+    """``(B, F, T)`` -> ``(B*T, 1, F)`` weights in the compute dtype."""
+    return time_weights.to(dtype).transpose(1, 2).reshape(-1, 1, n_f)
+
+
+def _to_output(y: torch.Tensor, b: int, t: int, dtype) -> torch.Tensor:
+    """Planar ``(B*T, c, F)`` -> the op's ``(B, T, F, c)``."""
+    n, c, n_f = y.shape
+    out = torch.empty((b, t, n_f, c), dtype=dtype)
+    out.view(n, n_f, c).copy_(y.transpose(1, 2))
+    return out
+
+
+def forward(x: torch.Tensor, time_weights: torch.Tensor | None, p: Derived, eps: float):
+    """``x' (B, 1, F, T)`` -> ``(B, T, F, c)``, times ``1 + w_t`` with ``time_weights``
+    ``(B, F, T)``: the same function as :func:`.rank_one.forward`."""
+    b, _, n_f, t = x.shape
+    xf = _frames(x)
+    y2, _ = _encode(xf, p, eps, keep=False)
+    if time_weights is not None:
+        y2 = y2.addcmul_(y2, _time_scale(time_weights, y2.dtype, n_f))
+    return _to_output(y2, b, t, x.dtype)
+
+
+def backward(
+    grad_out: torch.Tensor,
+    x: torch.Tensor,
+    time_weights: torch.Tensor | None,
+    p: Derived,
+    eps: float,
+):
+    """Gradients of :func:`forward`: ``(dx, d time_weights or None, Derived of grads)``,
+    the same as :func:`.rank_one.backward`."""
+    b, _, n_f, t = x.shape
+    c = p.w_lift.shape[0]
+    k = p.w1col.shape[0] // c
+    pad = k // 2
+    xf = _frames(x)
+    n_all = xf.shape[0]
+    y2, saved = _encode(xf, p, eps, keep=True)
+    s, keys, m, lse, feats, n1, rstd1, y1, a1, n2, rstd2, w1, w2 = saved
+
+    dout = grad_out.reshape(n_all, n_f, c).transpose(1, 2).to(xf.dtype, copy=True)
+    d_time = None
+    if time_weights is not None:
+        d_time = (dout * y2).sum(1).reshape(b, t, n_f).transpose(1, 2).to(time_weights.dtype)
+        dout.addcmul_(dout, _time_scale(time_weights, xf.dtype, n_f))
+    dr2, dgamma2, dbeta2 = _channel_norm_backward(dout, n2, rstd2, p.norm2_weight)
+    conv = dict(stride=[1, 1], padding=[0, pad], dilation=[1, 1], transposed=False)
+    conv.update(output_padding=[0, 0], groups=1, output_mask=[True] * 3)
+    dr2_cl = dr2[:, :, None].contiguous(memory_format=_CL)
+    da1, dw2, db2 = _conv_backward(dr2_cl, a1, w2, [c], **conv)
+    dh1 = da1.mul_(a1 > 0)  # ReLU: a1 > 0 exactly where h1 > 0
+    dy1, dw1, db1 = _conv_backward(dh1, y1, w1, [w1.shape[0]], **conv)
+    dy1 = dy1.add_(dr2_cl)[:, :, 0]
+    dr, dgamma1, dbeta1 = _channel_norm_backward(dy1, n1, rstd1, p.norm1_weight)
+    # r = L @ [x, m_1 .. m_h] + e, per band
+    d_feats = torch.matmul(_lift(p).t(), dr)  # (N, 1 + h, F)
+    d_lift = torch.einsum("ncf,nkf->ck", dr, feats)
+    de = dr.sum((0, 2))
+    dm = d_feats[:, 1:, :, None].contiguous()  # (N, h, F, 1); also d centre = sum_f dm
+    ds, dk, dv = _sdpa_backward(dm, s, keys, keys, m, lse, 0.0, False, scale=1.0)
+    dkeys = (dk + dv)[..., 0].sum(1)  # (N, F): the centred keys, both roles, every head
+    ds = ds[..., 0]  # (N, h, F)
+    da = (ds * xf[:, None, :]).sum((0, 2))
+    dbh = ds.sum((0, 2))
+    dx = d_feats[:, 0] + torch.einsum("nhf,h->nf", ds, p.a_head)
+    # the centring: keys = x - mean(x), m = m_centred + mean(x)
+    d_center = dm[..., 0].sum((1, 2)) - dkeys.sum(-1)
+    dx += dkeys + (d_center / n_f)[:, None]
+    dx = dx.reshape(b, t, n_f).transpose(1, 2).unsqueeze(1).to(x.dtype)
+    grads = Derived(
+        d_lift[:, 0],
+        de,
+        da,
+        dbh,
+        d_lift[:, 1:].t(),
+        dgamma1,
+        dbeta1,
+        dw1[:, :, 0].permute(2, 1, 0).reshape(k * c, -1),
+        db1,
+        dw2[:, :, 0].permute(2, 1, 0).reshape(-1, c),
+        db2,
+        dgamma2,
+        dbeta2,
+    )
+    grads = Derived(*(g.to(q.dtype) for g, q in zip(grads, p, strict=True)))
+    return dx, d_time, grads
