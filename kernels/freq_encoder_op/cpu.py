@@ -140,14 +140,19 @@ def backward(
     eps: float,
 ):
     """Gradients of :func:`forward`: ``(dx, d time_weights or None, Derived of grads)``,
-    the same as :func:`.rank_one.backward`."""
-    b, _, n_f, t = x.shape
+    the same as :func:`.rank_one.backward` (the forward's activations recomputed)."""
+    xf = _frames(x)
+    y2, saved = _encode(xf, p, eps, keep=True)
+    return _backward(grad_out, x.shape, x.dtype, xf, y2, saved, time_weights, p)
+
+
+def _backward(grad_out, shape, dtype, xf, y2, saved, time_weights, p: Derived):
+    """:func:`backward` from the forward's activations (``_encode(..., keep=True)``)."""
+    b, _, n_f, t = shape
     c = p.w_lift.shape[0]
     k = p.w1col.shape[0] // c
     pad = k // 2
-    xf = _frames(x)
     n_all = xf.shape[0]
-    y2, saved = _encode(xf, p, eps, keep=True)
     s, keys, m, lse, feats, n1, rstd1, y1, a1, n2, rstd2, w1, w2 = saved
 
     dout = grad_out.reshape(n_all, n_f, c).transpose(1, 2).to(xf.dtype, copy=True)
@@ -178,7 +183,7 @@ def backward(
     # the centring: keys = x - mean(x), m = m_centred + mean(x)
     d_center = dm[..., 0].sum((1, 2)) - dkeys.sum(-1)
     dx += dkeys + (d_center / n_f)[:, None]
-    dx = dx.reshape(b, t, n_f).transpose(1, 2).unsqueeze(1).to(x.dtype)
+    dx = dx.reshape(b, t, n_f).transpose(1, 2).unsqueeze(1).to(dtype)
     grads = Derived(
         d_lift[:, 0],
         de,
@@ -196,3 +201,54 @@ def backward(
     )
     grads = Derived(*(g.to(q.dtype) for g, q in zip(grads, p, strict=True)))
     return dx, d_time, grads
+
+
+class FreqEncoderFunction(torch.autograd.Function):
+    """The CPU implementation with autograd, for eager calls: the forward keeps the
+    activations the backward needs (about 20 floats per band and frame at the default
+    size: 90 MB for a batch of 32 segments) instead of recomputing them, which the custom
+    op (that saves only its inputs, like the Triton kernels) must do. Same values as the
+    op's CPU branch, bit for bit."""
+
+    @staticmethod
+    def forward(ctx, x, time_weights, num_heads: int, eps: float, *params):
+        from .rank_one import derive
+
+        b, _, n_f, t = x.shape
+        with torch.autocast("cpu", enabled=False):
+            p = derive(*(q.detach() for q in params), num_heads=num_heads)
+            xf = _frames(x)
+            y2, saved = _encode(xf, p, eps, keep=True)
+            out = y2
+            if time_weights is not None:
+                out = y2.addcmul(y2, _time_scale(time_weights, y2.dtype, n_f))
+            out = _to_output(out, b, t, x.dtype)
+        ctx.state = (x.shape, x.dtype, xf, y2, saved, p, num_heads)
+        ctx.save_for_backward(time_weights, *params)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        from .rank_one import derive_vjp
+
+        shape, dtype, xf, y2, saved, p, num_heads = ctx.state
+        time_weights, *params = ctx.saved_tensors
+        del ctx.state
+        with torch.autocast("cpu", enabled=False):
+            dx, d_time, grads = _backward(grad_out, shape, dtype, xf, y2, saved, time_weights, p)
+            d_params = derive_vjp(grads, *params, num_heads=num_heads)
+        return dx, d_time, None, None, *d_params
+
+
+def freq_encoder(x, *params, num_heads: int, eps: float, time_weights=None):
+    """The F-Encoder of CPU tensors in eager mode, the signature of
+    :func:`.reference.freq_encoder`: with autograd (:class:`FreqEncoderFunction`) when a
+    gradient is wanted, else :func:`forward` (nothing kept)."""
+    tensors = (x, time_weights, *params)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        return FreqEncoderFunction.apply(x, time_weights, num_heads, eps, *params)
+    with torch.autocast("cpu", enabled=False):
+        from .rank_one import derive
+
+        return forward(x, time_weights, derive(*params, num_heads=num_heads), eps)

@@ -600,8 +600,15 @@ freq_encoder_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def freq_encoder(x, *params, num_heads: int, eps: float, time_weights=None):
-    """Entry point with the :func:`atfnn_fast.kernels.torch_ops.freq_encoder` signature:
-    the module parameters go to the op as they are (it derives the rank-one parameters on
-    the device and returns their gradients directly)."""
+    """Entry point with the :func:`.reference.freq_encoder` signature: the module parameters
+    go to the op as they are (it derives the rank-one parameters on the device and returns
+    their gradients directly). CPU tensors in eager mode take :func:`.cpu.freq_encoder`,
+    the same computation with autograd that keeps the activations for the backward; the op
+    itself (which saves only its inputs) serves torch.compile, export and the interpreter."""
+    if plain_torch(x, _fenc_norm1_kernel) and not torch.compiler.is_compiling():
+        if x.device.type == "cpu":
+            return cpu.freq_encoder(
+                x, *params, num_heads=num_heads, eps=eps, time_weights=time_weights
+            )
     out, _ = torch.ops.atfnn.freq_encoder(x, time_weights, list(params), num_heads, eps)
     return out

@@ -151,17 +151,46 @@ def test_cpu_forward_and_gradients(
 
 
 def test_cpu_implementation_is_what_auto_runs_on_the_cpu(monkeypatch):
-    """Under auto a CPU tensor takes the custom op, whose CPU branch is cpu.py (not the
-    SDPA reference and not the whole-batch rank-one form)."""
+    """Under auto a CPU tensor runs kernels/freq_encoder_op/cpu.py (not the SDPA reference,
+    not the whole-batch rank-one form): in eager mode through its autograd Function, which
+    keeps the activations, so a training step's backward encodes nothing again."""
     from atfnn_fast.kernels.freq_encoder_op import cpu
 
     calls = []
-    real = cpu.forward
-    monkeypatch.setattr(cpu, "forward", lambda *a: calls.append(1) or real(*a))
+    real = cpu._encode
+    monkeypatch.setattr(cpu, "_encode", lambda *a, **k: calls.append(k["keep"]) or real(*a, **k))
     enc = make_encoder(2, 8).cpu()
-    with use_backend("auto"), torch.no_grad():
-        out = kernels.freq_encoder(torch.randn(2, 1, 10, 8), *enc.op_params(), num_heads=2, eps=EPS)
-    assert calls == [1] and out.shape == (2, 8, 10, 8)
+    x = torch.randn(2, 1, 10, 8, requires_grad=True)
+    with use_backend("auto"):
+        with torch.no_grad():
+            out = kernels.freq_encoder(x, *enc.op_params(), num_heads=2, eps=EPS)
+        assert calls == [False] and out.shape == (2, 8, 10, 8)
+        out = kernels.freq_encoder(x, *enc.op_params(), num_heads=2, eps=EPS)
+        out.sum().backward()
+    assert calls == [False, True]  # the forward kept what the backward used
+    assert x.grad is not None and enc.ffn1.weight.grad is not None
+
+
+def test_cpu_function_and_custom_op_agree_bit_for_bit():
+    """The eager path (activations kept) and the custom op's CPU branch (activations
+    recomputed, what torch.compile traces) give the same output and gradients."""
+    enc = make_encoder(2, 8, n_mels=20).cpu()
+    x = torch.randn(2, 1, 20, 16) * 2
+    wt = torch.rand(2, 20, 16)
+    runs = []
+    for entry in ("eager", "op"):
+        xi, wi = x.clone().requires_grad_(), wt.clone().requires_grad_()
+        params = [p.detach().clone().requires_grad_() for p in enc.op_params()]
+        if entry == "eager":
+            out = fe_custom.freq_encoder(xi, *params, num_heads=2, eps=EPS, time_weights=wi)
+        else:
+            out, _ = torch.ops.atfnn.freq_encoder(xi, wi, params, 2, EPS)
+        g = torch.autograd.grad(
+            (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum(), [xi, wi, *params]
+        )
+        runs.append([out, *g])
+    for a, b in zip(*runs, strict=True):
+        assert torch.equal(a, b)
 
 
 def test_cpu_float64_is_the_rank_one_math_exactly():
