@@ -289,7 +289,9 @@ def _onnxruntime_body(model, x: torch.Tensor, device: torch.device, quantize: st
         atexit.register(shutil.rmtree, folder, ignore_errors=True)
         _EXPORTS[key] = str(export_onnx(same_weights, f"{folder}/model.onnx", quantize=quantize))
     ep = "CUDAExecutionProvider" if device.type == "cuda" else "CPUExecutionProvider"
-    sess = session(_EXPORTS[key], [ep])
+    # on the CPU, ONNX Runtime gets torch's thread count: the providers share the cores alike
+    threads = torch.get_num_threads() if device.type == "cpu" else 0
+    sess = session(_EXPORTS[key], [ep], threads=threads)
     feed = {sess.get_inputs()[0].name: x.detach().cpu().numpy()}
 
     def body():

@@ -101,8 +101,9 @@ def _median_time(fn, device: torch.device, repeats: int) -> float:
 
 def measure_peaks(device: torch.device, tiny: bool = False) -> dict[str, float]:
     """Copy bandwidth (a large device-to-device copy: bytes read + written), matmul
-    throughput (bf16, fp32 with tf32 off, and on CUDA fp32 with tf32 on) and, on CUDA, the
-    exponential throughput of a Triton kernel (:func:`measure_exp_rate`), measured now."""
+    throughput (bf16, fp32 with tf32 off, and on CUDA fp32 with tf32 on) and the exponential
+    throughput (on CUDA of a Triton kernel, :func:`measure_exp_rate`; on the CPU of
+    ``torch.exp``, :func:`measure_cpu_exp_rate`), measured now."""
     if tiny:
         copy_mb, n, repeats = 8, 256, 2
     elif device.type == "cuda":
@@ -129,12 +130,31 @@ def measure_peaks(device: torch.device, tiny: bool = False) -> dict[str, float]:
             peaks[key] = 2 * n**3 / t_mm / 1e12
     finally:
         torch.backends.cuda.matmul.allow_tf32 = was
-    if device.type == "cuda":
-        try:
+    try:
+        if device.type == "cuda":
             peaks["exp_per_s"] = measure_exp_rate(device, tiny=tiny)
-        except Exception as exc:  # a peak we cannot measure is left out, not fatal
-            print(f"exp peak not measured: {exc!r}"[:300])
+        else:
+            peaks["exp_per_s"] = measure_cpu_exp_rate(tiny=tiny)
+    except Exception as exc:  # a peak we cannot measure is left out, not fatal
+        print(f"exp peak not measured: {exc!r}"[:300])
     return {k: round(v, 3) for k, v in peaks.items()}
+
+
+def measure_cpu_exp_rate(tiny: bool = False) -> float:
+    """Exponentials per second of ``torch.exp`` on the CPU at torch's current threads: a
+    float32 buffer of 64 Ki values per thread (in the L2 cache, so the exponential and not
+    the memory is timed), exponentiated in place of another buffer again and again."""
+    n = 2**16 * torch.get_num_threads()
+    x = torch.rand(n) - 0.5
+    y = torch.empty_like(x)
+    repeats = 4 if tiny else 64
+
+    def run():
+        for _ in range(repeats):
+            torch.exp(x, out=y)
+
+    t = _median_time(run, torch.device("cpu"), 3 if tiny else 7)
+    return repeats * n / t
 
 
 def measure_exp_rate(device: torch.device, tiny: bool = False) -> float:

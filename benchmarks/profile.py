@@ -5,6 +5,10 @@ time on a GPU, CPU op time otherwise) between the front-end (F-Attention, F-Enco
 T-Attention), the Bi-LSTM T-Encoder and the classifier, using ``record_function`` ranges
 around each part. Prints a table and, with ``--json FILE``, writes it as JSON.
 
+``--cpu``: per-op CPU time (self time of each aten and custom op from torch.profiler; ONNX
+Runtime's own profiler per op type) of the eager reference and ATFNN, forward and forward +
+backward, and of the exported graph in ONNX Runtime, fp32 and int8.
+
 ``--launches`` (CUDA): every Triton launch of the fused front-end, forward and backward
 (what a training step launches), timed on its own between two CUDA events
 (:class:`LaunchTimer`, installed on the package's single launch path), median over
@@ -251,6 +255,114 @@ def launch_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+# --------------------------------------------------------------------- --cpu: per op
+def torch_ops_breakdown(model, x: torch.Tensor, backward: bool, steps: int = 3) -> list[dict]:
+    """Self CPU time per aten / custom op of ``model(x)`` (and its backward), averaged
+    over ``steps`` calls after a warm-up: ``[{"op", "ms", "share", "calls"}]``."""
+
+    def run():
+        if backward:
+            xx = x.detach().requires_grad_()
+            model(xx).sum().backward()
+        else:
+            with torch.no_grad():
+                model(x)
+
+    run()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            run()
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events) or 1.0
+    rows = [
+        {
+            "op": e.key,
+            "ms": round(e.self_cpu_time_total / steps / 1e3, 3),
+            "share": round(e.self_cpu_time_total / total, 4),
+            "calls": e.count // steps,
+        }
+        for e in events
+    ]
+    return sorted(rows, key=lambda r: -r["ms"])
+
+
+def onnxruntime_ops_breakdown(model, x: torch.Tensor, quantize, threads: int, steps: int = 3):
+    """Kernel time per ONNX op type of the exported graph in ONNX Runtime's CPU provider
+    (its own profiler), averaged over ``steps`` runs after a warm-up."""
+    import collections
+    import os
+    import tempfile
+
+    import onnxruntime as ort
+
+    from atfnn_fast.export import export_onnx
+
+    with tempfile.TemporaryDirectory(prefix="atfnn-profile-") as folder:
+        path = export_onnx(model, os.path.join(folder, "m.onnx"), quantize=quantize)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.enable_profiling = True
+        options.profile_file_prefix = os.path.join(folder, "ort")
+        sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        feed = {sess.get_inputs()[0].name: x.numpy()}
+        sess.run(None, feed)
+        for _ in range(steps):
+            sess.run(None, feed)
+        with open(sess.end_profiling()) as fh:
+            events = json.load(fh)
+    per_op: collections.Counter = collections.Counter()
+    calls: collections.Counter = collections.Counter()
+    for e in events:
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
+            per_op[e["args"]["op_name"]] += e["dur"]
+            calls[e["args"]["op_name"]] += 1
+    runs = steps + 1  # the warm-up run is in the profile too
+    total = sum(per_op.values()) or 1
+    return [
+        {
+            "op": op,
+            "ms": round(us / runs / 1e3, 3),
+            "share": round(us / total, 4),
+            "calls": calls[op] // runs,
+        }
+        for op, us in per_op.most_common()
+    ]
+
+
+def cpu_breakdown(batch: int, frames: int, top: int = 8) -> dict:
+    """Where a CPU's time goes, per op: the eager reference and ATFNN (forward, and forward
+    + backward of the front-end and the whole model), ONNX Runtime fp32 and int8."""
+    cfg = ATFNNConfig(frames=frames)
+    torch.manual_seed(0)
+    ref = ATFNNReference(cfg, check_finite=False).eval()
+    fast = ATFNN(cfg, check_finite=False).eval()
+    fast.load_state_dict(ref.state_dict())
+    x = torch.randn(batch, 1, cfg.n_mels, frames)
+    result = {"batch": batch, "frames": frames, "threads": torch.get_num_threads(), "tables": {}}
+    for name, model in (("eager", ref), ("fused", fast)):
+        for mode, backward in (("forward", False), ("forward + backward", True)):
+            rows = torch_ops_breakdown(model, x, backward)
+            result["tables"][f"torch {name}, {mode}"] = rows[:top]
+    for quantize in (None, "int8"):
+        rows = onnxruntime_ops_breakdown(ref, x, quantize, torch.get_num_threads())
+        result["tables"][f"onnxruntime {'int8' if quantize else 'fp32'}, forward"] = rows[:top]
+    return result
+
+
+def ops_table(result: dict) -> str:
+    lines = []
+    for title, rows in result["tables"].items():
+        total = sum(r["ms"] for r in rows)
+        lines.append(
+            f"{title}, B={result['batch']}, T={result['frames']}, "
+            f"{result['threads']} threads (top {len(rows)}: {total:.1f} ms)"
+        )
+        lines += ["| op | ms | share | calls |", "| --- | ---: | ---: | ---: |"]
+        lines += [f"| {r['op']} | {r['ms']:.2f} | {r['share']:.1%} | {r['calls']} |" for r in rows]
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.profile", description=__doc__)
     parser.add_argument("--device", default="auto")
@@ -267,7 +379,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--peaks-json", help="--launches: read the peaks from this gpu_timing.py results file"
     )
+    parser.add_argument(
+        "--cpu",
+        action="store_true",
+        help="per-op CPU time: eager, ATFNN (forward, forward + backward), ONNX Runtime "
+        "fp32 / int8 (--batch defaults to 32 here)",
+    )
+    parser.add_argument("--threads", type=int, default=0, help="--cpu: threads, 0 = default")
     args = parser.parse_args(argv)
+    if args.cpu:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        batch = args.batch if "--batch" in (argv or sys.argv) else 32
+        result = cpu_breakdown(batch, args.frames)
+        print(ops_table(result))
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump(result, fh, indent=1)
+        return 0
     device = pick_device(args.device)
     if args.launches:
         if device.type != "cuda":

@@ -3,10 +3,13 @@
     PYTHONPATH=. python scripts/predict_memory.py --minutes 1 10 60 --out predict-memory
 
 writes a paper-size checkpoint with random weights (``ATFNNConfig()``, 4 classes), its
-ONNX export, and 16 kHz mono WAV files of the given lengths (speech-like noise bursts),
+ONNX exports (float32 and int8: predictors ``onnx`` and ``onnx-int8``), and 16 kHz mono WAV
+files of the given lengths (speech-like noise bursts),
 then runs ``python -m atfnn_fast.cli predict --checkpoint|--onnx ... --json FILE`` once per
 (predictor, length) in a fresh process and reads that process's peak resident set size
-from ``os.wait4`` (the kernel's ``ru_maxrss``, as ``/usr/bin/time -v`` reports it).
+from ``os.wait4`` (the kernel's ``ru_maxrss``, as ``/usr/bin/time -v`` reports it) and its
+wall time, end to end (imports, decoding, log-Mel, segments, the model): the real-time
+factor is the audio's length over that time.
 ``--source DIR`` runs another checkout's CLI (e.g. the code before the change) on the
 same files. Prints a Markdown table (``--repeats N``: N runs per case, the largest peak and
 the shortest time, which is the least disturbed by other work on the machine).
@@ -59,6 +62,7 @@ def make_models(folder: Path) -> tuple[Path, Path]:
     labels = ["angry", "happy", "sad", "neutral"]
     ckpt = save_checkpoint(folder / "ckpt", model, labels=labels, norm_stats=stats)
     onnx = export_onnx(model, folder / "model.onnx", labels=labels, norm_stats=stats)
+    export_onnx(model, folder / "model-int8.onnx", labels=labels, norm_stats=stats, quantize="int8")
     return ckpt, onnx
 
 
@@ -81,7 +85,12 @@ def main() -> None:
     parser.add_argument("--out", default="predict-memory")
     parser.add_argument("--source", default=None, help="checkout whose CLI runs")
     parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--predictors", nargs="+", default=["checkpoint", "onnx"])
+    parser.add_argument(
+        "--predictors",
+        nargs="+",
+        choices=("checkpoint", "onnx", "onnx-int8"),
+        default=["checkpoint", "onnx"],
+    )
     parser.add_argument(
         "--rates", type=int, nargs="+", default=None, help="sample rates of the files (Hz)"
     )
@@ -95,15 +104,20 @@ def main() -> None:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     ckpt, onnx = (out / "ckpt", out / "model.onnx")
-    if not (ckpt.exists() and onnx.exists()):
+    if not (ckpt.exists() and onnx.exists() and (out / "model-int8.onnx").exists()):
         ckpt, onnx = make_models(out)
+    sources = {
+        "checkpoint": ["--checkpoint", str(ckpt)],
+        "onnx": ["--onnx", str(onnx)],
+        "onnx-int8": ["--onnx", str(out / "model-int8.onnx")],
+    }
     env = dict(os.environ)
     if args.source:
         # python -m puts the working directory first on sys.path: run from the checkout
         env["PYTHONPATH"] = str(Path(args.source).resolve())
     extra = ["--batch-size", str(args.batch_size)] if args.batch_size else []
-    print("| predictor | audio | peak RSS | time | exit |")
-    print("| --- | ---: | ---: | ---: | ---: |")
+    print("| predictor | audio | peak RSS | time | real time x | exit |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
     if args.rates:
         cases = [(f"{args.seconds:g} s at {r} Hz", args.seconds / 60, r) for r in args.rates]
     else:
@@ -113,7 +127,7 @@ def main() -> None:
         if not wav.exists():
             make_wav(wav, minutes, rate)
         for kind in args.predictors:
-            source = ["--checkpoint", str(ckpt)] if kind == "checkpoint" else ["--onnx", str(onnx)]
+            source = sources[kind]
             cmd = [
                 sys.executable,
                 "-m",
@@ -128,8 +142,9 @@ def main() -> None:
             rss = max(r[0] for r in runs)
             seconds = min(r[1] for r in runs)
             code = max(r[2] for r in runs)
+            speed = minutes * 60 / seconds
             print(
-                f"| {kind} | {label} | {rss:,.0f} MiB | {seconds:.1f} s | {code} |",
+                f"| {kind} | {label} | {rss:,.0f} MiB | {seconds:.1f} s | {speed:,.0f} | {code} |",
                 flush=True,
             )
 
