@@ -129,11 +129,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=128)
     parser.add_argument("--cases", default=None, help="comma-separated cases (default: all)")
     parser.add_argument("--batch", type=int, default=None, help="only this batch size")
+    parser.add_argument(
+        "--providers", default=None, help="comma-separated providers (default: each case's)"
+    )
     parser.add_argument("--json", type=Path, help="write the rows and ceilings as JSON")
     parser.add_argument("--md", type=Path, help="write the tables as Markdown")
     args = parser.parse_args(argv)
     device = pick_device(args.device)
     wanted = set(args.cases.split(",")) if args.cases else None
+    only = set(args.providers.split(",")) | {"eager"} if args.providers else None
     default_threads = torch.get_num_threads()
     out = {"env": run_metadata(device, "compare"), "runs": []}
     tables = []
@@ -149,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             rows += run_case(
                 case,
                 batch,
-                providers,
+                [p for p in providers if only is None or p in only],
                 args.frames,
                 args.rounds,
                 device,
