@@ -325,27 +325,131 @@ def compile_for(arch: int, kernel, grid, *args, **kwargs):
     return kernel.warmup(*args, grid=grid, **kwargs)
 
 
-def _run_front_end(cfg, dtype, device: str = "cpu", batch: int = 2, tf32: bool = True) -> None:
-    """The input check and the fused front-end of ATFNN, forward and backward (what training
-    launches), with ``torch.backends.cudnn.allow_tf32`` set to ``tf32`` (restored
-    afterwards)."""
+# The batch sizes the dispatch can be called with and the gate stands for: 1 to 128 (the
+# training batch of the app and the predict batches of short files). A launch's compiled
+# variant depends on the batch only through Triton's specialization of its integer
+# arguments (== 1, divisible by 16) that scale with B (window and program counts): the
+# constexprs and launch settings do not depend on B (kernels/tuning.py). GATE_BATCHES are
+# the batches the gate compiles; `--variants` (and tests/kernels/test_resources.py) checks
+# that every launch of BATCHES is a variant one of them compiles.
+BATCHES = tuple(range(1, 129))
+GATE_BATCHES = (1, 2, 3, 4, 8, 16)
+# How the front-end is called: "training" (the app's step: forward, then backward of the
+# encoding alone; x without a gradient, the attention maps unused), "training-maps" (x with
+# a gradient and both attention maps in the loss: the backward's every optional input),
+# "inference" (eval, inference_mode, the input check and the forward: predict).
+MODES = ("training", "training-maps", "inference")
+
+
+def _run_front_end(
+    cfg,
+    dtype,
+    device: str = "cpu",
+    batch: int = 2,
+    tf32: bool = True,
+    mode: str = "training-maps",
+    model=None,
+) -> None:
+    """The input check and the fused front-end of ATFNN called as in ``mode`` (:data:`MODES`),
+    with ``torch.backends.cudnn.allow_tf32`` set to ``tf32`` (restored afterwards). The
+    gradients fed to the backward are uninitialised (nothing runs on the data)."""
     import torch
 
     from atfnn_fast import ATFNN
 
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     was = torch.backends.cudnn.allow_tf32
     torch.backends.cudnn.allow_tf32 = tf32
     try:
-        torch.manual_seed(0)
-        model = ATFNN(cfg).to(device=device, dtype=dtype)
+        if model is None:
+            torch.manual_seed(0)
+            model = ATFNN(cfg).to(device=device, dtype=dtype)
         x = torch.randn(batch, 1, cfg.n_mels, cfg.frames, device=device, dtype=dtype)
-        x.requires_grad_(True)
+        if mode == "inference":
+            model.eval()
+            with torch.inference_mode():
+                model.prepare_input(x)
+                model.front_end(x)
+            return
+        model.train()
+        model.zero_grad(set_to_none=True)
+        x.requires_grad_(mode == "training-maps")
         model.prepare_input(x)  # the NaN/Inf check's kernel
         enc, maps = model.front_end(x)
-        loss = enc.float().sum() + sum(m.float().sum() for m in maps if m is not None)
-        loss.backward()
+        outs = [enc]
+        if mode == "training-maps":
+            outs += [m for m in maps if m is not None]
+        torch.autograd.backward(outs, [torch.empty_like(o) for o in outs])
     finally:
         torch.backends.cudnn.allow_tf32 = was
+
+
+def launch_key(kernel, args: tuple, kwargs: dict) -> str:
+    """Triton's own cache key of a launch under the current driver (``JITFunction.run``:
+    the specialization of every argument, the constexprs and the options): two launches
+    with the same key run the same compiled kernel. Nothing is compiled."""
+    from triton import knobs
+    from triton.runtime import driver
+    from triton.runtime.jit import compute_cache_key
+
+    kw = dict(kwargs)
+    kw["debug"] = kw.get("debug", kernel.debug) or knobs.runtime.debug
+    kw["instrumentation_mode"] = knobs.compilation.instrumentation_mode
+    _cache, key_cache, _target, _backend, binder = kernel.device_caches[
+        driver.active.get_current_device()
+    ]
+    _bound, specialization, options = binder(*args, **kw)
+    return f"{kernel.fn.__name__}:{compute_cache_key(key_cache, specialization, options)}"
+
+
+def launch_variants(
+    dtype_name: str, precision: str, config_names, modes=MODES, batches=BATCHES, arch: int = 90
+) -> dict[str, tuple[str, str, int]]:
+    """Every distinct compiled variant (:func:`launch_key`) the front-end launches for these
+    batch sizes, configurations and modes: key -> (config, mode, smallest batch)."""
+    import torch
+    from triton.runtime import driver
+
+    from atfnn_fast import ATFNN
+    from atfnn_fast.kernels import launch as launch_path
+    from atfnn_fast.kernels import use_backend
+
+    driver.set_active(StandInDriver(arch))
+    dtype = getattr(torch, dtype_name)
+    found: dict[str, tuple[str, str, int]] = {}
+    all_cfgs = configs()
+    torch.set_flush_denormal(True)  # the uninitialised gradients: no slow denormals
+    try:
+        for name in config_names:
+            torch.manual_seed(0)
+            model = ATFNN(all_cfgs[name]).to(dtype=dtype)
+            for mode in modes:
+                for batch in batches:
+
+                    def record(kernel, grid, args, kwargs, where=(name, mode, batch)):
+                        found.setdefault(launch_key(kernel, args, kwargs), where)
+
+                    with launch_path.recording(record), use_backend("triton"):
+                        _run_front_end(
+                            all_cfgs[name],
+                            dtype,
+                            batch=batch,
+                            tf32=precision != "ieee",
+                            mode=mode,
+                            model=model,
+                        )
+    finally:
+        torch.set_flush_denormal(False)
+    return found
+
+
+def uncovered_variants(dtype_name: str, precision: str, config_names, modes=MODES, batches=BATCHES):
+    """The variants of ``batches`` that no batch of :data:`GATE_BATCHES` launches (empty when
+    the gate covers them all), and the number of distinct variants of ``batches``."""
+    every = launch_variants(dtype_name, precision, config_names, modes, batches)
+    gated = launch_variants(dtype_name, precision, config_names, modes, GATE_BATCHES)
+    return {k: v for k, v in every.items() if k not in gated}, len(every)
 
 
 def variant(kwargs: dict) -> str:
@@ -362,6 +466,7 @@ def compile_rows(arch: int, dtype_name: str, config_names: list[str]) -> list[di
     import torch
     from triton.runtime import driver
 
+    from atfnn_fast import ATFNN
     from atfnn_fast.kernels import launch as launch_path
     from atfnn_fast.kernels import use_backend
 
@@ -373,18 +478,30 @@ def compile_rows(arch: int, dtype_name: str, config_names: list[str]) -> list[di
     all_cfgs = configs()
     for precision in PRECISIONS[dtype_name]:
         for name in config_names:
-            launched = []
+            torch.manual_seed(0)
+            model = ATFNN(all_cfgs[name]).to(dtype=dtype)
+            for mode in MODES:
+                for batch in GATE_BATCHES:
+                    launched = []
 
-            def record(kernel, grid, args, kwargs, launched=launched):
-                launched.append((kernel.warmup(*args, grid=grid, **kwargs), variant(kwargs)))
+                    def record(kernel, grid, args, kwargs, launched=launched):
+                        compiled = kernel.warmup(*args, grid=grid, **kwargs)  # cached if seen
+                        launched.append((compiled, variant(kwargs)))
 
-            with launch_path.recording(record), use_backend("triton"):
-                _run_front_end(all_cfgs[name], dtype, tf32=precision != "ieee")
-            for compiled, var in launched:
-                key = (compiled.hash, precision, name)
-                if key not in seen:
-                    seen.add(key)
-                    launches.append((compiled, dtype_name, name, precision, var))
+                    with launch_path.recording(record), use_backend("triton"):
+                        _run_front_end(
+                            all_cfgs[name],
+                            dtype,
+                            batch=batch,
+                            tf32=precision != "ieee",
+                            mode=mode,
+                            model=model,
+                        )
+                    for compiled, var in launched:
+                        key = (compiled.hash, precision, name)
+                        if key not in seen:
+                            seen.add(key)
+                            launches.append((compiled, dtype_name, name, precision, var))
     return rows_for(arch, launches)
 
 
@@ -545,6 +662,37 @@ def shortfalls(rows: list[dict]) -> list[dict]:
     return [r for r in rows if not r.get("meets_target")]
 
 
+def _variants_task(dtype_name: str, precision: str, names: list[str]):
+    missing, total = uncovered_variants(dtype_name, precision, names)
+    return dtype_name, precision, missing, total
+
+
+def _check_variants(dtypes, precisions, names, jobs: int) -> int:
+    """``--variants``: per dtype and precision, the distinct variants of :data:`BATCHES` in
+    every mode and configuration, and those :data:`GATE_BATCHES` miss."""
+    tasks = [
+        (dt, prec, names)
+        for dt in dtypes
+        for prec in PRECISIONS[dt]
+        if precisions is None or prec in precisions
+    ]
+    os.environ.pop("TRITON_INTERPRET", None)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+        results = list(pool.map(_variants_task, *zip(*tasks, strict=True)))
+    bad = 0
+    for dt, prec, missing, total in results:
+        print(
+            f"{dt} {prec}: {total} distinct launch variants over batches {BATCHES[0]}..{BATCHES[-1]}"
+            f" x {len(MODES)} modes x {len(names)} configs; {len(missing)} not compiled by the "
+            f"gate's batches {GATE_BATCHES}"
+        )
+        for key, (config, mode, batch) in missing.items():
+            print(f"  UNCOVERED: {key.split(':')[0]} {config} {mode} B={batch}")
+        bad += len(missing)
+    return 1 if bad else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m benchmarks.resources", description=__doc__.split("\n\n")[0]
@@ -567,12 +715,21 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="write atfnn_fast/kernels/resource_needs.json from the rows",
     )
+    ap.add_argument(
+        "--variants",
+        action="store_true",
+        help="compile nothing: check that every launch of batch sizes 1..128 (every mode) is a "
+        "variant the gate's batches compile; exit 1 if not",
+    )
+    ap.add_argument("--precision", nargs="+", default=None, help="with --variants: these only")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     names = args.config or list(configs())
     unknown = sorted(set(names) - set(configs()))
     if unknown:
         ap.error(f"--config: unknown {unknown}; known: {sorted(configs())}")
+    if args.variants:
+        return _check_variants(args.dtype, args.precision, names, max(1, args.jobs))
     if args.worker:
         print(json.dumps(compile_rows(args.arch[0], args.dtype[0], names)))
         return 0

@@ -47,6 +47,33 @@ WARPS_TARGET = {80: 16, 86: 12, 89: 12, 90: 16}
 WARPS_TARGET_BY_KERNEL = {"_fenc_bwd_dh1_kernel": {80: 8, 86: 4, 89: 4, 90: 8}}
 
 
+# The float32 GRAD recompute of _fenc_ffn_kernel (the backward's forward recompute) on the
+# matrix units: per arch, the widest F-Encoder channel count at which its tf32 variant fits
+# (benchmarks.resources: shared memory, no local memory, the 16 / 12 warps target). Wider
+# models recompute in exact float32 ("ieee"). Compiled 2026-12-05 (tiny c = 4, default
+# c = 8, wide c = 16; sm_80/86/89/90): 108-128 registers, 5-7 KB shared, 0 local, 16 warps
+# per SM everywhere, so every size the kernels take (c <= 16) recompute in tf32; the
+# register overflow at c = 16 on sm_86 that kept it "ieee" is gone at HEAD.
+GRAD_TF32_MAX_CHANNELS = {80: 16, 86: 16, 89: 16, 90: 16}
+
+
+def grad_recompute_precision(precision: str, channels: int, arch: int | None = None) -> str:
+    """The dot precision of the backward's GRAD recompute for a forward in ``precision``:
+    bf16 / fp16 / ieee as the forward; tf32 where :data:`GRAD_TF32_MAX_CHANNELS` says the
+    tf32 variant fits this arch (``arch`` None: the current GPU's; a newer arch than the
+    table knows takes the nearest one below it, none known: tf32, which the interpreter
+    ignores), else ieee."""
+    if precision != "tf32":
+        return precision
+    arch = current_arch() if arch is None else arch
+    if arch is None:
+        return "tf32"
+    known = [a for a in sorted(GRAD_TF32_MAX_CHANNELS) if a <= arch]
+    if not known:
+        return "ieee"
+    return "tf32" if channels <= GRAD_TF32_MAX_CHANNELS[known[-1]] else "ieee"
+
+
 def warps_target(kernel: str, arch: int) -> int:
     """The resident warps per SM ``kernel`` must reach on ``arch``."""
     return WARPS_TARGET_BY_KERNEL.get(kernel, WARPS_TARGET)[arch]

@@ -96,10 +96,11 @@ def _precision(x: torch.Tensor) -> str:
     ``torch.backends.cudnn.allow_tf32`` is True (PyTorch's default, the flag under which
     the reference's ``nn.Conv1d`` FFN runs tf32 on cuDNN), else exact float32 ("ieee").
     Accumulation is float32 in every mode. The interpreter multiplies float32 whatever the
-    mode. The backward's forward recompute (the GRAD FFN kernel) takes "ieee" where the
-    forward takes "tf32" (with tf32 operands its registers overflow on sm_86 at c = 16); the
-    backward FFN kernels take the mode, but for their exact ``h1`` dot (the ReLU mask)
-    (docs/design.md, F-Encoder kernels, Precision)."""
+    mode. The backward's forward recompute (the GRAD FFN kernel) takes the mode too, but
+    "ieee" for "tf32" where its tf32 variant does not fit the arch
+    (:func:`.tuning.grad_recompute_precision`: c = 16 on sm_86 / sm_89); the backward FFN
+    kernels take the mode, with the ReLU mask of the recompute (docs/design.md, F-Encoder
+    kernels, Precision)."""
     if x.dtype == torch.bfloat16:
         return "bf16"
     if x.dtype == torch.float16:
@@ -494,7 +495,7 @@ def freq_encoder_backward_op(
         PK=pk,
         HAS_WT=has_wt,
         GRAD=True,
-        PREC="ieee" if prec == "tf32" else prec,  # see _precision
+        PREC=tuning.grad_recompute_precision(prec, c),  # see _precision
         **kw,
         **no_hp,
     )

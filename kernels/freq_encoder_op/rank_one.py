@@ -254,6 +254,7 @@ def backward(
     p: Derived,
     eps: float,
     rnd=None,
+    recompute_rnd=None,
 ):
     """Gradients of :func:`forward`: ``(dx, d time_weights or None, Derived of grads)``,
     by the hand-derived formulas the Triton backward kernel uses. Parameter gradients are
@@ -262,8 +263,12 @@ def backward(
     ``rnd`` (a function of a tensor, default none) rounds the operands of the four products
     the backward FFN kernels run in the dots' precision (``d a1``, ``d W1``, ``d W2``,
     ``d y1``; ``h1`` and its ReLU mask stay exact): the tests emulate tf32 / bf16 / fp16
-    with it."""
+    with it. ``recompute_rnd`` rounds the operands of the forward recompute's two products
+    (``h1 = y1col W1col``, ``a1col W2col``: the ``GRAD`` FFN kernel's dots), so ``h1``, the
+    ReLU mask and LayerNorm2's statistics are those of a rounded recompute, as the forward
+    computed them in the same mode."""
     rd = rnd or (lambda t: t)
+    rr = recompute_rnd or (lambda t: t)
     b, _, n_f, t = x.shape
     c = p.w_lift.shape[0]
     k = p.w1col.shape[0] // c
@@ -274,10 +279,10 @@ def backward(
     n1, rstd1 = _layer_norm_stats(r, eps)
     y1 = n1 * p.norm1_weight + p.norm1_bias
     y1col = im2col(y1, k)
-    h1 = y1col @ p.w1col + p.ffn1_bias
+    h1 = rr(y1col) @ rr(p.w1col) + p.ffn1_bias
     a1 = torch.relu(h1)
     a1col = im2col(a1, k)
-    n2, rstd2 = _layer_norm_stats(y1 + a1col @ p.w2col + p.ffn2_bias, eps)
+    n2, rstd2 = _layer_norm_stats(y1 + rr(a1col) @ rr(p.w2col) + p.ffn2_bias, eps)
     y2 = n2 * p.norm2_weight + p.norm2_bias
 
     dout = grad_out.to(xf.dtype).reshape(-1, n_f, c)

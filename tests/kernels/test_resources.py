@@ -57,6 +57,55 @@ def gate(tmp_path_factory):
     return json.loads(rows_file.read_text()), proc
 
 
+def _variants(*extra):
+    return subprocess.run(
+        [sys.executable, "-m", "benchmarks.resources", "--variants", "--jobs", "2", *extra],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=ROOT,
+        timeout=1200,
+    )
+
+
+def test_the_gate_batches_cover_every_batch_size_of_the_dispatch():
+    """Every launch the front-end makes at batch sizes 1..128 (training, training with the
+    maps, inference; every configuration), as Triton specializes it (its own cache key:
+    argument divisibility, constexprs, options), is one the gate's batches
+    (benchmarks.resources.GATE_BATCHES) launch, so the gate compiles it. float32 (tf32) and
+    bfloat16 here: the batch enters only the integer arguments, which the ieee / fp16 runs
+    share with these (the slow test below runs all four). About 50 s of CPU."""
+    proc = _variants("--dtype", "float32", "bfloat16", "--precision", "tf32", "bf16")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = [line for line in proc.stdout.splitlines() if "distinct launch variants" in line]
+    assert len(lines) == 2 and all("0 not compiled" in line for line in lines), proc.stdout
+
+
+@pytest.mark.slow
+def test_the_gate_batches_cover_every_batch_size_in_every_precision():
+    proc = _variants()
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("0 not compiled") == 4, proc.stdout
+
+
+def test_grad_recompute_takes_tf32_where_the_gate_says_it_fits():
+    """The float32 GRAD recompute's dot precision per configuration and arch: tf32 wherever
+    its tf32 variant fits at the target (compiled 2026-12-05: every config on every arch),
+    the forward's mode otherwise; bf16 / fp16 / ieee unchanged."""
+    from atfnn_fast.kernels.tuning import GRAD_TF32_MAX_CHANNELS, grad_recompute_precision
+    from benchmarks.resources import configs
+
+    assert set(GRAD_TF32_MAX_CHANNELS) == ARCHS
+    for name, cfg in configs().items():
+        for arch in ARCHS:
+            assert grad_recompute_precision("tf32", cfg.channels, arch) == "tf32", (name, arch)
+            for mode in ("ieee", "bf16", "fp16"):
+                assert grad_recompute_precision(mode, cfg.channels, arch) == mode
+    assert grad_recompute_precision("tf32", 32, 90) == "ieee"  # wider than the table
+    assert grad_recompute_precision("tf32", 8, 75) == "ieee"  # older than sm_80
+    assert grad_recompute_precision("tf32", 8, 120) == "tf32"  # newer: nearest below
+
+
 @pytest.mark.slow
 def test_the_gate_covers_every_config_arch_dtype_and_precision(gate):
     rows, _ = gate
@@ -94,13 +143,14 @@ def test_no_kernel_uses_local_memory(gate):
 
 
 # (kernel, variant label, does a row's set of on flags belong to it, precisions whose dots
-# must reach the matrix units). The forward FFN and the backward FFN kernels (d h1 with the
-# weight gradients, d y1) run tf32 / bf16 / fp16 operands; the GRAD recompute takes bf16 /
-# fp16 operands but exact float32 where the forward took tf32 (with tf32 operands its
-# registers overflow on sm_86 at c = 16: docs/design.md, F-Encoder kernels, Precision).
+# must reach the matrix units). The forward FFN, its GRAD recompute and the backward FFN
+# kernels (d h1 with the weight gradients, d y1) run tf32 / bf16 / fp16 operands
+# (docs/design.md, F-Encoder kernels, Precision).
 FFN_TENSOR_CORES = (
     ("_fenc_ffn_kernel", "forward", lambda flags: "GRAD" not in flags, ("tf32", "bf16", "fp16")),
-    ("_fenc_ffn_kernel", "GRAD", lambda flags: "GRAD" in flags, ("bf16", "fp16")),
+    # the float32 recompute too, where tuning.grad_recompute_precision picks tf32 (every
+    # config and arch at HEAD: test_grad_recompute_takes_tf32_where_the_gate_says_it_fits)
+    ("_fenc_ffn_kernel", "GRAD", lambda flags: "GRAD" in flags, ("tf32", "bf16", "fp16")),
     ("_fenc_bwd_dh1_kernel", "-", lambda flags: True, ("tf32", "bf16", "fp16")),
     ("_fenc_bwd_dy1_kernel", "-", lambda flags: True, ("tf32", "bf16", "fp16")),
 )
