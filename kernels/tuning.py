@@ -48,26 +48,31 @@ WARPS_TARGET_BY_KERNEL = {"_fenc_bwd_dh1_kernel": {80: 8, 86: 4, 89: 4, 90: 8}}
 
 
 # The float32 GRAD recompute of _fenc_ffn_kernel (the backward's forward recompute) on the
-# matrix units: per arch, the widest F-Encoder channel count at which its tf32 variant fits
-# (benchmarks.resources: shared memory, no local memory, the 16 / 12 warps target). Wider
-# models recompute in exact float32 ("ieee"). Compiled 2026-12-05 (tiny c = 4, default
-# c = 8, wide c = 16; sm_80/86/89/90): 108-128 registers, 5-7 KB shared, 0 local, 16 warps
-# per SM everywhere, so every size the kernels take (c <= 16) recompute in tf32; the
-# register overflow at c = 16 on sm_86 that kept it "ieee" is gone at HEAD.
-GRAD_TF32_MAX_CHANNELS = {80: 16, 86: 16, 89: 16, 90: 16}
+# matrix units. GRAD_TF32_FITS: per arch, the widest F-Encoder channel count at which its tf32
+# variant fits (benchmarks.resources, compiled 2026-12-05 for tiny c = 4, default c = 8,
+# wide c = 16 on sm_80/86/89/90: 108-128 registers, 5-7 KB shared, 0 local, 16 warps per SM
+# everywhere; the register overflow at c = 16 on sm_86 that first kept it exact is gone).
+GRAD_TF32_FITS = {80: 16, 86: 16, 89: 16, 90: 16}
+# What ships: the exact ("ieee") recompute at every width. With tf32 operands the recompute's
+# h1 and ReLU mask are the forward's tf32 ones; emulated on the CPU over the 20 calibration
+# draws (rank_one.backward's recompute_rnd) the worst input gradient then moves 0.20 from the
+# float64 truth (a mask bit flipping where h1 is within ~1e-3 of zero), against 1.0e-2 with
+# the exact recompute: twenty times the error for one of the backward's seven launches, so
+# the tf32 recompute stays off until a GPU run shows what it buys (docs/design.md, F-Encoder
+# kernels, Precision). A width w per arch here (at most GRAD_TF32_FITS) turns it on there.
+GRAD_TF32_MAX_CHANNELS = {80: 0, 86: 0, 89: 0, 90: 0}
 
 
 def grad_recompute_precision(precision: str, channels: int, arch: int | None = None) -> str:
     """The dot precision of the backward's GRAD recompute for a forward in ``precision``:
-    bf16 / fp16 / ieee as the forward; tf32 where :data:`GRAD_TF32_MAX_CHANNELS` says the
-    tf32 variant fits this arch (``arch`` None: the current GPU's; a newer arch than the
-    table knows takes the nearest one below it, none known: tf32, which the interpreter
-    ignores), else ieee."""
+    bf16 / fp16 / ieee as the forward; tf32 where :data:`GRAD_TF32_MAX_CHANNELS` turns it on
+    for this arch and width (``arch`` None: the current GPU's; a newer arch than the table
+    knows takes the nearest one below it; no GPU: the narrowest entry), else ieee."""
     if precision != "tf32":
         return precision
     arch = current_arch() if arch is None else arch
-    if arch is None:
-        return "tf32"
+    if arch is None:  # no GPU (the interpreter multiplies float32 anyway): the narrowest
+        return "tf32" if channels <= min(GRAD_TF32_MAX_CHANNELS.values()) else "ieee"
     known = [a for a in sorted(GRAD_TF32_MAX_CHANNELS) if a <= arch]
     if not known:
         return "ieee"

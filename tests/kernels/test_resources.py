@@ -88,22 +88,30 @@ def test_the_gate_batches_cover_every_batch_size_in_every_precision():
     assert proc.stdout.count("0 not compiled") == 4, proc.stdout
 
 
-def test_grad_recompute_takes_tf32_where_the_gate_says_it_fits():
-    """The float32 GRAD recompute's dot precision per configuration and arch: tf32 wherever
-    its tf32 variant fits at the target (compiled 2026-12-05: every config on every arch),
-    the forward's mode otherwise; bf16 / fp16 / ieee unchanged."""
-    from atfnn_fast.kernels.tuning import GRAD_TF32_MAX_CHANNELS, grad_recompute_precision
+def test_grad_recompute_precision_per_config_and_arch():
+    """The float32 GRAD recompute's dot precision per configuration and arch: the shipped
+    table (exact everywhere, for accuracy: tuning.GRAD_TF32_MAX_CHANNELS) stays within
+    where the tf32 variant fits (GRAD_TF32_FITS, compiled 2026-12-05); a width in the table
+    turns tf32 on for that arch; bf16 / fp16 / ieee are the forward's."""
+    from atfnn_fast.kernels import tuning
     from benchmarks.resources import configs
 
-    assert set(GRAD_TF32_MAX_CHANNELS) == ARCHS
+    assert set(tuning.GRAD_TF32_MAX_CHANNELS) == set(tuning.GRAD_TF32_FITS) == ARCHS
+    for arch in ARCHS:
+        assert tuning.GRAD_TF32_MAX_CHANNELS[arch] <= tuning.GRAD_TF32_FITS[arch]
     for name, cfg in configs().items():
         for arch in ARCHS:
-            assert grad_recompute_precision("tf32", cfg.channels, arch) == "tf32", (name, arch)
+            assert tuning.grad_recompute_precision("tf32", cfg.channels, arch) == "ieee", name
             for mode in ("ieee", "bf16", "fp16"):
-                assert grad_recompute_precision(mode, cfg.channels, arch) == mode
-    assert grad_recompute_precision("tf32", 32, 90) == "ieee"  # wider than the table
-    assert grad_recompute_precision("tf32", 8, 75) == "ieee"  # older than sm_80
-    assert grad_recompute_precision("tf32", 8, 120) == "tf32"  # newer: nearest below
+                assert tuning.grad_recompute_precision(mode, cfg.channels, arch) == mode
+    table = {80: 16, 86: 8, 89: 8, 90: 16}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tuning, "GRAD_TF32_MAX_CHANNELS", table)
+        assert tuning.grad_recompute_precision("tf32", 16, 90) == "tf32"
+        assert tuning.grad_recompute_precision("tf32", 16, 86) == "ieee"
+        assert tuning.grad_recompute_precision("tf32", 32, 90) == "ieee"  # wider
+        assert tuning.grad_recompute_precision("tf32", 8, 75) == "ieee"  # older than sm_80
+        assert tuning.grad_recompute_precision("tf32", 8, 120) == "tf32"  # nearest below
 
 
 @pytest.mark.slow
@@ -148,9 +156,8 @@ def test_no_kernel_uses_local_memory(gate):
 # (docs/design.md, F-Encoder kernels, Precision).
 FFN_TENSOR_CORES = (
     ("_fenc_ffn_kernel", "forward", lambda flags: "GRAD" not in flags, ("tf32", "bf16", "fp16")),
-    # the float32 recompute too, where tuning.grad_recompute_precision picks tf32 (every
-    # config and arch at HEAD: test_grad_recompute_takes_tf32_where_the_gate_says_it_fits)
-    ("_fenc_ffn_kernel", "GRAD", lambda flags: "GRAD" in flags, ("tf32", "bf16", "fp16")),
+    # the float32 recompute stays exact (tuning.GRAD_TF32_MAX_CHANNELS: accuracy)
+    ("_fenc_ffn_kernel", "GRAD", lambda flags: "GRAD" in flags, ("bf16", "fp16")),
     ("_fenc_bwd_dh1_kernel", "-", lambda flags: True, ("tf32", "bf16", "fp16")),
     ("_fenc_bwd_dy1_kernel", "-", lambda flags: True, ("tf32", "bf16", "fp16")),
 )
