@@ -512,6 +512,7 @@ def test_backward_dot_precision_floors_cover_the_emulated_rounding(mode):
     assert 0 < worst <= GRAD_FLOOR[mode] / 2, worst
 
 
+@pytest.mark.slow
 def test_a_tf32_recompute_would_move_the_gradients_past_the_floor():
     """Why the float32 recompute stays exact (tuning.GRAD_TF32_MAX_CHANNELS): with tf32
     operands in the recompute too, the emulated gradients leave the tf32 floor (the ReLU
