@@ -72,9 +72,11 @@ def test_graph_layout_needs_few_transposes(fp32_and_int8):
     nodes = list(proto.graph.node)
     ops = [n.op_type for n in nodes]
     # frames (T, B, F); the encoding into the LSTM's (T, B, F*c); T-Attention's weights;
-    # and two between the LSTM layers (Y is (T, 2, B, H)): nothing per attention head
-    assert ops.count("Transpose") == 5
-    assert ops.count("Softmax") == 1 and ops.count("LSTM") == 3
+    # two between the LSTM layers (Y is (T, 2, B, H)); and the Attention node's output
+    # (frames, heads, F, 1) to head-major planes (frames x heads x F values, no score
+    # tensor): nothing per attention head
+    assert ops.count("Transpose") == 6
+    assert ops.count("Attention") == 1 and "Softmax" not in ops and ops.count("LSTM") == 3
     lstms = [n for n in nodes if n.op_type == "LSTM"]
     assert all(len(n.input) <= 4 for n in lstms)  # zero initial states left implicit
     producer = {o: n for n in nodes for o in n.output}
@@ -106,7 +108,9 @@ def test_exports_at_another_frame_count(tmp_path):
     ]
     assert dims == ["batch", 1, 10, 40]
     assert validate_onnx(path, model, batch_sizes=(1, 3)).passed
-    assert check_tensorrt_ready(path) == []
+    trt = export_onnx(model, tmp_path / "trt.onnx", target="tensorrt")
+    assert validate_onnx(trt, model, batch_sizes=(1, 3)).passed
+    assert check_tensorrt_ready(trt) == []
 
 
 # ------------------------------------------------------------------------------- int8
