@@ -27,7 +27,6 @@ import argparse
 import os
 import sys
 import warnings
-from pathlib import Path
 
 from .predict import one_line
 
@@ -110,65 +109,76 @@ def _plot_attention(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    """With ``--validate`` the graph is written under a hidden temporary name, validated,
-    and only then renamed to ``--output``; a graph that fails is kept as
-    ``<output>.failed`` for inspection and ``--output`` is left as it was."""
+    """The output is checked first (:func:`atfnn_fast.files.check_output`: not inside the
+    checkpoint, not a device, FIFO or socket, its folder writable). The graph is written
+    under a private temporary name next to ``--output``, validated (``--validate``) and
+    checked for TensorRT, and only then renamed to ``--output``; a graph that fails
+    validation is kept as ``<output>.failed`` for inspection and ``--output`` is left as it
+    was. Two exports to one output each rename a complete graph of their own: the last one
+    stays."""
     from atfnn_fast.checkpoint import load_checkpoint
     from atfnn_fast.errors import RunError, UsageError
     from atfnn_fast.export import check_tensorrt_ready, export_onnx, trtexec_command, validate_onnx
+    from atfnn_fast.files import check_output, named, short_name, temp_path
 
     if args.audio and not args.validate:
         raise UsageError("--audio is for --validate's real-feature check; add --validate")
+    output = check_output(args.output, inputs=(args.checkpoint,))
     ckpt = load_checkpoint(args.checkpoint)
-    output = Path(args.output)
-    target = output.with_name(f".{output.name}.validating") if args.validate else output
-    path = export_onnx(
-        ckpt.model,
-        target,
-        opset=args.opset,
-        dynamic_batch=not args.static_batch,
-        dtype=args.dtype,
-        labels=ckpt.labels,
-        norm_stats=ckpt.norm_stats,
-        features=ckpt.features,
-        quantize=args.quantize,
-    )
-    if args.validate:
-        failed = output.with_name(output.name + ".failed")
+    path = temp_path(output, "onnx")
+    try:
+        export_onnx(
+            ckpt.model,
+            path,
+            opset=args.opset,
+            dynamic_batch=not args.static_batch,
+            dtype=args.dtype,
+            labels=ckpt.labels,
+            norm_stats=ckpt.norm_stats,
+            features=ckpt.features,
+            quantize=args.quantize,
+        )
+        if args.validate:
+            failed = output.with_name(output.name + ".failed")
+            if len(os.fsencode(failed.name)) > 255:
+                failed = output.with_name(short_name(output.name) + ".failed")
+            try:
+                report = validate_onnx(path, ckpt.model, raise_on_failure=False, audio=args.audio)
+            except Exception as err:
+                os.replace(path, failed)
+                raise RunError(
+                    f"{output}: validation could not run ({one_line(err)}); the graph is kept "
+                    f"as {failed}, {output} was not written"
+                ) from err
+            report.path = str(output)
+            print(report)
+            if not (report.passed or report.skipped):
+                os.replace(path, failed)
+                worst = max(r.max_rel for r in report.results)
+                raise RunError(
+                    f"{output}: validation failed (max relative error {worst:.2e} > "
+                    f"{report.tolerance:g}); the graph is kept as {failed}, {output} was not "
+                    "written"
+                )
+        problems = None if args.quantize else check_tensorrt_ready(path)
         try:
-            report = validate_onnx(path, ckpt.model, raise_on_failure=False, audio=args.audio)
-        except Exception as err:
-            os.replace(path, failed)
-            raise RunError(
-                f"{output}: validation could not run ({one_line(err)}); the graph is kept "
-                f"as {failed}, {output} was not written"
-            ) from err
-        report.path = str(output)
-        print(report)
-        if not (report.passed or report.skipped):
-            os.replace(path, failed)
-            worst = max(r.max_rel for r in report.results)
-            raise RunError(
-                f"{output}: validation failed (max relative error {worst:.2e} > "
-                f"{report.tolerance:g}); the graph is kept as {failed}, {output} was not written"
-            )
-        os.replace(path, output)
-        path = output
+            os.replace(path, output)
+        except OSError as err:
+            raise named(err, output) from None
+    finally:
+        path.unlink(missing_ok=True)
     kind = args.dtype + (", int8 weights" if args.quantize else "")
-    print(f"wrote {path} ({ckpt.config.variant}, {kind})")
-    status = 0
+    print(f"wrote {output} ({ckpt.config.variant}, {kind})")
     if args.quantize:
         print(
             "TensorRT readiness: not applicable (the int8 graph uses ONNX Runtime's "
             "com.microsoft ops; export float32 or float16 for TensorRT)"
         )
-        return status
-    problems = check_tensorrt_ready(path)
-    if problems:
+    elif problems:
         print("TensorRT readiness: problems found:\n  " + "\n  ".join(problems))
     else:
         print("TensorRT readiness: no problem found; build an engine with:")
-        print("  " + trtexec_command(path, ckpt.config.n_mels, ckpt.config.frames))
+        print("  " + trtexec_command(output, ckpt.config.n_mels, ckpt.config.frames))
     return 0
 
 
@@ -422,6 +432,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 def main(argv: list[str] | None = None) -> int:
     from atfnn_fast.errors import UsageError
+    from atfnn_fast.files import describe
 
     try:
         args = build_parser().parse_args(argv)
@@ -440,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as err:
             if _debug(args):
                 raise
-            message = one_line(err)
+            message = describe(err) if isinstance(err, OSError) and err.strerror else one_line(err)
             if not isinstance(err, ValueError | OSError):  # not a foreseen error: say what
                 message = f"{type(err).__name__}: {message} (--debug shows the traceback)"
             print(f"atfnn-fast: error: {message}", file=sys.stderr)

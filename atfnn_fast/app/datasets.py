@@ -26,9 +26,10 @@ damaged one is rebuilt with a :class:`CacheWarning` naming it.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
-import tempfile
+import stat
 import warnings
 from pathlib import Path
 
@@ -36,6 +37,7 @@ import torch
 
 from atfnn_fast.app.progress import progress
 from atfnn_fast.features import AudioError, FeatureConfig, iter_audio, iter_log_mel
+from atfnn_fast.files import check_output, write_atomic
 from atfnn_fast.manifest import Item, ManifestError, write_manifest
 
 # Part of every cache key: entries computed by an older feature pipeline are not reused
@@ -46,8 +48,34 @@ AUDIO_EXTENSIONS = (".wav", ".flac")
 
 
 # ------------------------------------------------------------------------ corpus readers
+class CorpusWarning(UserWarning):
+    """A file of a corpus that ``datasets prepare`` skipped (unreadable, a symlink loop, not
+    a regular file)."""
+
+
+def _readable(path: Path) -> bool:
+    """Whether ``path`` opens as a regular file; if not, a :class:`CorpusWarning` names it
+    and says why (permission denied, a symlink loop, a FIFO...)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as err:
+        why = err.strerror
+    else:
+        try:
+            mode = os.fstat(fd).st_mode
+        finally:
+            os.close(fd)
+        if stat.S_ISREG(mode):
+            return True
+        why = "not a regular file"
+    warnings.warn(f"{path}: skipped ({why})", CorpusWarning, stacklevel=3)
+    return False
+
+
 def _audio_files(root: Path):
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
+    return sorted(
+        p for p in root.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and _readable(p)
+    )
 
 
 IEMOCAP_CLASSES = {"ang": "angry", "hap": "happy", "sad": "sad", "neu": "neutral"}
@@ -64,6 +92,8 @@ def _iemocap(root: Path, merge_excited: bool) -> list[Item]:
                 labels[match.group(1)] = match.group(2)
     items = []
     for wav in sorted(root.glob("Session*/sentences/wav/*/*.wav")):
+        if not _readable(wav):
+            continue
         utt = wav.stem  # Ses01F_impro01_F000
         dialog = wav.parent.name
         if "impro" not in dialog or labels.get(utt) not in classes:
@@ -162,6 +192,7 @@ def prepare(
         raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: corpus folder not found")
+    check_output(out, option="--out")  # before the corpus is walked
     readers = {
         "iemocap": lambda r: _iemocap(r, merge_excited),
         "casia": _casia,
@@ -253,14 +284,9 @@ class FeatureCache:
             raise AudioError(path, str(err)) from None
         if not bool(torch.isfinite(lm).all()):
             raise AudioError(path, "log-Mel features are not finite (samples too large?)")
-        fd, tmp = tempfile.mkstemp(prefix="tmp-", suffix=".part", dir=self.folder)
-        os.close(fd)
-        try:
-            torch.save(lm.contiguous(), tmp)
-            os.replace(tmp, key)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        buffer = io.BytesIO()
+        torch.save(lm.contiguous(), buffer)
+        write_atomic(key, buffer.getvalue())  # mode from the umask, like every output
         return lm
 
     def warm(self, items: list[Item], desc: str = "log-Mel features") -> dict[Path, torch.Tensor]:

@@ -15,11 +15,11 @@ import torch
 
 from atfnn_fast.app.datasets import FeatureCache
 from atfnn_fast.app.metrics import plot_confusion, summarize
-from atfnn_fast.app.rundir import write_atomic
 from atfnn_fast.checkpoint import load_checkpoint
 from atfnn_fast.config import ATFNNConfig
 from atfnn_fast.errors import resolve_device
 from atfnn_fast.features import FeatureConfig, NormStats, segment
+from atfnn_fast.files import check_output, write_atomic
 from atfnn_fast.inference import NonFiniteOutput, mean_probabilities, softmax_probabilities
 from atfnn_fast.manifest import Item, read_manifest
 
@@ -64,6 +64,10 @@ def evaluate(checkpoint, manifest, out=None, device: str = "cpu", cache=None) ->
     """Metrics of a checkpoint on every utterance of a manifest; with ``out``, also
     ``out/metrics.json`` and ``out/confusion.png``."""
     device = resolve_device(device)
+    if out is not None:  # before any work: the metrics are not computed only to be lost
+        out = check_output(out, inputs=(checkpoint,), option="--out", directory=True)
+        for name in ("metrics.json", "confusion.png"):
+            check_output(out / name, inputs=(checkpoint,), option="--out")
     ckpt = load_checkpoint(checkpoint, map_location=device)
     if ckpt.norm_stats is None:
         raise ValueError(f"{checkpoint}: has no normalisation statistics")
@@ -83,8 +87,6 @@ def evaluate(checkpoint, manifest, out=None, device: str = "cpu", cache=None) ->
     except NonFiniteOutput as err:
         raise NonFiniteOutput(f"{checkpoint}: {err}") from None
     if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
         write_atomic(
             out / "metrics.json", (json.dumps(metrics, indent=2, allow_nan=False) + "\n").encode()
         )

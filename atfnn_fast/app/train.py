@@ -374,6 +374,8 @@ def _build_or_resume(run: FoldRun, resume: bool):
             if run.rank == 0:
                 write_log(run.folder, state["history"])  # drops lines of an uncommitted epoch
             run.say(f"resuming {run.fold} after epoch {state['epoch']}")
+        else:
+            run.say(f"resuming {run.fold}: no epoch was committed yet; starting at epoch 1")
     return model, optimizer, state
 
 
