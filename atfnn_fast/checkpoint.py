@@ -340,7 +340,9 @@ def read_metadata(directory: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"{path}: missing (not a checkpoint directory?)") from None
     except RecursionError:
         raise CheckpointError(f"{path}: not valid JSON (nested too deeply to parse)") from None
-    except (OSError, UnicodeDecodeError, ValueError) as err:
+    except OSError as err:  # permission denied, a symlink loop...: not a JSON problem
+        raise named(err, path) from None
+    except (UnicodeDecodeError, ValueError) as err:
         raise CheckpointError(f"{path}: not valid JSON ({err})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an atfnn-fast checkpoint (format != {FORMAT!r})")

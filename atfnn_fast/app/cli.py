@@ -127,17 +127,20 @@ def _export(args: argparse.Namespace) -> int:
     ckpt = load_checkpoint(args.checkpoint)
     path = temp_path(output, "onnx")
     try:
-        export_onnx(
-            ckpt.model,
-            path,
-            opset=args.opset,
-            dynamic_batch=not args.static_batch,
-            dtype=args.dtype,
-            labels=ckpt.labels,
-            norm_stats=ckpt.norm_stats,
-            features=ckpt.features,
-            quantize=args.quantize,
-        )
+        try:
+            export_onnx(
+                ckpt.model,
+                path,
+                opset=args.opset,
+                dynamic_batch=not args.static_batch,
+                dtype=args.dtype,
+                labels=ckpt.labels,
+                norm_stats=ckpt.norm_stats,
+                features=ckpt.features,
+                quantize=args.quantize,
+            )
+        except OSError as err:  # a full disk...: name --output, not our temporary name
+            raise named(err, output) from None
         if args.validate:
             failed = output.with_name(output.name + ".failed")
             if len(os.fsencode(failed.name)) > 255:

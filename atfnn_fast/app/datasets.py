@@ -73,9 +73,9 @@ def _readable(path: Path) -> bool:
 
 
 def _audio_files(root: Path):
-    return sorted(
-        p for p in root.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and _readable(p)
-    )
+    return [
+        p for p in sorted(root.rglob("*")) if p.suffix.lower() in AUDIO_EXTENSIONS and _readable(p)
+    ]
 
 
 IEMOCAP_CLASSES = {"ang": "angry", "hap": "happy", "sad": "sad", "neu": "neutral"}
