@@ -31,6 +31,10 @@ import warnings
 from .predict import one_line
 
 DEBUG_ENV = "ATFNN_DEBUG"
+CACHE_HELP = (
+    "folder of the log-Mel feature cache (default: .atfnn-cache next to the manifest, or "
+    "~/.cache/atfnn-fast/features when that folder cannot be written)"
+)
 
 
 def _debug(args: argparse.Namespace) -> bool:
@@ -49,14 +53,14 @@ def _demo(args: argparse.Namespace) -> int:
 def _prepare(args: argparse.Namespace) -> int:
     from collections import Counter
 
-    from .datasets import FeatureCache, prepare
+    from .datasets import FeatureCache, cache_folder, prepare
 
     path, items = prepare(args.dataset, args.root, args.out, merge_excited=args.merge_excited)
     labels = Counter(i.label for i in items)
     print(f"wrote {path}: {len(items)} utterances, {len({i.speaker for i in items})} speakers")
     print("  " + ", ".join(f"{k} {v}" for k, v in sorted(labels.items())))
     if args.features:
-        FeatureCache(path.parent / ".atfnn-cache").warm(items)
+        FeatureCache(cache_folder(path, args.cache)).warm(items)
     return 0
 
 
@@ -81,6 +85,7 @@ def _train(args: argparse.Namespace) -> int:
         tc=tc,
         resume=args.resume,
         overwrite=args.overwrite,
+        cache=args.cache,
     )
     if best is not None:  # rank 0: the last line is the best checkpoint's directory
         print(best)
@@ -90,7 +95,9 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate
 
-    metrics = evaluate(args.checkpoint, args.manifest, args.out, device=args.device)
+    metrics = evaluate(
+        args.checkpoint, args.manifest, args.out, device=args.device, cache=args.cache
+    )
     print(
         f"WAR {metrics['war']:.2%}  UAR {metrics['uar']:.2%}  ({metrics['utterances']} utterances)"
     )
@@ -315,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--out", required=True, help="the manifest CSV to write")
     prep.add_argument("--merge-excited", action="store_true", help="IEMOCAP: excited -> happy")
     prep.add_argument("--features", action="store_true", help="also cache the log-Mel features")
+    prep.add_argument("--cache", default=None, help=CACHE_HELP)
     prep.set_defaults(func=_prepare)
 
     tr = sub.add_parser(
@@ -348,6 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     again.add_argument(
         "--overwrite", action="store_true", help="replace an earlier run in the fold directory"
     )
+    tr.add_argument("--cache", default=None, help=CACHE_HELP)
     tr.set_defaults(func=_train)
 
     ev = sub.add_parser(
@@ -357,6 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--manifest", required=True)
     ev.add_argument("--out", default=None, help="folder for metrics.json and confusion.png")
     ev.add_argument("--device", default=_default(evaluate, "device"))
+    ev.add_argument("--cache", default=None, help=CACHE_HELP)
     ev.set_defaults(func=_evaluate)
 
     pa = sub.add_parser(

@@ -208,7 +208,39 @@ def prepare(
 
 # ----------------------------------------------------------------------- feature cache
 class CacheWarning(UserWarning):
-    """A damaged feature-cache entry, deleted and rebuilt."""
+    """A damaged feature-cache entry, deleted and rebuilt; or a manifest folder that cannot
+    hold the cache (the user cache is used instead)."""
+
+
+CACHE_DIR = ".atfnn-cache"
+
+
+def user_cache() -> Path:
+    """``$XDG_CACHE_HOME/atfnn-fast/features`` (default ``~/.cache/atfnn-fast/features``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base, "atfnn-fast", "features")
+
+
+def cache_folder(manifest: str | os.PathLike, cache: str | os.PathLike | None = None) -> Path:
+    """Where the feature cache of ``manifest`` lives: ``cache`` (``--cache``) when given;
+    else ``.atfnn-cache`` next to the manifest, unless nothing can be written there (a
+    corpus on a read-only mount, a folder of another user): then :func:`user_cache`, with a
+    :class:`CacheWarning` naming both. Entries are keyed by the audio file's resolved path,
+    size and mtime and the feature parameters, so one cache can serve many corpora."""
+    if cache is not None:
+        return check_output(cache, option="--cache", directory=True)
+    beside = Path(manifest).resolve().parent / CACHE_DIR
+    try:
+        return check_output(beside, option="--cache", directory=True)
+    except OSError as err:
+        fallback = user_cache()
+        warnings.warn(
+            f"{beside}: cannot hold the feature cache ({err.strerror}); using {fallback} "
+            "(choose another with --cache)",
+            CacheWarning,
+            stacklevel=2,
+        )
+        return check_output(fallback, option="--cache", directory=True)
 
 
 class FeatureCache:

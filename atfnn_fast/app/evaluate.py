@@ -9,16 +9,15 @@ utterances with :func:`evaluate_items`.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import torch
 
-from atfnn_fast.app.datasets import FeatureCache
+from atfnn_fast.app.datasets import FeatureCache, cache_folder
 from atfnn_fast.app.metrics import plot_confusion, summarize
 from atfnn_fast.checkpoint import load_checkpoint
 from atfnn_fast.config import ATFNNConfig
 from atfnn_fast.errors import resolve_device
-from atfnn_fast.features import FeatureConfig, NormStats, segment
+from atfnn_fast.features import FeatureConfig, NormStats, min_tail_frames, segment
 from atfnn_fast.files import check_output, write_atomic
 from atfnn_fast.inference import NonFiniteOutput, mean_probabilities, softmax_probabilities
 from atfnn_fast.manifest import Item, read_manifest
@@ -44,7 +43,13 @@ def predict_items(
 
     preds = []
     for item in items:
-        segs = segment(mels[item.path], cfg.frames, cfg.frames, feats.silence_value)
+        segs = segment(
+            mels[item.path],
+            cfg.frames,
+            cfg.frames,
+            feats.silence_value,
+            min_tail=min_tail_frames(cfg.frames),
+        )
         try:
             probs = mean_probabilities([stats.apply(segs).unsqueeze(1)], probabilities)
         except NonFiniteOutput as err:
@@ -76,9 +81,7 @@ def evaluate(checkpoint, manifest, out=None, device: str = "cpu", cache=None) ->
     unknown = sorted({i.label for i in items} - set(labels))
     if unknown:
         raise ValueError(f"{manifest}: labels {unknown} are not among the model's {labels}")
-    cache = FeatureCache(
-        cache or Path(manifest).resolve().parent / ".atfnn-cache", ckpt.config.n_mels, ckpt.features
-    )
+    cache = FeatureCache(cache_folder(manifest, cache), ckpt.config.n_mels, ckpt.features)
     mels = cache.warm(items)
     try:
         metrics = evaluate_items(

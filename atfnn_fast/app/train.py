@@ -68,7 +68,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from atfnn_fast.app.datasets import FeatureCache
+from atfnn_fast.app.datasets import FeatureCache, cache_folder
 from atfnn_fast.app.evaluate import evaluate_items
 from atfnn_fast.app.metrics import plot_confusion
 from atfnn_fast.app.progress import progress
@@ -383,9 +383,7 @@ def _prepare_data(run: FoldRun, cache, items: list[Item], train: list[Item]) -> 
     """Features of every utterance (cached next to the manifest; rank 0 computes, the other
     ranks read), normalisation statistics of the training utterances, and the training
     segments: ``frames`` frames every ``hop`` frames."""
-    cache = FeatureCache(
-        cache or run.manifest.resolve().parent / ".atfnn-cache", run.cfg.n_mels, run.feats
-    )
+    cache = FeatureCache(cache_folder(run.manifest, cache), run.cfg.n_mels, run.feats)
     mels = cache.warm(items, desc=f"features ({len(items)} files)") if run.rank == 0 else None
     if run.world > 1:
         torch.distributed.barrier()

@@ -242,14 +242,22 @@ sys.exit(main(sys.argv[1:]))
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """A corpus, a finished one-epoch run of fold spk1 and a straight two-epoch run."""
+def one_run(tmp_path_factory):
+    """A corpus and a finished one-epoch run of fold spk1."""
     root = tmp_path_factory.mktemp("runs")
     manifest = make_corpus(root / "corpus", speakers=3, per_class=2, seed=1)
-    common = ["train", "--manifest", str(manifest), *TRAIN]
-    assert main([*common, "--out", str(root / "one"), "--epochs", "1"]) == 0
-    assert main([*common, "--out", str(root / "two"), "--epochs", "2"]) == 0
-    return manifest, root / "one", root / "two"
+    argv = ["train", "--manifest", str(manifest), *TRAIN, "--out", str(root / "one")]
+    assert main([*argv, "--epochs", "1"]) == 0
+    return manifest, root / "one"
+
+
+@pytest.fixture(scope="module")
+def runs(one_run):
+    """:func:`one_run` and a straight two-epoch run of the same fold."""
+    manifest, one = one_run
+    argv = ["train", "--manifest", str(manifest), *TRAIN, "--out", str(one.parent / "two")]
+    assert main([*argv, "--epochs", "2"]) == 0
+    return manifest, one, one.parent / "two"
 
 
 def _weights(folder):
@@ -305,10 +313,10 @@ def test_a_kill_at_each_step_of_the_swap_resumes_or_is_cleaned(
     assert [r["epoch"] for r in log] == [1, 2]
 
 
-def test_resume_refuses_a_run_whose_last_is_lost(runs, tmp_path, capsys):
+def test_resume_refuses_a_run_whose_last_is_lost(one_run, tmp_path, capsys):
     """``last`` gone (deleted by hand, or a crash on a file system that lost it) while the
     log lists a committed epoch: one line, exit 1, and ``best`` is not replaced."""
-    manifest, one, _ = runs
+    manifest, one = one_run
     run = Path(shutil.copytree(one, tmp_path / "run")) / "spk1"
     shutil.rmtree(run / "last")
     best = (run / "best" / "model.safetensors").read_bytes()
@@ -323,8 +331,8 @@ def test_resume_refuses_a_run_whose_last_is_lost(runs, tmp_path, capsys):
     assert (run / "best" / "model.safetensors").read_bytes() == best
 
 
-def test_resume_with_nothing_committed_says_it_starts_at_epoch_1(runs, tmp_path, capsys):
-    manifest, _, _ = runs
+def test_resume_with_nothing_committed_says_it_starts_at_epoch_1(one_run, tmp_path, capsys):
+    manifest, _ = one_run
     argv = ["train", "--manifest", manifest, "--out", tmp_path, *TRAIN, "--epochs", "1"]
     code, stdout, _ = cli(capsys, *argv, "--resume")
     assert code == 0
@@ -505,3 +513,116 @@ def test_predict_batch_size_is_bounded_by_a_memory_estimate(tmp_path, capsys, mo
         capsys, "predict", "--checkpoint", paper, "--batch-size", "916", speech_sample()
     )
     assert (code, err) == (0, []) and out.startswith(f"{speech_sample()}: class_")
+
+
+# ------------------------------------------------------- item 6: headers and odd names
+def _patched(raw: bytes, riff: int | None, data: int | None) -> bytes:
+    import struct
+
+    out = bytearray(raw)
+    if riff is not None:
+        out[4:8] = struct.pack("<I", riff)
+    at = out.find(b"data")
+    if data is not None:
+        out[at + 4 : at + 8] = struct.pack("<I", data)
+    return bytes(out)
+
+
+def test_wav_headers_of_streaming_writers_are_read_completely(ckpt, tmp_path, capsys):
+    """ffmpeg writing to a pipe leaves the RIFF and data sizes at 0xFFFFFFFF, sox at
+    0x7FFFF000; libsndfile reads such a file to its end, and so does predict. A header
+    declaring 0 bytes of data (which libsndfile cannot read) is refused saying why."""
+    import soundfile as sf
+    from helpers import wav_bytes
+
+    speech, rate = sf.read(str(speech_sample()))
+    raw = wav_bytes(speech[: 2 * rate, None] * 0.9, rate, 16)
+    files = {"plain": raw}
+    files["ffmpeg"] = _patched(raw, 0xFFFFFFFF, 0xFFFFFFFF)
+    files["sox"] = _patched(raw, 0x7FFFF000 + 36, 0x7FFFF000)
+    files["zero"] = _patched(raw, 0, 0)
+    for name, data in files.items():
+        (tmp_path / f"{name}.wav").write_bytes(data)
+    paths = [tmp_path / f"{name}.wav" for name in files]
+    code, out, _ = cli(capsys, "predict", "--checkpoint", ckpt, "--json", *paths)
+    plain, ffmpeg, sox, zero = json.loads(out)
+    assert plain["scores"] == ffmpeg["scores"] == sox["scores"]  # every sample read
+    assert code == 1 and zero["error"] == (
+        f"{paths[3]}: empty audio: its header declares 0 bytes of data though the file is "
+        "longer (a streaming writer that never fixed its header); rewrite the file, e.g. with "
+        "sox or ffmpeg"
+    )
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(raw[:-100])  # a cut file with a real size is still refused
+    code, out, _ = cli(capsys, "predict", "--checkpoint", ckpt, "--json", cut)
+    assert code == 1 and "truncated audio file" in json.loads(out)[0]["error"]
+
+
+def test_predict_text_output_is_one_line_per_file_whatever_the_name(ckpt, tmp_path, capsys):
+    names = ["a\nb.wav", "c\rd\te.wav", "f\x1b[31mred.wav", "g\u2028h.wav"]
+    paths = []
+    for name in names:
+        paths.append(tmp_path / name)
+        paths[-1].write_bytes(speech_sample().read_bytes())
+    code, out, err = cli(capsys, "predict", "--checkpoint", ckpt, *paths)
+    assert (code, err) == (0, [])
+    lines = out.split("\n")[:-1]
+    assert len(lines) == 4
+    escaped = ["a\\nb.wav", "c\\rd\\te.wav", "f\\x1b[31mred.wav", "g\\u2028h.wav"]
+    assert [line.split(": ")[0] for line in lines] == [f"{tmp_path}/{e}" for e in escaped]
+    code, out, err = cli(capsys, "predict", "--checkpoint", ckpt, "--json", *paths)
+    assert [e["file"] for e in json.loads(out)] == [str(p) for p in paths]  # JSON: exact
+
+
+# --------------------------------------------------- item 8: a cache for read-only corpora
+def test_a_corpus_on_a_read_only_mount_uses_the_user_cache_or_cache(
+    ckpt, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    with tmpfs("8m") as mount:
+        manifest = make_corpus(mount / "corpus", speakers=3, per_class=1, seed=2)
+        subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+        args = ["evaluate", "--checkpoint", ckpt, "--manifest", manifest]
+        code, out, err = cli(capsys, *args)
+        assert code == 0 and out.startswith("WAR ")
+        user = tmp_path / "xdg" / "atfnn-fast" / "features"
+        assert err == [
+            f"atfnn-fast: warning: {manifest.parent / '.atfnn-cache'}: cannot hold the feature "
+            f"cache (Read-only file system); using {user} (choose another with --cache)"
+        ]
+        assert len(list(user.glob("*.pt"))) == 12
+        code, again, err = cli(capsys, *args, "--cache", tmp_path / "mine")
+        assert (code, again, err) == (0, out, [])
+        assert len(list((tmp_path / "mine").glob("*.pt"))) == 12
+
+
+# --------------------------------------------------- item 9: the nearly-empty last segment
+def test_a_nearly_empty_last_segment_does_not_count(ckpt, tmp_path, capsys):
+    """Tiny model: segments of 16 frames, so a tail needs 4 real frames to count. 32
+    frames are two segments; one frame (10 ms) more adds no third segment, four more do."""
+    import soundfile as sf
+
+    from atfnn_fast.features import file_segments, iter_segment_batches
+
+    speech, _ = sf.read(str(speech_sample()))
+    cfg = load_checkpoint(ckpt).config
+    counts = {}
+    for frames in (32, 33, 36):
+        path = tmp_path / f"f{frames}.wav"
+        sf.write(str(path), speech[: (frames - 1) * 160], 16000)
+        kwargs = dict(n_mels=cfg.n_mels, frames=cfg.frames)
+        batches = list(iter_segment_batches(path, batch_size=2, **kwargs))
+        counts[frames] = sum(b.shape[0] for b in batches)
+        assert torch.equal(torch.cat(batches), file_segments(path, **kwargs))
+    assert counts == {32: 2, 33: 2, 36: 3}
+    code, out, _ = cli(
+        capsys,
+        "predict",
+        "--checkpoint",
+        ckpt,
+        "--json",
+        tmp_path / "f32.wav",
+        tmp_path / "f33.wav",
+    )
+    a, b = json.loads(out)
+    assert code == 0 and max(abs(a["scores"][k] - b["scores"][k]) for k in LABELS) < 0.05
