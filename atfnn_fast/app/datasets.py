@@ -16,7 +16,8 @@
 * ``cremad``: ``AudioWAV/<actor>_<sentence>_<EMO>_<level>.wav`` (6 emotions).
 
 :class:`FeatureCache` computes each file's log-Mel matrix once (with a progress bar) and
-keeps it in ``<cache>/<sha1 of the path, size and mtime>.pt`` files, written atomically. The
+keeps it in ``<cache>/<sha1 of the path, size and mtime>.pt`` files, written atomically
+(modes from the umask); :func:`cache_folder` says where the cache is. The
 audio is read, resampled and turned into log-Mel frames in blocks, as ``predict`` does
 (:func:`atfnn_fast.features.iter_log_mel` of :func:`~atfnn_fast.features.iter_audio`). An
 entry read back is checked (a float32 ``(n_mels, N > 0)`` matrix of finite values); a

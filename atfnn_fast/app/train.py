@@ -19,7 +19,8 @@
   rewritten from that state after the commit. ``best`` is written before ``last``: a crash
   between them redoes the epoch on resume, and the data order and dropout of epoch e are
   seeded from (seed, e), so the redone epoch writes the same ``best`` again and ``resume``
-  continues exactly where the last committed epoch left off (epoch granularity).
+  continues exactly where the last committed epoch left off (epoch granularity). A crash
+  in the middle of a commit is repaired by ``resume`` (docs/design.md#files-and-crashes).
 
 Checks before anything is written (our choices where the paper is silent,
 docs/design.md#choices-the-paper-leaves-open):
@@ -30,7 +31,8 @@ docs/design.md#choices-the-paper-leaves-open):
   :func:`atfnn_fast.data.read_manifest` refuses when they are not plain names; every path the
   trainer writes is also checked to resolve inside ``out`` (:func:`inside`), so neither a
   fold name nor a symlink planted in the run directory can send a file elsewhere (the
-  feature cache is not a run output: it lives next to the manifest, named by hashes);
+  feature cache is not a run output: it lives next to the manifest or in ``cache``, named
+  by hashes);
 * a run directory is owned: ``<out>/<fold>/.lock`` holds the PID of the process writing it
   (an advisory ``flock`` the kernel drops when the process dies, so a lock left by a killed
   run is detected as stale and taken over with a warning); a second run into the same fold
