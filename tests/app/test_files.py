@@ -189,14 +189,14 @@ def test_two_export_processes_to_one_output(ckpt, tmp_path):
 
 
 # ------------------------------------------------------------ item 4: modes from the umask
-@pytest.mark.parametrize("umask", [0o002, 0o027])
-def test_every_output_follows_the_umask(ckpt, tmp_path, capsys, umask):
+def test_every_output_follows_the_umask(ckpt, tmp_path, capsys):
+    umask = 0o027  # neither the usual 0o022 nor mkstemp's 0o077
     old = os.umask(umask)
     try:
         corpus = make_corpus(tmp_path / "corpus", speakers=3, per_class=1, seed=1)
         saved = save_checkpoint(tmp_path / "new" / "ckpt", _model(), labels=LABELS)
         args = ("--checkpoint", ckpt)
-        assert cli(capsys, "export", *args, "--output", tmp_path / "m.onnx", "--validate")[0] == 0
+        assert cli(capsys, "export", *args, "--output", tmp_path / "m.onnx")[0] == 0
         code, _, _ = cli(
             capsys, "evaluate", *args, "--manifest", corpus, "--out", tmp_path / "eval"
         )
