@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 
 from atfnn_fast.app.progress import progress
+from atfnn_fast.errors import UsageError
 from atfnn_fast.features import AudioError, FeatureConfig, iter_audio, iter_log_mel
 from atfnn_fast.files import check_output, write_atomic
 from atfnn_fast.manifest import Item, ManifestError, write_manifest
@@ -194,6 +195,8 @@ def prepare(
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: corpus folder not found")
     check_output(out, option="--out")  # before the corpus is walked
+    if Path(out).suffix.lower() in AUDIO_EXTENSIONS:  # it would replace a file of the corpus
+        raise UsageError(f"--out {out}: names an audio file; the manifest is a CSV file")
     readers = {
         "iemocap": lambda r: _iemocap(r, merge_excited),
         "casia": _casia,

@@ -367,6 +367,18 @@ def _special(kind, path):
     return None
 
 
+def test_prepare_refuses_an_out_that_would_replace_an_audio_file(corpus, capsys):
+    audio = sorted(corpus.parent.rglob("*.wav"))[0]
+    before = audio.read_bytes()
+    argv = ["datasets", "prepare", "--dataset", "casia", "--root", corpus.parent, "--out", audio]
+    code, out, err = cli(capsys, *argv)
+    assert (code, out) == (2, "")
+    assert err == [
+        f"atfnn-fast: error: --out {audio}: names an audio file; the manifest is a CSV file"
+    ]
+    assert audio.read_bytes() == before
+
+
 @pytest.mark.parametrize(
     "kind,words",
     [
