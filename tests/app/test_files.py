@@ -189,6 +189,7 @@ def test_two_export_processes_to_one_output(ckpt, tmp_path):
 
 
 # ------------------------------------------------------------ item 4: modes from the umask
+@pytest.mark.slow  # features, evaluation, export and a plot: 5 to 30 s on two shared cores
 def test_every_output_follows_the_umask(ckpt, tmp_path, capsys):
     umask = 0o027  # neither the usual 0o022 nor mkstemp's 0o077
     old = os.umask(umask)
@@ -313,6 +314,7 @@ def test_a_kill_at_each_step_of_the_swap_resumes_or_is_cleaned(
     assert [r["epoch"] for r in log] == [1, 2]
 
 
+@pytest.mark.slow  # a one-epoch training first: 5 to 30 s on two shared cores
 def test_resume_refuses_a_run_whose_last_is_lost(one_run, tmp_path, capsys):
     """``last`` gone (deleted by hand, or a crash on a file system that lost it) while the
     log lists a committed epoch: one line, exit 1, and ``best`` is not replaced."""
@@ -331,6 +333,7 @@ def test_resume_refuses_a_run_whose_last_is_lost(one_run, tmp_path, capsys):
     assert (run / "best" / "model.safetensors").read_bytes() == best
 
 
+@pytest.mark.slow  # a one-epoch training: 5 to 30 s on two shared cores
 def test_resume_with_nothing_committed_says_it_starts_at_epoch_1(one_run, tmp_path, capsys):
     manifest, _ = one_run
     argv = ["train", "--manifest", manifest, "--out", tmp_path, *TRAIN, "--epochs", "1"]
