@@ -4,13 +4,17 @@
 feature parameters and the SHA-256 of the weights file. Nothing in a checkpoint is code:
 loading parses JSON and safetensors only (no pickle).
 
-Writes are atomic: both files are written and fsynced into a hidden temporary directory next
-to the target, which is then renamed into place, so a crash leaves either the old checkpoint
-or the new one, never a mixture or a half-written file. Overwriting an existing checkpoint
-moves the old one aside, renames the new one in and deletes the old one; a directory that is
-not a checkpoint is never overwritten. ``extra_files`` (name -> bytes) travel inside the same
-atomic rename: training stores its resume state (``optimizer.pt``, ``state.json``) in the
-``last`` checkpoint this way, so a crash leaves the old epoch or the new one, never a mix.
+Writes are atomic: both files are written and fsynced into a private hidden directory next
+to the target (``.<name>.<random>.new``, modes from the umask), which then takes the
+target's place, so a crash leaves either the old checkpoint or the new one, never a mixture
+or a half-written file. Overwriting an existing checkpoint swaps the two directories in one
+``renameat2(RENAME_EXCHANGE)`` where Linux has it and deletes the old copy; elsewhere the old
+one is renamed aside (``.<name>.<random>.old``) and the new one renamed in, and
+:func:`recover_checkpoint` finishes such a swap that a crash interrupted (training calls it
+before it resumes). A directory that is not a checkpoint is never overwritten.
+``extra_files`` (name -> bytes) travel inside the same atomic step: training stores its
+resume state (``optimizer.pt``, ``state.json``) in the ``last`` checkpoint this way, so a
+crash leaves the old epoch or the new one, never a mix (docs/design.md#files-and-crashes).
 
 Loading treats the directory as untrusted: ``weights_sha256`` must be present and match;
 model sizes are checked against :data:`atfnn_fast.config.SIZE_LIMITS` before the model is
@@ -24,8 +28,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,8 @@ from torch import nn
 
 from .config import ATFNNConfig
 from .features import FeatureConfig, NormStats
+from .files import fsync_dir as _fsync_dir
+from .files import named, short_name, temp_path, write_new
 
 FORMAT = "atfnn-fast-checkpoint"
 FORMAT_VERSION = 1
@@ -95,19 +99,6 @@ def check_deployment_info(
     return labels
 
 
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as fh:
-        os.fsync(fh.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -124,6 +115,108 @@ def _is_checkpoint(directory: Path) -> bool:
     return isinstance(meta, dict) and meta.get("format") == FORMAT
 
 
+# Tests set this to a function(step, target) to kill the process at a step of the swap:
+# "written" (the new copy is complete, nothing moved yet), then with RENAME_EXCHANGE
+# "swapped" (the new copy is in place, the old one not yet deleted), or without it
+# "moved-aside" (the old copy renamed aside, no target) and "renamed" (the new copy in
+# place, the old one not yet deleted).
+_fault_hook = None
+# renameat2(RENAME_EXCHANGE) where the kernel and file system have it; tests turn it off to
+# run the two-rename fallback
+USE_EXCHANGE = True
+
+
+def _step(name: str, target: Path) -> None:
+    if _fault_hook is not None:
+        _fault_hook(name, target)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap ``a`` and ``b`` in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``);
+    False where that is not available (then nothing happened)."""
+    import ctypes
+    import errno
+
+    if not USE_EXCHANGE:
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), os.fspath(b))
+
+
+def _leftovers(target: Path) -> dict[str, dict[str, Path]]:
+    """Copies of an interrupted :func:`save_checkpoint` of ``target``: {token: {"new" or
+    "old": path}}."""
+    prefix = f".{short_name(target.name)}."
+    found: dict[str, dict[str, Path]] = {}
+    if not target.parent.is_dir():
+        return found
+    for entry in target.parent.iterdir():
+        name = entry.name
+        if not name.startswith(prefix):
+            continue
+        token, _, tag = name[len(prefix) :].partition(".")
+        if len(token) == 12 and tag in ("new", "old") and entry.is_dir():
+            found.setdefault(token, {})[tag] = entry
+    return found
+
+
+def recover_checkpoint(directory: str | os.PathLike) -> list[str]:
+    """Finish or undo a :func:`save_checkpoint` of ``directory`` that a crash interrupted,
+    and delete its leftover copies; returns one line per thing done. Only for a directory
+    no other process is writing (training calls it under its run lock).
+
+    When ``directory`` exists it is complete (the swap is one rename), and every leftover
+    copy is deleted. When it is missing and the copies of one save are both there (the old
+    one moved aside, the new one complete: the fallback without RENAME_EXCHANGE, killed
+    between its two renames), the new copy is renamed in; an old copy alone is renamed
+    back; a new copy alone (a first save killed before its rename) is deleted."""
+    target = Path(directory)
+    found = _leftovers(target)
+    notes: list[str] = []
+    if not target.exists():
+        pairs = [t for t in found if set(found[t]) == {"new", "old"}]
+        olds = [t for t in found if set(found[t]) == {"old"}]
+        use = found[pairs[0]]["new"] if pairs else found[olds[0]]["old"] if olds else None
+        if use is not None:
+            os.rename(use, target)
+            _fsync_dir(target.parent)
+            which = "the new copy" if pairs else "the old copy"
+            notes.append(
+                f"{target}: recovered from an interrupted save ({which} {use.name} was complete "
+                "and is now in place)"
+            )
+    for copies in _leftovers(target).values():
+        for path in copies.values():
+            shutil.rmtree(path, ignore_errors=True)
+            notes.append(f"{target}: removed {path.name}, left by an interrupted save")
+    return notes
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The model inside ``torch.compile`` (``_orig_mod``) and DistributedDataParallel /
+    DataParallel (``module``) wrappers."""
+    seen = 0
+    while seen < 8:
+        inner = getattr(model, "_orig_mod", None)
+        if inner is None and isinstance(
+            model, torch.nn.parallel.DistributedDataParallel | torch.nn.DataParallel
+        ):
+            inner = model.module
+        if not isinstance(inner, nn.Module):
+            return model
+        model, seen = inner, seen + 1
+    return model
+
+
 def save_checkpoint(
     directory: str | os.PathLike,
     model: nn.Module,
@@ -134,10 +227,13 @@ def save_checkpoint(
     extra: dict[str, Any] | None = None,
     extra_files: dict[str, bytes] | None = None,
 ) -> Path:
-    """Write ``model`` (an ATFNN or ATFNNReference) atomically to ``directory``, with
-    ``extra_files`` (plain file names -> contents) in the same atomic step."""
-    from safetensors.torch import save_file
+    """Write ``model`` (an ATFNN or ATFNNReference, also inside ``torch.compile`` or a
+    DistributedDataParallel wrapper) atomically to ``directory``, with ``extra_files``
+    (plain file names -> contents) in the same atomic step. Directories and files get
+    their modes from the umask."""
+    from safetensors.torch import save as save_bytes
 
+    model = _unwrap(model)
     config = getattr(model, "config", None)
     if not isinstance(config, ATFNNConfig):
         raise TypeError(
@@ -160,40 +256,76 @@ def save_checkpoint(
         raise CheckpointError(
             f"{target}: refusing to overwrite a non-empty directory that is not a checkpoint"
         )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
-        tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
-        _fsync_file(tmp / WEIGHTS_FILE)
-        meta = {
-            "format": FORMAT,
-            "version": FORMAT_VERSION,
-            "model": config.to_dict(),
-            "labels": labels,
-            "norm_stats": norm_stats.to_dict() if norm_stats is not None else None,
-            "features": (features or FeatureConfig()).to_dict(),
-            "weights_sha256": _sha256(tmp / WEIGHTS_FILE),
-            "extra": extra or {},
-        }
-        (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        _fsync_file(tmp / CONFIG_FILE)
-        for name, content in extra_files.items():
-            (tmp / name).write_bytes(content)
-            _fsync_file(tmp / name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise named(err, target.parent) from None
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    weights = save_bytes(tensors, metadata={"format": FORMAT})
+    meta = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "model": config.to_dict(),
+        "labels": labels,
+        "norm_stats": norm_stats.to_dict() if norm_stats is not None else None,
+        "features": (features or FeatureConfig()).to_dict(),
+        "weights_sha256": hashlib.sha256(weights).hexdigest(),
+        "extra": extra or {},
+    }
+    files = {WEIGHTS_FILE: weights, CONFIG_FILE: (json.dumps(meta, indent=2) + "\n").encode()}
+    files.update(extra_files)
+    tmp = temp_path(target, "new")
+    try:
+        os.mkdir(tmp, 0o777)  # the umask applies, as for any new directory
+        for name, content in files.items():
+            write_new(tmp / name, content, target / name)
         _fsync_dir(tmp)
-        if target.exists():
-            old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-            os.rename(target, old)
-            os.rename(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, target)
+        _step("written", target)
+        _swap_in(tmp, target)
         _fsync_dir(target.parent)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise named(err, target) if err.filename is None else err from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+def _swap_in(new: Path, target: Path) -> None:
+    """Put the complete copy ``new`` in place of ``target``: one RENAME_EXCHANGE where
+    available (``target`` is never missing), else two renames through an ``.old`` copy
+    (:func:`recover_checkpoint` finishes a swap killed between them). A concurrent writer of
+    the same target makes either way retry, so the last complete copy renamed in stays."""
+    for _ in range(16):
+        if not target.exists():
+            try:
+                os.rename(new, target)
+                return
+            except OSError:  # another writer put its copy in first
+                if not target.exists():
+                    raise
+        if _exchange(new, target):
+            _step("swapped", target)
+            shutil.rmtree(new, ignore_errors=True)  # now the old copy
+            return
+        old = new.with_name(new.name[: -len("new")] + "old")
+        try:
+            os.rename(target, old)
+        except FileNotFoundError:
+            continue  # another writer moved it aside first
+        _step("moved-aside", target)
+        try:
+            os.rename(new, target)
+        except OSError:
+            if not target.exists():
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+            continue
+        _step("renamed", target)
+        shutil.rmtree(old, ignore_errors=True)
+        return
+    raise CheckpointError(f"{target}: other writers kept replacing it; not written")
 
 
 def read_metadata(directory: str | os.PathLike) -> dict[str, Any]:
@@ -208,7 +340,9 @@ def read_metadata(directory: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"{path}: missing (not a checkpoint directory?)") from None
     except RecursionError:
         raise CheckpointError(f"{path}: not valid JSON (nested too deeply to parse)") from None
-    except (OSError, UnicodeDecodeError, ValueError) as err:
+    except OSError as err:  # permission denied, a symlink loop...: not a JSON problem
+        raise named(err, path) from None
+    except (UnicodeDecodeError, ValueError) as err:
         raise CheckpointError(f"{path}: not valid JSON ({err})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an atfnn-fast checkpoint (format != {FORMAT!r})")

@@ -155,6 +155,10 @@ class FeatureConfig:
 # A size libsndfile notes as "NAME : declared (should be actual)" in a file's extra_info.
 _SIZE_NOTE = re.compile(r"^\s*([A-Za-z][\w ]*?)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.M)
 _CONTAINERS = {"riff", "form", "riff size"}  # whole-file sizes, which count the pad byte
+# Sizes that streaming writers put in a header they cannot seek back to fix: "unknown"
+# (0xFFFFFFFF: ffmpeg to a pipe, RF64's placeholder) and sox's 0x7FFFF000. libsndfile then
+# reads up to the end of the file, so nothing is missing.
+STREAMING_SIZES = {0xFFFFFFFF, 0x7FFFF000}
 
 
 def truncation_note(extra_info: str) -> str | None:
@@ -165,8 +169,14 @@ def truncation_note(extra_info: str) -> str | None:
     followed by a pad byte (RIFF, AIFF); a writer that leaves it out makes the container's
     size one more than the file holds, and libsndfile also notes "'data' chunk should be
     an even number of bytes" for every odd data chunk, padded or not. Neither loses a
-    sample, so neither counts; any other declared size above the actual one does."""
-    for name, declared, actual in _SIZE_NOTE.findall(extra_info or ""):
+    sample, so neither counts; nor does a streaming writer's placeholder size
+    (:data:`STREAMING_SIZES`, which makes the container's size a placeholder too: such a
+    header never told the length, so there is nothing to compare); any other declared size
+    above the actual one does."""
+    notes = _SIZE_NOTE.findall(extra_info or "")
+    if any(int(declared) in STREAMING_SIZES for _, declared, _ in notes):
+        return None
+    for name, declared, actual in notes:
         missing = int(declared) - int(actual)
         if missing > 1 or (missing == 1 and name.strip().lower() not in _CONTAINERS):
             return f"{name.strip()} : {declared} (should be {actual})"
@@ -320,6 +330,14 @@ def iter_audio(
     with _open_audio(path) as handle:
         rate, total = handle.samplerate, handle.frames
         if total == 0:
+            declared_zero = re.search(r"^data : 0$", handle.extra_info or "", re.M)
+            if declared_zero and os.stat(path).st_size > 64:
+                raise AudioError(
+                    path,
+                    "empty audio: its header declares 0 bytes of data though the file is longer "
+                    "(a streaming writer that never fixed its header); rewrite the file, e.g. "
+                    "with sox or ffmpeg",
+                )
             raise AudioError(path, "empty audio (0 samples)")
         stream = None
         if rate != sample_rate:
@@ -467,13 +485,31 @@ def iter_log_mel(
 
 
 # ------------------------------------------------------------------------ segmentation
+# The nearly-empty last segment (docs/design.md#choices-the-paper-leaves-open): when an
+# utterance is scored (predict, evaluate, validation), a padded last segment holding fewer
+# than this share of real frames is dropped, unless it is the only segment.
+TAIL_FRACTION = 0.25
+
+
+def min_tail_frames(frames: int) -> int:
+    """Real frames a padded last scoring segment needs to count: ``TAIL_FRACTION`` of a
+    segment, rounded up (32 of 128)."""
+    return math.ceil(TAIL_FRACTION * frames)
+
+
 def segment(
-    logmel: torch.Tensor, frames: int = 128, hop: int | None = None, pad_value: float | None = None
+    logmel: torch.Tensor,
+    frames: int = 128,
+    hop: int | None = None,
+    pad_value: float | None = None,
+    min_tail: int = 0,
 ) -> torch.Tensor:
     """Cut ``(F, N)`` into ``(S, F, frames)`` windows starting every ``hop`` frames
     (default: ``frames``, no overlap). Every frame is covered: the last window may run past
     the end and is padded with ``pad_value`` (default: the silence value of the default
-    :class:`FeatureConfig`), as is an utterance shorter than one window."""
+    :class:`FeatureConfig`), as is an utterance shorter than one window. A last window with
+    fewer than ``min_tail`` real frames is dropped when there are others (scoring passes
+    :func:`min_tail_frames`; training keeps every window)."""
     if logmel.dim() != 2:
         raise ValueError(f"logmel must be (F, N), got shape {tuple(logmel.shape)}")
     hop = frames if hop is None else hop
@@ -487,9 +523,11 @@ def segment(
         raise ValueError("logmel has no frames (N = 0)")
     pad_value = FeatureConfig().silence_value if pad_value is None else pad_value
     count = 1 + max(0, math.ceil((n - frames) / hop))
+    if count > 1 and n - (count - 1) * hop < min_tail:
+        count -= 1
     total = (count - 1) * hop + frames
-    padded = torch.nn.functional.pad(logmel, (0, total - n), value=pad_value)
-    return padded.unfold(1, frames, hop).permute(1, 0, 2).contiguous()
+    padded = torch.nn.functional.pad(logmel, (0, max(0, total - n)), value=pad_value)
+    return padded[:, :total].unfold(1, frames, hop).permute(1, 0, 2).contiguous()
 
 
 # ------------------------------------------------------------------------ normalisation
@@ -588,14 +626,17 @@ def file_segments(
     stats: NormStats | None = None,
     features: FeatureConfig | None = None,
 ) -> torch.Tensor:
-    """Model input for one file: ``(S, 1, n_mels, frames)``, normalised if ``stats``."""
+    """Model input for one file: ``(S, 1, n_mels, frames)``, normalised if ``stats``. With
+    ``hop`` None (scoring segments) a nearly-empty last segment is dropped
+    (:func:`min_tail_frames`)."""
     features = features or FeatureConfig()
     wave = load_audio(path, features.sample_rate)
     try:
         lm = log_mel(wave, n_mels, features)
     except ValueError as err:
         raise AudioError(path, str(err)) from None
-    segs = segment(lm, frames, hop, features.silence_value)
+    tail = min_tail_frames(frames) if hop in (None, frames) else 0
+    segs = segment(lm, frames, hop, features.silence_value, min_tail=tail)
     if stats is not None:
         segs = stats.apply(segs)
     return segs.unsqueeze(1)
@@ -610,7 +651,8 @@ def iter_segment_batches(
     features: FeatureConfig | None = None,
     batch_size: int = 64,
 ):
-    """:func:`file_segments` (non-overlapping segments) in bounded memory: yields
+    """:func:`file_segments` (non-overlapping segments, a nearly-empty last one dropped) in
+    bounded memory: yields
     ``(b, 1, n_mels, frames)`` batches of at most ``batch_size`` segments, in order, whose
     concatenation equals ``file_segments(path, ...)``. Errors name the file."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -619,7 +661,7 @@ def iter_segment_batches(
     pad_value = features.silence_value
     pending: list[torch.Tensor] = []  # log-Mel blocks not yet cut into segments
     ready: list[torch.Tensor] = []  # cut segments not yet yielded
-    n_pending = n_ready = 0
+    n_pending = n_ready = cut = 0
 
     def batches(final: bool):
         nonlocal ready, n_ready
@@ -643,9 +685,11 @@ def iter_segment_batches(
                 segs = block[:, :whole].reshape(n_mels, -1, frames).permute(1, 0, 2)
                 ready.append(segs.contiguous())
                 n_ready += segs.shape[0]
+                cut += segs.shape[0]
                 pending, n_pending = [block[:, whole:]], n_pending - whole
                 yield from batches(final=False)
-        if n_pending:  # the tail, padded with silence like segment() does
+        if n_pending and (n_pending >= min_tail_frames(frames) or not cut):
+            # the tail, padded with silence like segment() does; dropped when nearly empty
             block = torch.cat(pending, dim=1)
             block = torch.nn.functional.pad(block, (0, frames - n_pending), value=pad_value)
             ready.append(block[None])

@@ -113,6 +113,52 @@ def mean_probabilities(
     return total / count
 
 
+def available_memory(device: torch.device) -> int | None:
+    """Bytes free for one batch on ``device``: CUDA's free memory, or the CPU's
+    ``MemAvailable`` (Linux); None where unknown."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def segment_bytes(config) -> int:
+    """An estimate of the memory one segment takes in a forward pass of ``config``'s model:
+    the F-Encoder's attention scores (``frames * heads * n_mels**2``), its token and FFN
+    activations (``frames * n_mels * (2 * channels + ffn_channels)``) and the LSTM's
+    (``frames * (n_mels * channels + 8 * lstm_hidden)``), in float32. It is above what was
+    measured on the CPU (paper size: 8.9 MiB estimated, 6 MiB measured peak per segment)."""
+    t, f, c = config.frames, config.n_mels, config.channels
+    elements = t * config.num_heads * f * f + t * f * (2 * c + config.ffn_channels)
+    elements += t * (f * c + 8 * config.lstm_hidden)
+    return 4 * elements
+
+
+def check_batch_memory(batch_size: int, config, device: torch.device) -> None:
+    """Refuse a batch whose estimated memory (:func:`segment_bytes`) is over half of what
+    ``device`` has available, in one line that says the largest batch that fits."""
+    free = available_memory(device)
+    if free is None:
+        return
+    per = segment_bytes(config)
+    limit = max(1, free // 2 // per)
+    if batch_size > limit:
+        from .errors import UsageError
+
+        raise UsageError(
+            f"--batch-size {batch_size}: one batch would need about "
+            f"{batch_size * per / 2**30:.1f} GiB ({per / 2**20:.1f} MiB per segment of this "
+            f"model), over half of the {free / 2**30:.1f} GiB available on {device}; use "
+            f"--batch-size {limit} or less"
+        )
+
+
 class CheckpointPredictor:
     """``CheckpointPredictor("ckpt/").predict_file("a.wav")`` -> :class:`Prediction`."""
 
@@ -130,6 +176,7 @@ class CheckpointPredictor:
         self.labels = ckpt.labels or [f"class_{i}" for i in range(ckpt.config.num_classes)]
         self.norm_stats = ckpt.norm_stats
         self.features = ckpt.features
+        check_batch_memory(self.batch_size, self.config, self.device)
 
     def _probabilities(self, segs: torch.Tensor) -> np.ndarray:
         with torch.inference_mode():

@@ -21,11 +21,13 @@ programs save CSV), LF or CRLF line endings. :func:`read_manifest` checks what i
 from __future__ import annotations
 
 import csv
+import io
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+
+from .files import write_atomic
 
 
 @dataclass(frozen=True)
@@ -73,19 +75,13 @@ def write_manifest(items: list[Item], out: str | os.PathLike) -> Path:
         raise ManifestError(f"{out}: no utterances to write")
     out.parent.mkdir(parents=True, exist_ok=True)
     with_session = any(item.session for item in items)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["path", "label", "speaker", "session"][: 4 if with_session else 3])
-            for item in sorted(items, key=lambda i: str(i.path)):
-                row = [os.path.relpath(item.path, out.parent), item.label, item.speaker]
-                writer.writerow(row + ([item.session] if with_session else []))
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return out
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(["path", "label", "speaker", "session"][: 4 if with_session else 3])
+    for item in sorted(items, key=lambda i: str(i.path)):
+        row = [os.path.relpath(item.path, out.parent), item.label, item.speaker]
+        writer.writerow(row + ([item.session] if with_session else []))
+    return write_atomic(out, text.getvalue().encode("utf-8"))
 
 
 def read_manifest(path: str | os.PathLike) -> list[Item]:

@@ -318,20 +318,15 @@ def _set_metadata(proto, cfg, labels, norm_stats, features, dtype, quantize) -> 
 
 
 def _atomic_save(proto, path: Path) -> Path:
-    onnx = require("onnx", extra="export")
+    """Written atomically under a private temporary name, mode from the umask
+    (:func:`atfnn_fast.files.write_atomic`)."""
+    from atfnn_fast.files import named, write_atomic
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     try:
-        onnx.save_model(proto, tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise named(err, path.parent) from None
+    return write_atomic(path, proto.SerializeToString())
 
 
 def load_model(path: str | os.PathLike):

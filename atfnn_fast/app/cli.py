@@ -27,11 +27,14 @@ import argparse
 import os
 import sys
 import warnings
-from pathlib import Path
 
 from .predict import one_line
 
 DEBUG_ENV = "ATFNN_DEBUG"
+CACHE_HELP = (
+    "folder of the log-Mel feature cache (default: .atfnn-cache next to the manifest, or "
+    "~/.cache/atfnn-fast/features when that folder cannot be written)"
+)
 
 
 def _debug(args: argparse.Namespace) -> bool:
@@ -50,14 +53,14 @@ def _demo(args: argparse.Namespace) -> int:
 def _prepare(args: argparse.Namespace) -> int:
     from collections import Counter
 
-    from .datasets import FeatureCache, prepare
+    from .datasets import FeatureCache, cache_folder, prepare
 
     path, items = prepare(args.dataset, args.root, args.out, merge_excited=args.merge_excited)
     labels = Counter(i.label for i in items)
     print(f"wrote {path}: {len(items)} utterances, {len({i.speaker for i in items})} speakers")
     print("  " + ", ".join(f"{k} {v}" for k, v in sorted(labels.items())))
     if args.features:
-        FeatureCache(path.parent / ".atfnn-cache").warm(items)
+        FeatureCache(cache_folder(path, args.cache)).warm(items)
     return 0
 
 
@@ -82,6 +85,7 @@ def _train(args: argparse.Namespace) -> int:
         tc=tc,
         resume=args.resume,
         overwrite=args.overwrite,
+        cache=args.cache,
     )
     if best is not None:  # rank 0: the last line is the best checkpoint's directory
         print(best)
@@ -91,7 +95,9 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate
 
-    metrics = evaluate(args.checkpoint, args.manifest, args.out, device=args.device)
+    metrics = evaluate(
+        args.checkpoint, args.manifest, args.out, device=args.device, cache=args.cache
+    )
     print(
         f"WAR {metrics['war']:.2%}  UAR {metrics['uar']:.2%}  ({metrics['utterances']} utterances)"
     )
@@ -110,66 +116,80 @@ def _plot_attention(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    """With ``--validate`` the graph is written under a hidden temporary name, validated,
-    and only then renamed to ``--output``; a graph that fails is kept as
-    ``<output>.failed`` for inspection and ``--output`` is left as it was."""
+    """The output is checked first (:func:`atfnn_fast.files.check_output`: not inside the
+    checkpoint, not a device, FIFO or socket, its folder writable). The graph is written
+    under a private temporary name next to ``--output``, validated (``--validate``) and
+    checked for TensorRT, and only then renamed to ``--output``; a graph that fails
+    validation is kept as ``<output>.failed`` for inspection and ``--output`` is left as it
+    was. Two exports to one output each rename a complete graph of their own: the last one
+    stays."""
     from atfnn_fast.checkpoint import load_checkpoint
     from atfnn_fast.errors import RunError, UsageError
     from atfnn_fast.export import check_tensorrt_ready, export_onnx, trtexec_command, validate_onnx
+    from atfnn_fast.files import check_output, named, short_name, temp_path
 
     if args.audio and not args.validate:
         raise UsageError("--audio is for --validate's real-feature check; add --validate")
+    output = check_output(args.output, inputs=(args.checkpoint,))
     ckpt = load_checkpoint(args.checkpoint)
-    output = Path(args.output)
-    target = output.with_name(f".{output.name}.validating") if args.validate else output
-    path = export_onnx(
-        ckpt.model,
-        target,
-        opset=args.opset,
-        dynamic_batch=not args.static_batch,
-        dtype=args.dtype,
-        labels=ckpt.labels,
-        norm_stats=ckpt.norm_stats,
-        features=ckpt.features,
-        quantize=args.quantize,
-        target=args.target,
-    )
-    if args.validate:
-        failed = output.with_name(output.name + ".failed")
+    path = temp_path(output, "onnx")
+    try:
         try:
-            report = validate_onnx(path, ckpt.model, raise_on_failure=False, audio=args.audio)
-        except Exception as err:
-            os.replace(path, failed)
-            raise RunError(
-                f"{output}: validation could not run ({one_line(err)}); the graph is kept "
-                f"as {failed}, {output} was not written"
-            ) from err
-        report.path = str(output)
-        print(report)
-        if not (report.passed or report.skipped):
-            os.replace(path, failed)
-            worst = max(r.max_rel for r in report.results)
-            raise RunError(
-                f"{output}: validation failed (max relative error {worst:.2e} > "
-                f"{report.tolerance:g}); the graph is kept as {failed}, {output} was not written"
+            export_onnx(
+                ckpt.model,
+                path,
+                opset=args.opset,
+                dynamic_batch=not args.static_batch,
+                dtype=args.dtype,
+                labels=ckpt.labels,
+                norm_stats=ckpt.norm_stats,
+                features=ckpt.features,
+                quantize=args.quantize,
+                target=args.target,
             )
-        os.replace(path, output)
-        path = output
+        except OSError as err:  # a full disk...: name --output, not our temporary name
+            raise named(err, output) from None
+        if args.validate:
+            failed = output.with_name(output.name + ".failed")
+            if len(os.fsencode(failed.name)) > 255:
+                failed = output.with_name(short_name(output.name) + ".failed")
+            try:
+                report = validate_onnx(path, ckpt.model, raise_on_failure=False, audio=args.audio)
+            except Exception as err:
+                os.replace(path, failed)
+                raise RunError(
+                    f"{output}: validation could not run ({one_line(err)}); the graph is kept "
+                    f"as {failed}, {output} was not written"
+                ) from err
+            report.path = str(output)
+            print(report)
+            if not (report.passed or report.skipped):
+                os.replace(path, failed)
+                worst = max(r.max_rel for r in report.results)
+                raise RunError(
+                    f"{output}: validation failed (max relative error {worst:.2e} > "
+                    f"{report.tolerance:g}); the graph is kept as {failed}, {output} was not "
+                    "written"
+                )
+        problems = None if args.quantize else check_tensorrt_ready(path)
+        try:
+            os.replace(path, output)
+        except OSError as err:
+            raise named(err, output) from None
+    finally:
+        path.unlink(missing_ok=True)
     kind = args.dtype + (", int8 weights" if args.quantize else "")
-    print(f"wrote {path} ({ckpt.config.variant}, {kind})")
-    status = 0
+    print(f"wrote {output} ({ckpt.config.variant}, {kind})")
     if args.quantize:
         print(
             "TensorRT readiness: not applicable (the int8 graph uses ONNX Runtime's "
             "com.microsoft ops; export float32 or float16 for TensorRT)"
         )
-        return status
-    problems = check_tensorrt_ready(path)
-    if problems:
+    elif problems:
         print("TensorRT readiness: problems found:\n  " + "\n  ".join(problems))
     else:
         print("TensorRT readiness: no problem found; build an engine with:")
-        print("  " + trtexec_command(path, ckpt.config.n_mels, ckpt.config.frames))
+        print("  " + trtexec_command(output, ckpt.config.n_mels, ckpt.config.frames))
     return 0
 
 
@@ -303,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--out", required=True, help="the manifest CSV to write")
     prep.add_argument("--merge-excited", action="store_true", help="IEMOCAP: excited -> happy")
     prep.add_argument("--features", action="store_true", help="also cache the log-Mel features")
+    prep.add_argument("--cache", default=None, help=CACHE_HELP)
     prep.set_defaults(func=_prepare)
 
     tr = sub.add_parser(
@@ -336,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     again.add_argument(
         "--overwrite", action="store_true", help="replace an earlier run in the fold directory"
     )
+    tr.add_argument("--cache", default=None, help=CACHE_HELP)
     tr.set_defaults(func=_train)
 
     ev = sub.add_parser(
@@ -345,6 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--manifest", required=True)
     ev.add_argument("--out", default=None, help="folder for metrics.json and confusion.png")
     ev.add_argument("--device", default=_default(evaluate, "device"))
+    ev.add_argument("--cache", default=None, help=CACHE_HELP)
     ev.set_defaults(func=_evaluate)
 
     pa = sub.add_parser(
@@ -431,6 +454,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 def main(argv: list[str] | None = None) -> int:
     from atfnn_fast.errors import UsageError
+    from atfnn_fast.files import describe
 
     try:
         args = build_parser().parse_args(argv)
@@ -449,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as err:
             if _debug(args):
                 raise
-            message = one_line(err)
+            message = describe(err) if isinstance(err, OSError) and err.strerror else one_line(err)
             if not isinstance(err, ValueError | OSError):  # not a foreseen error: say what
                 message = f"{type(err).__name__}: {message} (--debug shows the traceback)"
             print(f"atfnn-fast: error: {message}", file=sys.stderr)

@@ -16,7 +16,8 @@
 * ``cremad``: ``AudioWAV/<actor>_<sentence>_<EMO>_<level>.wav`` (6 emotions).
 
 :class:`FeatureCache` computes each file's log-Mel matrix once (with a progress bar) and
-keeps it in ``<cache>/<sha1 of the path, size and mtime>.pt`` files, written atomically. The
+keeps it in ``<cache>/<sha1 of the path, size and mtime>.pt`` files, written atomically
+(modes from the umask); :func:`cache_folder` says where the cache is. The
 audio is read, resampled and turned into log-Mel frames in blocks, as ``predict`` does
 (:func:`atfnn_fast.features.iter_log_mel` of :func:`~atfnn_fast.features.iter_audio`). An
 entry read back is checked (a float32 ``(n_mels, N > 0)`` matrix of finite values); a
@@ -26,16 +27,19 @@ damaged one is rebuilt with a :class:`CacheWarning` naming it.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
-import tempfile
+import stat
 import warnings
 from pathlib import Path
 
 import torch
 
 from atfnn_fast.app.progress import progress
+from atfnn_fast.errors import UsageError
 from atfnn_fast.features import AudioError, FeatureConfig, iter_audio, iter_log_mel
+from atfnn_fast.files import check_output, write_atomic
 from atfnn_fast.manifest import Item, ManifestError, write_manifest
 
 # Part of every cache key: entries computed by an older feature pipeline are not reused
@@ -46,8 +50,34 @@ AUDIO_EXTENSIONS = (".wav", ".flac")
 
 
 # ------------------------------------------------------------------------ corpus readers
+class CorpusWarning(UserWarning):
+    """A file of a corpus that ``datasets prepare`` skipped (unreadable, a symlink loop, not
+    a regular file)."""
+
+
+def _readable(path: Path) -> bool:
+    """Whether ``path`` opens as a regular file; if not, a :class:`CorpusWarning` names it
+    and says why (permission denied, a symlink loop, a FIFO...)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as err:
+        why = err.strerror
+    else:
+        try:
+            mode = os.fstat(fd).st_mode
+        finally:
+            os.close(fd)
+        if stat.S_ISREG(mode):
+            return True
+        why = "not a regular file"
+    warnings.warn(f"{path}: skipped ({why})", CorpusWarning, stacklevel=3)
+    return False
+
+
 def _audio_files(root: Path):
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
+    return [
+        p for p in sorted(root.rglob("*")) if p.suffix.lower() in AUDIO_EXTENSIONS and _readable(p)
+    ]
 
 
 IEMOCAP_CLASSES = {"ang": "angry", "hap": "happy", "sad": "sad", "neu": "neutral"}
@@ -64,6 +94,8 @@ def _iemocap(root: Path, merge_excited: bool) -> list[Item]:
                 labels[match.group(1)] = match.group(2)
     items = []
     for wav in sorted(root.glob("Session*/sentences/wav/*/*.wav")):
+        if not _readable(wav):
+            continue
         utt = wav.stem  # Ses01F_impro01_F000
         dialog = wav.parent.name
         if "impro" not in dialog or labels.get(utt) not in classes:
@@ -162,6 +194,9 @@ def prepare(
         raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: corpus folder not found")
+    check_output(out, option="--out")  # before the corpus is walked
+    if Path(out).suffix.lower() in AUDIO_EXTENSIONS:  # it would replace a file of the corpus
+        raise UsageError(f"--out {out}: names an audio file; the manifest is a CSV file")
     readers = {
         "iemocap": lambda r: _iemocap(r, merge_excited),
         "casia": _casia,
@@ -177,7 +212,39 @@ def prepare(
 
 # ----------------------------------------------------------------------- feature cache
 class CacheWarning(UserWarning):
-    """A damaged feature-cache entry, deleted and rebuilt."""
+    """A damaged feature-cache entry, deleted and rebuilt; or a manifest folder that cannot
+    hold the cache (the user cache is used instead)."""
+
+
+CACHE_DIR = ".atfnn-cache"
+
+
+def user_cache() -> Path:
+    """``$XDG_CACHE_HOME/atfnn-fast/features`` (default ``~/.cache/atfnn-fast/features``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base, "atfnn-fast", "features")
+
+
+def cache_folder(manifest: str | os.PathLike, cache: str | os.PathLike | None = None) -> Path:
+    """Where the feature cache of ``manifest`` lives: ``cache`` (``--cache``) when given;
+    else ``.atfnn-cache`` next to the manifest, unless nothing can be written there (a
+    corpus on a read-only mount, a folder of another user): then :func:`user_cache`, with a
+    :class:`CacheWarning` naming both. Entries are keyed by the audio file's resolved path,
+    size and mtime and the feature parameters, so one cache can serve many corpora."""
+    if cache is not None:
+        return check_output(cache, option="--cache", directory=True)
+    beside = Path(manifest).resolve().parent / CACHE_DIR
+    try:
+        return check_output(beside, option="--cache", directory=True)
+    except OSError as err:
+        fallback = user_cache()
+        warnings.warn(
+            f"{beside}: cannot hold the feature cache ({err.strerror}); using {fallback} "
+            "(choose another with --cache)",
+            CacheWarning,
+            stacklevel=2,
+        )
+        return check_output(fallback, option="--cache", directory=True)
 
 
 class FeatureCache:
@@ -253,14 +320,9 @@ class FeatureCache:
             raise AudioError(path, str(err)) from None
         if not bool(torch.isfinite(lm).all()):
             raise AudioError(path, "log-Mel features are not finite (samples too large?)")
-        fd, tmp = tempfile.mkstemp(prefix="tmp-", suffix=".part", dir=self.folder)
-        os.close(fd)
-        try:
-            torch.save(lm.contiguous(), tmp)
-            os.replace(tmp, key)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        buffer = io.BytesIO()
+        torch.save(lm.contiguous(), buffer)
+        write_atomic(key, buffer.getvalue())  # mode from the umask, like every output
         return lm
 
     def warm(self, items: list[Item], desc: str = "log-Mel features") -> dict[Path, torch.Tensor]:

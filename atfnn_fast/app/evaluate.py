@@ -9,17 +9,16 @@ utterances with :func:`evaluate_items`.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import torch
 
-from atfnn_fast.app.datasets import FeatureCache
+from atfnn_fast.app.datasets import FeatureCache, cache_folder
 from atfnn_fast.app.metrics import plot_confusion, summarize
-from atfnn_fast.app.rundir import write_atomic
 from atfnn_fast.checkpoint import load_checkpoint
 from atfnn_fast.config import ATFNNConfig
 from atfnn_fast.errors import resolve_device
-from atfnn_fast.features import FeatureConfig, NormStats, segment
+from atfnn_fast.features import FeatureConfig, NormStats, min_tail_frames, segment
+from atfnn_fast.files import check_output, write_atomic
 from atfnn_fast.inference import NonFiniteOutput, mean_probabilities, softmax_probabilities
 from atfnn_fast.manifest import Item, read_manifest
 
@@ -44,7 +43,13 @@ def predict_items(
 
     preds = []
     for item in items:
-        segs = segment(mels[item.path], cfg.frames, cfg.frames, feats.silence_value)
+        segs = segment(
+            mels[item.path],
+            cfg.frames,
+            cfg.frames,
+            feats.silence_value,
+            min_tail=min_tail_frames(cfg.frames),
+        )
         try:
             probs = mean_probabilities([stats.apply(segs).unsqueeze(1)], probabilities)
         except NonFiniteOutput as err:
@@ -64,6 +69,10 @@ def evaluate(checkpoint, manifest, out=None, device: str = "cpu", cache=None) ->
     """Metrics of a checkpoint on every utterance of a manifest; with ``out``, also
     ``out/metrics.json`` and ``out/confusion.png``."""
     device = resolve_device(device)
+    if out is not None:  # before any work: the metrics are not computed only to be lost
+        out = check_output(out, inputs=(checkpoint,), option="--out", directory=True)
+        for name in ("metrics.json", "confusion.png"):
+            check_output(out / name, inputs=(checkpoint,), option="--out")
     ckpt = load_checkpoint(checkpoint, map_location=device)
     if ckpt.norm_stats is None:
         raise ValueError(f"{checkpoint}: has no normalisation statistics")
@@ -72,9 +81,7 @@ def evaluate(checkpoint, manifest, out=None, device: str = "cpu", cache=None) ->
     unknown = sorted({i.label for i in items} - set(labels))
     if unknown:
         raise ValueError(f"{manifest}: labels {unknown} are not among the model's {labels}")
-    cache = FeatureCache(
-        cache or Path(manifest).resolve().parent / ".atfnn-cache", ckpt.config.n_mels, ckpt.features
-    )
+    cache = FeatureCache(cache_folder(manifest, cache), ckpt.config.n_mels, ckpt.features)
     mels = cache.warm(items)
     try:
         metrics = evaluate_items(
@@ -83,8 +90,6 @@ def evaluate(checkpoint, manifest, out=None, device: str = "cpu", cache=None) ->
     except NonFiniteOutput as err:
         raise NonFiniteOutput(f"{checkpoint}: {err}") from None
     if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
         write_atomic(
             out / "metrics.json", (json.dumps(metrics, indent=2, allow_nan=False) + "\n").encode()
         )

@@ -3,12 +3,14 @@ confusion matrix, and its plot."""
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
 import numpy as np
 
 from atfnn_fast._deps import require
+from atfnn_fast.files import write_atomic
 
 
 def confusion(true: list[int], pred: list[int], n_classes: int) -> np.ndarray:
@@ -68,6 +70,7 @@ def plot_confusion(metrics: dict, path: str | os.PathLike, title: str = "") -> P
     ax.set_title(title or f"WAR {metrics['war']:.1%}  UAR {metrics['uar']:.1%}")
     fig.colorbar(image, ax=ax, fraction=0.046, label="recall")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=110)
     plt.close(fig)
-    return Path(path)
+    return write_atomic(path, png.getvalue())

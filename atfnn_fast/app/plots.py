@@ -3,6 +3,7 @@ utterance, stacked, with a line at Mel band 50."""
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import torch
 from atfnn_fast._deps import require
 from atfnn_fast.checkpoint import load_checkpoint
 from atfnn_fast.features import load_audio, log_mel, segment
+from atfnn_fast.files import check_output, write_atomic
 
 
 def attention_maps(checkpoint, audio, device: str = "cpu"):
@@ -34,6 +36,9 @@ def attention_maps(checkpoint, audio, device: str = "cpu"):
 
 
 def plot_attention(checkpoint, audio, output: str | os.PathLike, device: str = "cpu") -> Path:
+    """The PNG ``output``, checked before any work (not an input, not a device or FIFO,
+    its folder writable) and written atomically."""
+    output = check_output(output, inputs=(checkpoint, audio))
     matplotlib = require("matplotlib", extra="app")
 
     matplotlib.use("Agg")
@@ -63,8 +68,7 @@ def plot_attention(checkpoint, audio, output: str | os.PathLike, device: str = "
     axes[-1].set_xlabel("time (s)")
     fig.suptitle(Path(audio).name)
     fig.tight_layout()
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output, dpi=110)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=110)
     plt.close(fig)
-    return output
+    return write_atomic(output, png.getvalue())

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import sys
+import unicodedata
 from collections.abc import Sequence
 
 from atfnn_fast.export.validate import PROVIDERS
@@ -49,8 +50,17 @@ def one_line(err: BaseException) -> str:
 
 def printable(text: str) -> str:
     """``text`` with the bytes of a file name that are not UTF-8 (decoded by Python as
-    lone surrogates) written as ``\\xNN``, so printing never fails on such a name."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    lone surrogates) written as ``\\xNN`` and control characters and line separators
+    (newline, carriage return, tab, escape, U+2028...) as ``\\n``, ``\\r``, ``\\t``,
+    ``\\x1b``, ``\\u2028``, so printing never fails and one file stays one line whatever
+    its name holds (the JSON output escapes them its own way)."""
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return "".join(
+        ch.encode("unicode_escape").decode("ascii")
+        if unicodedata.category(ch) in ("Cc", "Zl", "Zp")
+        else ch
+        for ch in text
+    )
 
 
 def predict_files(
@@ -78,7 +88,7 @@ def predict_files(
                 message = f"out of memory ({message}); try a smaller --batch-size"
             if not message.startswith(str(path)):
                 message = f"{path}: {message}"
-            print(f"atfnn-fast: error: {message}", file=sys.stderr, flush=True)
+            print(f"atfnn-fast: error: {printable(message)}", file=sys.stderr, flush=True)
             entry, text = {"path": str(path), "error": message}, None
             failed += 1
         if json_list:

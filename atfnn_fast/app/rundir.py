@@ -6,15 +6,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
-import uuid
 import warnings
 from pathlib import Path
 
 import torch
 
-from atfnn_fast.checkpoint import CheckpointError, load_checkpoint
+from atfnn_fast.checkpoint import CheckpointError, load_checkpoint, recover_checkpoint
 from atfnn_fast.errors import RunError, UsageError
+from atfnn_fast.files import write_atomic
 
 LOCK_FILE = ".lock"
 # what the trainer writes in a fold directory; --overwrite deletes these and nothing else
@@ -28,6 +29,10 @@ RUN_FILES = (
     "state.json",
     "optimizer.pt",
 )
+
+
+class RunWarning(UserWarning):
+    """Something of an interrupted run that resuming repaired (one line naming it)."""
 
 
 def inside(out: str | os.PathLike, *parts: str) -> Path:
@@ -93,10 +98,36 @@ class RunLock:
             self.fd = None
 
 
+# what a write of a run file killed midway leaves: ``.<run file>.<12 hex>.<new|old|tmp>``
+# (atfnn_fast.files.temp_path; checkpoints: atfnn_fast.checkpoint.save_checkpoint)
+_LEFTOVER = re.compile(
+    r"^\.(" + "|".join(map(re.escape, RUN_FILES)) + r")\.[0-9a-f]{12}\.(new|old|tmp)$"
+)
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Names of the temporary copies in ``folder`` that an interrupted write left."""
+    if not folder.is_dir():
+        return []
+    return sorted(p.name for p in folder.iterdir() if _LEFTOVER.match(p.name))
+
+
 def existing_run(folder: Path) -> list[str]:
     return (
         sorted(p.name for p in folder.iterdir() if p.name in RUN_FILES) if folder.is_dir() else []
-    )
+    ) + leftovers(folder)
+
+
+def recover_run_dir(folder: Path) -> None:
+    """Called with the lock held before resuming: finish or undo a checkpoint swap that a
+    crash interrupted (:func:`atfnn_fast.checkpoint.recover_checkpoint`; each step is a
+    warning line) and delete the partial files of other interrupted writes."""
+    for name in ("best", "last"):
+        for note in recover_checkpoint(inside(folder, name)):
+            warnings.warn(note, RunWarning, stacklevel=2)
+    for name in leftovers(folder):  # what is left: partial files, never trusted
+        path = folder / name
+        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
 
 
 def prepare_run_dir(folder: Path, resume: bool, overwrite: bool) -> None:
@@ -104,8 +135,11 @@ def prepare_run_dir(folder: Path, resume: bool, overwrite: bool) -> None:
     docstring)."""
     if resume and overwrite:
         raise UsageError("--resume and --overwrite exclude each other")
+    if resume:
+        recover_run_dir(folder)
+        return
     found = existing_run(folder)
-    if not found or resume:
+    if not found:
         return
     if not overwrite:
         raise UsageError(
@@ -113,26 +147,11 @@ def prepare_run_dir(folder: Path, resume: bool, overwrite: bool) -> None:
             "it or --overwrite to replace it"
         )
     for name in found:
-        path = inside(folder, name)
+        path = folder / name if _LEFTOVER.match(name) else inside(folder, name)
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         else:
             path.unlink()
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a new file next to ``path`` (mode from the umask), fsync, rename."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def load_resume_state(folder: Path, model, optimizer, cfg, labels, device) -> dict | None:
@@ -146,6 +165,13 @@ def load_resume_state(folder: Path, model, optimizer, cfg, labels, device) -> di
             raise RunError(
                 f"{folder / 'state.json'}: resume state in the layout of an older atfnn-fast "
                 "(not in last/); start again with --overwrite"
+            )
+        logged = _logged_epochs(folder / "log.jsonl")
+        if logged or last.exists():
+            what = f"log.jsonl lists {logged} committed epoch(s)" if logged else "last/ is there"
+            raise RunError(
+                f"{state_path}: missing, but {what}: the resume state is lost, and starting "
+                "at epoch 1 would replace best. Start again with --overwrite"
             )
         return None
     try:
@@ -204,6 +230,15 @@ def load_resume_state(folder: Path, model, optimizer, cfg, labels, device) -> di
             f"{opt_path}: does not fit this model's optimizer ({err}); start again with --overwrite"
         ) from None
     return state
+
+
+def _logged_epochs(log: Path) -> int:
+    try:
+        return sum(1 for line in log.read_text().splitlines() if line.strip())
+    except FileNotFoundError:
+        return 0
+    except (OSError, UnicodeDecodeError):
+        return 1  # there is a log we cannot read: something was committed
 
 
 def write_log(folder: Path, history: list[dict]) -> None:

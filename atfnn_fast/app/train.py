@@ -19,7 +19,8 @@
   rewritten from that state after the commit. ``best`` is written before ``last``: a crash
   between them redoes the epoch on resume, and the data order and dropout of epoch e are
   seeded from (seed, e), so the redone epoch writes the same ``best`` again and ``resume``
-  continues exactly where the last committed epoch left off (epoch granularity).
+  continues exactly where the last committed epoch left off (epoch granularity). A crash
+  in the middle of a commit is repaired by ``resume`` (docs/design.md#files-and-crashes).
 
 Checks before anything is written (our choices where the paper is silent,
 docs/design.md#choices-the-paper-leaves-open):
@@ -30,7 +31,8 @@ docs/design.md#choices-the-paper-leaves-open):
   :func:`atfnn_fast.data.read_manifest` refuses when they are not plain names; every path the
   trainer writes is also checked to resolve inside ``out`` (:func:`inside`), so neither a
   fold name nor a symlink planted in the run directory can send a file elsewhere (the
-  feature cache is not a run output: it lives next to the manifest, named by hashes);
+  feature cache is not a run output: it lives next to the manifest or in ``cache``, named
+  by hashes);
 * a run directory is owned: ``<out>/<fold>/.lock`` holds the PID of the process writing it
   (an advisory ``flock`` the kernel drops when the process dies, so a lock left by a killed
   run is detected as stale and taken over with a warning); a second run into the same fold
@@ -68,7 +70,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from atfnn_fast.app.datasets import FeatureCache
+from atfnn_fast.app.datasets import FeatureCache, cache_folder
 from atfnn_fast.app.evaluate import evaluate_items
 from atfnn_fast.app.metrics import plot_confusion
 from atfnn_fast.app.progress import progress
@@ -374,6 +376,8 @@ def _build_or_resume(run: FoldRun, resume: bool):
             if run.rank == 0:
                 write_log(run.folder, state["history"])  # drops lines of an uncommitted epoch
             run.say(f"resuming {run.fold} after epoch {state['epoch']}")
+        else:
+            run.say(f"resuming {run.fold}: no epoch was committed yet; starting at epoch 1")
     return model, optimizer, state
 
 
@@ -381,9 +385,7 @@ def _prepare_data(run: FoldRun, cache, items: list[Item], train: list[Item]) -> 
     """Features of every utterance (cached next to the manifest; rank 0 computes, the other
     ranks read), normalisation statistics of the training utterances, and the training
     segments: ``frames`` frames every ``hop`` frames."""
-    cache = FeatureCache(
-        cache or run.manifest.resolve().parent / ".atfnn-cache", run.cfg.n_mels, run.feats
-    )
+    cache = FeatureCache(cache_folder(run.manifest, cache), run.cfg.n_mels, run.feats)
     mels = cache.warm(items, desc=f"features ({len(items)} files)") if run.rank == 0 else None
     if run.world > 1:
         torch.distributed.barrier()

@@ -78,11 +78,15 @@ def test_failed_write_leaves_the_old_checkpoint_intact(tmp_path, monkeypatch):
     path, _, _ = saved(tmp_path)
     before = {p.name: p.read_bytes() for p in path.iterdir()}
 
-    def broken_write(self, text, *args, **kwargs):
-        self.open("w").write(text[: len(text) // 2])  # half-written, then the disk fills up
+    real = ckpt.write_new
+
+    def broken_write(path, data, name_in_errors=None):
+        if path.name != "config.json":
+            return real(path, data, name_in_errors)
+        path.write_bytes(data[: len(data) // 2])  # half-written, then the disk fills up
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(ckpt.Path, "write_text", broken_write)
+    monkeypatch.setattr(ckpt, "write_new", broken_write)
     with pytest.raises(OSError, match="No space left"):
         save_checkpoint(path, randomize(ATFNN(tiny_config())), labels=LABELS)
     monkeypatch.undo()
@@ -100,20 +104,23 @@ def test_crash_mid_write_leaves_the_old_checkpoint_intact(tmp_path):
         sys.path.insert(0, {os.path.dirname(helpers.__file__)!r})
         from helpers import tiny_config
         from atfnn_fast import ATFNN, checkpoint
-        real = checkpoint._fsync_file
-        def die_after_weights(path):
-            real(path)
-            if path.name == "config.json":
-                os._exit(9)  # hard crash: after every file is written, before the rename
-        checkpoint._fsync_file = die_after_weights
+        def die(step, target):
+            if step == "written":
+                os._exit(9)  # hard crash: after every file is written, before the swap
+        checkpoint._fault_hook = die
         checkpoint.save_checkpoint({str(path)!r}, ATFNN(tiny_config()))
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert proc.returncode == 9, proc.stderr
     assert {p.name: p.read_bytes() for p in path.iterdir()} == before
     leftovers = [p for p in os.listdir(tmp_path) if p != "ckpt"]
-    assert len(leftovers) == 1 and leftovers[0].startswith(".ckpt.tmp-")  # hidden, ignored
+    assert len(leftovers) == 1 and leftovers[0].startswith(".ckpt.")  # hidden, ignored
+    assert leftovers[0].endswith(".new")
     assert load_checkpoint(path).labels == LABELS
+    assert ckpt.recover_checkpoint(path) == [
+        f"{path}: removed {leftovers[0]}, left by an interrupted save"
+    ]
+    assert os.listdir(tmp_path) == ["ckpt"]
 
 
 def test_refuses_to_overwrite_a_directory_that_is_not_a_checkpoint(tmp_path):
