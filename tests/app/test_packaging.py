@@ -51,6 +51,10 @@ def test_wheel_installs_everything_under_one_namespace(tmp_path):
         "atfnn_fast/assets/speech.wav",
     ):
         assert needed in names
+    # every module of every folder, the op folders under kernels/ included
+    for folder, package in (("kernels", "atfnn_fast/kernels"), ("export", "atfnn_fast/export")):
+        for source in (ROOT / folder).rglob("*.py"):
+            assert f"{package}/{source.relative_to(ROOT / folder).as_posix()}" in names, source
     # the measured launch settings per arch (kernels/tuning.py) ship with the kernels
     for table in (ROOT / "kernels" / "tuned").glob("*.json"):
         assert f"atfnn_fast/kernels/tuned/{table.name}" in names
