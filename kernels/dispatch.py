@@ -35,6 +35,20 @@ TRITON_IMPLS: dict[str, Callable] = {}
 _backend = _parse(os.environ.get(ENV_BACKEND, "auto") or "auto", ENV_BACKEND)
 
 
+def register(op: str, module: str):
+    """Import an op folder's ``custom_op`` module (``module``, absolute) and record its entry
+    point ``op`` in :data:`TRITON_IMPLS`; None where Triton is missing (torch's Linux wheels
+    ship it; elsewhere the op runs its plain-torch reference)."""
+    import importlib
+
+    try:
+        found = importlib.import_module(module)
+    except ImportError:  # pragma: no cover
+        return None
+    TRITON_IMPLS[op] = getattr(found, op)
+    return found
+
+
 def get_backend() -> str:
     """The backend in force: "auto", "triton" or "torch"."""
     return _backend

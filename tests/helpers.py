@@ -52,6 +52,21 @@ def tiny_config(**changes) -> ATFNNConfig:
     return ATFNNConfig(**{**TINY, **changes})
 
 
+def tiny_model(num_classes: int, seed: int = 0, **changes) -> torch.nn.Module:
+    """A tiny ATFNN in eval mode with fresh random weights (the CLI and file tests')."""
+    from atfnn_fast import ATFNN
+
+    torch.manual_seed(seed)
+    return randomize(ATFNN(tiny_config(num_classes=num_classes, **changes)), 0.3).eval()
+
+
+def tiny_norm_stats():
+    """Normalisation statistics of the tiny config's 10 bands."""
+    from atfnn_fast.features import NormStats
+
+    return NormStats.fit([torch.randn(10, 50, dtype=torch.float64) - 5])
+
+
 def randomize(model: torch.nn.Module, scale: float = 0.5) -> torch.nn.Module:
     """Replace every parameter by fresh random values (LayerNorm affine included)."""
     with torch.no_grad():

@@ -6,15 +6,10 @@ from __future__ import annotations
 
 import torch
 
-from ..dispatch import TRITON_IMPLS, select
+from ..dispatch import TRITON_IMPLS, register, select
 from . import reference
 
-try:  # triton ships with torch's Linux wheels; elsewhere the op runs in plain torch
-    from . import custom_op
-except ImportError:  # pragma: no cover
-    custom_op = None
-else:
-    TRITON_IMPLS["band_attention"] = custom_op.band_attention
+custom_op = register("band_attention", __package__ + ".custom_op")
 
 
 def band_attention(

@@ -19,14 +19,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import randomize, tiny_config
+from helpers import tiny_model, tiny_norm_stats
 
 from atfnn_fast import ATFNN, ATFNNConfig
 from atfnn_fast.app.cli import main
 from atfnn_fast.app.synth import CLASSES, make_corpus
 from atfnn_fast.checkpoint import load_checkpoint, save_checkpoint
 from atfnn_fast.export.onnx_export import read_metadata
-from atfnn_fast.features import NormStats, speech_sample
+from atfnn_fast.features import speech_sample
 
 LABELS = sorted(CLASSES)
 ROOT = os.geteuid() == 0
@@ -41,12 +41,10 @@ def cli(capsys, *argv):
 
 
 def _model(seed=0):
-    torch.manual_seed(seed)
-    return randomize(ATFNN(tiny_config(num_classes=len(LABELS))), 0.3).eval()
+    return tiny_model(len(LABELS), seed)
 
 
-def _stats():
-    return NormStats.fit([torch.randn(10, 50, dtype=torch.float64) - 5])
+_stats = tiny_norm_stats
 
 
 @pytest.fixture(scope="module")

@@ -12,15 +12,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from helpers import randomize, tiny_config, wav_bytes
+from helpers import tiny_model, tiny_norm_stats, wav_bytes
 
-from atfnn_fast import ATFNN
 from atfnn_fast.app import train as train_module
 from atfnn_fast.app.cli import main
 from atfnn_fast.app.datasets import FeatureCache
 from atfnn_fast.app.synth import CLASSES, make_corpus
 from atfnn_fast.checkpoint import save_checkpoint
-from atfnn_fast.features import AUDIO_RATE_RANGE, FeatureConfig, NormStats, speech_sample
+from atfnn_fast.features import AUDIO_RATE_RANGE, FeatureConfig, speech_sample
 from atfnn_fast.manifest import read_manifest
 
 LABELS = sorted(CLASSES)
@@ -35,12 +34,10 @@ def cli(capsys, *argv):
 
 
 def _model(**changes):
-    torch.manual_seed(0)
-    return randomize(ATFNN(tiny_config(num_classes=len(LABELS), **changes)), 0.3).eval()
+    return tiny_model(len(LABELS), **changes)
 
 
-def _stats():
-    return NormStats.fit([torch.randn(10, 50, dtype=torch.float64) - 5])
+_stats = tiny_norm_stats
 
 
 @pytest.fixture(scope="module")
