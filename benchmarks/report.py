@@ -4,8 +4,9 @@ Runs ``pytest benchmarks --benchmark-only`` (extra arguments after ``--`` go to 
 reads a pytest-benchmark JSON file given with ``--json``, and writes
 ``benchmarks/results/<device-slug>-<yyyymmdd>.json`` in the schema of docs/design.md#benchmarks, a
 markdown table next to it (ratios to eager, achieved GB/s and TFLOP/s as fractions of the
-peaks measured in the same run) and a bar chart (PNG). ``--readme`` regenerates the README's
-performance section (``--readme-only``: without running anything) from the latest results
+peaks measured in the same run) and a bar chart (PNG). ``--readme`` regenerates the performance
+section of docs/benchmarks.md, which the README links (``--readme-only``: without running
+anything) from the latest results
 files: the latest GPU run (a ``scripts/gpu_timing.py`` file or a suite run on a GPU) beside
 the latest CPU suite run.
 
@@ -33,7 +34,7 @@ from benchmarks.device import slug
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-README = ROOT / "README.md"
+README = ROOT / "docs" / "benchmarks.md"  # the generated tables live there, linked from README.md
 BEGIN, END = "<!-- perf:begin -->", "<!-- perf:end -->"
 
 
@@ -462,11 +463,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", type=Path, help="read this pytest-benchmark JSON, do not run")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
-    parser.add_argument("--readme", action="store_true", help="regenerate README's section")
+    parser.add_argument("--readme", action="store_true", help="regenerate docs/benchmarks.md's tables")
     parser.add_argument(
         "--readme-only",
         action="store_true",
-        help="only regenerate README's section from the latest GPU and CPU results files",
+        help="only regenerate docs/benchmarks.md's tables from the latest GPU and CPU "
+        "results files",
     )
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG chart")
     parser.add_argument("pytest_args", nargs="*", help="after --: passed to pytest")
