@@ -463,7 +463,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", type=Path, help="read this pytest-benchmark JSON, do not run")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
-    parser.add_argument("--readme", action="store_true", help="regenerate docs/benchmarks.md's tables")
+    parser.add_argument(
+        "--readme", action="store_true", help="regenerate docs/benchmarks.md's tables"
+    )
     parser.add_argument(
         "--readme-only",
         action="store_true",
