@@ -55,7 +55,7 @@ def test_first_hour_commands_parse():
     assert any("download.pytorch.org/whl/cpu" in c for c in commands)  # the CPU-only hint
 
 
-@pytest.mark.slow  # the whole first hour, minus the install: 1 to 5 minutes on 2 cores
+@pytest.mark.slow  # the whole first hour, minus the install: 1 to 20 minutes on 2 cores
 def test_first_hour_runs_word_for_word(tmp_path):
     script = []
     for command in first_hour_commands():
@@ -69,7 +69,7 @@ def test_first_hour_runs_word_for_word(tmp_path):
         env=env,
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=1800,  # 18 min measured for the training alone on two cores shared by other jobs
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout.splitlines()
