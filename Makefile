@@ -55,7 +55,8 @@ test-compat:
 demo: $(STAMP)
 	$(BIN)/atfnn-fast demo
 
-# Record a benchmark run: benchmarks/results/<device>-<date>.{json,md,png} + README section.
+# Record a benchmark run: benchmarks/results/<device>-<date>.{json,md,png} + the tables of
+# docs/benchmarks.md.
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.report --readme
 

@@ -225,8 +225,12 @@ def _open_audio(path: Path):
     try:
         handle = sf.SoundFile(fh)
     except Exception as err:  # any decoder failure (OSError from reads too): one-line error
+        fh.seek(0)
+        head = fh.read(16)
         fh.close()
-        raise AudioError(path, f"cannot decode audio ({err})") from None
+        raise AudioError(
+            path, f"cannot decode audio ({_decode_problem(err, path, head)})"
+        ) from None
     problem = truncation_note(handle.extra_info)
     if problem is not None:
         problem = f"truncated audio file (the header declares more data: {problem})"
@@ -237,6 +241,44 @@ def _open_audio(path: Path):
         fh.close()
         raise AudioError(path, problem)
     return _Opened(handle, fh)
+
+
+# The first bytes of formats a user may hand over, for a decode error's "what it saw".
+_MAGIC = (
+    (b"RIFF", 0, "a RIFF/WAV header"),
+    (b"RIFX", 0, "a big-endian RIFF/WAV header"),
+    (b"fLaC", 0, "a FLAC header"),
+    (b"OggS", 0, "an Ogg container"),
+    (b"FORM", 0, "an AIFF header"),
+    (b"ID3", 0, "an MP3 with an ID3 tag"),
+    (b"\xff\xfb", 0, "an MPEG audio frame (MP3)"),
+    (b"ftyp", 4, "an MP4/M4A container (AAC: not readable by libsndfile; convert to WAV)"),
+    (b"\x1aE\xdf\xa3", 0, "a Matroska/WebM container (not readable by libsndfile)"),
+    (b"PK\x03\x04", 0, "a ZIP archive"),
+    (b"%PDF", 0, "a PDF document"),
+    (b"\x89PNG", 0, "a PNG image"),
+)
+
+
+def _decode_problem(err: BaseException, path: Path, head: bytes) -> str:
+    """libsndfile's reason without the file object's repr (``Error opening
+    <_io.BufferedReader name=3>: ``), and the format the first bytes look like."""
+    import re
+
+    reason = re.sub(r"^Error opening <[^>]*>:\s*", "", str(err)).strip().rstrip(".")
+    for magic, offset, what in _MAGIC:
+        if head[offset : offset + len(magic)] == magic:
+            seen = what
+            break
+    else:
+        if not head:
+            seen = "an empty file"
+        elif all(32 <= b < 127 or b in b"\t\r\n" for b in head):
+            seen = f"text ({head.decode('ascii')[:12]!r}...)"
+        else:
+            seen = f"unknown bytes {head[:8].hex(' ')}"
+    suffix = f", extension {path.suffix}" if path.suffix else ""
+    return f"{reason}; the file starts with {seen}{suffix}"
 
 
 def _check_rate_and_length(rate: int, frames: int) -> str | None:
@@ -366,6 +408,17 @@ def iter_audio(
 
 # ---------------------------------------------------------------------------- log-Mel
 @functools.lru_cache(maxsize=8)
+def mel_centre_frequencies(n_mels: int, features: FeatureConfig | None = None) -> np.ndarray:
+    """The centre frequency in Hz of each of the ``n_mels`` Mel bands (the peaks of the
+    triangular filters of :func:`_mel_filters`, HTK scale); for plots."""
+    features = features or FeatureConfig()
+    f_max = features.f_max if features.f_max is not None else float(features.sample_rate // 2)
+    low = 2595.0 * math.log10(1.0 + features.f_min / 700.0)
+    high = 2595.0 * math.log10(1.0 + f_max / 700.0)
+    mels = np.linspace(low, high, n_mels + 2)[1:-1]
+    return 700.0 * (10.0 ** (mels / 2595.0) - 1.0)
+
+
 def _mel_filters(n_mels: int, features: FeatureConfig) -> torch.Tensor:
     """Triangular HTK-scale Mel filters without normalisation, ``(n_fft // 2 + 1, n_mels)``
     (the filter bank of ``torchaudio.functional.melscale_fbanks``, in plain torch)."""

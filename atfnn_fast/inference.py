@@ -46,9 +46,8 @@ class Prediction:
     scores: dict[str, float]
 
     def to_dict(self) -> dict:
-        """``file`` (and ``path``, the same value, the key error entries use), ``label``,
-        ``scores``."""
-        return {"file": self.file, "path": self.file, "label": self.label, "scores": self.scores}
+        """``path`` (the key error entries use too), ``label``, ``scores``."""
+        return {"path": self.file, "label": self.label, "scores": self.scores}
 
     def __str__(self) -> str:
         ranked = sorted(self.scores.items(), key=lambda kv: -kv[1])
@@ -170,6 +169,7 @@ class CheckpointPredictor:
     ) -> None:
         self.device = resolve_device(device)
         self.batch_size = check_batch_size(batch_size)
+        self.directory = str(directory)
         ckpt = load_checkpoint(directory, map_location=self.device)
         self.model = ckpt.model.eval()
         self.config = ckpt.config

@@ -1,5 +1,10 @@
 """pytest plumbing of the benchmark suite: options, sizes, the parametrisation, the peaks,
-and the run metadata written into pytest-benchmark's JSON (key ``"atfnn"``)."""
+and the run metadata written into pytest-benchmark's JSON (key ``"atfnn"``).
+
+For a terminal: on a machine without CUDA the GPU cases are not collected (one summary line
+counts them), pytest-benchmark's own tables (245 columns) are off unless ``--bench-tables``,
+and the run ends with :func:`benchmarks.report.terminal_table` (120 columns: ceilings,
+median, IQR, ratio to eager with its spread, floor, a noisy flag)."""
 
 from __future__ import annotations
 
@@ -27,6 +32,21 @@ def pytest_addoption(parser):
         "default) or tiny (B=2, T=16: CI's smoke run)",
     )
     group.addoption("--bench-device", choices=("auto", "cpu", "cuda"), default="auto")
+    group.addoption(
+        "--bench-tables",
+        action="store_true",
+        help="also print pytest-benchmark's own tables (wide); by default only the atfnn "
+        "table (120 columns) is printed",
+    )
+
+
+GPU_NOT_COLLECTED = pytest.StashKey[int]()
+
+
+def pytest_configure(config):
+    # pytest-benchmark's tables are 245 columns wide; the atfnn table says the same in 120
+    if hasattr(config.option, "benchmark_quiet") and not config.getoption("--bench-tables"):
+        config.option.benchmark_quiet = True
 
 
 def _settings(config, device: torch.device | None = None):
@@ -44,35 +64,29 @@ def pytest_generate_tests(metafunc):
     if "case" not in metafunc.fixturenames:
         return
     device, *_ = _settings(metafunc.config)
-    devices = [device]
     if device.type != "cuda":
-        # the GPU cases are listed too, and skipped with a reason, on machines without one
-        devices.append(torch.device("cuda"))
-    params = []
-    for target in devices:
-        _, _, batches, _, dtypes = _settings(metafunc.config, target)
-        params += [
-            pytest.param(
-                target.type,
-                case,
-                provider,
-                dtype,
-                batch,
-                id=f"{target.type}-{case}-{provider}-{dtype}-B{batch}",
-                marks=()
-                if target == device
-                else pytest.mark.skip(
-                    reason="GPU case: no CUDA device here (torch.cuda.is_available() is False)"
-                ),
-            )
-            for case in cases.CASES
-            for dtype in dtypes
-            for batch in batches
-            for provider in cases.PROVIDERS
-            if provider not in cases.ONNX_PROVIDERS or case == "full_fwd"
-            if provider != "compile-rank1" or case.startswith("freq_encoder")
-        ]
+        # the GPU cases are not collected on machines without one; the summary counts them
+        metafunc.config.stash[GPU_NOT_COLLECTED] = len(_params(metafunc.config, "cuda"))
+    params = [
+        pytest.param(*values, id="-".join(map(str, values[:4])) + f"-B{values[4]}")
+        for values in _params(metafunc.config, device)
+    ]
     metafunc.parametrize(("device", "case", "provider", "dtype", "batch"), params)
+
+
+def _params(config, device) -> list[tuple]:
+    """(device type, case, provider, dtype, batch) of every case run on ``device``."""
+    device = torch.device(device)
+    _, _, batches, _, dtypes = _settings(config, device)
+    return [
+        (device.type, case, provider, dtype, batch)
+        for case in cases.CASES
+        for dtype in dtypes
+        for batch in batches
+        for provider in cases.PROVIDERS
+        if provider not in cases.ONNX_PROVIDERS or case == "full_fwd"
+        if provider != "compile-rank1" or case.startswith("freq_encoder")
+    ]
 
 
 @pytest.fixture(scope="session")
@@ -95,19 +109,25 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
 
 
 def pytest_terminal_summary(terminalreporter, config):
+    skipped_gpu = config.stash.get(GPU_NOT_COLLECTED, 0)
+    if skipped_gpu:
+        terminalreporter.write_line(
+            f"atfnn: {skipped_gpu} GPU cases not collected (no CUDA device here)"
+        )
     env = config.stash.get(ENV_KEY, None)
     session = getattr(config, "_benchmarksession", None)
     if env is None or session is None or session.disabled or not session.benchmarks:
         return
-    from benchmarks.report import case_rows, markdown_table
+    from benchmarks.report import case_rows, terminal_table
 
     rows = case_rows(
         [
-            {"extra_info": b.extra_info, "stats": {"median": b.stats.median}}
+            {"extra_info": b.extra_info, "stats": {"median": b.stats.median, "iqr": b.stats.iqr}}
             for b in session.benchmarks
             if b.stats is not None
         ],
         env["peaks"],
     )
     terminalreporter.write_sep("-", f"atfnn roofline on {env['device']}")
-    terminalreporter.write_line(markdown_table(rows))
+    device_type = _settings(config)[0].type
+    terminalreporter.write_line(terminal_table(rows, env["peaks"], device_type))

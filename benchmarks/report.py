@@ -4,8 +4,9 @@ Runs ``pytest benchmarks --benchmark-only`` (extra arguments after ``--`` go to 
 reads a pytest-benchmark JSON file given with ``--json``, and writes
 ``benchmarks/results/<device-slug>-<yyyymmdd>.json`` in the schema of docs/design.md#benchmarks, a
 markdown table next to it (ratios to eager, achieved GB/s and TFLOP/s as fractions of the
-peaks measured in the same run) and a bar chart (PNG). ``--readme`` regenerates the README's
-performance section (``--readme-only``: without running anything) from the latest results
+peaks measured in the same run) and a bar chart (PNG). ``--readme`` regenerates the performance
+section of docs/benchmarks.md, which the README links (``--readme-only``: without running
+anything) from the latest results
 files: the latest GPU run (a ``scripts/gpu_timing.py`` file or a suite run on a GPU) beside
 the latest CPU suite run.
 
@@ -33,7 +34,7 @@ from benchmarks.device import slug
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-README = ROOT / "README.md"
+README = ROOT / "docs" / "benchmarks.md"  # the generated tables live there, linked from README.md
 BEGIN, END = "<!-- perf:begin -->", "<!-- perf:end -->"
 
 
@@ -125,6 +126,78 @@ def markdown_table(rows: list[dict]) -> str:
             f"| {_fmt(r['floor_ms'], '.3f')}{bound} "
             f"| {_fmt(r.get('of_floor'), '.1%')} | {_fmt(r['peak_mem_mb'], '.1f')} "
             f"| {_fmt(r['compile_s'], '.1f')} |"
+        )
+    return "\n".join(lines)
+
+
+# A row is flagged noisy when its own or its eager row's interquartile range exceeds this
+# share of the median (our choice): its ratio to eager is then uncertain by about as much.
+NOISY_IQR = 0.2
+TERMINAL_WIDTH = 120
+
+
+def provider_label(provider: str, device_type: str) -> str:
+    """A provider named for what it runs: on a CPU ``fused`` is ATFNN's plain-PyTorch path
+    (the Triton kernels need CUDA)."""
+    if device_type != "cuda" and provider == "fused":
+        return "fused=torch"
+    return provider
+
+
+def ratio_spread(row: dict, eager: dict | None) -> tuple[float, float] | None:
+    """The range of ``eager / row`` over the interquartile ranges of both (each taken as
+    median -/+ IQR / 2), or None without IQRs."""
+    if eager is None or row.get("iqr_ms") is None or eager.get("iqr_ms") is None:
+        return None
+    lo_e, hi_e = (eager["median_ms"] + k * eager["iqr_ms"] / 2 for k in (-1, 1))
+    lo_r, hi_r = (row["median_ms"] + k * row["iqr_ms"] / 2 for k in (-1, 1))
+    if lo_r <= 0:
+        return None
+    return max(lo_e, 0.0) / hi_r, hi_e / lo_r
+
+
+def terminal_table(rows: list[dict], peaks: dict, device_type: str) -> str:
+    """The suite's results for a terminal, at most :data:`TERMINAL_WIDTH` columns: the
+    ceilings measured in the run, then per row the median, its IQR as a share of the
+    median, the ratio to eager with its spread over both IQRs, the floor and a ``noisy``
+    flag (:data:`NOISY_IQR`)."""
+    parts = [f"copy {peaks['copy_gbps']:.1f} GB/s"] if peaks.get("copy_gbps") else []
+    if peaks.get("matmul_tflops_fp32"):
+        parts.append(f"matmul {peaks['matmul_tflops_fp32']:.3f} TFLOP/s fp32")
+    if peaks.get("matmul_tflops_bf16"):
+        parts.append(f"{peaks['matmul_tflops_bf16']:.3f} bf16")
+    if peaks.get("exp_per_s"):
+        parts.append(f"exp {peaks['exp_per_s']:.3g}/s")
+    lines = [
+        "ceilings measured in this run: " + (", ".join(parts) or "none"),
+        "floor = max(flops / matmul, exps / exp, bytes / copy) at those ceilings; x eager: "
+        "median ratio [range over both IQRs]",
+    ]
+    if device_type != "cuda":
+        lines.append(
+            "fused=torch: ATFNN's plain-PyTorch path (the Triton kernels run on CUDA only)"
+        )
+    header = (
+        f"{'case':<22} {'dtype':<8} {'B':>4} {'provider':<16} {'median ms':>10} {'IQR':>6} "
+        f"{'x eager [IQR range]':>22} {'floor ms':>9} {'of floor':>8}  note"
+    )
+    lines += [header, "-" * len(header)]
+    eager = {_key(r): r for r in rows if r["provider"] == "eager"}
+    for r in rows:
+        base = eager.get(_key(r))
+        rel = r["iqr_ms"] / r["median_ms"] if r.get("iqr_ms") is not None else None
+        noisy = rel is not None and rel > NOISY_IQR
+        if base is not None and base.get("iqr_ms") is not None and base is not r:
+            noisy = noisy or base["iqr_ms"] / base["median_ms"] > NOISY_IQR
+        spread = ratio_spread(r, base) if base is not r else None
+        ratio = _fmt(r.get("speedup_vs_eager"), ".2f")
+        if spread is not None:
+            ratio += f" [{spread[0]:.2f}-{spread[1]:.2f}]"
+        lines.append(
+            f"{r['case'][:22]:<22} {r['dtype'][:8]:<8} {r['batch']:>4} "
+            f"{provider_label(r['provider'], device_type)[:16]:<16} {r['median_ms']:>10.3f} "
+            f"{_fmt(rel, '.0%'):>6} {ratio:>22} {_fmt(r.get('floor_ms'), '.3f'):>9} "
+            f"{_fmt(r.get('of_floor'), '.1%'):>8}  {'noisy' if noisy else ''}".rstrip()
         )
     return "\n".join(lines)
 
@@ -462,11 +535,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", type=Path, help="read this pytest-benchmark JSON, do not run")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
-    parser.add_argument("--readme", action="store_true", help="regenerate README's section")
+    parser.add_argument(
+        "--readme", action="store_true", help="regenerate docs/benchmarks.md's tables"
+    )
     parser.add_argument(
         "--readme-only",
         action="store_true",
-        help="only regenerate README's section from the latest GPU and CPU results files",
+        help="only regenerate docs/benchmarks.md's tables from the latest GPU and CPU "
+        "results files",
     )
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG chart")
     parser.add_argument("pytest_args", nargs="*", help="after --: passed to pytest")

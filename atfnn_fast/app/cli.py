@@ -64,6 +64,27 @@ def _prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _synth(args: argparse.Namespace) -> int:
+    from .synth import CLASSES, make_corpus
+
+    path = make_corpus(args.out, speakers=args.speakers, per_class=args.per_class, seed=args.seed)
+    total = args.speakers * args.per_class * len(CLASSES)
+    print(
+        f"wrote {path}: {total} utterances, {args.speakers} speakers, synthetic prosody "
+        f"classes (not emotions): {', '.join(CLASSES)}"
+    )
+    return 0
+
+
+def _check_checkpoint(path: str) -> None:
+    """A run or fold directory given as a checkpoint: say which ``best`` to give."""
+    from .predict import checkpoint_hint
+
+    hint = checkpoint_hint(path)
+    if hint:
+        raise ValueError(hint)
+
+
 def _train(args: argparse.Namespace) -> int:
     from .train import TrainConfig, train
 
@@ -95,23 +116,47 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate
 
+    _check_checkpoint(args.checkpoint)
     metrics = evaluate(
-        args.checkpoint, args.manifest, args.out, device=args.device, cache=args.cache
+        args.checkpoint,
+        args.manifest,
+        args.out,
+        device=args.device,
+        fold=args.fold,
+        cache=args.cache,
     )
+    classes = sum(1 for r in metrics["recall"].values() if r is not None) or 1
+    scope = "the whole manifest" if metrics["fold"] == "all" else f"fold {metrics['fold']}"
     print(
-        f"WAR {metrics['war']:.2%}  UAR {metrics['uar']:.2%}  ({metrics['utterances']} utterances)"
+        f"{scope}: WAR {metrics['war']:.1%}, UAR {metrics['uar']:.1%} (chance {1 / classes:.1%}), "
+        f"{metrics['utterances']} utterances"
+        + (
+            f", {metrics['seen_utterances']} of them seen in training"
+            if metrics["seen_utterances"]
+            else ""
+        )
     )
     for label, recall in metrics["recall"].items():
-        print(f"  {label:<14} recall {'-' if recall is None else f'{recall:.2%}'}")
+        print(f"  {label:<14} recall {'-' if recall is None else f'{recall:.1%}'}")
     if args.out:
         print(f"wrote {args.out}/metrics.json and {args.out}/confusion.png")
     return 0
 
 
 def _plot_attention(args: argparse.Namespace) -> int:
-    from .plots import plot_attention
+    from pathlib import Path
 
-    print(plot_attention(args.checkpoint, args.file, args.output, device=args.device))
+    from atfnn_fast.files import check_output
+
+    from .plots import attention_maps, save_attention_plot
+
+    _check_checkpoint(args.checkpoint)
+    output = check_output(args.output, inputs=(args.checkpoint, args.file))  # before any work
+    data = attention_maps(args.checkpoint, args.file, device=args.device)
+    path = save_attention_plot(data, Path(args.file).name, output)
+    top = sorted(data.scores.items(), key=lambda kv: -kv[1])
+    print(f"{args.file}: predicted {data.label} ({', '.join(f'{k} {v:.3f}' for k, v in top)})")
+    print(path)
     return 0
 
 
@@ -130,6 +175,7 @@ def _export(args: argparse.Namespace) -> int:
 
     if args.audio and not args.validate:
         raise UsageError("--audio is for --validate's real-feature check; add --validate")
+    _check_checkpoint(args.checkpoint)
     output = check_output(args.output, inputs=(args.checkpoint,))
     ckpt = load_checkpoint(args.checkpoint)
     path = temp_path(output, "onnx")
@@ -194,7 +240,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from .predict import load_predictor, predict_files
+    from .predict import describe, load_predictor, predict_files
 
     predictor = load_predictor(
         checkpoint=args.checkpoint,
@@ -203,7 +249,10 @@ def _predict(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         provider=args.provider,
     )
-    return predict_files(predictor, args.files, json_list=args.json, debug=_debug(args))
+    print(f"predict: {describe(predictor)}", file=sys.stderr, flush=True)
+    return predict_files(
+        predictor, args.files, json_list=args.json, csv_rows=args.csv, debug=_debug(args)
+    )
 
 
 class _Parser(argparse.ArgumentParser):
@@ -261,7 +310,16 @@ def build_parser() -> argparse.ArgumentParser:
     from .evaluate import evaluate
     from .plots import plot_attention
     from .predict import PROVIDER_CHOICES, load_predictor
-    from .train import AMP_MODES, DEVICES, MAX_LR, PRESETS, PROTOCOLS, default, train
+    from .train import (
+        AMP_MODES,
+        DEVICES,
+        MAX_LR,
+        PRESET_NOTES,
+        PRESETS,
+        PROTOCOLS,
+        default,
+        train,
+    )
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -286,7 +344,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo", parents=[common], help="run the default model on the bundled recording"
     )
-    demo.add_argument("--device", choices=DEVICES, default=_default(run, "device"))
+    demo.add_argument(
+        "--device",
+        choices=DEVICES,
+        default=_default(run, "device"),
+        help="where the paper-size model's forward pass is timed; auto: CUDA if available "
+        "(default %(default)s)",
+    )
     demo.add_argument(
         "--hop",
         type=positive,
@@ -318,40 +382,119 @@ def build_parser() -> argparse.ArgumentParser:
     prep = dsub.add_parser(
         "prepare", parents=[common], help="build a manifest CSV from a corpus folder"
     )
-    prep.add_argument("--dataset", required=True, choices=DATASETS)
-    prep.add_argument("--root", required=True, help="the corpus folder")
-    prep.add_argument("--out", required=True, help="the manifest CSV to write")
+    prep.add_argument(
+        "--dataset", required=True, choices=DATASETS, help="the corpus's published layout"
+    )
+    prep.add_argument("--root", required=True, help="the corpus folder as downloaded")
+    prep.add_argument(
+        "--out", required=True, help="the manifest CSV to write (path,label,speaker[,session])"
+    )
     prep.add_argument("--merge-excited", action="store_true", help="IEMOCAP: excited -> happy")
     prep.add_argument("--features", action="store_true", help="also cache the log-Mel features")
     prep.add_argument("--cache", default=None, help=CACHE_HELP)
     prep.set_defaults(func=_prepare)
-
-    tr = sub.add_parser(
-        "train", parents=[common], help="train with leave-one-speaker/session-out folds"
+    syn = dsub.add_parser(
+        "synth",
+        parents=[common],
+        help="write a small synthetic corpus and its manifest (to try the pipeline)",
+        description="Synthesise a corpus of synthetic prosody classes (NOT emotions) spoken by "
+        "synthetic speakers told apart by timbre, 1.4 s per utterance, and write "
+        "OUT/manifest.csv. No emotional speech corpus ships with atfnn-fast.",
     )
-    tr.add_argument("--manifest", required=True)
-    tr.add_argument("--out", required=True)
-    tr.add_argument("--protocol", choices=PROTOCOLS, default=_default(train, "protocol"))
+    syn.add_argument("--out", required=True, help="the folder to write")
+    syn.add_argument(
+        "--speakers", type=_int_in(3, 100), default=5, help="speakers, 3..100 (default %(default)s)"
+    )
+    syn.add_argument(
+        "--per-class",
+        type=_int_in(1, 1000),
+        default=8,
+        help="utterances per class and speaker (default %(default)s)",
+    )
+    syn.add_argument("--seed", type=_int_in(0), default=0, help="(default %(default)s)")
+    syn.set_defaults(func=_synth)
+
+    presets = "; ".join(f"{name}: {note}" for name, note in PRESET_NOTES.items())
+    tr = sub.add_parser(
+        "train",
+        parents=[common],
+        help="train with leave-one-speaker/session-out folds",
+        description="Train one fold or all. Prints a header (device, preset, parameters, the "
+        "train / validation / test speakers), one line per epoch and the held-out result; "
+        "the last line of standard output is the best checkpoint's directory.",
+    )
+    tr.add_argument(
+        "--manifest",
+        required=True,
+        help="manifest CSV path,label,speaker[,session] (`atfnn-fast datasets prepare` or "
+        "`datasets synth` writes one)",
+    )
+    tr.add_argument(
+        "--out",
+        required=True,
+        help="run directory: one folder per fold (best/, last/, log.jsonl, metrics.json, "
+        "confusion.png)",
+    )
+    tr.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default=_default(train, "protocol"),
+        help="loso: leave one speaker out; session: leave one session out (default %(default)s)",
+    )
     tr.add_argument(
         "--fold",
         default=_default(train, "fold"),
-        help="a speaker (loso), a session, or all (default %(default)s)",
+        help="the held-out speaker (loso) or session, or all of them in turn (default %(default)s)",
     )
-    tr.add_argument("--epochs", type=positive, default=default("epochs"))
-    tr.add_argument("--batch-size", type=positive, default=default("batch_size"))
+    tr.add_argument(
+        "--epochs",
+        type=positive,
+        default=default("epochs"),
+        help="training epochs; the best by validation UAR is kept (default %(default)s)",
+    )
+    tr.add_argument(
+        "--batch-size",
+        type=positive,
+        default=default("batch_size"),
+        help="segments per step (default %(default)s, the paper's)",
+    )
     tr.add_argument(
         "--lr",
         type=_positive_float(MAX_LR),
         default=default("lr"),
-        help=f"Adam learning rate, at most {MAX_LR:g} (default %(default)s)",
+        help=f"Adam learning rate, at most {MAX_LR:g} (default %(default)s, the paper's)",
     )
     tr.add_argument(
-        "--hop", type=positive, default=default("hop"), help="training segment hop in frames"
+        "--hop",
+        type=positive,
+        default=default("hop"),
+        help="frames between the starts of training segments, at most the preset's segment "
+        "length (default %(default)s)",
     )
-    tr.add_argument("--preset", choices=tuple(PRESETS), default=default("preset"))
-    tr.add_argument("--device", choices=DEVICES, default=default("device"))
-    tr.add_argument("--amp", choices=AMP_MODES, default=default("amp"))
-    tr.add_argument("--seed", type=_int_in(0), default=default("seed"))
+    tr.add_argument(
+        "--preset",
+        choices=tuple(PRESETS),
+        default=default("preset"),
+        help=f"model size: {presets} (default %(default)s)",
+    )
+    tr.add_argument(
+        "--device",
+        choices=DEVICES,
+        default=default("device"),
+        help="auto: CUDA if available, else the CPU (default %(default)s)",
+    )
+    tr.add_argument(
+        "--amp",
+        choices=AMP_MODES,
+        default=default("amp"),
+        help="mixed precision on CUDA (bf16 also on a CPU) (default %(default)s)",
+    )
+    tr.add_argument(
+        "--seed",
+        type=_int_in(0),
+        default=default("seed"),
+        help="seeds the weights, the data order and the validation speakers (default %(default)s)",
+    )
     again = tr.add_mutually_exclusive_group()
     again.add_argument("--resume", action="store_true", help="continue after the last epoch")
     again.add_argument(
@@ -361,21 +504,50 @@ def build_parser() -> argparse.ArgumentParser:
     tr.set_defaults(func=_train)
 
     ev = sub.add_parser(
-        "evaluate", parents=[common], help="WAR / UAR / confusion of a checkpoint on a manifest"
+        "evaluate",
+        parents=[common],
+        help="WAR / UAR / confusion of a checkpoint on a manifest",
+        description="Score a checkpoint. A checkpoint written by `train` is scored on its own "
+        "held-out fold of the manifest unless --fold says otherwise; scoring utterances of "
+        "speakers it trained on draws a warning.",
     )
-    ev.add_argument("--checkpoint", required=True)
-    ev.add_argument("--manifest", required=True)
-    ev.add_argument("--out", default=None, help="folder for metrics.json and confusion.png")
-    ev.add_argument("--device", default=_default(evaluate, "device"))
+    ev.add_argument(
+        "--checkpoint", required=True, help="a checkpoint directory (a run's <fold>/best)"
+    )
+    ev.add_argument("--manifest", required=True, help="manifest CSV path,label,speaker[,session]")
+    ev.add_argument(
+        "--fold",
+        default=None,
+        help="the speaker (loso) or session to score, or all for the whole manifest (default: "
+        "the checkpoint's held-out fold; the whole manifest for a checkpoint not written by "
+        "train)",
+    )
+    ev.add_argument(
+        "--out", default=None, help="folder for metrics.json and confusion.png (default: none)"
+    )
+    ev.add_argument(
+        "--device",
+        default=_default(evaluate, "device"),
+        help="cpu, cuda or auto (default %(default)s)",
+    )
     ev.add_argument("--cache", default=None, help=CACHE_HELP)
     ev.set_defaults(func=_evaluate)
 
     pa = sub.add_parser(
-        "plot-attention", parents=[common], help="log-Mel, F- and T-Attention maps of a file"
+        "plot-attention",
+        parents=[common],
+        help="log-Mel, F- and T-Attention maps of a file",
+        description="Plot a file's log-Mel spectrogram and the model's F- and T-Attention "
+        "weights (y-axis in Hz, shared colour scale for the weights, segment boundaries "
+        "dotted), titled with the prediction. Prints the prediction, then the PNG's path.",
     )
-    pa.add_argument("--checkpoint", required=True)
+    pa.add_argument("--checkpoint", required=True, help="a checkpoint directory")
     pa.add_argument("--output", required=True, help="the PNG to write")
-    pa.add_argument("--device", default=_default(plot_attention, "device"))
+    pa.add_argument(
+        "--device",
+        default=_default(plot_attention, "device"),
+        help="cpu, cuda or auto (default %(default)s)",
+    )
     pa.add_argument("file", help="an audio file")
     pa.set_defaults(func=_plot_attention)
 
@@ -387,7 +559,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="check it in ONNX Runtime; a failing graph is kept as OUTPUT.failed",
     )
-    export.add_argument("--dtype", choices=tuple(DTYPES), default=_default(export_onnx, "dtype"))
+    export.add_argument(
+        "--dtype",
+        choices=tuple(DTYPES),
+        default=_default(export_onnx, "dtype"),
+        help="the graph's float type; float16 runs on ONNX Runtime's CUDA provider only "
+        "(default %(default)s)",
+    )
     export.add_argument(
         "--opset",
         type=_int_in(DEFAULT_OPSET, MAX_OPSET),
@@ -420,15 +598,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.set_defaults(func=_export)
 
-    predict = sub.add_parser("predict", parents=[common], help="label audio files")
+    predict = sub.add_parser(
+        "predict",
+        parents=[common],
+        help="label audio files",
+        description="Label audio files with a checkpoint or an exported ONNX file. What runs "
+        "(the ONNX Runtime provider or the PyTorch device) is said on stderr; stdout has one "
+        "result per file.",
+    )
     source = predict.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", help="a checkpoint directory (PyTorch)")
+    source.add_argument(
+        "--checkpoint", help="a checkpoint directory (PyTorch), e.g. a run's <fold>/best"
+    )
     source.add_argument("--onnx", help="an exported .onnx file (ONNX Runtime)")
-    predict.add_argument("--json", action="store_true", help="print a JSON list")
+    output = predict.add_mutually_exclusive_group()
+    output.add_argument(
+        "--json", action="store_true", help="print a JSON list of {path, label, scores}"
+    )
+    output.add_argument(
+        "--csv",
+        action="store_true",
+        help="print CSV: path, label, one score column per label, error (default: one text "
+        "line per file)",
+    )
     predict.add_argument(
         "--device",
         default=_default(load_predictor, "device"),
-        help="with --checkpoint (default %(default)s)",
+        help="with --checkpoint: cpu, cuda or auto (default %(default)s)",
     )
     predict.add_argument(
         "--batch-size",
@@ -441,9 +637,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--provider",
         choices=PROVIDER_CHOICES,
         default=_default(load_predictor, "provider"),
-        help="with --onnx: ONNX Runtime execution provider (default auto: CUDA if present)",
+        help="with --onnx: ONNX Runtime execution provider (default auto: CUDA if present, "
+        "else the CPU)",
     )
-    predict.add_argument("files", nargs="+", metavar="FILE", help="audio files")
+    predict.add_argument(
+        "files",
+        nargs="+",
+        metavar="PATH",
+        help="audio files, folders of them (searched recursively) or manifest CSVs",
+    )
     predict.set_defaults(func=_predict)
     return parser
 
@@ -465,6 +667,10 @@ def main(argv: list[str] | None = None) -> int:
             warnings.showwarning = _show_warning
         try:
             return args.func(args)
+        except BrokenPipeError:  # `atfnn-fast predict ... | head`: the reader has all it wants
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes at exit
+            return 0
         except KeyboardInterrupt:
             if _debug(args):
                 raise

@@ -115,11 +115,7 @@ def run_pipeline(out_dir="demo-output", epochs: int = 12, seed: int = 0, out=Non
     tc = TrainConfig(epochs=epochs, batch_size=32, hop=32, preset="tiny", seed=seed, device="cpu")
     best = train(manifest, out_dir / "runs", fold="spk1", tc=tc, overwrite=True)  # a re-run
     fold_dir = best.parent
-    metrics = json.loads((fold_dir / "metrics.json").read_text())
-    say(
-        f"test speaker   spk1: WAR {metrics['war']:.1%}, UAR {metrics['uar']:.1%} "
-        f"(chance {1 / len(CLASSES):.0%}), best epoch {metrics['best_epoch']}"
-    )
+    metrics = json.loads((fold_dir / "metrics.json").read_text())  # train printed its result
     say(f"confusion      {fold_dir / 'confusion.png'}")
     example = out_dir / "corpus" / "spk1" / "high_rising_0.wav"
     att = plot_attention(best, example, out_dir / "attention.png")

@@ -4,11 +4,20 @@ matrix (:mod:`atfnn_fast.app.metrics`). Each utterance is labelled as
 non-overlapping segments' softmax probabilities (docs/design.md#choices-the-paper-leaves-open).
 ``atfnn-fast evaluate`` runs :func:`evaluate`; training scores its validation and test
 utterances with :func:`evaluate_items`.
+
+Which utterances :func:`evaluate` scores: a checkpoint written by ``train`` records its fold,
+protocol and the speakers of its train / validation / test splits (its ``extra``), and is
+scored on that held-out fold of the manifest by default; ``fold`` names another speaker
+(loso) or session, or ``"all"`` the whole manifest. A checkpoint without that record is
+scored on the whole manifest. Scoring utterances of speakers the checkpoint was trained or
+validated on raises an :class:`EvaluationWarning` (the number would overstate accuracy on
+new speakers).
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 
 import torch
 
@@ -16,7 +25,7 @@ from atfnn_fast.app.datasets import FeatureCache, cache_folder
 from atfnn_fast.app.metrics import plot_confusion, summarize
 from atfnn_fast.checkpoint import load_checkpoint
 from atfnn_fast.config import ATFNNConfig
-from atfnn_fast.errors import resolve_device
+from atfnn_fast.errors import UsageError, resolve_device
 from atfnn_fast.features import FeatureConfig, NormStats, min_tail_frames, segment
 from atfnn_fast.files import check_output, write_atomic
 from atfnn_fast.inference import NonFiniteOutput, mean_probabilities, softmax_probabilities
@@ -65,9 +74,51 @@ def evaluate_items(model, items, mels, stats, cfg, feats, labels, device) -> dic
     return summarize([index[i.label] for i in items], pred, labels)
 
 
-def evaluate(checkpoint, manifest, out=None, device: str = "cpu", cache=None) -> dict:
-    """Metrics of a checkpoint on every utterance of a manifest; with ``out``, also
-    ``out/metrics.json`` and ``out/confusion.png``."""
+class EvaluationWarning(UserWarning):
+    """Utterances of speakers the checkpoint was trained or validated on are being scored."""
+
+
+def select_fold(ckpt_extra: dict, items: list[Item], fold: str | None, manifest) -> tuple:
+    """(fold name or ``"all"``, the items to score) for :func:`evaluate`'s ``fold``."""
+    protocol = ckpt_extra.get("protocol", "loso")
+    if fold is None:
+        fold = ckpt_extra.get("fold") or "all"
+    if fold == "all":
+        return fold, items
+    key = (lambda i: i.speaker) if protocol != "session" else (lambda i: i.session)
+    chosen = [i for i in items if key(i) == fold]
+    if not chosen:
+        names = sorted({key(i) for i in items})
+        unit = "session" if protocol == "session" else "speaker"
+        raise UsageError(
+            f"{manifest}: no utterances of {unit} {fold!r} (the manifest has {names}); "
+            "give --fold with one of them or all"
+        )
+    return fold, chosen
+
+
+def seen_speakers(ckpt_extra: dict, items: list[Item]) -> tuple[set[str], bool]:
+    """(the speakers a checkpoint was trained or validated on, whether that is recorded in
+    the checkpoint rather than inferred from its fold and this manifest)."""
+    speakers = ckpt_extra.get("speakers")
+    if isinstance(speakers, dict):
+        return set(speakers.get("train", [])) | set(speakers.get("validation", [])), True
+    fold = ckpt_extra.get("fold")
+    if not fold:
+        return set(), False
+    key = (
+        (lambda i: i.session) if ckpt_extra.get("protocol") == "session" else (lambda i: i.speaker)
+    )
+    return {i.speaker for i in items if key(i) != fold}, False
+
+
+def evaluate(
+    checkpoint, manifest, out=None, device: str = "cpu", cache=None, fold: str | None = None
+) -> dict:
+    """Metrics of a checkpoint on a manifest: its held-out fold by default, ``fold`` (a
+    speaker or session, or ``"all"``) otherwise; with ``out``, also ``out/metrics.json`` and
+    ``out/confusion.png``. The metrics add ``fold`` and ``seen_utterances`` (how many of the
+    scored utterances come from speakers the checkpoint trained or validated on)."""
     device = resolve_device(device)
     if out is not None:  # before any work: the metrics are not computed only to be lost
         out = check_output(out, inputs=(checkpoint,), option="--out", directory=True)
@@ -76,11 +127,26 @@ def evaluate(checkpoint, manifest, out=None, device: str = "cpu", cache=None) ->
     ckpt = load_checkpoint(checkpoint, map_location=device)
     if ckpt.norm_stats is None:
         raise ValueError(f"{checkpoint}: has no normalisation statistics")
-    items = read_manifest(manifest)
+    all_items = read_manifest(manifest)
+    fold, items = select_fold(ckpt.extra, all_items, fold, manifest)
     labels = ckpt.labels or [f"class_{i}" for i in range(ckpt.config.num_classes)]
     unknown = sorted({i.label for i in items} - set(labels))
     if unknown:
         raise ValueError(f"{manifest}: labels {unknown} are not among the model's {labels}")
+    seen, recorded = seen_speakers(ckpt.extra, all_items)
+    overlap = [i for i in items if i.speaker in seen]
+    if overlap:
+        names = sorted({i.speaker for i in overlap})
+        held_out = ckpt.extra.get("fold")
+        warnings.warn(
+            f"{manifest}: {len(overlap)} of {len(items)} utterances are from speakers "
+            f"{checkpoint} was trained or validated on ({', '.join(names[:6])}"
+            f"{', ...' if len(names) > 6 else ''}{'' if recorded else ', inferred from its fold'}"
+            f"); their scores overstate accuracy on new speakers"
+            + (f" (its held-out fold: --fold {held_out})" if held_out else ""),
+            EvaluationWarning,
+            stacklevel=2,
+        )
     cache = FeatureCache(cache_folder(manifest, cache), ckpt.config.n_mels, ckpt.features)
     mels = cache.warm(items)
     try:
@@ -89,6 +155,7 @@ def evaluate(checkpoint, manifest, out=None, device: str = "cpu", cache=None) ->
         )
     except NonFiniteOutput as err:
         raise NonFiniteOutput(f"{checkpoint}: {err}") from None
+    metrics.update(fold=fold, seen_utterances=len(overlap))
     if out is not None:
         write_atomic(
             out / "metrics.json", (json.dumps(metrics, indent=2, allow_nan=False) + "\n").encode()

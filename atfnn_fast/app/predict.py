@@ -4,18 +4,31 @@
 
 Both predictors take the same core path (features in blocks, segments, the mean of the
 segments' probabilities: :mod:`atfnn_fast.inference`); this module only picks one and
-prints."""
+prints.
+
+* What ran is said on stderr before the first file (:func:`describe`: the model, and ONNX
+  Runtime's execution provider or PyTorch's device), so stdout stays machine-readable.
+* Sources are expanded like ``export --audio`` (:func:`expand_sources`): a folder gives its
+  audio files (recursively, sorted), a ``.csv`` the files of a manifest; a missing file or
+  an empty folder is that source's error, the others still run.
+* Output: a text line per file, a JSON list (``--json``: ``path``, ``label``, ``scores``;
+  a failure ``path``, ``error``) or CSV (``--csv``: ``path,label,error`` and one score
+  column per label).
+* A run directory or a fold directory given as a checkpoint is refused with the ``best``
+  checkpoints it holds (:func:`checkpoint_hint`)."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
 import sys
 import unicodedata
 from collections.abc import Sequence
+from pathlib import Path
 
-from atfnn_fast.export.validate import PROVIDERS
+from atfnn_fast.export.validate import AUDIO_SUFFIXES, PROVIDERS
 from atfnn_fast.inference import DEFAULT_BATCH_SIZE, DEFAULT_DEVICE, CheckpointPredictor
 
 # --provider: "auto" (CUDA if onnxruntime-gpu is installed) or a name of PROVIDERS, which
@@ -34,11 +47,73 @@ def load_predictor(
     one of them."""
     if (checkpoint is None) == (onnx is None):
         raise ValueError("give exactly one of checkpoint and onnx")
+    if checkpoint is not None:
+        hint = checkpoint_hint(checkpoint)
+        if hint:
+            raise ValueError(hint)
     if onnx is not None:
         from atfnn_fast.export import OnnxPredictor
 
         return OnnxPredictor(onnx, batch_size=batch_size, provider=provider)
     return CheckpointPredictor(checkpoint, device=device, batch_size=batch_size)
+
+
+def checkpoint_hint(path: str | os.PathLike) -> str | None:
+    """For a directory that is not a checkpoint but holds ``best`` checkpoints (a fold
+    directory, or a run directory of ``--fold all``), the message naming them; else None."""
+    path = Path(path)
+    if not path.is_dir() or (path / "config.json").exists():
+        return None
+    found = [path / "best"] if (path / "best" / "config.json").is_file() else []
+    found += sorted(p.parent for p in path.glob("*/best/config.json"))
+    if not found:
+        return None
+    names = ", ".join(str(p) for p in found[:4]) + (", ..." if len(found) > 4 else "")
+    kind = "a fold directory of `train`" if path / "best" in found else "a run directory of `train`"
+    return f"{path}: {kind}, not a checkpoint; give its best checkpoint: {names}"
+
+
+def describe(predictor) -> str:
+    """What runs: ``model.onnx on ONNX Runtime CPUExecutionProvider`` or ``checkpoint
+    ckpt/ on PyTorch cpu (2 threads)``."""
+    session = getattr(predictor, "session", None)
+    if session is not None:
+        providers = session.get_providers()
+        rest = f" (then {', '.join(providers[1:])})" if len(providers) > 1 else ""
+        return f"{predictor.path} on ONNX Runtime {providers[0]}{rest}"
+    import torch
+
+    device = predictor.device
+    where = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"{torch.get_num_threads()} threads"
+    )
+    return f"checkpoint {predictor.directory} on PyTorch {device} ({where})"
+
+
+def expand_sources(sources: Sequence[str | os.PathLike]) -> list[tuple[str, str | None]]:
+    """``(path, error or None)`` per audio file: a folder gives its audio files (recursively,
+    sorted), a ``.csv`` manifest its files, anything else itself (a missing file fails when
+    it is read). A folder without audio or an unreadable manifest is one ``error`` entry."""
+    out: list[tuple[str, str | None]] = []
+    for source in sources:
+        path = Path(source)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+            if not found:
+                out.append((str(source), f"{source}: no audio files ({', '.join(AUDIO_SUFFIXES)})"))
+            out += [(str(p), None) for p in found]
+        elif path.suffix.lower() == ".csv" and path.is_file():
+            from atfnn_fast.manifest import read_manifest
+
+            try:
+                out += [(str(item.path), None) for item in read_manifest(path)]
+            except (OSError, ValueError) as err:
+                out.append((str(source), one_line(err)))
+        else:
+            out.append((str(source), None))
+    return out
 
 
 def one_line(err: BaseException) -> str:
@@ -64,20 +139,35 @@ def printable(text: str) -> str:
 
 
 def predict_files(
-    predictor, files: Sequence[str | os.PathLike], json_list: bool = False, debug: bool = False
+    predictor,
+    files: Sequence[str | os.PathLike],
+    json_list: bool = False,
+    debug: bool = False,
+    csv_rows: bool = False,
 ) -> int:
-    """Each file is reported as soon as it is done: a line of text, or (``json_list``) an
-    entry of a JSON list that is printed progressively (``[`` first, ``]`` last). A file
-    that fails gets an error line on stderr and, with ``json_list``, an entry
-    ``{"path", "error"}``; the others are still labelled. A file whose scores are not
-    finite is such a failure (:class:`atfnn_fast.inference.NonFiniteOutput`), and the JSON
-    is strict (``allow_nan=False``). Returns the exit code: 1 if any file failed, else 0.
-    ``debug`` re-raises the first failure instead."""
+    """Each file (folders and manifests expanded by :func:`expand_sources`) is reported as
+    soon as it is done: a line of text, an entry of a JSON list that is printed
+    progressively (``json_list``: ``[`` first, ``]`` last), or a CSV row (``csv_rows``,
+    after a header ``path,label,<one column per label>,error``). A file that fails gets an
+    error line on stderr and an entry ``{"path", "error"}`` (a CSV row with only ``path``
+    and ``error``); the others are still labelled. A file whose scores are not finite is
+    such a failure (:class:`atfnn_fast.inference.NonFiniteOutput`), and the JSON is strict
+    (``allow_nan=False``). Returns the exit code: 1 if any file failed, else 0. ``debug``
+    re-raises the first failure instead."""
     failed = 0
+    entries = expand_sources(files)
+    labels = list(getattr(predictor, "labels", []))
+    writer = None
     if json_list:
         sys.stdout.write("[")
-    for n, path in enumerate(files):
+    elif csv_rows:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(["path", "label", *labels, "error"])
+        sys.stdout.flush()
+    for n, (path, problem) in enumerate(entries):
         try:
+            if problem is not None:
+                raise FileNotFoundError(problem)
             prediction = predictor.predict_file(path)
             entry, text = prediction.to_dict(), str(prediction)
         except Exception as err:  # one file's failure (memory included) spares the others
@@ -86,17 +176,27 @@ def predict_files(
             message = one_line(err)
             if isinstance(err, MemoryError):
                 message = f"out of memory ({message}); try a smaller --batch-size"
-            if not message.startswith(str(path)):
+            if not message.startswith((str(path), str(Path(path)))):
                 message = f"{path}: {message}"
             print(f"atfnn-fast: error: {printable(message)}", file=sys.stderr, flush=True)
             entry, text = {"path": str(path), "error": message}, None
             failed += 1
         if json_list:
             sys.stdout.write(("\n  " if n == 0 else ",\n  ") + json.dumps(entry, allow_nan=False))
-            sys.stdout.flush()
+        elif writer is not None:
+            scores = entry.get("scores", {})
+            writer.writerow(
+                [
+                    printable(entry["path"]),
+                    entry.get("label", ""),
+                    *(f"{scores[k]:.6f}" if k in scores else "" for k in labels),
+                    entry.get("error", ""),
+                ]
+            )
         elif text is not None:
-            print(printable(text), flush=True)
+            print(printable(text))
+        sys.stdout.flush()
     if json_list:
-        sys.stdout.write("\n]\n" if files else "]\n")
+        sys.stdout.write("\n]\n" if entries else "]\n")
         sys.stdout.flush()
     return 1 if failed else 0

@@ -12,6 +12,13 @@
   UAR is kept as ``<out>/<fold>/best`` (a checkpoint directory, written atomically);
 * ``log.jsonl`` gets one JSON line per epoch; ``metrics.json`` the test WAR, UAR, per-class
   recall and confusion matrix of the best checkpoint, ``confusion.png`` its plot;
+* standard output (rank 0, flushed line by line, whether or not it is a terminal): a
+  header before anything slow (:func:`header_lines`: fold, device, preset and parameters,
+  the train / validation / test speakers with their utterance counts, the schedule), one
+  line per epoch, then the held-out result (:func:`result_line`); ``train`` adds the
+  summary table of ``fold="all"`` and the CLI prints the best checkpoint's directory last;
+* the checkpoints' ``extra`` records the fold, protocol, options and the speakers of each
+  split, so ``evaluate`` can score the held-out fold and warn about training speakers;
 * resuming: after every epoch ``<out>/<fold>/last`` is written as one atomic commit: the
   checkpoint plus its resume state, ``last/optimizer.pt`` (tensors only, loaded with
   ``weights_only=True``) and ``last/state.json`` (epoch, best epoch and UAR, the epoch
@@ -61,7 +68,6 @@ import json
 import math
 import os
 import random
-import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass, fields
@@ -97,7 +103,7 @@ from atfnn_fast.manifest import (
 from atfnn_fast.model import ATFNN
 
 PRESETS = {
-    "paper": {},
+    "paper": {},  # ATFNNConfig's defaults: the paper's model
     # small enough to train in seconds on a CPU; same architecture, narrower
     "tiny": dict(
         frames=64,
@@ -110,6 +116,14 @@ PRESETS = {
     ),
 }
 
+
+# What each preset is, for `train --help` and the training header.
+PRESET_NOTES = {
+    "paper": "the paper's model: 128-frame segments, c = 8 channels, 4 heads, 3-layer "
+    "Bi-LSTM of 128 (hours per fold on a CPU)",
+    "tiny": "the same architecture, narrow: 64-frame segments, 4 channels, 2 heads, one "
+    "LSTM layer of 32 (minutes per fold on a CPU; for trying the pipeline)",
+}
 
 PROTOCOLS = ("loso", "session")
 # Largest learning rate taken (our choice): Adam's step is about lr per weight, and no
@@ -282,6 +296,10 @@ def train_fold(
         world=world,
         cfg=ATFNNConfig(num_classes=len(labels), **PRESETS[tc.preset]),
         feats=FeatureConfig(),
+        speakers={
+            name: sorted({i.speaker for i in part})
+            for name, part in zip(("train", "validation", "test"), (train, val, test), strict=True)
+        },
     )
     if rank != 0:
         return _run_fold(run, resume, cache, items, (train, val, test))
@@ -306,6 +324,7 @@ class FoldRun:
     world: int
     cfg: ATFNNConfig
     feats: FeatureConfig
+    speakers: dict  # "train" / "validation" / "test" -> sorted speaker names
 
     def say(self, *args) -> None:
         if self.rank == 0:
@@ -326,6 +345,8 @@ class FoldData:
 def _run_fold(run: FoldRun, resume: bool, cache, items: list[Item], splits) -> dict:
     train, val, test = splits
     model, optimizer, state = _build_or_resume(run, resume)
+    for line in header_lines(run, model, splits, len(items)):
+        run.say(line)
     data = _prepare_data(run, cache, items, train)
     net = model
     if run.world > 1:
@@ -346,6 +367,52 @@ def _run_fold(run: FoldRun, resume: bool, cache, items: list[Item], splits) -> d
     if run.rank != 0:
         return {}
     return _write_artefacts(run, data, test, state)
+
+
+def device_name(device: torch.device) -> str:
+    """``cpu (2 threads)`` or ``cuda:0 (NVIDIA H100 80GB HBM3)``."""
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return f"{device} ({torch.get_num_threads()} threads)"
+
+
+def _speaker_counts(part: list[Item]) -> str:
+    counts: dict[str, int] = {}
+    for item in part:
+        counts[item.speaker] = counts.get(item.speaker, 0) + 1
+    return ", ".join(f"{k} ({v})" for k, v in sorted(counts.items()))
+
+
+def header_lines(run: FoldRun, model, splits, n_items: int) -> list[str]:
+    """What ``train`` prints before the first epoch: the fold, device, preset and model
+    size, the speakers of each split with their utterance counts, and the schedule."""
+    train, val, test = splits
+    tc = run.tc
+    params = sum(p.numel() for p in model.parameters())
+    unit = "speaker" if run.protocol == "loso" else "session"
+    return [
+        f"fold {run.fold} ({run.protocol}: test {unit} {run.fold}), device "
+        f"{device_name(run.device)}, preset {tc.preset}: {params:,} parameters, "
+        f"{len(run.labels)} classes ({', '.join(run.labels)})",
+        f"  train       {len(train):>5} utterances: {_speaker_counts(train)}",
+        f"  validation  {len(val):>5} utterances: {_speaker_counts(val)} (picks the best epoch)",
+        f"  test        {len(test):>5} utterances: {_speaker_counts(test)} (held out)",
+        f"  {tc.epochs} epochs, batch {tc.batch_size}, lr {tc.lr:g}, segments of "
+        f"{run.cfg.frames} frames every {tc.hop}; features of {n_items} files cached in "
+        f"{run.manifest.resolve().parent / '.atfnn-cache'}",
+    ]
+
+
+def result_line(metrics: dict, protocol: str) -> str:
+    """``test speaker spk1: WAR 93.8%, UAR 93.8% (chance 25.0%), best epoch 7 (val UAR
+    87.5%)``: the held-out fold's result, as ``train`` prints it."""
+    unit = "speaker" if protocol == "loso" else "session"
+    classes = sum(1 for r in metrics["recall"].values() if r is not None) or 1
+    return (
+        f"test {unit} {metrics['fold']}: WAR {metrics['war']:.1%}, UAR {metrics['uar']:.1%} "
+        f"(chance {1 / classes:.1%}), best epoch {metrics['best_epoch']} (val UAR "
+        f"{metrics['val_uar']:.1%}), {metrics['utterances']} utterances"
+    )
 
 
 def _agree_on_error(run: FoldRun, epoch: int, error: RunError | None) -> None:
@@ -475,7 +542,13 @@ def _commit_epoch(
         "val_uar": val_metrics["uar"],
         "seconds": round(time.time() - start, 3),
     }
-    extra = {"fold": run.fold, "protocol": run.protocol, "epoch": epoch, "train": asdict(tc)}
+    extra = {
+        "fold": run.fold,
+        "protocol": run.protocol,
+        "epoch": epoch,
+        "train": asdict(tc),
+        "speakers": run.speakers,
+    }
     new = dict(state, epoch=epoch, history=[*state["history"], record])
     saved = dict(labels=run.labels, norm_stats=data.stats, features=run.feats)
     if val_metrics["uar"] > state["best_uar"]:
@@ -494,11 +567,11 @@ def _commit_epoch(
         extra_files={"optimizer.pt": buffer.getvalue(), "state.json": json.dumps(new).encode()},
     )
     write_log(folder, new["history"])
-    print(
-        f"{run.fold} epoch {epoch}: loss {record['train_loss']:.4f}, "
-        f"val WAR {record['val_war']:.3f} UAR {record['val_uar']:.3f}",
-        file=sys.stderr,
-        flush=True,
+    best = " (best so far)" if new["best_epoch"] == epoch else ""
+    run.say(
+        f"{run.fold} epoch {epoch}/{tc.epochs}: loss {record['train_loss']:.4f}, "
+        f"val WAR {record['val_war']:.1%} UAR {record['val_uar']:.1%}, "
+        f"{record['seconds']:.1f} s{best}"
     )
     return new
 
@@ -529,6 +602,7 @@ def _write_artefacts(run: FoldRun, data: FoldData, test: list[Item], state: dict
         inside(folder, "confusion.png"),
         f"{run.fold}: WAR {metrics['war']:.1%}, UAR {metrics['uar']:.1%}",
     )
+    run.say(result_line(metrics, run.protocol))
     return metrics
 
 

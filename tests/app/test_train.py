@@ -96,11 +96,16 @@ def test_cli_train_all_folds_summary_and_last_line(corpus, tmp_path, capsys):
     assert best.name == "best" and (best / "model.safetensors").exists()
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert [r["fold"] for r in summary] == ["spk1", "spk2", "spk3"]
-    assert "| mean |" in (tmp_path / "summary.md").read_text()
+    table = (tmp_path / "summary.md").read_text().strip().splitlines()
+    assert table[-1].startswith("| mean | 36 |")
+    assert lines[-1 - len(table) : -1] == table  # the summary table ends the run, then the path
+    results = [line for line in lines if line.startswith("test speaker ")]
+    assert [r.split(":")[0] for r in results] == [f"test speaker spk{k}" for k in (1, 2, 3)]
 
 
 def test_cli_evaluate_and_plot_attention(corpus, tmp_path, capsys):
     train_fold(corpus, tmp_path, "spk2", tc=TrainConfig(epochs=1, **TINY))
+    capsys.readouterr()
     ckpt = tmp_path / "spk2" / "best"
     assert (
         main(
@@ -116,9 +121,10 @@ def test_cli_evaluate_and_plot_attention(corpus, tmp_path, capsys):
         )
         == 0
     )
-    assert "WAR" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert out.startswith("fold spk2: WAR ") and ", 12 utterances\n" in out and err == ""
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-    assert metrics["utterances"] == len(read_manifest(corpus))
+    assert metrics["utterances"] == 12 and metrics["fold"] == "spk2"  # the held-out speaker
     assert (tmp_path / "eval" / "confusion.png").stat().st_size > 1000
     wav = read_manifest(corpus)[0].path
     png = tmp_path / "att.png"

@@ -298,11 +298,20 @@ def test_cli_export_and_predict(exported, tmp_path, capsys):
         captured = capsys.readouterr()
         assert code == 1
         result, missing, broken = json.loads(captured.out)
-        assert result["file"] == files[0] and set(result["scores"]) == set(LABELS)
+        assert set(result) == {"path", "label", "scores"}  # no duplicate `file` key
+        assert result["path"] == files[0] and set(result["scores"]) == set(LABELS)
         assert missing == {"path": files[1], "error": f"{files[1]}: audio file not found"}
         assert set(broken) == {"path", "error"} and broken["path"] == files[2]
-        assert broken["error"].startswith(f"{files[2]}: cannot decode audio")
-        errors = captured.err.strip().splitlines()
+        assert broken["error"] == (
+            f"{files[2]}: cannot decode audio (Error in WAV/W64/RF64 file. Malformed 'fmt ' "
+            "chunk; the file starts with a RIFF/WAV header, extension .wav)"
+        )
+        ran, *errors = captured.err.strip().splitlines()
+        assert ran == (
+            f"predict: {out} on ONNX Runtime CPUExecutionProvider"
+            if source[0] == "--onnx"
+            else f"predict: checkpoint {ckpt} on PyTorch cpu ({torch.get_num_threads()} threads)"
+        )
         assert errors == [
             f"atfnn-fast: error: {missing['error']}",
             f"atfnn-fast: error: {broken['error']}",
@@ -319,11 +328,18 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 
 # ---------------------------------------------------------------- issue 13: reliability
 def predict_cli(capsys, *argv):
-    """(exit code, stdout, stderr lines) of `atfnn-fast predict ...`; never a traceback."""
+    """(exit code, stdout, stderr lines) of `atfnn-fast predict ...`; never a traceback. The
+    line saying what runs (`predict: <model> on ...`) is checked and left out."""
     code = main(["predict", *map(str, argv)])
     out, err = capsys.readouterr()
     assert "Traceback" not in err
-    return code, out, err.splitlines()
+    lines = err.splitlines()
+    if lines and lines[0].startswith("predict: "):
+        assert re.fullmatch(
+            r"predict: .+ on (ONNX Runtime \w+ExecutionProvider|PyTorch .+)", lines[0]
+        )
+        lines = lines[1:]
+    return code, out, lines
 
 
 @pytest.fixture(scope="module")
@@ -418,8 +434,10 @@ def test_a_failing_file_does_not_lose_the_others(tiny, tmp_path, capsys, monkeyp
     assert code == 1
     a, failed, b = json.loads("".join(c.out for c in seen.values()) + out)
     err = [line for c in seen.values() for line in c.err.splitlines()] + err
-    assert a["file"] == a["path"] == str(files[0]) and a["label"] in ("angry", "happy", "sad")
-    assert b["file"] == str(files[2]) and b["scores"] == pytest.approx(a["scores"])
+    assert err[0].startswith("predict: checkpoint ")  # what runs, before the first file
+    err = err[1:]
+    assert a["path"] == str(files[0]) and a["label"] in ("angry", "happy", "sad")
+    assert b["path"] == str(files[2]) and b["scores"] == pytest.approx(a["scores"])
     error = f"{files[1]}: out of memory (MemoryError); try a smaller --batch-size"
     assert failed == {"path": str(files[1]), "error": error}
     assert err == [f"atfnn-fast: error: {error}"]
