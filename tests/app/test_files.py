@@ -525,7 +525,8 @@ def test_predict_batch_size_is_bounded_by_a_memory_estimate(tmp_path, capsys, mo
     code, out, err = cli(
         capsys, "predict", "--checkpoint", paper, "--batch-size", "916", speech_sample()
     )
-    assert (code, err) == (0, []) and out.startswith(f"{speech_sample()}: class_")
+    assert code == 0 and out.startswith(f"{speech_sample()}: class_")
+    assert [line.split(" on ")[0] for line in err] == [f"predict: checkpoint {paper}"]
 
 
 # ------------------------------------------------------- item 6: headers and odd names
@@ -578,13 +579,13 @@ def test_predict_text_output_is_one_line_per_file_whatever_the_name(ckpt, tmp_pa
         paths.append(tmp_path / name)
         paths[-1].write_bytes(speech_sample().read_bytes())
     code, out, err = cli(capsys, "predict", "--checkpoint", ckpt, *paths)
-    assert (code, err) == (0, [])
+    assert code == 0 and [line.split(" on ")[0] for line in err] == [f"predict: checkpoint {ckpt}"]
     lines = out.split("\n")[:-1]
     assert len(lines) == 4
     escaped = ["a\\nb.wav", "c\\rd\\te.wav", "f\\x1b[31mred.wav", "g\\u2028h.wav"]
     assert [line.split(": ")[0] for line in lines] == [f"{tmp_path}/{e}" for e in escaped]
     code, out, err = cli(capsys, "predict", "--checkpoint", ckpt, "--json", *paths)
-    assert [e["file"] for e in json.loads(out)] == [str(p) for p in paths]  # JSON: exact
+    assert [e["path"] for e in json.loads(out)] == [str(p) for p in paths]  # JSON: exact
 
 
 # --------------------------------------------------- item 8: a cache for read-only corpora
@@ -597,7 +598,7 @@ def test_a_corpus_on_a_read_only_mount_uses_the_user_cache_or_cache(
         subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
         args = ["evaluate", "--checkpoint", ckpt, "--manifest", manifest]
         code, out, err = cli(capsys, *args)
-        assert code == 0 and out.startswith("WAR ")
+        assert code == 0 and out.startswith("the whole manifest: WAR ")
         user = tmp_path / "xdg" / "atfnn-fast" / "features"
         assert err == [
             f"atfnn-fast: warning: {manifest.parent / '.atfnn-cache'}: cannot hold the feature "
