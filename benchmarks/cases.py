@@ -10,7 +10,7 @@ measured on its own. Providers:
 * ``compile-rank1`` (F-Encoder cases): ``torch.compile`` of the plain-torch rank-one math of
   ``kernels/freq_encoder_op/rank_one.py`` (the same algebra as the kernels; forward, and forward +
   backward through autograd): whether the hand-written kernels beat Inductor on it;
-* ``fused``: :class:`atfnn_fast.ATFNN`: its Triton ops on CUDA, its plain-torch path on
+* ``fused``: :class:`atfnn_fast.ATFNN`: its Triton ops on CUDA, its ops' CPU implementation on
   the CPU (the path a CPU user of ``ATFNN`` gets);
 * ``cudagraph``: ``fused`` captured once in a CUDA graph and replayed (inference cases,
   CUDA only): the same kernels without the host's launch overhead;

@@ -137,10 +137,10 @@ TERMINAL_WIDTH = 120
 
 
 def provider_label(provider: str, device_type: str) -> str:
-    """A provider named for what it runs: on a CPU ``fused`` is ATFNN's plain-PyTorch path
+    """A provider named for what it runs: on a CPU ``fused`` is ATFNN's CPU implementation
     (the Triton kernels need CUDA)."""
     if device_type != "cuda" and provider == "fused":
-        return "fused=torch"
+        return "fused=cpu"
     return provider
 
 
@@ -175,7 +175,7 @@ def terminal_table(rows: list[dict], peaks: dict, device_type: str) -> str:
     ]
     if device_type != "cuda":
         lines.append(
-            "fused=torch: ATFNN's plain-PyTorch path (the Triton kernels run on CUDA only)"
+            "fused=cpu: ATFNN's CPU implementation of its fused ops (the Triton kernels run on CUDA only)"
         )
     header = (
         f"{'case':<22} {'dtype':<8} {'B':>4} {'provider':<16} {'median ms':>10} {'IQR':>6} "

@@ -52,7 +52,7 @@ def test_skip_reasons(monkeypatch):
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert cases.skip_reason("full_fwd", "eager", cpu) is None
-    assert cases.skip_reason("full_fwd", "fused", cpu) is None  # ATFNN's plain-torch path
+    assert cases.skip_reason("full_fwd", "fused", cpu) is None  # ATFNN's CPU implementation
     monkeypatch.setitem(dispatch.TRITON_IMPLS, "band_attention", object())
     monkeypatch.delitem(dispatch.TRITON_IMPLS, "freq_encoder", raising=False)
     assert cases.skip_reason("band_attention_fwd_bwd", "fused", cuda) is None

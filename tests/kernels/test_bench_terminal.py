@@ -33,18 +33,18 @@ def test_terminal_table_fits_and_says_spread_noise_ceilings_and_providers():
     assert lines[0] == (
         "ceilings measured in this run: copy 32.5 GB/s, matmul 0.203 TFLOP/s fp32, 0.437 bf16"
     )
-    assert lines[2].startswith("fused=torch: ATFNN's plain-PyTorch path")
+    assert lines[2].startswith("fused=cpu: ATFNN's CPU implementation")
     header = lines[3]
     by_provider = {line.split()[3]: line for line in lines[5:]}
-    assert set(by_provider) == {"eager", "fused=torch", "onnxruntime-int8"}
-    fused = by_provider["fused=torch"]
+    assert set(by_provider) == {"eager", "fused=cpu", "onnxruntime-int8"}
+    fused = by_provider["fused=cpu"]
     assert "1.25 [1.19-1.31]" in fused and not fused.endswith("noisy")  # 9.75/8.2, 10.25/7.8
     assert fused.index("1.25") < header.index("floor ms")  # aligned under its column
     int8 = by_provider["onnxruntime-int8"]
     assert int8.endswith("noisy") and " 98%" in int8  # IQR / median = 0.98 > NOISY_IQR
     assert NOISY_IQR == 0.2
     gpu = terminal_table(rows, PEAKS, "cuda")
-    assert "fused=torch" not in gpu and " fused " in gpu
+    assert "fused=cpu" not in gpu and " fused " in gpu
 
 
 @pytest.mark.slow  # two timed cases at the tiny size: 20 to 60 s on two shared cores
@@ -81,5 +81,5 @@ def test_cpu_run_collects_no_gpu_case_and_prints_the_narrow_table():
     start = next(i for i, line in enumerate(out) if "atfnn roofline on CPU" in line)
     table = out[start + 1 : start + 8]
     assert table[0].startswith("ceilings measured in this run: copy ")
-    assert [line.split()[3] for line in table[5:7]] == ["eager", "fused=torch"]
+    assert [line.split()[3] for line in table[5:7]] == ["eager", "fused=cpu"]
     assert max(map(len, out[start:])) <= TERMINAL_WIDTH
