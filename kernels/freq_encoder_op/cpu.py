@@ -102,7 +102,8 @@ def _encode(xf: torch.Tensor, p: Derived, eps: float, keep: bool):
     s, keys, center = _attention_inputs(xf, p.a_head, p.b_head)
     m, lse = _sdpa(s, keys, keys, 0.0, False, scale=1.0)  # (N, h, F, 1): centred mean
     feats = torch.cat([xf[:, None], m[..., 0] + center[:, None]], 1)  # (N, 1 + h, F)
-    r = F.conv1d(feats, _lift(p)[..., None], p.e_bias)  # (N, c, F)
+    # (N, c, F); a broadcast matmul: 7x faster than the same product as a 1x1 conv1d
+    r = torch.matmul(_lift(p), feats).add_(p.e_bias[:, None])
     # LayerNorm1 writes straight into the convs' layout: (N, C, 1, F) channels last
     y1_cl = torch.empty_like(r[:, :, None], memory_format=_CL)
     y1, n1, rstd1 = _channel_norm(r, p.norm1_weight, p.norm1_bias, eps, out=y1_cl[:, :, 0])
@@ -172,12 +173,12 @@ def _backward(grad_out, shape, dtype, xf, y2, saved, time_weights, p: Derived):
     conv.update(output_padding=[0, 0], groups=1, output_mask=[True] * 3)
     dr2_cl = dr2[:, :, None].contiguous(memory_format=_CL)
     da1, dw2, db2 = _conv_backward(dr2_cl, a1, w2, [c], **conv)
-    dh1 = da1.mul_(a1 > 0)  # ReLU: a1 > 0 exactly where h1 > 0
+    dh1 = torch.ops.aten.threshold_backward(da1, a1, 0)  # ReLU: a1 > 0 where h1 > 0
     dy1, dw1, db1 = _conv_backward(dh1, y1, w1, [w1.shape[0]], **conv)
     dy1 = torch.add(dr2, dy1[:, :, 0], out=torch.empty_like(dr2))  # planar
     dr, dgamma1, dbeta1 = _channel_norm_backward(dy1, n1, rstd1, p.norm1_weight)
     # r = L @ [x, m_1 .. m_h] + e, per band
-    d_feats = F.conv1d(dr, _lift(p).t()[..., None])  # (N, 1 + h, F)
+    d_feats = torch.matmul(_lift(p).t(), dr)  # (N, 1 + h, F)
     d_lift = torch.tensordot(dr, feats, dims=([0, 2], [0, 2]))  # (c, 1 + h)
     de = dr.sum((0, 2))
     dm = d_feats[:, 1:, :, None].contiguous()  # (N, h, F, 1); also d centre = sum_f dm
