@@ -185,10 +185,11 @@ def test_tensorrt_check_flags_a_broken_graph(exported, tmp_path):
 def test_every_variant_exports_and_validates(tmp_path, variant, source):
     cfg = tiny_config(t_attention_source=source, **VARIANTS[variant])
     model = randomize(ATFNNReference(cfg), 0.3).eval()
-    path = export_onnx(model, tmp_path / "m.onnx")
-    report = validate_onnx(path, model, batch_sizes=(1, 7, 64))
-    assert report.passed, str(report)
-    assert check_tensorrt_ready(path) == []
+    for target in ("onnxruntime", "tensorrt"):
+        path = export_onnx(model, tmp_path / f"{target}.onnx", target=target)
+        report = validate_onnx(path, model, batch_sizes=(1, 7, 64))
+        assert report.passed, str(report)
+    assert check_tensorrt_ready(path) == []  # the tensorrt target
 
 
 @pytest.mark.slow
