@@ -109,23 +109,34 @@ def _fmt(value, spec: str, suffix: str = "") -> str:
     return "-" if value is None else f"{value:{spec}}{suffix}"
 
 
-def markdown_table(rows: list[dict]) -> str:
+def markdown_table(rows: list[dict], device_type: str = "cpu") -> str:
+    """The results file's table: per row the median, its IQR as a share of the median, the
+    ratio to eager with its spread over both IQRs (:func:`ratio_text`), the achieved
+    bandwidth and throughput as shares of the ceilings, the floor and a ``noisy`` flag."""
+    mem = any(r.get("peak_mem_mb") is not None for r in rows)
     head = (
-        "| case | dtype | B | provider | median ms | x eager | GB/s (of copy) | "
-        "TFLOP/s (of matmul) | floor ms (bound) | of floor | peak MB | compile s |\n"
-        "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        "| case | dtype | B | provider | median ms | IQR | x eager [IQR range] | GB/s (of copy) | "
+        "TFLOP/s (of matmul) | floor ms (bound) | of floor |"
+        + (" peak MB |" if mem else "")
+        + " compile s | note |\n"
+        "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        + (" ---: |" if mem else "")
+        + " ---: | --- |"
     )
     lines = [head]
+    eager = {_key(r): r for r in rows if r["provider"] == "eager"}
     for r in rows:
         bound = f" ({r['bound']})" if r.get("bound") else ""
+        rel, ratio, noisy = ratio_text(r, eager.get(_key(r)))
         lines.append(
-            f"| {r['case']} | {r['dtype']} | {r['batch']} | {r['provider']} "
-            f"| {r['median_ms']:.3f} | {_fmt(r['speedup_vs_eager'], '.2f')} "
+            f"| {r['case']} | {r['dtype']} | {r['batch']} "
+            f"| {provider_label(r['provider'], device_type)} "
+            f"| {r['median_ms']:.3f} | {_fmt(rel, '.0%')} | {ratio} "
             f"| {r['gbps']:.2f} ({_fmt(r['frac_copy'], '.1%')}) "
             f"| {r['tflops']:.4f} ({_fmt(r['frac_matmul'], '.1%')}) "
-            f"| {_fmt(r['floor_ms'], '.3f')}{bound} "
-            f"| {_fmt(r.get('of_floor'), '.1%')} | {_fmt(r['peak_mem_mb'], '.1f')} "
-            f"| {_fmt(r['compile_s'], '.1f')} |"
+            f"| {_fmt(r['floor_ms'], '.3f')}{bound} | {_fmt(r.get('of_floor'), '.1%')} |"
+            + (f" {_fmt(r['peak_mem_mb'], '.1f')} |" if mem else "")
+            + f" {_fmt(r['compile_s'], '.1f')} | {'noisy' if noisy else ''} |"
         )
     return "\n".join(lines)
 
@@ -156,6 +167,20 @@ def ratio_spread(row: dict, eager: dict | None) -> tuple[float, float] | None:
     return max(lo_e, 0.0) / hi_r, hi_e / lo_r
 
 
+def ratio_text(row: dict, eager: dict | None) -> tuple[float | None, str, bool]:
+    """(IQR as a share of the median, ``x eager [range over both IQRs]``, noisy): a row is
+    noisy when its own or its eager row's IQR exceeds :data:`NOISY_IQR` of the median."""
+    rel = row["iqr_ms"] / row["median_ms"] if row.get("iqr_ms") is not None else None
+    noisy = rel is not None and rel > NOISY_IQR
+    if eager is not None and eager.get("iqr_ms") is not None and eager is not row:
+        noisy = noisy or eager["iqr_ms"] / eager["median_ms"] > NOISY_IQR
+    spread = ratio_spread(row, eager) if eager is not row else None
+    ratio = _fmt(row.get("speedup_vs_eager"), ".2f")
+    if spread is not None:
+        ratio += f" [{spread[0]:.2f}-{spread[1]:.2f}]"
+    return rel, ratio, noisy
+
+
 def terminal_table(rows: list[dict], peaks: dict, device_type: str) -> str:
     """The suite's results for a terminal, at most :data:`TERMINAL_WIDTH` columns: the
     ceilings measured in the run, then per row the median, its IQR as a share of the
@@ -184,15 +209,7 @@ def terminal_table(rows: list[dict], peaks: dict, device_type: str) -> str:
     lines += [header, "-" * len(header)]
     eager = {_key(r): r for r in rows if r["provider"] == "eager"}
     for r in rows:
-        base = eager.get(_key(r))
-        rel = r["iqr_ms"] / r["median_ms"] if r.get("iqr_ms") is not None else None
-        noisy = rel is not None and rel > NOISY_IQR
-        if base is not None and base.get("iqr_ms") is not None and base is not r:
-            noisy = noisy or base["iqr_ms"] / base["median_ms"] > NOISY_IQR
-        spread = ratio_spread(r, base) if base is not r else None
-        ratio = _fmt(r.get("speedup_vs_eager"), ".2f")
-        if spread is not None:
-            ratio += f" [{spread[0]:.2f}-{spread[1]:.2f}]"
+        rel, ratio, noisy = ratio_text(r, eager.get(_key(r)))
         lines.append(
             f"{r['case'][:22]:<22} {r['dtype'][:8]:<8} {r['batch']:>4} "
             f"{provider_label(r['provider'], device_type)[:16]:<16} {r['median_ms']:>10.3f} "
@@ -227,6 +244,14 @@ def write_results(results: dict, outdir: Path = RESULTS) -> tuple[Path, Path]:
 
 def render_markdown(results: dict) -> str:
     peaks = results["peaks"]
+    exp = f", exp {peaks['exp_per_s']:.3g}/s" if peaks.get("exp_per_s") else ""
+    on_cpu = str(results["device"]).startswith("CPU")
+    cpu_note = (
+        " On a CPU, `fused` is ATFNN's CPU implementation of its fused ops (the Triton "
+        "kernels run on CUDA only)."
+        if on_cpu
+        else ""
+    )
     return (
         f"**{results['device']}**, {results['date']}, commit {str(results['commit'])[:10]}, "
         f"torch {results['torch']}, triton {results['triton']}"
@@ -234,7 +259,10 @@ def render_markdown(results: dict) -> str:
         + f", size `{results.get('size')}`.\n\n"
         f"Peaks measured in the same run: copy {peaks['copy_gbps']:.1f} GB/s, matmul "
         f"{peaks['matmul_tflops_fp32']:.3f} TFLOP/s fp32 / "
-        f"{peaks['matmul_tflops_bf16']:.3f} TFLOP/s bf16.\n\n" + markdown_table(results["cases"])
+        f"{peaks['matmul_tflops_bf16']:.3f} TFLOP/s bf16{exp}. Floor = max(flops / matmul "
+        "peak, exps / exp peak, bytes / copy bandwidth), counted in `benchmarks/floors.py`; "
+        "x eager is the ratio of medians, IQR the interquartile range as a share of the "
+        f"median.{cpu_note}\n\n" + markdown_table(results["cases"])
     )
 
 
@@ -426,6 +454,7 @@ def plot(results: dict, path: Path) -> Path:
     from benchmarks.cases import PROVIDERS
 
     providers = [p for p in PROVIDERS if p in present]
+    on_cpu = str(results["device"]).startswith("CPU")
     for ax, (dtype, batch) in zip(axes[:, 0], panels, strict=True):
         rows = [r for r in results["cases"] if (r["dtype"], r["batch"]) == (dtype, batch)]
         names = list(dict.fromkeys(r["case"] for r in rows))
@@ -434,7 +463,8 @@ def plot(results: dict, path: Path) -> Path:
             ms = {r["case"]: r["median_ms"] for r in rows if r["provider"] == prov}
             xs = [j + i * width for j, n in enumerate(names) if n in ms]
             if xs:
-                ax.bar(xs, [ms[n] for n in names if n in ms], width, label=prov)
+                label = provider_label(prov, "cpu" if on_cpu else "cuda")
+                ax.bar(xs, [ms[n] for n in names if n in ms], width, label=label)
         ax.set_xticks([j + 0.4 - width / 2 for j in range(len(names))], names, rotation=20)
         ax.set_yscale("log")
         ax.set_ylabel("median ms")

@@ -79,7 +79,20 @@ def test_rows_have_ratios_throughput_and_fractions():
     assert comp["floor_ms"] == 500.0  # 1 TFLOP at 2 TFLOP/s (1 GB at 100 GB/s: 10 ms)
     assert comp["bound"] == "compute" and comp["of_floor"] == 1.0
     table = report.markdown_table(rows)
-    assert "| full_fwd | float32 | 4 | compile | 500.000 | 2.00 |" in table
+    # IQR 1 ms of 500 ms; x eager [(1000-0.5)/(500+0.5), (1000+0.5)/(500-0.5)]
+    assert "| full_fwd | float32 | 4 | compile | 500.000 | 0% | 2.00 [2.00-2.00] |" in table
+    assert "| 4 | eager | 1000.000 | 0% | 1.00 |" in table
+    assert "| fused |" not in table and "noisy" not in table
+
+
+def test_markdown_table_flags_a_noisy_ratio_and_names_the_cpu_path():
+    noisy = entry("full_fwd", "fused", 0.004)  # IQR 1 ms of 4 ms: 25 %
+    rows = report.case_rows([entry("full_fwd", "eager", 0.010), noisy], PEAKS)
+    table = report.markdown_table(rows, "cpu")
+    fused = next(line for line in table.splitlines() if "fused=cpu" in line)
+    # x eager 2.50, over both IQRs [(10-0.5)/(4+0.5), (10+0.5)/(4-0.5)] = [2.11-3.00]
+    assert "| 4.000 | 25% | 2.50 [2.11-3.00] |" in fused and fused.endswith("| noisy |")
+    assert "| fused |" in report.markdown_table(rows, "cuda")
 
 
 def test_cpu_deployment_rows_side_by_side():
