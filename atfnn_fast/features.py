@@ -707,7 +707,9 @@ def iter_segment_batches(
     """:func:`file_segments` (non-overlapping segments, a nearly-empty last one dropped) in
     bounded memory: yields
     ``(b, 1, n_mels, frames)`` batches of at most ``batch_size`` segments, in order, whose
-    concatenation equals ``file_segments(path, ...)``. Errors name the file."""
+    concatenation equals ``file_segments(path, ...)`` up to float rounding (the stream
+    projects blocks of frames onto the Mel filters, and the BLAS may round a block of one
+    frame unlike the whole file's). Errors name the file."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     features = features or FeatureConfig()

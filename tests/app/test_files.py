@@ -627,7 +627,10 @@ def test_a_nearly_empty_last_segment_does_not_count(ckpt, tmp_path, capsys):
         kwargs = dict(n_mels=cfg.n_mels, frames=cfg.frames)
         batches = list(iter_segment_batches(path, batch_size=2, **kwargs))
         counts[frames] = sum(b.shape[0] for b in batches)
-        assert torch.equal(torch.cat(batches), file_segments(path, **kwargs))
+        # equal up to float rounding: the stream projects blocks of frames onto the Mel
+        # filters, and BLAS may round a block of 1 frame unlike one of 33 (seen: 2.4e-7)
+        whole = file_segments(path, **kwargs)
+        torch.testing.assert_close(torch.cat(batches), whole, rtol=0, atol=1e-5)
     assert counts == {32: 2, 33: 2, 36: 3}
     code, out, _ = cli(
         capsys,

@@ -82,10 +82,13 @@ def test_the_gate_batches_cover_every_batch_size_of_the_dispatch():
 
 
 @pytest.mark.slow
-def test_the_gate_batches_cover_every_batch_size_in_every_precision():
-    proc = _variants()
+def test_the_gate_batches_cover_every_batch_size_in_the_other_precisions():
+    """The same for float32 ieee and float16 (fp16): with the test above, all four."""
+    proc = _variants("--dtype", "float32", "float16", "--precision", "ieee", "fp16")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert proc.stdout.count("0 not compiled") == 4, proc.stdout
+    lines = [line for line in proc.stdout.splitlines() if "distinct launch variants" in line]
+    assert len(lines) == 2 and all("0 not compiled" in line for line in lines), proc.stdout
+    assert any("ieee" in line for line in lines) and any("fp16" in line for line in lines)
 
 
 def test_grad_recompute_precision_per_config_and_arch():
