@@ -67,9 +67,11 @@ def run_case(case, batch, providers, frames, rounds, device, peaks, progress=pri
             times[provider].append(time.perf_counter() - start)
         progress(f"  {case} B={batch}: round {r + 1}/{rounds}")
     counts = floors.case_counts(cfg, case, batch, frames, 4)
-    floor = floors.floor_ms(counts, peaks, floors.compute_peak(peaks, "float32"))
     rows = []
     for provider, ts in times.items():
+        floor = floors.floor_ms(
+            counts, peaks, floors.compute_peak(peaks, "float32", provider=provider)
+        )
         ratios = (
             [e / t for e, t in zip(times["eager"], ts, strict=True)] if "eager" in times else []
         )

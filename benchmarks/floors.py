@@ -450,9 +450,14 @@ def flops(cfg: ATFNNConfig, case: str, batch: int, frames: int) -> int:
     return case_counts(cfg, case, batch, frames, 4).flops
 
 
-def compute_peak(peaks: dict, dtype: str, precision: str = "ieee") -> float | None:
-    """TFLOP/s a case's flops are held to: the bf16 matmul peak for bf16 cases, else the
-    fp32 (``ieee``) or tf32 matmul peak."""
+def compute_peak(
+    peaks: dict, dtype: str, precision: str = "ieee", provider: str = ""
+) -> float | None:
+    """TFLOP/s a case's flops are held to: the int8 matmul peak for an int8 provider
+    (``onnxruntime-int8``: its GEMMs run in int8; fp32 where int8 was not measured), the
+    bf16 matmul peak for bf16 cases, else the fp32 (``ieee``) or tf32 matmul peak."""
+    if provider.endswith("int8") and peaks.get("matmul_tops_int8"):
+        return peaks["matmul_tops_int8"]
     if dtype != "float32":
         return peaks.get("matmul_tflops_bf16")
     key = "matmul_tflops_tf32" if precision == "tf32" else "matmul_tflops_fp32"

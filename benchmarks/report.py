@@ -73,7 +73,7 @@ def case_rows(benchmarks: list[dict], peaks: dict[str, float]) -> list[dict]:
         floor = floor_ms(
             Counts(info["flops"], info.get("exps", 0), info["bytes"]),
             peaks,
-            compute_peak(peaks, info["dtype"]),
+            compute_peak(peaks, info["dtype"], provider=info["provider"]),
         )
         row["exps"] = info.get("exps")
         row["floor_ms"] = None if floor["floor_ms"] is None else round(floor["floor_ms"], 4)
@@ -136,7 +136,7 @@ def markdown_table(rows: list[dict], device_type: str = "cpu") -> str:
             f"| {r['tflops']:.4f} ({_fmt(r['frac_matmul'], '.1%')}) "
             f"| {_fmt(r['floor_ms'], '.3f')}{bound} | {_fmt(r.get('of_floor'), '.1%')} |"
             + (f" {_fmt(r['peak_mem_mb'], '.1f')} |" if mem else "")
-            + f" {_fmt(r['compile_s'], '.1f')} | {'noisy' if noisy else ''} |"
+            + f" {_fmt(r['compile_s'], '.1f')} | {row_note(r, noisy)} |"
         )
     return "\n".join(lines)
 
@@ -167,6 +167,15 @@ def ratio_spread(row: dict, eager: dict | None) -> tuple[float, float] | None:
     return max(lo_e, 0.0) / hi_r, hi_e / lo_r
 
 
+def row_note(row: dict, noisy: bool) -> str:
+    """``noisy`` (:func:`ratio_text`) and ``above ceiling`` where a row ran faster than its
+    floor, which only an under-measured ceiling (or a miscounted case) allows."""
+    notes = ["noisy"] if noisy else []
+    if (row.get("of_floor") or 0) > 1:
+        notes.append("above ceiling")
+    return ", ".join(notes)
+
+
 def ratio_text(row: dict, eager: dict | None) -> tuple[float | None, str, bool]:
     """(IQR as a share of the median, ``x eager [range over both IQRs]``, noisy): a row is
     noisy when its own or its eager row's IQR exceeds :data:`NOISY_IQR` of the median."""
@@ -191,12 +200,15 @@ def terminal_table(rows: list[dict], peaks: dict, device_type: str) -> str:
         parts.append(f"matmul {peaks['matmul_tflops_fp32']:.3f} TFLOP/s fp32")
     if peaks.get("matmul_tflops_bf16"):
         parts.append(f"{peaks['matmul_tflops_bf16']:.3f} bf16")
+    if peaks.get("matmul_tops_int8"):
+        parts.append(f"{peaks['matmul_tops_int8']:.3f} TOP/s int8")
     if peaks.get("exp_per_s"):
         parts.append(f"exp {peaks['exp_per_s']:.3g}/s")
     lines = [
         "ceilings measured in this run: " + (", ".join(parts) or "none"),
-        "floor = max(flops / matmul, exps / exp, bytes / copy) at those ceilings; x eager: "
-        "median ratio [range over both IQRs]",
+        "(each the best of the run's start and end); floor = max(flops / matmul, exps / exp, "
+        "bytes / copy),",
+        "the int8 matmul for an int8 provider; x eager: median ratio [range over both IQRs]",
     ]
     if device_type != "cuda":
         lines.append(
@@ -214,7 +226,7 @@ def terminal_table(rows: list[dict], peaks: dict, device_type: str) -> str:
             f"{r['case'][:22]:<22} {r['dtype'][:8]:<8} {r['batch']:>4} "
             f"{provider_label(r['provider'], device_type)[:16]:<16} {r['median_ms']:>10.3f} "
             f"{_fmt(rel, '.0%'):>6} {ratio:>22} {_fmt(r.get('floor_ms'), '.3f'):>9} "
-            f"{_fmt(r.get('of_floor'), '.1%'):>8}  {'noisy' if noisy else ''}".rstrip()
+            f"{_fmt(r.get('of_floor'), '.1%'):>8}  {row_note(r, noisy)}".rstrip()
         )
     return "\n".join(lines)
 
@@ -229,6 +241,7 @@ def results_from_pytest_json(data: dict) -> dict:
     if not data.get("benchmarks"):
         raise ValueError("this pytest-benchmark JSON holds no timed benchmark")
     keys = ("device", "driver", "cuda", "torch", "triton", "commit", "date", "size", "peaks")
+    keys += ("peaks_start_end",)
     return {**{k: env.get(k) for k in keys}, "cases": case_rows(data["benchmarks"], env["peaks"])}
 
 
@@ -244,7 +257,8 @@ def write_results(results: dict, outdir: Path = RESULTS) -> tuple[Path, Path]:
 
 def render_markdown(results: dict) -> str:
     peaks = results["peaks"]
-    exp = f", exp {peaks['exp_per_s']:.3g}/s" if peaks.get("exp_per_s") else ""
+    exp = f" / {peaks['matmul_tops_int8']:.3f} TOP/s int8" if peaks.get("matmul_tops_int8") else ""
+    exp += f", exp {peaks['exp_per_s']:.3g}/s" if peaks.get("exp_per_s") else ""
     on_cpu = str(results["device"]).startswith("CPU")
     cpu_note = (
         " On a CPU, `fused` is ATFNN's CPU implementation of its fused ops (the Triton "
@@ -260,7 +274,8 @@ def render_markdown(results: dict) -> str:
         f"Peaks measured in the same run: copy {peaks['copy_gbps']:.1f} GB/s, matmul "
         f"{peaks['matmul_tflops_fp32']:.3f} TFLOP/s fp32 / "
         f"{peaks['matmul_tflops_bf16']:.3f} TFLOP/s bf16{exp}. Floor = max(flops / matmul "
-        "peak, exps / exp peak, bytes / copy bandwidth), counted in `benchmarks/floors.py`; "
+        "peak (the int8 one for an int8 provider), exps / exp peak, bytes / copy bandwidth), "
+        "counted in `benchmarks/floors.py`; "
         "x eager is the ratio of medians, IQR the interquartile range as a share of the "
         f"median.{cpu_note}\n\n" + markdown_table(results["cases"])
     )

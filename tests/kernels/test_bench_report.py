@@ -87,12 +87,26 @@ def test_rows_have_ratios_throughput_and_fractions():
 
 def test_markdown_table_flags_a_noisy_ratio_and_names_the_cpu_path():
     noisy = entry("full_fwd", "fused", 0.004)  # IQR 1 ms of 4 ms: 25 %
-    rows = report.case_rows([entry("full_fwd", "eager", 0.010), noisy], PEAKS)
+    fast = {"copy_gbps": 1e3, "matmul_tflops_fp32": 1e3}  # a 1 ms floor, below both rows
+    rows = report.case_rows([entry("full_fwd", "eager", 0.010), noisy], fast)
     table = report.markdown_table(rows, "cpu")
     fused = next(line for line in table.splitlines() if "fused=cpu" in line)
     # x eager 2.50, over both IQRs [(10-0.5)/(4+0.5), (10+0.5)/(4-0.5)] = [2.11-3.00]
     assert "| 4.000 | 25% | 2.50 [2.11-3.00] |" in fused and fused.endswith("| noisy |")
     assert "| fused |" in report.markdown_table(rows, "cuda")
+
+
+def test_a_row_faster_than_its_floor_says_the_ceiling_is_low():
+    # 1 TFLOP at 2 TFLOP/s: a 500 ms floor; 400 ms beats it
+    rows = report.case_rows([entry("full_fwd", "eager", 0.4)], PEAKS)
+    assert rows[0]["of_floor"] == 1.25
+    assert report.markdown_table(rows).endswith("| above ceiling |")
+    table = report.terminal_table(rows, PEAKS, "cpu")
+    assert table.splitlines()[-1].endswith("125.0%  above ceiling")
+    assert report.terminal_table(rows, {**PEAKS, "matmul_tops_int8": 8.0}, "cpu").startswith(
+        "ceilings measured in this run: copy 100.0 GB/s, matmul 2.000 TFLOP/s fp32, 4.000 bf16, "
+        "8.000 TOP/s int8"
+    )
 
 
 def test_cpu_deployment_rows_side_by_side():

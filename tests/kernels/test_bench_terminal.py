@@ -33,9 +33,10 @@ def test_terminal_table_fits_and_says_spread_noise_ceilings_and_providers():
     assert lines[0] == (
         "ceilings measured in this run: copy 32.5 GB/s, matmul 0.203 TFLOP/s fp32, 0.437 bf16"
     )
-    assert lines[2].startswith("fused=cpu: ATFNN's CPU implementation")
-    header = lines[3]
-    by_provider = {line.split()[3]: line for line in lines[5:]}
+    assert lines[1].startswith("(each the best of the run's start and end); floor = max(")
+    assert lines[3].startswith("fused=cpu: ATFNN's CPU implementation")
+    header = lines[4]
+    by_provider = {line.split()[3]: line for line in lines[6:]}
     assert set(by_provider) == {"eager", "fused=cpu", "onnxruntime-int8"}
     fused = by_provider["fused=cpu"]
     assert "1.25 [1.19-1.31]" in fused and not fused.endswith("noisy")  # 9.75/8.2, 10.25/7.8

@@ -11,9 +11,32 @@ from benchmarks import compare, profile
 from benchmarks.device import measure_peaks
 
 
-def test_cpu_ceilings_include_the_exponential_rate():
+def test_cpu_ceilings_include_the_exponential_rate_and_int8():
     peaks = measure_peaks(torch.device("cpu"), tiny=True)
     assert peaks["exp_per_s"] > 0 and peaks["matmul_tflops_fp32"] > 0 and peaks["copy_gbps"] > 0
+    assert peaks["matmul_tops_int8"] > 0
+
+
+def test_a_ceiling_is_the_best_of_its_measurements_and_int8_rows_use_int8():
+    from benchmarks.device import best_peaks
+    from benchmarks.floors import Counts, compute_peak, floor_ms
+
+    start = {"copy_gbps": 30.0, "matmul_tflops_fp32": 0.1, "exp_per_s": 3e9}
+    end = {"copy_gbps": 20.0, "matmul_tflops_fp32": 0.2, "matmul_tops_int8": 1.6}
+    peaks = best_peaks(start, end)
+    assert peaks == {
+        "copy_gbps": 30.0,
+        "matmul_tflops_fp32": 0.2,
+        "exp_per_s": 3e9,
+        "matmul_tops_int8": 1.6,
+    }
+    assert compute_peak(peaks, "float32", provider="onnxruntime-int8") == 1.6
+    assert compute_peak(peaks, "float32", provider="onnxruntime") == 0.2
+    assert compute_peak(start, "float32", provider="onnxruntime-int8") == 0.1  # not measured
+    counts = Counts(flops=3.2e9, exps=0, bytes=0)  # 16 ms at 0.2 TFLOP/s, 2 ms at 1.6 TOP/s
+    assert floor_ms(counts, peaks, compute_peak(peaks, "float32"))["floor_ms"] == 16.0
+    int8 = floor_ms(counts, peaks, compute_peak(peaks, "float32", provider="onnxruntime-int8"))
+    assert int8["floor_ms"] == 2.0 and int8["bound"] == "compute"
 
 
 def test_compare_interleaves_providers_and_reports_ratios_and_floors(tmp_path, capsys):
