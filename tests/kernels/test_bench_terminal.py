@@ -80,7 +80,8 @@ def test_cpu_run_collects_no_gpu_case_and_prints_the_narrow_table():
     assert not any(line.startswith("SKIPPED") for line in out)
     assert "Name (time in" not in proc.stdout  # pytest-benchmark's wide tables are off
     start = next(i for i, line in enumerate(out) if "atfnn roofline on CPU" in line)
-    table = out[start + 1 : start + 8]
+    table = out[start + 1 : start + 9]
     assert table[0].startswith("ceilings measured in this run: copy ")
-    assert [line.split()[3] for line in table[5:7]] == ["eager", "fused=cpu"]
+    assert "TOP/s int8" in table[0] and "exp " in table[0]
+    assert [line.split()[3] for line in table[6:8]] == ["eager", "fused=cpu"]
     assert max(map(len, out[start:])) <= TERMINAL_WIDTH
