@@ -46,9 +46,7 @@ def case_rows(benchmarks: list[dict], peaks: dict[str, float]) -> list[dict]:
     for bench in benchmarks:
         info, stats = bench["extra_info"], bench["stats"]
         median = stats["median"]
-        matmul = peaks.get(
-            "matmul_tflops_fp32" if info["dtype"] == "float32" else "matmul_tflops_bf16"
-        )
+        matmul = compute_peak(peaks, info["dtype"], provider=info["provider"])
         gbps = info["bytes"] / median / 1e9
         tflops = info["flops"] / median / 1e12
         row = {
@@ -70,11 +68,7 @@ def case_rows(benchmarks: list[dict], peaks: dict[str, float]) -> list[dict]:
             "frac_copy": round(gbps / peaks["copy_gbps"], 4) if peaks.get("copy_gbps") else None,
             "frac_matmul": round(tflops / matmul, 4) if matmul else None,
         }
-        floor = floor_ms(
-            Counts(info["flops"], info.get("exps", 0), info["bytes"]),
-            peaks,
-            compute_peak(peaks, info["dtype"], provider=info["provider"]),
-        )
+        floor = floor_ms(Counts(info["flops"], info.get("exps", 0), info["bytes"]), peaks, matmul)
         row["exps"] = info.get("exps")
         row["floor_ms"] = None if floor["floor_ms"] is None else round(floor["floor_ms"], 4)
         row["bound"] = floor["bound"]
@@ -274,8 +268,8 @@ def render_markdown(results: dict) -> str:
         f"Peaks measured in the same run: copy {peaks['copy_gbps']:.1f} GB/s, matmul "
         f"{peaks['matmul_tflops_fp32']:.3f} TFLOP/s fp32 / "
         f"{peaks['matmul_tflops_bf16']:.3f} TFLOP/s bf16{exp}. Floor = max(flops / matmul "
-        "peak (the int8 one for an int8 provider), exps / exp peak, bytes / copy bandwidth), "
-        "counted in `benchmarks/floors.py`; "
+        "peak, exps / exp peak, bytes / copy bandwidth), counted in `benchmarks/floors.py`; "
+        "an int8 provider is held to the int8 matmul peak (floor and share of matmul); "
         "x eager is the ratio of medians, IQR the interquartile range as a share of the "
         f"median.{cpu_note}\n\n" + markdown_table(results["cases"])
     )
