@@ -16,12 +16,19 @@ def band_attention_cpu(source, weight, bias, target, time_axis):
     return out.contiguous(), wmap.contiguous()
 
 
-def band_attention_backward_cpu(grad_out, grad_map, source, weight, bias, target, time_axis):
-    """The backward formulas in plain torch (float32 math, results in the input dtypes)."""
+def band_attention_backward_cpu(
+    grad_out, grad_map, source, weight, bias, target, time_axis, saved_a=None
+):
+    """The backward formulas in plain torch (float32 math, results in the input dtypes).
+    ``saved_a``: the forward's float32 window activations ``sigmoid(conv)`` (B, C, n1, n2),
+    kept by :class:`BandAttentionFunction`; None: recomputed (the custom op saves only its
+    inputs)."""
     kf, kt = weight.shape[-2:]
     group = kt if time_axis else kf
     src, w32, b32 = source.float(), weight.float(), bias.float()
-    a = torch.sigmoid(F.conv2d(src, w32, b32, stride=(kf, kt)))  # (B, C, n1, n2)
+    a = saved_a
+    if a is None:
+        a = torch.sigmoid(F.conv2d(src, w32, b32, stride=(kf, kt)))  # (B, C, n1, n2)
     wgt = a.mean(dim=1)
     if time_axis:
         w_full = wgt.repeat_interleave(group, dim=2)
@@ -44,12 +51,60 @@ def band_attention_backward_cpu(grad_out, grad_map, source, weight, bias, target
     else:
         dwin = dpos.reshape(b, f // group, group, t).sum(dim=2)
     dz = dwin[:, None] / a.shape[1] * a * (1 - a)
-    dsrc = F.conv_transpose2d(dz, w32, stride=(kf, kt))
-    dweight = torch.nn.grad.conv2d_weight(src, w32.shape, dz, stride=(kf, kt))
-    dbias = dz.sum(dim=(0, 2, 3))
+    # the three gradients of the strided conv in one call, as autograd does
+    dsrc, dweight, dbias = torch.ops.aten.convolution_backward(
+        dz, src, w32, [w32.shape[0]], (kf, kt), (0, 0), (1, 1), False, (0, 0), 1, (True,) * 3
+    )
     if target is None:
         dsrc = dsrc + dtgt
         dtgt_out = torch.empty(0, dtype=source.dtype, device=source.device)
     else:
         dtgt_out = dtgt.to(target.dtype)
     return dsrc.to(source.dtype), dtgt_out, dweight.to(weight.dtype), dbias.to(bias.dtype)
+
+
+class BandAttentionFunction(torch.autograd.Function):
+    """The CPU implementation with autograd, for eager calls: the forward is the reference's
+    (the same ops in the same order: the same values, bit for bit) and keeps the window
+    activations ``sigmoid(conv)`` (one float per window and output channel: 1/5 and 1/8 of
+    the spectrogram's size at the default kernels), which the custom op's backward must
+    recompute; the backward is :func:`band_attention_backward_cpu`, whose sums over the
+    window groups replace the autograd of ``repeat_interleave``."""
+
+    @staticmethod
+    def forward(ctx, source, weight, bias, target, time_axis: bool):
+        kf, kt = weight.shape[-2:]
+        a = torch.sigmoid(F.conv2d(source, weight, bias, stride=(kf, kt)))
+        w = a.mean(dim=1)
+        w = w.repeat_interleave(kt, dim=2) if time_axis else w.repeat_interleave(kf, dim=1)
+        if target is None:
+            out = source + w.unsqueeze(1) * source
+        else:
+            scale = w.transpose(1, 2).unsqueeze(-1)
+            out = target + scale * target
+        ctx.set_materialize_grads(False)
+        ctx.time_axis = time_axis
+        keep = a if a.dtype == torch.float32 and source.dtype == torch.float32 else None
+        ctx.save_for_backward(source, weight, bias, target, keep)
+        return out, w
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out, grad_map):
+        source, weight, bias, target, keep = ctx.saved_tensors
+        if grad_out is None and grad_map is None:
+            return None, None, None, None, None
+        dsrc, dtgt, dweight, dbias = band_attention_backward_cpu(
+            grad_out, grad_map, source, weight, bias, target, ctx.time_axis, keep
+        )
+        return dsrc, dweight, dbias, (None if target is None else dtgt), None
+
+
+def band_attention(source, weight, bias, target, time_axis: bool):
+    """Band attention of CPU tensors in eager mode: with autograd
+    (:class:`BandAttentionFunction`) when a gradient is wanted, else the plain forward
+    (nothing kept)."""
+    tensors = (source, weight, bias, target)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        return BandAttentionFunction.apply(source, weight, bias, target, time_axis)
+    return band_attention_cpu(source, weight, bias, target, time_axis)

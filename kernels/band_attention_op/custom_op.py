@@ -39,7 +39,7 @@ from torch.library import triton_op
 
 from ..launch import MAX_OFFSET, launch, max_offset, plain_torch
 from ..tuning import band_attention_settings
-from . import reference
+from . import cpu, reference
 from .backward import _band_bwd_kernel, _band_param_grad_kernel
 from .cpu import band_attention_backward_cpu, band_attention_cpu
 from .forward import _band_fwd_kernel
@@ -294,7 +294,17 @@ band_attention_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def band_attention(source, weight, bias, target=None, *, axis: str):
-    """Entry point with the :func:`atfnn_fast.kernels.reference.band_attention` signature."""
+    """Entry point with the :func:`atfnn_fast.kernels.reference.band_attention` signature.
+    CPU tensors in eager mode take :func:`.cpu.band_attention` (autograd that keeps the
+    window activations, without the op's dispatch); the op itself serves torch.compile,
+    export and the interpreter."""
     if axis not in reference.AXES:
         raise ValueError(f"axis must be one of {reference.AXES}, got {axis!r}")
+    if (
+        source.device.type == "cpu"
+        and plain_torch(source, _band_fwd_kernel)
+        and not torch.compiler.is_compiling()
+    ):
+        _check(source, weight, bias, target, axis == "time")
+        return cpu.band_attention(source, weight, bias, target, axis == "time")
     return torch.ops.atfnn.band_attention(source, weight, bias, target, axis == "time")

@@ -129,6 +129,23 @@ def test_forward_and_gradients_match_reference(mode, b, f, t, c):
 
 
 @pytest.mark.parametrize("mode", ["freq", "time_input", "time_encoding"])
+@pytest.mark.parametrize("b,f,t,c", [(3, 40, 24, 8), (1, 80, 128, 8), (5, 5, 8, 1)])
+@pytest.mark.parametrize("with_map_grad", [True, False])
+def test_the_cpu_implementation_matches_reference(mode, b, f, t, c, with_map_grad):
+    """Under auto a CPU tensor runs the op's cpu.py (forward, and the backward that
+    recomputes the window weights and takes the conv's three gradients in one
+    convolution_backward) instead of the interpreter."""
+    if DEVICE.type != "cpu":
+        pytest.skip("the CPU implementation")
+    inputs = make_inputs(mode, b, f, t, c)
+    with use_backend("auto"):
+        check(run_both(*inputs, with_map_grad=with_map_grad))
+        got = run(ba_custom.band_attention, *inputs, with_map_grad=with_map_grad)
+    ref = run(ba_reference.band_attention, *inputs, with_map_grad=with_map_grad)
+    assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])  # the same forward ops
+
+
+@pytest.mark.parametrize("mode", ["freq", "time_input", "time_encoding"])
 def test_non_contiguous_inputs(mode):
     source, weight, bias, target, axis = make_inputs(mode, 3, 40, 24, 8, noncontig=True)
     assert not source.is_contiguous() or (target is not None and not target.is_contiguous())
