@@ -31,19 +31,30 @@ def _parse(name: str, source: str) -> str:
 # op name -> its custom-op entry point (``atfnn::<name>``: the Triton kernels on CUDA, the
 # op folder's ``cpu`` module on the CPU), filled in by each op folder's ``op`` module
 TRITON_IMPLS: dict[str, Callable] = {}
+# op name -> its CPU implementation's eager entry (the op folder's ``cpu`` module), taken
+# under auto for CPU tensors where the custom op could not be registered because Triton is
+# missing (torch's CPU-only wheels, macOS and Windows ship without it): the CPU
+# implementation needs no Triton
+CPU_IMPLS: dict[str, Callable] = {}
 
 _backend = _parse(os.environ.get(ENV_BACKEND, "auto") or "auto", ENV_BACKEND)
 
 
-def register(op: str, module: str):
+def register(op: str, module: str, cpu_entry: Callable | None = None):
     """Import an op folder's ``custom_op`` module (``module``, absolute) and record its entry
-    point ``op`` in :data:`TRITON_IMPLS`; None where Triton is missing (torch's Linux wheels
-    ship it; elsewhere the op runs its plain-torch reference)."""
+    point ``op`` in :data:`TRITON_IMPLS`. Where Triton is missing (torch's CPU-only wheels,
+    macOS, Windows) the import fails: returns None and records ``cpu_entry`` in
+    :data:`CPU_IMPLS`, so CPU tensors still take the CPU implementation (CUDA tensors
+    then take the plain-torch reference)."""
     import importlib
 
     try:
         found = importlib.import_module(module)
-    except ImportError:  # pragma: no cover
+    except ImportError as err:
+        if err.name is not None and err.name.split(".")[0] != "triton":
+            raise  # a missing module of our own is a bug, not a missing Triton
+        if cpu_entry is not None:
+            CPU_IMPLS[op] = cpu_entry
         return None
     TRITON_IMPLS[op] = getattr(found, op)
     return found
@@ -106,6 +117,8 @@ def select(
 
         unsupported = problem(op, tensor.device)
     if backend == "auto":
+        if triton_impl is None and tensor.device.type == "cpu" and op in CPU_IMPLS:
+            return CPU_IMPLS[op]  # no Triton: the CPU implementation without the custom op
         if triton_impl is None or tensor.device.type not in ("cuda", "cpu"):
             return torch_impl
         if not tensor.is_cuda:  # the custom op's CPU implementation (its op folder's cpu.py)

@@ -7,9 +7,20 @@ from __future__ import annotations
 import torch
 
 from ..dispatch import TRITON_IMPLS, register, select
-from . import reference
+from . import cpu, reference
 
-custom_op = register("band_attention", __package__ + ".custom_op")
+
+def _cpu_entry(source, weight, bias, target=None, *, axis: str):
+    """The CPU implementation where the custom op is missing (no Triton): eager calls take
+    :func:`.cpu.band_attention`; while compiling, the reference (for Inductor)."""
+    if axis not in reference.AXES:
+        raise ValueError(f"axis must be one of {reference.AXES}, got {axis!r}")
+    if torch.compiler.is_compiling():
+        return reference.band_attention(source, weight, bias, target, axis=axis)
+    return cpu.band_attention(source, weight, bias, target, axis == "time")
+
+
+custom_op = register("band_attention", __package__ + ".custom_op", _cpu_entry)
 
 
 def band_attention(

@@ -7,9 +7,20 @@ from __future__ import annotations
 import torch
 
 from ..dispatch import TRITON_IMPLS, register, select
-from . import reference
+from . import cpu, reference
 
-custom_op = register("freq_encoder", __package__ + ".custom_op")
+
+def _cpu_entry(x, *params, num_heads: int, eps: float, time_weights=None):
+    """The CPU implementation where the custom op is missing (no Triton): eager calls take
+    :func:`.cpu.freq_encoder`; while compiling, the reference (for Inductor)."""
+    if torch.compiler.is_compiling():
+        return reference.freq_encoder(
+            x, *params, num_heads=num_heads, eps=eps, time_weights=time_weights
+        )
+    return cpu.freq_encoder(x, *params, num_heads=num_heads, eps=eps, time_weights=time_weights)
+
+
+custom_op = register("freq_encoder", __package__ + ".custom_op", _cpu_entry)
 
 
 def freq_encoder(

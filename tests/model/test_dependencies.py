@@ -97,3 +97,56 @@ def test_features_match_torchaudio_where_installed():
     )
     expected = torch.log(mel(wave[0]) + 1e-6)
     torch.testing.assert_close(features.log_mel(wave[0]), expected, rtol=1e-5, atol=1e-5)
+
+
+NO_TRITON = r"""
+import sys
+
+sys.modules["triton"] = None  # as on torch's CPU-only wheels, macOS and Windows
+import torch
+
+from atfnn_fast import ATFNN, ATFNNConfig
+from atfnn_fast.kernels import dispatch
+from atfnn_fast.reference import ATFNNReference
+
+assert dispatch.TRITON_IMPLS == {}, dispatch.TRITON_IMPLS
+assert set(dispatch.CPU_IMPLS) == {"band_attention", "freq_encoder"}, dispatch.CPU_IMPLS
+ran = []
+for op, entry in list(dispatch.CPU_IMPLS.items()):
+    def wrapped(*args, _entry=entry, _op=op, **kwargs):
+        ran.append(_op)
+        return _entry(*args, **kwargs)
+    dispatch.CPU_IMPLS[op] = wrapped
+torch.manual_seed(0)
+cfg = ATFNNConfig(frames=24, channels=4, num_heads=2, ffn_channels=8, lstm_hidden=16)
+fast, ref = ATFNN(cfg), ATFNNReference(cfg)
+ref.load_state_dict(fast.state_dict())
+fast.eval(), ref.eval()
+x = torch.randn(3, 1, cfg.n_mels, cfg.frames)
+outs, grads = [], []
+for model in (fast, ref):
+    xi = x.clone().requires_grad_(True)
+    logits = model(xi)
+    logits.square().sum().backward()
+    outs.append(logits.detach())
+    grads.append(xi.grad)
+torch.testing.assert_close(outs[0], outs[1], rtol=1e-4, atol=1e-5)
+torch.testing.assert_close(grads[0], grads[1], rtol=1e-3, atol=1e-5)
+assert sorted(set(ran)) == ["band_attention", "freq_encoder"], ran
+print("cpu implementation without triton:", " ".join(sorted(set(ran))))
+"""
+
+
+def test_without_triton_the_cpu_implementation_still_runs():
+    """torch's CPU-only wheels (what the README installs on a machine without an NVIDIA GPU)
+    ship no Triton: the custom ops cannot be registered, and CPU tensors must still take
+    the ops' CPU implementations (not the slower reference), with the same values."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", NO_TRITON], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout.splitlines()
+    assert out[-1] == "cpu implementation without triton: band_attention freq_encoder"
