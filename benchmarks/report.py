@@ -450,6 +450,11 @@ def _atomic_write(path: Path, text: str) -> None:
         raise
 
 
+def bar_positions(tick: float, count: int, width: float) -> list[float]:
+    """Centres of ``count`` adjacent bars of ``width``, centred on ``tick``."""
+    return [tick + (i - (count - 1) / 2) * width for i in range(count)]
+
+
 def plot(results: dict, path: Path) -> Path:
     """Median time per case and provider (log scale), one panel per (dtype, batch)."""
     import matplotlib
@@ -464,21 +469,31 @@ def plot(results: dict, path: Path) -> Path:
 
     providers = [p for p in PROVIDERS if p in present]
     on_cpu = str(results["device"]).startswith("CPU")
+    colors = {p: f"C{i}" for i, p in enumerate(providers)}
     for ax, (dtype, batch) in zip(axes[:, 0], panels, strict=True):
         rows = [r for r in results["cases"] if (r["dtype"], r["batch"]) == (dtype, batch)]
         names = list(dict.fromkeys(r["case"] for r in rows))
-        width = 0.8 / len(providers)
-        for i, prov in enumerate(providers):
-            ms = {r["case"]: r["median_ms"] for r in rows if r["provider"] == prov}
-            xs = [j + i * width for j, n in enumerate(names) if n in ms]
-            if xs:
-                label = provider_label(prov, "cpu" if on_cpu else "cuda")
-                ax.bar(xs, [ms[n] for n in names if n in ms], width, label=label)
-        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(names))], names, rotation=20)
+        width = 0.8 / max(len({r["provider"] for r in rows if r["case"] == n}) for n in names)
+        labelled = set()
+        for j, name in enumerate(names):
+            # each case's bars centred on its tick, however many providers it has
+            ms = {r["provider"]: r["median_ms"] for r in rows if r["case"] == name}
+            here = [p for p in providers if p in ms]
+            for prov, x in zip(here, bar_positions(j, len(here), width), strict=True):
+                label = None
+                if prov not in labelled:
+                    labelled.add(prov)
+                    label = provider_label(prov, "cpu" if on_cpu else "cuda")
+                ax.bar(x, ms[prov], width, color=colors[prov], label=label)
+        ax.set_xticks(range(len(names)), names, rotation=20)
         ax.set_yscale("log")
         ax.set_ylabel("median ms")
         ax.set_title(f"{results['device']} - {dtype}, B={batch}, T={rows[0]['frames']}")
-        ax.legend(fontsize=8)
+        by_label = dict(zip(*reversed(ax.get_legend_handles_labels()), strict=True))
+        names_in_order = [
+            provider_label(p, "cpu" if on_cpu else "cuda") for p in providers if p in labelled
+        ]
+        ax.legend([by_label[n] for n in names_in_order], names_in_order, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -234,3 +234,9 @@ def test_readme_shows_the_latest_gpu_run_beside_the_cpu_run(tmp_path):
     text = readme.read_text()
     assert text.index("### Latest GPU run") < text.index("### Latest CPU run")
     assert "NVIDIA H200" in text and "CPU AMD EPYC" in text and "old" not in text
+
+
+def test_each_case_s_bars_are_centred_on_its_tick():
+    assert report.bar_positions(2, 3, 0.2) == pytest.approx([1.8, 2.0, 2.2])
+    assert report.bar_positions(0, 2, 0.4) == pytest.approx([-0.2, 0.2])
+    assert report.bar_positions(5, 1, 0.4) == [5]
