@@ -33,8 +33,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import triton
-
 # resident warps per SM each kernel must reach: 16 on sm_80 / sm_90, 12 on sm_86 / sm_89
 WARPS_TARGET = {80: 16, 86: 12, 89: 12, 90: 16}
 # The one exception, measured (benchmarks.resources, 2026-11-30): _fenc_bwd_dh1_kernel holds
@@ -378,6 +376,10 @@ def tuned_table(arch: int | None) -> dict | None:
 
 def current_arch() -> int | None:
     """Compute capability (e.g. 90) of the GPU Triton compiles for now, None without one."""
+    try:
+        import triton  # only here: the settings tables need no Triton (CPU-only wheels)
+    except ImportError:
+        return None
     config = triton.runtime.driver
     active = getattr(config, "_active", None)  # a driver set with set_active (resources)
     try:
@@ -473,4 +475,9 @@ def _default_band(kp: int, gwp: int, backward: bool) -> BandAttentionSettings:
     widest = max(kp, gwp)
     if backward:
         return BandAttentionSettings(32) if widest <= 16 else BandAttentionSettings(16, 8)
-    return BandAttentionSettings(max(16, min(128, triton.next_power_of_2(16 * 128 // widest))))
+    return BandAttentionSettings(max(16, min(128, _next_power_of_2(16 * 128 // widest))))
+
+
+def _next_power_of_2(n: int) -> int:
+    """The smallest power of two >= n (n >= 1), as ``triton.next_power_of_2``."""
+    return 1 << (n - 1).bit_length()

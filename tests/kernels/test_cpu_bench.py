@@ -75,3 +75,28 @@ def test_profile_cpu_splits_the_time_per_op_for_torch_and_onnxruntime(tmp_path, 
     assert "aten::_scaled_dot_product_flash_attention_for_cpu" in fused_ops
     assert any(r["op"] == "Attention" for r in tables["onnxruntime fp32, forward"])
     assert "| op | ms | share | calls |" in capsys.readouterr().out
+
+
+def test_the_cpu_benchmarks_need_no_triton():
+    """torch's CPU-only wheels ship no Triton: the suite's plumbing, the floors and
+    benchmarks.compare still import and count (floors.py reads kernels.tuning, which imported
+    Triton at the top until 2026-12-06)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import sys\n"
+        "sys.modules['triton'] = None\n"
+        "from atfnn_fast import ATFNNConfig\n"
+        "from benchmarks import cases, compare, conftest, floors, report\n"
+        "c = floors.case_counts(ATFNNConfig(), 'front_end_fwd', 2, 16, 4)\n"
+        "assert c.flops > 0 and c.bytes > 0, c\n"
+        "print('ok', sorted(cases.PROVIDERS)[0])\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.startswith("ok ")
