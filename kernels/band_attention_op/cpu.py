@@ -4,7 +4,6 @@ backward (float32 math, results in the input dtypes)."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from . import reference
 
@@ -26,14 +25,8 @@ def band_attention_backward_cpu(
     kf, kt = weight.shape[-2:]
     group = kt if time_axis else kf
     src, w32, b32 = source.float(), weight.float(), bias.float()
-    a = saved_a
-    if a is None:
-        a = torch.sigmoid(F.conv2d(src, w32, b32, stride=(kf, kt)))  # (B, C, n1, n2)
-    wgt = a.mean(dim=1)
-    if time_axis:
-        w_full = wgt.repeat_interleave(group, dim=2)
-    else:
-        w_full = wgt.repeat_interleave(group, dim=1)
+    a = reference.window_activations(src, w32, b32) if saved_a is None else saved_a
+    w_full = reference.spread(a, w32, "time" if time_axis else "freq")
     if grad_out is None:  # the output was not used
         grad_out = torch.zeros_like(source if target is None else target)
     g = grad_out.float()
@@ -65,7 +58,7 @@ def band_attention_backward_cpu(
 
 class BandAttentionFunction(torch.autograd.Function):
     """The CPU implementation with autograd, for eager calls: the forward is the reference's
-    (the same ops in the same order: the same values, bit for bit) and keeps the window
+    own functions (the same values, bit for bit) and keeps the window
     activations ``sigmoid(conv)`` (one float per window and output channel: 1/5 and 1/8 of
     the spectrogram's size at the default kernels), which the custom op's backward must
     recompute; the backward is :func:`band_attention_backward_cpu`, whose sums over the
@@ -73,15 +66,9 @@ class BandAttentionFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, source, weight, bias, target, time_axis: bool):
-        kf, kt = weight.shape[-2:]
-        a = torch.sigmoid(F.conv2d(source, weight, bias, stride=(kf, kt)))
-        w = a.mean(dim=1)
-        w = w.repeat_interleave(kt, dim=2) if time_axis else w.repeat_interleave(kf, dim=1)
-        if target is None:
-            out = source + w.unsqueeze(1) * source
-        else:
-            scale = w.transpose(1, 2).unsqueeze(-1)
-            out = target + scale * target
+        a = reference.window_activations(source, weight, bias)
+        w = reference.spread(a, weight, "time" if time_axis else "freq")
+        out = reference.reweight(source, w, target)
         ctx.set_materialize_grads(False)
         ctx.time_axis = time_axis
         keep = a if a.dtype == torch.float32 and source.dtype == torch.float32 else None

@@ -14,13 +14,32 @@ import torch.nn.functional as F
 AXES = ("freq", "time")
 
 
+def window_activations(source: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor):
+    """``sigmoid(conv)`` of each window (window = stride): ``(B, C, n1, n2)``."""
+    kf, kt = weight.shape[-2:]
+    return torch.sigmoid(F.conv2d(source, weight, bias, stride=(kf, kt)))
+
+
+def spread(a: torch.Tensor, weight: torch.Tensor, axis: str) -> torch.Tensor:
+    """Window activations -> weight map ``(B, F, T)``: the mean over the output channels,
+    repeated over the window so every band/frame gets its group's weight."""
+    kf, kt = weight.shape[-2:]
+    w = a.mean(dim=1)
+    return w.repeat_interleave(kf, dim=1) if axis == "freq" else w.repeat_interleave(kt, dim=2)
+
+
+def reweight(source: torch.Tensor, w: torch.Tensor, target: torch.Tensor | None):
+    """``target + w * target`` (the source itself without a target), ``w`` broadcast."""
+    if target is None:
+        return source + w.unsqueeze(1) * source
+    scale = w.transpose(1, 2).unsqueeze(-1)
+    return target + scale * target
+
+
 def band_weights(source: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, axis: str):
     """Weight map ``(B, F, T)``: grouped conv (window = stride) + sigmoid + mean over the
     output channels, repeated over the window so every band/frame gets its group's weight."""
-    kf, kt = weight.shape[-2:]
-    a = torch.sigmoid(F.conv2d(source, weight, bias, stride=(kf, kt)))
-    w = a.mean(dim=1)
-    return w.repeat_interleave(kf, dim=1) if axis == "freq" else w.repeat_interleave(kt, dim=2)
+    return spread(window_activations(source, weight, bias), weight, axis)
 
 
 def band_attention(
@@ -39,7 +58,4 @@ def band_attention(
     has the target's shape. Returns ``(out, w)``.
     """
     w = band_weights(source, weight, bias, axis)
-    if target is None:
-        return source + w.unsqueeze(1) * source, w
-    scale = w.transpose(1, 2).unsqueeze(-1)
-    return target + scale * target, w
+    return reweight(source, w, target), w
