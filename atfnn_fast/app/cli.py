@@ -647,7 +647,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="audio files, folders of them (searched recursively) or manifest CSVs",
     )
     predict.set_defaults(func=_predict)
+
+    info = sub.add_parser(
+        "info",
+        parents=[common],
+        help="versions, the CPU path (native core and its ISA, or ATen) and the devices",
+        description="Print the package and torch versions, the CPU, which CPU path runs the "
+        "fused front-end (the native core and the ISA it picked, or the ATen path and why), "
+        "torch's threads, and the GPUs torch sees.",
+    )
+    info.set_defaults(func=_info)
     return parser
+
+
+def _info(args) -> int:
+    from atfnn_fast.app.sysinfo import describe_system
+
+    for key, value in describe_system().items():
+        print(f"{key}: {value}")
+    return 0
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
