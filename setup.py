@@ -19,7 +19,7 @@ import sys
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-KERNELS = ["kernels/freq_encoder_op/native.cpp"]
+KERNELS = ["kernels/freq_encoder_op/native.cpp", "kernels/band_attention_op/native.cpp"]
 DISPATCH = "kernels/csrc/dispatch.cpp"
 COMMON = ["-std=c++17", "-O3", "-g0", "-fno-math-errno", "-fPIC"]
 X86 = platform.machine().lower() in ("x86_64", "amd64", "x64")

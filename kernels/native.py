@@ -89,6 +89,10 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.atfnn_fenc_forward.restype = i
     lib.atfnn_fenc_backward.argtypes = [i, p, f, p, p, p, p, p, p, p, p, n, n]
     lib.atfnn_fenc_backward.restype = i
+    lib.atfnn_ba_forward.argtypes = [i, p, p, p, p, p, p, p, p, n, n]
+    lib.atfnn_ba_forward.restype = i
+    lib.atfnn_ba_backward.argtypes = [i, p, p, p, p, p, p, p, p, p, p, p, p, n, n]
+    lib.atfnn_ba_backward.restype = i
 
 
 def library() -> ctypes.CDLL:
@@ -212,11 +216,12 @@ def _executor(workers: int) -> ThreadPoolExecutor:
         return _pool
 
 
-def chunks(n: int, threads: int | None = None) -> list[tuple[int, int]]:
-    """``[0, n)`` split into at most one contiguous range per thread (torch's intra-op
-    threads by default), none under :data:`MIN_FRAMES_PER_THREAD` frames."""
+def chunks(n: int, threads: int | None = None, per_item: int = 1) -> list[tuple[int, int]]:
+    """``[0, n)`` (items of ``per_item`` frames each) split into at most one contiguous range
+    per thread (torch's intra-op threads by default), none under
+    :data:`MIN_FRAMES_PER_THREAD` frames."""
     threads = torch.get_num_threads() if threads is None else threads
-    parts = max(1, min(threads, n // MIN_FRAMES_PER_THREAD))
+    parts = max(1, min(threads, n, n * per_item // MIN_FRAMES_PER_THREAD))
     bounds = [n * q // parts for q in range(parts + 1)]
     return [(bounds[q], bounds[q + 1]) for q in range(parts)]
 

@@ -17,7 +17,21 @@ int atfnn_fenc_forward_isa_generic(const long*, float, const float*, const float
 int atfnn_fenc_backward_isa_generic(const long*, float, const float*, const float*, const float*,
                                     const float*, const float*, float*, float*, float*, long,
                                     long);
+typedef int (*ba_fwd_t)(const long*, const float*, const float*, const float*, const float*,
+                        float*, float*, float*, long, long);
+typedef int (*ba_bwd_t)(const long*, const float*, const float*, const float*, const float*,
+                        const float*, const float*, const float*, float*, float*, float*, float*,
+                        long, long);
+#define BA_DECL(isa)                                                                            \
+  int atfnn_ba_forward_##isa(const long*, const float*, const float*, const float*,             \
+                             const float*, float*, float*, float*, long, long);                 \
+  int atfnn_ba_backward_##isa(const long*, const float*, const float*, const float*,            \
+                              const float*, const float*, const float*, const float*, float*,   \
+                              float*, float*, float*, long, long);
+BA_DECL(isa_generic)
 #if defined(ATFNN_HAVE_X86)
+BA_DECL(isa_avx2)
+BA_DECL(isa_avx512)
 int atfnn_fenc_forward_isa_avx2(const long*, float, const float*, const float*, const float*,
                                 float*, float*, long, long);
 int atfnn_fenc_backward_isa_avx2(const long*, float, const float*, const float*, const float*,
@@ -62,6 +76,21 @@ static fenc_bwd_t bwd_table(int isa) {
   return isa == 0 ? atfnn_fenc_backward_isa_generic : NULL;
 }
 
+static ba_fwd_t ba_fwd_table(int isa) {
+#if defined(ATFNN_HAVE_X86)
+  if (isa == 2) return atfnn_ba_forward_isa_avx512;
+  if (isa == 1) return atfnn_ba_forward_isa_avx2;
+#endif
+  return isa == 0 ? atfnn_ba_forward_isa_generic : NULL;
+}
+static ba_bwd_t ba_bwd_table(int isa) {
+#if defined(ATFNN_HAVE_X86)
+  if (isa == 2) return atfnn_ba_backward_isa_avx512;
+  if (isa == 1) return atfnn_ba_backward_isa_avx2;
+#endif
+  return isa == 0 ? atfnn_ba_backward_isa_generic : NULL;
+}
+
 // Return codes: 0 done, 1 ISA not available here, 2 out of memory.
 int atfnn_fenc_forward(int isa, const long* dims, float eps, const float* x, const float* wt,
                        const float* prm, float* out, float* stats, long n0, long n1) {
@@ -73,6 +102,21 @@ int atfnn_fenc_backward(int isa, const long* dims, float eps, const float* x, co
                         float* dwt, float* dprm, long n0, long n1) {
   fenc_bwd_t fn = atfnn_isa_supported(isa) ? bwd_table(isa) : NULL;
   return fn ? fn(dims, eps, x, wt, prm, stats, gout, dx, dwt, dprm, n0, n1) : 1;
+}
+
+int atfnn_ba_forward(int isa, const long* dims, const float* src, const float* W,
+                     const float* bias, const float* target, float* out, float* wmap, float* act,
+                     long b0, long b1) {
+  ba_fwd_t fn = atfnn_isa_supported(isa) ? ba_fwd_table(isa) : NULL;
+  return fn ? fn(dims, src, W, bias, target, out, wmap, act, b0, b1) : 1;
+}
+int atfnn_ba_backward(int isa, const long* dims, const float* src, const float* W,
+                      const float* bias, const float* target, const float* act, const float* gout,
+                      const float* gmap, float* dsrc, float* dtarget, float* dW, float* dbias,
+                      long b0, long b1) {
+  ba_bwd_t fn = atfnn_isa_supported(isa) ? ba_bwd_table(isa) : NULL;
+  return fn ? fn(dims, src, W, bias, target, act, gout, gmap, dsrc, dtarget, dW, dbias, b0, b1)
+            : 1;
 }
 
 // what this library was built with: bit i set where ISA i was compiled in
