@@ -42,27 +42,33 @@ static inline float hsum(vf v) {
   return s;
 }
 
-// exp(t) for t <= 0 (a max-shifted softmax exponent), within 2 ulp of expf on [-87, 0]:
-// t = n ln2 + r with |r| <= ln2/2, a degree-6 polynomial for e^r (Cephes' expf coefficients)
-// and 2^n put into the exponent field. t < -87.3 gives about 1e-38 (exp underflows there
-// anyway, and the softmax sums hold at least one 1); t > 0 (rounding) is taken as 0; NaN stays
-// NaN (every comparison with NaN is false, and the polynomial carries it).
-static inline vf vexp(vf t) {
-  t = t < -87.3f ? vset(-87.3f) : t;
-  t = t > 0.f ? vset(0.f) : t;
+// 2^u for u <= 0 (a max-shifted softmax exponent in base 2): u = n + f with n an integer and
+// |f| <= 1/2 (exact: no constant is rounded), a degree-7 polynomial for 2^f (the Taylor series
+// of e^(f ln 2), truncation error 5e-9 relative at |f| = 1/2) and 2^n put into the exponent
+// field: within 2 ulp of exp2f. u < -126 gives 2^-126 (about 1e-38; exp underflows there, and
+// the softmax sums hold at least one 1); NaN stays NaN (every comparison with NaN is false,
+// and the polynomial carries it). For u > 0 the result is 2^u up to u < 128 (only rounding
+// makes a shifted exponent positive).
+static inline vf vexp2(vf u) {
+  u = u < -126.f ? vset(-126.f) : u;
   const vf magic = vset(12582912.f);  // 1.5 * 2^23: adding it rounds to an integer
-  vf n = (t * 1.44269504088896341f + magic) - magic;
-  vf r = t - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  vf p = vset(1.9875691500e-4f);
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * (r * r) + r + 1.f;
+  vf n = (u + magic) - magic;
+  vf f = u - n;
+  vf p = vset(1.525273380405984e-05f);
+  p = p * f + 1.5403530393381608e-04f;
+  p = p * f + 1.3333558146428443e-03f;
+  p = p * f + 9.6181291076284772e-03f;
+  p = p * f + 5.5504108664821580e-02f;
+  p = p * f + 2.4022650695910071e-01f;
+  p = p * f + 6.9314718055994531e-01f;
+  p = p * f + 1.f;
   vi e = (__builtin_convertvector(n, vi) + 127) << 23;
   vf scale;
   memcpy(&scale, &e, sizeof scale);
   return p * scale;
 }
+
+#define LOG2E 1.44269504088896341f
+
+// e^t for t <= 0 (see vexp2): e^t = 2^(t log2 e).
+static inline vf vexp(vf t) { return vexp2(t * LOG2E); }

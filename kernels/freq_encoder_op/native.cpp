@@ -65,7 +65,9 @@ static inline long rup(long n, long m) { return (n + m - 1) / m * m; }
 // p_fg = softmax_g(s_f xc_g), xc the keys centred on the frame's mean (the softmax does not
 // see the shift; it keeps the variance's cancellation small). mxc_f is the row maximum,
 // known without a pass. Writes m (uncentred), 1/Z and the variance sum_g p x^2 - m^2.
-template <int NB>
+// The exponent is taken in base 2: s and mxc arrive multiplied by log2(e), so each term is one
+// FMA and the core's exp2. VAR: also the variance (the backward's; inference skips it).
+template <int NB, bool VAR>
 static inline void attn_fwd(const float* xc, long F, const float* s, const float* mxc,
                             float center, float* m, float* rz, float* var, long v0) {
   vf sv[NB], mv[NB], z[NB], s1[NB], s2[NB];
@@ -77,11 +79,15 @@ static inline void attn_fwd(const float* xc, long F, const float* s, const float
   for (long g = 0; g < F; ++g) {
     const float xg = xc[g];
     for (int b = 0; b < NB; ++b) {
-      vf e = vexp(sv[b] * xg - mv[b]);
+      vf e = vexp2(sv[b] * xg - mv[b]);
       z[b] += e;
-      vf ex = e * xg;
-      s1[b] += ex;
-      s2[b] += ex * xg;
+      if (VAR) {
+        vf ex = e * xg;
+        s1[b] += ex;
+        s2[b] += ex * xg;
+      } else {
+        s1[b] += e * xg;
+      }
     }
   }
   for (int b = 0; b < NB; ++b) {
@@ -89,7 +95,7 @@ static inline void attn_fwd(const float* xc, long F, const float* s, const float
     vf mc = s1[b] * r;
     vstore(m + (v0 + b) * VL, mc + center);
     vstore(rz + (v0 + b) * VL, r);
-    vstore(var + (v0 + b) * VL, s2[b] * r - mc * mc);
+    if (VAR) vstore(var + (v0 + b) * VL, s2[b] * r - mc * mc);
   }
 }
 
@@ -104,25 +110,33 @@ static inline void attn_bwd(const float* xc, long F, const float* s, const float
     acc[b] = vf{};
   }
   for (long f = 0; f < F; ++f) {
-    const float sf = s[f], mf = mxc[f], a = alpha[f], bt = beta[f];
+    const float sf = s[f] * LOG2E, mf = mxc[f] * LOG2E, a = alpha[f], bt = beta[f];
     for (int b = 0; b < NB; ++b) {
-      vf e = vexp(xv[b] * sf - mf);
+      vf e = vexp2(xv[b] * sf - mf);
       acc[b] += e * (xv[b] * bt + a);
     }
   }
   for (int b = 0; b < NB; ++b) vstore(dx + (v0 + b) * VL, vload(dx + (v0 + b) * VL) + acc[b]);
 }
 
-template <int NB>
+template <int NB, bool VAR>
 static inline void attn_fwd_tail(long rem, const float* xc, long F, const float* s,
                                  const float* mxc, float c0, float* m, float* rz, float* var,
                                  long v0) {
   if constexpr (NB > 0) {
     if (rem == NB)
-      attn_fwd<NB>(xc, F, s, mxc, c0, m, rz, var, v0);
+      attn_fwd<NB, VAR>(xc, F, s, mxc, c0, m, rz, var, v0);
     else
-      attn_fwd_tail<NB - 1>(rem, xc, F, s, mxc, c0, m, rz, var, v0);
+      attn_fwd_tail<NB - 1, VAR>(rem, xc, F, s, mxc, c0, m, rz, var, v0);
   }
+}
+
+template <bool VAR>
+static void attn_fwd_all(long NV, const float* xc, long F, const float* s, const float* mxc,
+                         float c0, float* m, float* rz, float* var) {
+  long v0 = 0;
+  for (; v0 + ATT_B <= NV; v0 += ATT_B) attn_fwd<ATT_B, VAR>(xc, F, s, mxc, c0, m, rz, var, v0);
+  if (v0 < NV) attn_fwd_tail<ATT_B - 1, VAR>(NV - v0, xc, F, s, mxc, c0, m, rz, var, v0);
 }
 
 template <int NB>
@@ -356,7 +370,7 @@ static float load_frame(const Dims& d, const float* x, long b, long t, Scratch& 
 // The attention's forward for every head: s, mxc, and m / 1/Z / var (computed, or read from
 // the saved stats).
 static void attention(const Dims& d, const float* prm, const Prm& o, float center, Scratch& sc,
-                      const float* stats_in, float* stats_out) {
+                      const float* stats_in, float* stats_out, bool want_var) {
   float xmin = sc.xc[0], xmax = sc.xc[0];
   for (long f = 1; f < d.F; ++f) {
     xmin = sc.xc[f] < xmin ? sc.xc[f] : xmin;
@@ -379,11 +393,16 @@ static void attention(const Dims& d, const float* prm, const Prm& o, float cente
       }
       continue;
     }
-    long v0 = 0;
-    for (; v0 + ATT_B <= sc.NV; v0 += ATT_B)
-      attn_fwd<ATT_B>(sc.xc, d.F, s, mx, center, m, rz, var, v0);
-    if (v0 < sc.NV)
-      attn_fwd_tail<ATT_B - 1>(sc.NV - v0, sc.xc, d.F, s, mx, center, m, rz, var, v0);
+    // the pass reads s and mxc in base 2 (times log2 e)
+    float *s2 = sc.al, *mx2 = sc.be;  // free until the backward's attention step
+    for (long f = 0; f < sc.Fp; ++f) {
+      s2[f] = s[f] * LOG2E;
+      mx2[f] = mx[f] * LOG2E;
+    }
+    if (want_var)
+      attn_fwd_all<true>(sc.NV, sc.xc, d.F, s2, mx2, center, m, rz, var);
+    else
+      attn_fwd_all<false>(sc.NV, sc.xc, d.F, s2, mx2, center, m, rz, var);
     if (stats_out)
       for (long f = 0; f < d.F; ++f) {
         stats_out[(hh * 3 + 0) * d.F + f] = m[f];
@@ -422,7 +441,8 @@ int forward(const Dims& d, float eps, const float* x, const float* wt, const flo
   for (long n = n0; n < n1; ++n) {
     const long b = n / d.T, t = n % d.T;
     const float center = load_frame(d, x, b, t, sc);
-    attention(d, prm, o, center, sc, nullptr, stats ? stats + n * d.h * 3 * d.F : nullptr);
+    attention(d, prm, o, center, sc, nullptr, stats ? stats + n * d.h * 3 * d.F : nullptr,
+              stats != nullptr);
     encode(d, prm, o, eps, sc, prm + o.W2);
     float* op = out + b * d.out_s[0] + t * d.out_s[1];
     const float* wp = d.has_wt ? wt + b * d.wt_s[0] + t * d.wt_s[2] : nullptr;
@@ -459,7 +479,7 @@ int backward(const Dims& d, float eps, const float* x, const float* wt, const fl
   for (long n = n0; n < n1; ++n) {
     const long b = n / d.T, t = n % d.T;
     const float center = load_frame(d, x, b, t, sc);
-    attention(d, prm, o, center, sc, stats ? stats + n * d.h * 3 * d.F : nullptr, nullptr);
+    attention(d, prm, o, center, sc, stats ? stats + n * d.h * 3 * d.F : nullptr, nullptr, true);
     encode(d, prm, o, eps, sc, prm + o.W2);
     // dY (planar, into d1) from the output gradient, the time weights' gradient
     const float* gp = gout + b * d.gout_s[0] + t * d.gout_s[1];
