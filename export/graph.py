@@ -21,7 +21,10 @@ float32 rounding), in a formulation chosen by profiling the exported graph in ON
   (the default, for ONNX Runtime) writes it as ONNX's ``Attention`` op at head size 1
   (queries ``s``, keys = values = the bands, scale 1, the keys shared by the heads), so no
   ``(heads, frames, F, F)`` score tensor is materialised; ``"materialized"`` (for TensorRT
-  before 10.14) as ``Mul`` + ``Softmax`` + ``MatMul``.
+  before 10.14) as ``Mul`` + ``Softmax`` + ``MatMul``. ``"contrib-mha"`` and
+  ``"contrib-attention"`` (ONNX Runtime's ``com.microsoft`` ``MultiHeadAttention`` and
+  ``Attention``) are candidates that ``scripts/ort_attention.py`` measures; slower, so no
+  export target writes them (docs/design.md#cpu-implementation).
 * **band attention by broadcasting**: the pooled weights multiply the input viewed as
   ``(.., F/g, g, ..)`` groups; the weight map is never repeated (no Expand).
 * the derived parameters are computed once, in float64, from the model's parameters.
