@@ -54,7 +54,10 @@ threads, default model) and not kept:
 * the attention computed in chunks of frames (Split/Concat) to stay in cache: slower
   (52 -> 62..85 ms at batch 32), as were a K=1 MatMul for the scores' outer product, an
   ``Exp`` with the analytic row maximum followed by a MatMul with ``[x, 1]``, and the
-  conv FFN as im2col MatMuls on ``(N, F, c)`` tokens (Pad/Slice/Concat copies dominate).
+  conv FFN as im2col MatMuls on ``(N, F, c)`` tokens (Pad/Slice/Concat copies dominate);
+* the attention as ONNX Runtime's ``com.microsoft`` ``MultiHeadAttention`` or ``Attention``
+  (graph forms ``contrib-mha`` / ``contrib-attention``): slower than the standard
+  ``Attention`` (``scripts/ort_attention.py``; figures in docs/design.md#cpu-implementation).
 """
 
 from __future__ import annotations
