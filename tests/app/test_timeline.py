@@ -254,14 +254,19 @@ def test_predict_timeline_csv_and_json_lines(files, capsys):
     assert mean == pytest.approx(file_scores, abs=1e-12)
 
     code, out, err = cli(capsys, "predict", "--checkpoint", ckpt, "--timeline", speech)
-    assert (
-        code == 0
-        and out.splitlines()[0] == f"{speech} [0.00-0.16 s]: " + str(api[0]).split(": ", 1)[1]
-    )
+    assert (code, err) == (0, []) and out.splitlines() == [str(r) for r in api]
+    assert out.splitlines()[0].startswith(f"{speech} [0.00-0.16 s]: ")
+
+    onnx = files["random_stats_onnx"]  # the ONNX predictor, smoothed
+    want = list(OnnxPredictor(onnx).timeline(speech, smooth=3))
     code, out, err = cli(
-        capsys, "predict", "--onnx", files["onnx"], "--timeline", "--smooth", "3", "--csv", speech
+        capsys, "predict", "--onnx", onnx, "--timeline", "--smooth", "3", "--csv", speech
     )
-    assert code == 0 and len(out.splitlines()) == 41
+    assert (code, err) == (0, [])
+    table = list(csv.reader(io.StringIO(out)))[1:]
+    assert [line[4] for line in table] == [r.label for r in want]
+    got = np.array([[float(v) for v in line[5:8]] for line in table])
+    assert np.abs(got - [[r.scores[k] for k in LABELS] for r in want]).max() <= 5e-7
 
 
 def test_predict_smooth_is_checked(files, capsys):
