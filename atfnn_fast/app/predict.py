@@ -14,11 +14,11 @@ prints.
 * Output: a text line per file, a JSON list (``--json``: ``path``, ``label``, ``scores``;
   a failure ``path``, ``error``) or CSV (``--csv``: ``path,label,error`` and one score
   column per label).
+* A run directory or a fold directory given as a checkpoint is refused with the ``best``
+  checkpoints it holds (:func:`checkpoint_hint`).
 * ``--timeline`` (:func:`timeline_files`): a row per segment instead of a line per file
   (``path, segment, start, end, label`` and the scores), as text, JSON lines or CSV, each
-  row printed as its batch finishes; ``--smooth N`` averages each row with its neighbours.
-* A run directory or a fold directory given as a checkpoint is refused with the ``best``
-  checkpoints it holds (:func:`checkpoint_hint`)."""
+  row printed as its batch finishes; ``--smooth N`` averages each row with its neighbours."""
 
 from __future__ import annotations
 
@@ -141,18 +141,6 @@ def printable(text: str) -> str:
     )
 
 
-def file_error(err: BaseException, path: str) -> str:
-    """One file's failure as one line naming the file, printed on stderr as ``atfnn-fast:
-    error: ...``; returned for the file's error entry."""
-    message = one_line(err)
-    if isinstance(err, MemoryError):
-        message = f"out of memory ({message}); try a smaller --batch-size"
-    if not message.startswith((str(path), str(Path(path)))):
-        message = f"{path}: {message}"
-    print(f"atfnn-fast: error: {printable(message)}", file=sys.stderr, flush=True)
-    return message
-
-
 def predict_files(
     predictor,
     files: Sequence[str | os.PathLike],
@@ -188,7 +176,12 @@ def predict_files(
         except Exception as err:  # one file's failure (memory included) spares the others
             if debug:
                 raise
-            message = file_error(err, path)
+            message = one_line(err)
+            if isinstance(err, MemoryError):
+                message = f"out of memory ({message}); try a smaller --batch-size"
+            if not message.startswith((str(path), str(Path(path)))):
+                message = f"{path}: {message}"
+            print(f"atfnn-fast: error: {printable(message)}", file=sys.stderr, flush=True)
             entry, text = {"path": str(path), "error": message}, None
             failed += 1
         if json_list:
@@ -210,6 +203,20 @@ def predict_files(
         sys.stdout.write("\n]\n" if entries else "]\n")
         sys.stdout.flush()
     return 1 if failed else 0
+
+
+def file_error(err: BaseException, path: str) -> str:
+    """One file's failure in :func:`timeline_files` as one line naming the file, printed on
+    stderr as ``atfnn-fast: error: ...``; returned for the file's error entry. The same
+    message as :func:`predict_files` gives (kept apart from it here to ease merging:
+    predict_files could call it)."""
+    message = one_line(err)
+    if isinstance(err, MemoryError):
+        message = f"out of memory ({message}); try a smaller --batch-size"
+    if not message.startswith((str(path), str(Path(path)))):
+        message = f"{path}: {message}"
+    print(f"atfnn-fast: error: {printable(message)}", file=sys.stderr, flush=True)
+    return message
 
 
 TIMELINE_COLUMNS = ("path", "segment", "start", "end", "label")  # then a score per label, error
