@@ -2,7 +2,8 @@
 
 Features are computed outside the graph with the feature parameters and normalisation
 statistics stored in the file's metadata (:mod:`atfnn_fast.features`); an utterance's
-scores are the mean of its segments' softmax probabilities (docs/design.md#choices-the-paper-leaves-open).
+scores are the mean of its segments' softmax probabilities (docs/design.md#choices-the-paper-leaves-open),
+and :meth:`OnnxPredictor.timeline` gives those segments' scores one row each.
 
 Memory stays flat in the file's length, as with :class:`atfnn_fast.predict.CheckpointPredictor`:
 features in blocks, segments through the graph ``batch_size`` at a time (a graph exported
@@ -12,6 +13,7 @@ with a static batch gets exactly its batch size per call, the tail padded and dr
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -19,11 +21,15 @@ from atfnn_fast.features import iter_segment_batches
 from atfnn_fast.inference import (
     DEFAULT_BATCH_SIZE,
     Prediction,
+    TimelineRow,
     check_batch_size,
     check_finite_scores,
+    check_smooth,
     make_prediction,
     mean_probabilities,
+    segment_seconds,
     softmax,
+    timeline_rows,
 )
 
 from .onnx_export import INPUT_NAME, read_metadata
@@ -91,3 +97,27 @@ class OnnxPredictor:
         )
         probs = mean_probabilities(batches, lambda b: self.predict_spectrograms(b.numpy()))
         return make_prediction(path, self.labels, probs)
+
+    def timeline(self, path: str | os.PathLike, smooth: int = 1) -> Iterator[TimelineRow]:
+        """The file's :class:`~atfnn_fast.inference.TimelineRow` per segment, streamed in
+        bounded memory (:func:`atfnn_fast.inference.timeline_rows`); ``smooth`` (odd)
+        averages each row with its neighbours. The mean of the unsmoothed rows' scores is
+        :meth:`predict_file`'s."""
+        smooth = check_smooth(smooth)
+        batches = iter_segment_batches(
+            path,
+            n_mels=self.config.n_mels,
+            frames=self.config.frames,
+            stats=self.norm_stats,
+            features=self.features,
+            batch_size=self.batch_size,
+        )
+        seconds = segment_seconds(self.config, self.features)
+        return timeline_rows(
+            path,
+            self.labels,
+            batches,
+            lambda b: self.predict_spectrograms(b.numpy()),
+            seconds,
+            smooth,
+        )

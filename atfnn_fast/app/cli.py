@@ -1,5 +1,5 @@
 """The ``atfnn-fast`` command line: demo, datasets, train, evaluate, predict, plot-attention,
-export.
+plot-timeline, export.
 
 Errors are one line on stderr, ``atfnn-fast: error: <file or argument>: <what>``, never a
 traceback (``--debug``, or ``ATFNN_DEBUG=1`` in the environment, shows the traceback
@@ -160,6 +160,42 @@ def _plot_attention(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plot_timeline(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from atfnn_fast.errors import UsageError
+    from atfnn_fast.files import check_output
+
+    from .plots import TimelinePlotData, read_timeline, save_timeline_plot
+    from .predict import load_predictor
+
+    if args.rows is None and args.file is None:
+        raise UsageError("an audio file is needed with --checkpoint or --onnx")
+    if args.checkpoint is not None:
+        _check_checkpoint(args.checkpoint)
+    model = args.checkpoint or args.onnx or args.rows
+    output = check_output(args.output, inputs=(model, *([args.file] if args.file else [])))
+    if args.rows is not None:
+        data = read_timeline(args.rows, args.file)
+    else:
+        predictor = load_predictor(
+            checkpoint=args.checkpoint,
+            onnx=args.onnx,
+            device=args.device,
+            batch_size=args.batch_size,
+            provider=args.provider,
+        )
+        data = TimelinePlotData.from_rows(predictor.timeline(args.file), predictor.labels)
+    path = save_timeline_plot(data, Path(data.file).name, output, smooth=args.smooth)
+    mean = sorted(data.mean_scores().items(), key=lambda kv: -kv[1])
+    print(
+        f"{data.file}: {len(data.starts)} segments, {data.ends[-1]:.1f} s; mean of the "
+        f"segments {mean[0][0]} ({', '.join(f'{k} {v:.3f}' for k, v in mean)})"
+    )
+    print(path)
+    return 0
+
+
 def _export(args: argparse.Namespace) -> int:
     """The output is checked first (:func:`atfnn_fast.files.check_output`: not inside the
     checkpoint, not a device, FIFO or socket, its folder writable). The graph is written
@@ -240,7 +276,12 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from .predict import describe, load_predictor, predict_files
+    from atfnn_fast.errors import UsageError
+
+    from .predict import describe, load_predictor, predict_files, timeline_files
+
+    if args.smooth is not None and not args.timeline:
+        raise UsageError("--smooth: smooths a timeline; add --timeline")
 
     predictor = load_predictor(
         checkpoint=args.checkpoint,
@@ -250,6 +291,15 @@ def _predict(args: argparse.Namespace) -> int:
         provider=args.provider,
     )
     print(f"predict: {describe(predictor)}", file=sys.stderr, flush=True)
+    if args.timeline:
+        return timeline_files(
+            predictor,
+            args.files,
+            json_lines=args.json,
+            csv_rows=args.csv,
+            smooth=args.smooth or 1,
+            debug=_debug(args),
+        )
     return predict_files(
         predictor, args.files, json_list=args.json, csv_rows=args.csv, debug=_debug(args)
     )
@@ -293,6 +343,18 @@ def _positive_float(high: float):
     return parse
 
 
+def _odd_window(text: str) -> int:
+    """``--smooth``: an odd number of segments (:func:`atfnn_fast.inference.check_smooth`)."""
+    from atfnn_fast.inference import MAX_SMOOTH
+
+    value = _int_in(1, MAX_SMOOTH)(text)
+    if value % 2 == 0:
+        raise argparse.ArgumentTypeError(
+            f"must be odd (a window centred on each segment), got {value}"
+        )
+    return value
+
+
 def _default(function, name: str):
     """The default of ``function``'s parameter ``name``: the owning module's value."""
     import inspect
@@ -308,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .datasets import DATASETS
     from .demo import run, run_pipeline
     from .evaluate import evaluate
-    from .plots import plot_attention
+    from .plots import TIMELINE_COLUMNS, plot_attention
     from .predict import PROVIDER_CHOICES, load_predictor
     from .train import (
         AMP_MODES,
@@ -551,6 +613,56 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("file", help="an audio file")
     pa.set_defaults(func=_plot_attention)
 
+    pt = sub.add_parser(
+        "plot-timeline",
+        parents=[common],
+        help="class scores over time of a (long) recording",
+        description="Plot a file's emotion timeline: each class's score per segment over "
+        "time, stacked, above a strip of the top label; x in minutes past 2 minutes, and a "
+        f"file of more than {TIMELINE_COLUMNS} segments drawn as {TIMELINE_COLUMNS} columns, "
+        "each the mean of as many segments. From a model (--checkpoint or --onnx and an "
+        "audio file) or from the rows `predict --timeline --csv` or `--json` wrote (--rows). "
+        "Prints the file's mean scores (predict's, for unsmoothed rows), then the path.",
+    )
+    tsource = pt.add_mutually_exclusive_group(required=True)
+    tsource.add_argument("--checkpoint", help="a checkpoint directory (PyTorch)")
+    tsource.add_argument("--onnx", help="an exported .onnx file (ONNX Runtime)")
+    tsource.add_argument(
+        "--rows", help="a timeline written by `predict --timeline --csv` or `--json`"
+    )
+    pt.add_argument("--output", required=True, help="the .png (or .svg, .pdf) to write")
+    pt.add_argument(
+        "--smooth",
+        type=_odd_window,
+        default=1,
+        metavar="N",
+        help="draw each segment's scores averaged with its neighbours, N segments centred "
+        "on it (odd; default %(default)s: off)",
+    )
+    pt.add_argument(
+        "--device",
+        default=_default(load_predictor, "device"),
+        help="with --checkpoint: cpu, cuda or auto (default %(default)s)",
+    )
+    pt.add_argument(
+        "--provider",
+        choices=PROVIDER_CHOICES,
+        default=_default(load_predictor, "provider"),
+        help="with --onnx: ONNX Runtime execution provider (default %(default)s)",
+    )
+    pt.add_argument(
+        "--batch-size",
+        type=_int_in(1, MAX_BATCH_SIZE),
+        default=DEFAULT_BATCH_SIZE,
+        help=f"segments per forward pass (default {DEFAULT_BATCH_SIZE})",
+    )
+    pt.add_argument(
+        "file",
+        nargs="?",
+        help="the audio file; with --rows, the file whose rows to draw (default: the only one)",
+    )
+    pt.set_defaults(func=_plot_timeline)
+
     export = sub.add_parser("export", parents=[common], help="export a checkpoint to ONNX")
     export.add_argument("--checkpoint", required=True, help="checkpoint directory")
     export.add_argument("--output", required=True, help="the .onnx file to write")
@@ -639,6 +751,22 @@ def build_parser() -> argparse.ArgumentParser:
         default=_default(load_predictor, "provider"),
         help="with --onnx: ONNX Runtime execution provider (default auto: CUDA if present, "
         "else the CPU)",
+    )
+    predict.add_argument(
+        "--timeline",
+        action="store_true",
+        help="a row per segment instead of a line per file: path, segment, start and end "
+        "(seconds), label, each class's score; with --json one JSON object per line, with "
+        "--csv a CSV row; printed as the file is read, so any length streams (the file's "
+        "scores are the mean of its unsmoothed rows)",
+    )
+    predict.add_argument(
+        "--smooth",
+        type=_odd_window,
+        default=None,
+        metavar="N",
+        help="with --timeline: each row's scores and label averaged over N segments centred "
+        "on it (odd; default: off)",
     )
     predict.add_argument(
         "files",
