@@ -63,10 +63,11 @@ def forward(source, weight, bias, target, keep: bool = False, want_out: bool = T
     act = torch.empty((b, w.shape[0], n_f // kf, t // kt)) if keep else None
     dims = _dims(src, w, tg)
     args = (_ptr(src), _ptr(w), _ptr(bb), _ptr(tg), _ptr(out), _ptr(wmap), _ptr(act))
-    native.run_chunks(
-        lambda _q, b0, b1: lib.atfnn_ba_forward(code, dims, *args, b0, b1),
-        native.chunks(b, per_item=t),
-    )
+    with torch.profiler.record_function("atfnn::native_band_attention_forward"):
+        native.run_chunks(
+            lambda _q, b0, b1: lib.atfnn_ba_forward(code, dims, *args, b0, b1),
+            native.chunks(b, per_item=t),
+        )
     dtype = source.dtype if target is None else target.dtype
     return (None if out is None else out.to(dtype)), wmap.to(source.dtype), act
 
@@ -87,12 +88,13 @@ def backward(grad_out, grad_map, source, weight, bias, target, act=None):
     dims = _dims(src, w, tg)
     args = (_ptr(src), _ptr(w), _ptr(bb), _ptr(tg), _ptr(act), _ptr(g), _ptr(gm))
     args += (_ptr(dsrc), _ptr(dtgt))
-    native.run_chunks(
-        lambda q, b0, b1: lib.atfnn_ba_backward(
-            code, dims, *args, _ptr(dw[q]), _ptr(db[q]), b0, b1
-        ),
-        ranges,
-    )
+    with torch.profiler.record_function("atfnn::native_band_attention_backward"):
+        native.run_chunks(
+            lambda q, b0, b1: lib.atfnn_ba_backward(
+                code, dims, *args, _ptr(dw[q]), _ptr(db[q]), b0, b1
+            ),
+            ranges,
+        )
     if dtgt is None:
         dtgt = torch.empty(0, dtype=source.dtype)
     else:

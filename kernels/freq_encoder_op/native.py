@@ -145,7 +145,8 @@ def forward(
     def call(_q, n0, n1):
         return lib.atfnn_fenc_forward(code, dims, eps, *args, n0, n1)
 
-    native.run_chunks(call, native.chunks(b * t))
+    with torch.profiler.record_function("atfnn::native_freq_encoder_forward"):
+        native.run_chunks(call, native.chunks(b * t))
     return out.to(x.dtype), stats
 
 
@@ -177,7 +178,8 @@ def backward(
     def call(q, n0, n1):
         return lib.atfnn_fenc_backward(code, dims, eps, *args, _ptr(dprm[q]), n0, n1)
 
-    native.run_chunks(call, ranges)
+    with torch.profiler.record_function("atfnn::native_freq_encoder_backward"):
+        native.run_chunks(call, ranges)
     grads = unpack_grads(dprm.sum(0), p)
     if d_time is not None:
         d_time = d_time.to(time_weights.dtype)
