@@ -77,17 +77,14 @@ static inline void attn_fwd(const float* xc, long F, const float* s, const float
     z[b] = s1[b] = s2[b] = vf{};
   }
   for (long g = 0; g < F; ++g) {
-    const float xg = xc[g];
+    // s1 takes the same expression with and without VAR (e x_g of one use each), so the
+    // forward's values do not depend on whether the backward's variance is asked for
+    const float xg = xc[g], xg2 = xg * xg;
     for (int b = 0; b < NB; ++b) {
       vf e = vexp2(sv[b] * xg - mv[b]);
       z[b] += e;
-      if (VAR) {
-        vf ex = e * xg;
-        s1[b] += ex;
-        s2[b] += ex * xg;
-      } else {
-        s1[b] += e * xg;
-      }
+      s1[b] += e * xg;
+      if (VAR) s2[b] += e * xg2;
     }
   }
   for (int b = 0; b < NB; ++b) {
@@ -441,8 +438,9 @@ int forward(const Dims& d, float eps, const float* x, const float* wt, const flo
   for (long n = n0; n < n1; ++n) {
     const long b = n / d.T, t = n % d.T;
     const float center = load_frame(d, x, b, t, sc);
-    attention(d, prm, o, center, sc, nullptr, stats ? stats + n * d.h * 3 * d.F : nullptr,
-              stats != nullptr);
+    // the variance always (one FMA a term): without it the compiler schedules the pass
+    // differently and inference would differ from training's forward in the last bit
+    attention(d, prm, o, center, sc, nullptr, stats ? stats + n * d.h * 3 * d.F : nullptr, true);
     encode(d, prm, o, eps, sc, prm + o.W2);
     float* op = out + b * d.out_s[0] + t * d.out_s[1];
     const float* wp = d.has_wt ? wt + b * d.wt_s[0] + t * d.wt_s[2] : nullptr;
@@ -464,7 +462,12 @@ int backward(const Dims& d, float eps, const float* x, const float* wt, const fl
   const long c = d.c, P = d.P, K = d.k, Fp = sc.Fp, NV = sc.NV, LD = sc.LD, F = d.F;
   // flipped, transposed conv weights for the data gradients: WT[i][o][K-1-j] = W[o][i][j]
   float* wmem = (float*)malloc((size_t)(2 * P * c * K + o.total * VL) * 4);
-  if (!wmem) return 2;
+  double* total = (double*)calloc((size_t)o.total, sizeof(double));
+  if (!wmem || !total) {
+    free(wmem);
+    free(total);
+    return 2;
+  }
   float *W1T = wmem, *W2T = wmem + P * c * K, *acc = wmem + 2 * P * c * K;
   for (long p = 0; p < P; ++p)
     for (long ch = 0; ch < c; ++ch)
@@ -476,7 +479,20 @@ int backward(const Dims& d, float eps, const float* x, const float* wt, const fl
   float* A_ = acc;  // vector partials of every parameter gradient, at o.* * VL
 #define ACC(field) (A_ + o.field * VL)
 
+  // The parameter gradients sum over every band of every frame: float32 vector partials over
+  // FLUSH frames at a time, then added into float64 totals (a sum over thousands of frames
+  // in float32 alone lost up to 1e-5 of the result where its terms cancel).
+  const long FLUSH = 8;
+  auto flush = [&]() {
+    for (long q = 0; q < o.total; ++q) {
+      double s = 0.0;
+      for (int l = 0; l < VL; ++l) s += acc[q * VL + l];
+      total[q] += s;
+    }
+    memset(acc, 0, (size_t)o.total * VL * 4);
+  };
   for (long n = n0; n < n1; ++n) {
+    if (n > n0 && (n - n0) % FLUSH == 0) flush();
     const long b = n / d.T, t = n % d.T;
     const float center = load_frame(d, x, b, t, sc);
     attention(d, prm, o, center, sc, stats ? stats + n * d.h * 3 * d.F : nullptr, nullptr, true);
@@ -561,8 +577,10 @@ int backward(const Dims& d, float eps, const float* x, const float* wt, const fl
     for (long f = 0; f < F; ++f) dxp[f * d.dx_s[1]] = sc.dxa[f];
   }
 #undef ACC
-  for (long q = 0; q < o.total; ++q) dprm[q] = hsum(vload(acc + q * VL));
+  flush();
+  for (long q = 0; q < o.total; ++q) dprm[q] = (float)total[q];
   free(wmem);
+  free(total);
   return 0;
 }
 
