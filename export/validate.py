@@ -238,9 +238,17 @@ def validate_onnx(
 ) -> ValidationReport:
     """Run ``path`` in ONNX Runtime and ``model`` in eager PyTorch on the same fresh random
     inputs (and, for int8 files or with ``audio``, on real features); return a
-    :class:`ValidationReport`. A failure raises OnnxValidationError (unless
+    :class:`ValidationReport`. A waveform-in graph is compared with the Python pipeline on
+    recordings instead (:func:`.waveform.validate_waveform`, a ``WaveformReport``). A
+    failure raises OnnxValidationError (unless
     ``raise_on_failure=False``)."""
     meta = read_metadata(path)
+    if meta["input"] == "waveform":  # against the Python pipeline on recordings instead
+        from .waveform import validate_waveform
+
+        return validate_waveform(
+            path, model, providers=providers, audio=audio, raise_on_failure=raise_on_failure
+        )
     cfg, dtype = meta["config"], meta["dtype"]
     quantization = meta["quantization"]
     if getattr(model, "config", None) != cfg:
