@@ -68,7 +68,7 @@ FILE_SCORES = "scores"
 FEATURES_OUTPUT = "features"  # only in the copy validate_waveform runs (expose_features)
 PREFIX = "wav/"  # every name this module adds (the model's names never start with it)
 LOOP_NAME = PREFIX + "segments"
-_SPEC = "spectrogram"  # the model's input, fed inside the loop body
+_MODEL_INPUT = "spectrogram"  # the model's input, fed inside the loop body
 _LOGITS = "logits"  # the model's output
 _PAD_ROWS = PREFIX + "pad_rows"  # rows padding a short last chunk up to segment_batch
 _COUNT = PREFIX + "count"  # (1,) int64: the file's segments
@@ -194,7 +194,7 @@ def waveform_proto(
     body += [
         node("Reshape", [frames_major, const("segments_shape", [-1, t, f])], v("segments_tf")),
         node("Transpose", [v("segments_tf")], v("segments_ft"), perm=[0, 2, 1]),
-        node("Unsqueeze", [v("segments_ft"), one], _SPEC),
+        node("Unsqueeze", [v("segments_ft"), one], _MODEL_INPUT),
     ]
     body += list(model_graph.node)
     body += [
@@ -361,7 +361,7 @@ def expose_features(proto):
                 name=rows,
                 axis=0,
             ),
-            helper.make_node("Pad", [_SPEC, rows], [PREFIX + "feature_rows"], name="f_rows"),
+            helper.make_node("Pad", [_MODEL_INPUT, rows], [PREFIX + "feature_rows"], name="f_rows"),
         ]
     )
     body.output.append(
@@ -579,13 +579,19 @@ def model_part(proto):
 
     loop = next(n for n in proto.graph.node if n.name == LOOP_NAME)
     body = next(a for a in loop.attribute if a.name == "body").g
-    nodes = [n for n in body.node if not any(o.startswith(PREFIX) or o == _SPEC for o in n.output)]
+    nodes = [
+        n for n in body.node if not any(o.startswith(PREFIX) or o == _MODEL_INPUT for o in n.output)
+    ]
     meta = {p.key: p.value for p in proto.metadata_props}
     cfg = ATFNNConfig.from_json(meta["atfnn.config"])
     graph = helper.make_graph(
         nodes,
         "atfnn_model",
-        [helper.make_tensor_value_info(_SPEC, TensorProto.FLOAT, ["b", 1, cfg.n_mels, cfg.frames])],
+        [
+            helper.make_tensor_value_info(
+                _MODEL_INPUT, TensorProto.FLOAT, ["b", 1, cfg.n_mels, cfg.frames]
+            )
+        ],
         [helper.make_tensor_value_info(_LOGITS, TensorProto.FLOAT, ["b", cfg.num_classes])],
         [t for t in proto.graph.initializer if not t.name.startswith(PREFIX)],
     )
@@ -650,7 +656,7 @@ def validate_waveform(
                 inner_sess = session(inner, providers)
 
                 def logits(x: torch.Tensor) -> np.ndarray:
-                    return inner_sess.run(None, {_SPEC: x.numpy()})[0]
+                    return inner_sess.run(None, {_MODEL_INPUT: x.numpy()})[0]
             else:
 
                 def logits(x: torch.Tensor) -> np.ndarray:
