@@ -159,7 +159,8 @@ def test_features_and_segments_match_at_every_kind_of_length(tiny, tmp_path):
 
 
 def test_chunk_size_does_not_change_the_scores(tiny, tmp_path):
-    """Segments through the Loop 3 at a time or 64 at a time: the same scores."""
+    """Segments through the Loop 3 at a time, 64 at a time or one at a time (a static-batch
+    export): the same scores."""
     model = tiny["model"]
     meta = read_metadata(tiny["waveform"])
     big = export_onnx(
@@ -169,13 +170,23 @@ def test_chunk_size_does_not_change_the_scores(tiny, tmp_path):
         labels=meta["labels"],
         norm_stats=meta["norm_stats"],
     )
-    assert (meta["segment_batch"], read_metadata(big)["segment_batch"]) == (3, 64)
-    wave = load_audio(speech_sample()).numpy()  # 40 segments: 14 steps of 3, or one
+    one = export_onnx(
+        model,
+        tmp_path / "static.onnx",
+        input="waveform",
+        dynamic_batch=False,
+        labels=meta["labels"],
+        norm_stats=meta["norm_stats"],
+    )
+    sizes = [read_metadata(p)["segment_batch"] for p in (tiny["waveform"], big, one)]
+    assert sizes == [3, 64, 1]  # a static-batch model: one segment per step
+    wave = load_audio(speech_sample()).numpy()  # 40 segments: 14 steps of 3, one, or 40
     a = OnnxPredictor(tiny["waveform"]).predict_waveform(wave)
-    b = OnnxPredictor(big).predict_waveform(wave)
     assert a[0].shape == (40, 3)
-    np.testing.assert_allclose(a[0], b[0], atol=1e-6)
-    np.testing.assert_allclose(a[1], b[1], atol=1e-6)
+    for other in (big, one):
+        b = OnnxPredictor(other).predict_waveform(wave)
+        np.testing.assert_allclose(a[0], b[0], atol=1e-6)
+        np.testing.assert_allclose(a[1], b[1], atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- any length
