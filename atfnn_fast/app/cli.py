@@ -228,6 +228,7 @@ def _export(args: argparse.Namespace) -> int:
                 features=ckpt.features,
                 quantize=args.quantize,
                 target=args.target,
+                input=args.input,
             )
         except OSError as err:  # a full disk...: name --output, not our temporary name
             raise named(err, output) from None
@@ -247,13 +248,16 @@ def _export(args: argparse.Namespace) -> int:
             print(report)
             if not (report.passed or report.skipped):
                 os.replace(path, failed)
-                worst = max(r.max_rel for r in report.results)
+                why = getattr(report, "failure", None)  # a waveform graph's report says why
+                if why is None:
+                    worst = max(r.max_rel for r in report.results)
+                    why = f"max relative error {worst:.2e} > {report.tolerance:g}"
                 raise RunError(
-                    f"{output}: validation failed (max relative error {worst:.2e} > "
-                    f"{report.tolerance:g}); the graph is kept as {failed}, {output} was not "
-                    "written"
+                    f"{output}: validation failed ({why}); the graph is kept as {failed}, "
+                    f"{output} was not written"
                 )
-        problems = None if args.quantize else check_tensorrt_ready(path)
+        waveform = args.input == "waveform"
+        problems = None if args.quantize or waveform else check_tensorrt_ready(path)
         try:
             os.replace(path, output)
         except OSError as err:
@@ -261,8 +265,15 @@ def _export(args: argparse.Namespace) -> int:
     finally:
         path.unlink(missing_ok=True)
     kind = args.dtype + (", int8 weights" if args.quantize else "")
+    kind += f", waveform in at {ckpt.features.sample_rate} Hz" if waveform else ""
     print(f"wrote {output} ({ckpt.config.variant}, {kind})")
-    if args.quantize:
+    if waveform:
+        print(
+            "TensorRT readiness: not applicable (the waveform graph computes its features "
+            "with ONNX's STFT, which TensorRT's parser lacks; export --input spectrogram for "
+            "TensorRT)"
+        )
+    elif args.quantize:
         print(
             "TensorRT readiness: not applicable (the int8 graph uses ONNX Runtime's "
             "com.microsoft ops; export float32 or float16 for TensorRT)"
@@ -365,6 +376,7 @@ def _default(function, name: str):
 def build_parser() -> argparse.ArgumentParser:
     from atfnn_fast import __version__
     from atfnn_fast.export.onnx_export import DEFAULT_OPSET, DTYPES, MAX_OPSET, TARGETS, export_onnx
+    from atfnn_fast.export.waveform import INPUT_KINDS
     from atfnn_fast.inference import DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE
 
     from .datasets import DATASETS
@@ -693,6 +705,15 @@ def build_parser() -> argparse.ArgumentParser:
         "(default %(default)s)",
     )
     export.add_argument(
+        "--input",
+        choices=INPUT_KINDS,
+        default=_default(export_onnx, "input"),
+        help="spectrogram: the graph takes normalised log-Mel segments (features computed "
+        "outside); waveform: 16 kHz mono float32 samples of any length, with log-Mel, "
+        "segmentation and normalisation inside the graph, returning segment_scores and the "
+        "file's scores (float32 or int8) (default %(default)s)",
+    )
+    export.add_argument(
         "--static-batch", action="store_true", help="batch fixed at 1 (default: dynamic)"
     )
     export.add_argument(
@@ -706,7 +727,9 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         metavar="PATH",
         help="with --validate: audio files, folders or manifest CSVs for the real-feature "
-        "check (the bundled recording is always used)",
+        "check (the bundled recording is always used; --input waveform: also recordings "
+        "synthesised from it, shorter than a segment, a multiple of the hop and 10 minutes "
+        "long)",
     )
     export.set_defaults(func=_export)
 
