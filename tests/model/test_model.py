@@ -111,6 +111,37 @@ def test_cpu_autocast_bf16_runs_close_to_fp32():
     torch.testing.assert_close(got.float(), want, rtol=0.1, atol=0.1)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cpu_autocast_lstm_runs_in_float32_where_onednn_has_no_lstm(dtype, monkeypatch):
+    """Issue 30: oneDNN has no bf16 LSTM on a CPU without native bf16 (AVX2-only x86) and
+    no fp16 LSTM without native fp16. The decision follows oneDNN's own probe; forced to
+    float32, the LSTM sees float32 input and the logits stay close to float32's, with
+    gradients for every parameter."""
+    from atfnn_fast import reference
+
+    probe = {
+        torch.bfloat16: "_is_mkldnn_bf16_supported",
+        torch.float16: "_is_mkldnn_fp16_supported",
+    }
+    native = bool(getattr(torch.ops.mkldnn, probe[dtype])())
+    x = torch.randn(4, 1, 10, 16)
+    with torch.autocast("cpu", dtype=dtype):
+        assert reference.lstm_in_float32(x) is not native
+    assert reference.lstm_in_float32(x) is False  # no autocast: nothing to leave
+    monkeypatch.setattr(reference, "lstm_in_float32", lambda x: True)
+    fast, _ = pair(tiny_config())
+    seen = []
+    fast.t_encoder.register_forward_pre_hook(lambda m, args: seen.append(args[0].dtype))
+    with torch.no_grad():
+        want = fast(x)
+    with torch.autocast("cpu", dtype=dtype):
+        got = fast(x)
+    assert seen == [torch.float32, torch.float32]
+    torch.testing.assert_close(got.float(), want, rtol=0.1, atol=0.1)
+    got.float().sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in fast.parameters())
+
+
 # ------------------------------------------------------------------------------ dispatch
 def test_backend_default_and_override():
     assert kernels.get_backend() == "auto"
