@@ -29,7 +29,7 @@ from .features import iter_segment_batches
 
 DEFAULT_BATCH_SIZE = 64  # segments per forward pass of `predict` (our choice)
 MAX_BATCH_SIZE = 4096  # also the dynamic batch range of exported ONNX graphs
-DEFAULT_DEVICE = "cpu"  # of CheckpointPredictor (and `atfnn-fast predict --device`)
+DEFAULT_DEVICE = "cpu"  # of CheckpointPredictor (`atfnn-fast predict --device`: auto)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -63,6 +63,23 @@ def test_wheel_installs_everything_under_one_namespace(tmp_path):
     assert "atfnn-fast = atfnn_fast.app.cli:main" in text
 
 
+def test_every_folder_that_ships_is_a_listed_package():
+    """Issue 30: setuptools warns (about 45 lines, even under pip --quiet) for a folder of
+    package data that `packages` does not list, as atfnn_fast/assets was."""
+    tomllib = pytest.importorskip("tomllib")
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(config["packages"])
+    dirs = config["package-dir"]
+    for package, folder in dirs.items():
+        for sub in (ROOT / folder).rglob("*"):
+            if sub.is_dir() and sub.name != "__pycache__" and any(sub.iterdir()):
+                name = f"{package}.{sub.relative_to(ROOT / folder).as_posix().replace('/', '.')}"
+                if not any(p.name != "__pycache__" for p in sub.iterdir() if p.is_file()):
+                    continue
+                assert name in listed, f"{name} ({sub}) is not in [tool.setuptools] packages"
+    assert config["package-data"]["atfnn_fast.assets"] == ["*.wav"]
+
+
 def test_tuned_tables_are_package_data():
     text = (ROOT / "pyproject.toml").read_text()
     line = next(x for x in text.splitlines() if x.startswith('"atfnn_fast.kernels" = ['))

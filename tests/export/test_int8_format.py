@@ -21,6 +21,7 @@ from atfnn_fast.export.onnx_export import (
 )
 
 LABELS = ["a", "b", "c"]
+pytestmark = pytest.mark.isa
 
 
 def vpmaddubsw(a_u8: np.ndarray, w_s8: np.ndarray) -> np.ndarray:
