@@ -520,7 +520,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--amp",
         choices=AMP_MODES,
         default=default("amp"),
-        help="mixed precision on CUDA (bf16 also on a CPU) (default %(default)s)",
+        help="mixed precision on CUDA (bf16 also on a CPU, where the Bi-LSTM runs in float32 "
+        "if the CPU lacks native bf16) (default %(default)s)",
     )
     tr.add_argument(
         "--seed",
