@@ -98,3 +98,24 @@ def test_u8u8_lstm_weights_are_the_int8_ones_shifted(tiny_int8):
     name = u8.graph.input[0].name
     got, want = u8_out.run(None, {name: x})[0], f32_out.run(None, {name: x})[0]
     np.testing.assert_allclose(got, want, rtol=0, atol=0.05 * float(np.abs(want).max()))
+
+
+def test_an_older_u8s8_file_is_loaded_with_a_warning(tiny_int8, tmp_path):
+    """int8 files exported before issue 30 (U8S8) still load, with a one-line warning that
+    they are not portable; the U8U8 files load silently."""
+    import warnings
+
+    from atfnn_fast.export import OnnxPredictor
+    from atfnn_fast.export.onnx_export import _set_metadata, read_metadata
+
+    _, f32, q = tiny_int8
+    meta = read_metadata(q)
+    old = _quantize_int8(onnx.load(str(f32)), weight_type="QInt8")
+    _set_metadata(old, meta["config"], meta["labels"], meta["norm_stats"], meta["features"],
+                  "float32", "int8")  # fmt: skip
+    onnx.save(old, str(tmp_path / "old.onnx"))
+    with pytest.warns(UserWarning, match=r"old\.onnx: int8 weights in ONNX Runtime's U8S8 format"):
+        OnnxPredictor(tmp_path / "old.onnx", provider="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        OnnxPredictor(q, provider="cpu")
