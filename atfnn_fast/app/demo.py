@@ -23,7 +23,7 @@ import torch
 
 from atfnn_fast import ATFNN, ATFNNConfig, kernels
 from atfnn_fast.checkpoint import load_checkpoint, save_checkpoint
-from atfnn_fast.errors import resolve_device
+from atfnn_fast.errors import RunError, resolve_device
 from atfnn_fast.features import (
     FeatureConfig,
     NormStats,
@@ -155,6 +155,9 @@ def run_pipeline(out_dir="demo-output", epochs: int = 12, seed: int = 0, out=Non
     )
     seconds = time.perf_counter() - start
     say(f"pipeline       {seconds:.0f} s on {torch.get_num_threads()} CPU threads")
+    failed = [(p, r.failure) for p, r in ((onnx_path, report), (int8_path, int8)) if r.failure]
+    if failed:  # the demo's exit code says it too (`make demo` fails)
+        raise RunError("; ".join(f"{p}: validation failed ({why})" for p, why in failed))
     return {
         "metrics": metrics,
         "seconds": seconds,
