@@ -24,20 +24,14 @@ def test_subpackages_map_to_the_repository_folders():
 
 @pytest.mark.slow
 def test_wheel_installs_everything_under_one_namespace(tmp_path):
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--quiet",
-            "--no-deps",
-            "-w",
-            str(tmp_path),
-            str(ROOT),
-        ],
-        check=True,
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "-w", str(tmp_path), str(ROOT)],
+        capture_output=True,
+        text=True,
     )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # issue 30: no setuptools warning about a folder missing from `packages`
+    assert "absent from the `packages` configuration" not in proc.stdout + proc.stderr
     (wheel,) = tmp_path.glob("atfnn_fast-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     top = {n.split("/")[0] for n in names}
@@ -63,20 +57,13 @@ def test_wheel_installs_everything_under_one_namespace(tmp_path):
     assert "atfnn-fast = atfnn_fast.app.cli:main" in text
 
 
-def test_every_folder_that_ships_is_a_listed_package():
-    """Issue 30: setuptools warns (about 45 lines, even under pip --quiet) for a folder of
-    package data that `packages` does not list, as atfnn_fast/assets was."""
+def test_the_assets_folder_is_a_listed_package():
+    """Issue 30: setuptools warned (about 45 lines, even under pip --quiet) that the data
+    folder atfnn_fast/assets was absent from `packages`; the slow wheel test checks the
+    build's output."""
     tomllib = pytest.importorskip("tomllib")
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    listed = set(config["packages"])
-    dirs = config["package-dir"]
-    for package, folder in dirs.items():
-        for sub in (ROOT / folder).rglob("*"):
-            if sub.is_dir() and sub.name != "__pycache__" and any(sub.iterdir()):
-                name = f"{package}.{sub.relative_to(ROOT / folder).as_posix().replace('/', '.')}"
-                if not any(p.name != "__pycache__" for p in sub.iterdir() if p.is_file()):
-                    continue
-                assert name in listed, f"{name} ({sub}) is not in [tool.setuptools] packages"
+    assert "atfnn_fast.assets" in config["packages"]
     assert config["package-data"]["atfnn_fast.assets"] == ["*.wav"]
 
 
