@@ -166,9 +166,9 @@ def _export(args: argparse.Namespace) -> int:
     """The output is checked first (:func:`atfnn_fast.files.check_output`: not inside the
     checkpoint, not a device, FIFO or socket, its folder writable). The graph is written
     under a private temporary name next to ``--output``, validated (``--validate``) and,
-    for ``--target tensorrt``, checked for TensorRT, and only then renamed to ``--output``; a graph that fails
-    validation is kept as ``<output>.failed`` for inspection and ``--output`` is left as it
-    was. Two exports to one output each rename a complete graph of their own: the last one
+    for ``--target tensorrt``, checked for TensorRT, and only then renamed to ``--output``;
+    a graph that fails validation is kept as ``<output>.failed`` for inspection and
+    ``--output`` is left as it was. Two exports to one output each rename a complete graph of their own: the last one
     stays."""
     from atfnn_fast.checkpoint import load_checkpoint
     from atfnn_fast.errors import RunError, UsageError
