@@ -128,20 +128,31 @@ SHORT_FRACTION = 0.5
 def hearing_problem(path: str | os.PathLike, predictor) -> str | None:
     """Why ``predictor``'s label for ``path`` says little, or None: the file is silent
     (peak below -60 dBFS) or shorter than half a segment (the model sees mostly padding).
-    Reads the audio once more, in blocks (:func:`atfnn_fast.features.iter_audio`)."""
+    The length comes from the file's header; the audio is read again only until a sample
+    reaches :data:`SILENT_PEAK` (the first block, for anything but silence). A file that
+    cannot be read again gets no warning (its label stands)."""
+    import contextlib
+
     import numpy as np
+    import soundfile
 
-    from atfnn_fast.features import iter_audio
+    from atfnn_fast.features import FeatureConfig, iter_audio
 
-    rate = predictor.features.sample_rate
-    peak, samples = 0.0, 0
-    for block in iter_audio(path, rate):
-        block = np.asarray(block)
-        if block.size:
-            peak = max(peak, float(np.abs(block).max()))
-        samples += block.size
-    seconds = samples / rate
-    segment = predictor.config.frames * predictor.features.hop_length / rate
+    features = predictor.features or FeatureConfig()
+    rate = features.sample_rate
+    try:
+        seconds = float(soundfile.info(str(path)).duration)
+        peak = 0.0
+        with contextlib.closing(iter_audio(path, rate)) as blocks:
+            for block in blocks:
+                block = np.asarray(block)
+                if block.size:
+                    peak = max(peak, float(np.abs(block).max()))
+                if peak >= SILENT_PEAK:
+                    break
+    except (OSError, RuntimeError, ValueError):
+        return None
+    segment = predictor.config.frames * features.hop_length / rate
     if peak < SILENT_PEAK:
         level = "digital silence" if peak == 0 else f"peak {20 * np.log10(peak):.0f} dBFS"
         return (
