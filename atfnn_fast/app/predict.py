@@ -134,14 +134,14 @@ def hearing_problem(path: str | os.PathLike, predictor) -> str | None:
     import contextlib
 
     import numpy as np
-    import soundfile
 
-    from atfnn_fast.features import FeatureConfig, iter_audio
+    from atfnn_fast.features import FeatureConfig, _open_audio, iter_audio
 
     features = predictor.features or FeatureConfig()
     rate = features.sample_rate
     try:
-        seconds = float(soundfile.info(str(path)).duration)
+        with _open_audio(Path(path)) as handle:  # the readers' checks: no FIFO can block
+            seconds = handle.frames / handle.samplerate
         peak = 0.0
         with contextlib.closing(iter_audio(path, rate)) as blocks:
             for block in blocks:
