@@ -6,7 +6,13 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-fast test-compat lint demo bench clean
+.PHONY: test test-fast test-avx2 test-isa test-compat lint demo bench clean
+
+# oneDNN and ATen capped to AVX2: on any x86 machine, the code paths of a CPU without
+# AVX-512, VNNI or native bf16 (most laptops, desktops and many cloud VMs). ONNX Runtime
+# ignores the caps; the int8 graph's format is checked by the arithmetic of its kernels
+# (tests/export/test_int8_format.py).
+AVX2_ENV := ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2
 
 $(STAMP): pyproject.toml constraints.txt setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +36,17 @@ lint: $(STAMP) $(NATIVE)
 test: lint
 	$(BIN)/python -m pytest -m "" -q
 	$(BIN)/python -m pytest benchmarks --benchmark-disable --bench-size tiny -q -p no:cacheprovider
+	$(MAKE) --no-print-directory test-isa
+
+# The tests marked isa (autocast, the int8 format, the CPU paths' parity) again, capped to
+# AVX2: a small subset, part of `make test` and so of CI.
+test-isa: $(STAMP)
+	@echo "== the isa tests with oneDNN and ATen capped to AVX2 ($(AVX2_ENV))"
+	$(AVX2_ENV) $(BIN)/python -m pytest -m isa -q -p no:cacheprovider
+
+# The default quick run (as test-fast), capped to AVX2.
+test-avx2: $(STAMP)
+	$(AVX2_ENV) $(BIN)/python -m pytest -q
 
 # The default quick run: everything except the tests marked slow.
 test-fast: $(STAMP) $(NATIVE)

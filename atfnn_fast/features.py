@@ -243,6 +243,9 @@ def _open_audio(path: Path):
     return _Opened(handle, fh)
 
 
+# The file names a folder is searched for (predict, export --audio): what libsndfile decodes
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif")
+
 # The first bytes of formats a user may hand over, for a decode error's "what it saw".
 _MAGIC = (
     (b"RIFF", 0, "a RIFF/WAV header"),

@@ -34,7 +34,7 @@ from .features import FeatureConfig, audio_seconds, iter_segment_batches
 
 DEFAULT_BATCH_SIZE = 64  # segments per forward pass of `predict` (our choice)
 MAX_BATCH_SIZE = 4096  # also the dynamic batch range of exported ONNX graphs
-DEFAULT_DEVICE = "cpu"  # of CheckpointPredictor (and `atfnn-fast predict --device`)
+DEFAULT_DEVICE = "cpu"  # of CheckpointPredictor (`atfnn-fast predict --device`: auto)
 MAX_SMOOTH = 999  # the widest smoothing window of a timeline, in segments (our choice)
 
 

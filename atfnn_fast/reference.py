@@ -11,6 +11,9 @@ Choices where the paper is silent (docs/design.md#choices-the-paper-leaves-open)
   autocast is active on the input's device (then autocast decides).
 * ``return_attention=True`` returns :class:`AttentionMaps`; a map whose attention block is
   disabled is ``None``.
+* Under CPU autocast the Bi-LSTM runs in float32 when oneDNN has no LSTM for the autocast
+  dtype on this CPU (bf16 without native bf16, e.g. AVX2-only x86; :func:`lstm_in_float32`);
+  elsewhere autocast decides.
 * The NaN/Inf check (``check_finite``) of the reference is synchronous: a ValueError with
   the NaN and Inf counts, one device-to-host sync per call on CUDA (``ATFNN`` checks
   without a sync: :meth:`atfnn_fast.model.ATFNN.assert_finite`). It is skipped while
@@ -245,7 +248,11 @@ class ATFNNBase(nn.Module):
         seq = encoding.reshape(b, t, f * w)
         if self.t_encoder is None:
             return seq.mean(dim=1)
-        _, (h_n, _) = self.t_encoder(seq)
+        if lstm_in_float32(seq):
+            with torch.autocast("cpu", enabled=False):
+                _, (h_n, _) = self.t_encoder(seq.float())
+        else:
+            _, (h_n, _) = self.t_encoder(seq)
         return torch.cat((h_n[-2], h_n[-1]), dim=-1)
 
     # ------------------------------------------------- front-end hooks (reference math)
@@ -271,6 +278,27 @@ def non_finite_error(x: torch.Tensor) -> ValueError:
     return ValueError(
         f"x must be finite: got {nan} NaN and {inf} Inf values (shape {tuple(x.shape)})"
     )
+
+
+def lstm_in_float32(x: torch.Tensor) -> bool:
+    """Whether the Bi-LSTM must leave CPU autocast and run in float32 for input ``x``:
+    autocast is on for the CPU and oneDNN has no LSTM primitive for its dtype on this CPU
+    (bf16 needs native bf16, AVX-512 BF16 or AMX; fp16 native fp16). oneDNN's answer
+    follows ``ONEDNN_MAX_CPU_ISA``, so ``ONEDNN_MAX_CPU_ISA=AVX2`` shows an AVX2-only
+    CPU's path on any x86 machine."""
+    if x.device.type != "cpu" or not torch.is_autocast_enabled("cpu"):
+        return False
+    dtype = torch.get_autocast_dtype("cpu")
+    probe = {
+        torch.bfloat16: "_is_mkldnn_bf16_supported",
+        torch.float16: "_is_mkldnn_fp16_supported",
+    }.get(dtype)
+    if probe is None:
+        return False
+    try:
+        return not bool(getattr(torch.ops.mkldnn, probe)())
+    except (AttributeError, RuntimeError):  # a torch built without oneDNN: play safe
+        return True
 
 
 def _tracing() -> bool:

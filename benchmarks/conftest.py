@@ -4,9 +4,15 @@ and the run metadata written into pytest-benchmark's JSON (key ``"atfnn"``).
 For a terminal: on a machine without CUDA the GPU cases are not collected (one summary line
 counts them), pytest-benchmark's own tables (245 columns) are off unless ``--bench-tables``,
 and the run ends with :func:`benchmarks.report.terminal_table` (120 columns: ceilings,
-median, IQR, ratio to eager with its spread, floor, a noisy flag)."""
+median, IQR, ratio to eager with its spread, floor, a noisy flag), then one summary line
+(:func:`benchmarks.report.summary_line`): cases, minutes, device, and whether the machine
+was too busy to measure (load average, ceilings drifting between start and end), naming
+the committed run to trust instead."""
 
 from __future__ import annotations
+
+import os
+import time
 
 import pytest
 import torch
@@ -96,16 +102,28 @@ def bench_env(pytestconfig):
     written), each ceiling the best of the two, so that a busy moment of a shared machine
     cannot lower a ceiling below what a case then achieves."""
     device, size, _, frames, _ = _settings(pytestconfig)
+    load_start = _load()
     start = dev.measure_peaks(device, tiny=size == "tiny")
     env = {**dev.run_metadata(device, size), "peaks": start}
     pytestconfig.stash[ENV_KEY] = env
+    pytestconfig.stash[START_KEY] = time.perf_counter()
     yield {"torch_device": device, "frames": frames, **env}
     end = dev.measure_peaks(device, tiny=size == "tiny")
     env["peaks"] = dev.best_peaks(start, end)
     env["peaks_start_end"] = [start, end]
+    env["load_start_end"] = [load_start, _load()]
+
+
+def _load() -> float | None:
+    """The 1-minute load average (None where the OS has none)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
 
 
 ENV_KEY = pytest.StashKey[dict]()
+START_KEY = pytest.StashKey[float]()
 
 
 def pytest_benchmark_update_json(config, benchmarks, output_json):
@@ -135,3 +153,9 @@ def pytest_terminal_summary(terminalreporter, config):
     terminalreporter.write_sep("-", f"atfnn roofline on {env['device']}")
     device_type = _settings(config)[0].type
     terminalreporter.write_line(terminal_table(rows, env["peaks"], device_type))
+    from benchmarks.report import summary_line
+
+    seconds = time.perf_counter() - config.stash.get(START_KEY, time.perf_counter())
+    cores = os.cpu_count() or 1
+    terminalreporter.write_sep("-", "atfnn summary")
+    terminalreporter.write_line(summary_line(env, len(rows), seconds, cores))

@@ -226,6 +226,70 @@ def terminal_table(rows: list[dict], peaks: dict, device_type: str) -> str:
     return "\n".join(lines)
 
 
+# A run is too busy to trust when the 1-minute load average at its start or end exceeds
+# BUSY_LOAD x the cores (the suite itself keeps about one per core busy), or when a ceiling
+# measured at the start and at the end differs by more than CEILING_DRIFT of the larger.
+BUSY_LOAD = 1.5
+CEILING_DRIFT = 0.25
+
+
+def busy_reasons(env: dict, cores: int) -> list[str]:
+    """Why the run of ``env`` (the suite's ``"atfnn"`` block: ``load_start_end``,
+    ``peaks_start_end``) measured a machine too busy to trust; empty when it was quiet."""
+    reasons = []
+    loads = [x for x in env.get("load_start_end") or () if x is not None]
+    if loads and max(loads) > BUSY_LOAD * cores:
+        start, end = env["load_start_end"]
+        reasons.append(
+            f"load average {start:.1f} at the start and {end:.1f} at the end on {cores} cores "
+            f"(> {BUSY_LOAD:g} per core)"
+        )
+    pair = env.get("peaks_start_end") or ()
+    if len(pair) == 2:
+        start, end = pair
+        for key in sorted(set(start) & set(end)):
+            a, b = start[key], end[key]
+            if a and b and abs(a - b) / max(a, b) > CEILING_DRIFT:
+                reasons.append(
+                    f"ceiling {key} drifted {abs(a - b) / max(a, b):.0%} between the start "
+                    f"({a:.3g}) and the end ({b:.3g})"
+                )
+    return reasons
+
+
+def latest_record(device: str, outdir: Path = RESULTS) -> Path | None:
+    """The newest committed run of ``device`` (``<slug>-<yyyymmdd>.md``), else of its kind
+    (another CPU for a CPU); None if there is none."""
+    own = sorted(outdir.glob(f"{slug(device)}-[0-9]*.md"))
+    if own:
+        return own[-1]
+    kind = "cpu-" if device.lower().startswith("cpu") else "nvidia-"
+    similar = sorted(
+        (p for p in outdir.glob(f"{kind}*-[0-9]*.md") if p.stem[-8:].isdigit()),
+        key=lambda p: p.stem[-8:],
+    )
+    return similar[-1] if similar else None
+
+
+def summary_line(env: dict, cases: int, seconds: float, cores: int) -> str:
+    """The suite's last line: how many cases, how long, on what, and whether the machine
+    was quiet enough to measure; if not, the committed run to trust instead."""
+    head = f"atfnn: {cases} cases timed in {seconds / 60:.1f} min on {env['device']}"
+    reasons = busy_reasons(env, cores)
+    if not reasons:
+        return f"{head}; the machine stayed quiet (load and ceilings steady): figures usable"
+    record = latest_record(env["device"])
+    trust = (
+        f"trust the committed run {record.relative_to(ROOT)} instead"
+        if record is not None
+        else "rerun on a quiet machine"
+    )
+    return (
+        f"{head}; THE MACHINE WAS TOO BUSY TO MEASURE ({'; '.join(reasons)}): these figures "
+        f"are not comparable; {trust}"
+    )
+
+
 def results_from_pytest_json(data: dict) -> dict:
     env = data.get("atfnn")
     if not env:
@@ -236,7 +300,7 @@ def results_from_pytest_json(data: dict) -> dict:
     if not data.get("benchmarks"):
         raise ValueError("this pytest-benchmark JSON holds no timed benchmark")
     keys = ("device", "driver", "cuda", "torch", "triton", "commit", "date", "size", "peaks")
-    keys += ("peaks_start_end",)
+    keys += ("peaks_start_end", "load_start_end")
     return {**{k: env.get(k) for k in keys}, "cases": case_rows(data["benchmarks"], env["peaks"])}
 
 

@@ -28,13 +28,26 @@ weights as initializers. Choices (docs/design.md#choices-the-paper-leaves-open):
   ``atfnn.quantization`` (``none`` or ``int8-dynamic``) and ``atfnn.format`` /
   ``atfnn.version``;
 * ``quantize="int8"`` quantises the float32 graph dynamically with ONNX Runtime's tools
-  (:func:`onnxruntime.quantization.quantize_dynamic`): int8 weights for the LSTMs and the
-  MatMul/Gemm nodes with constant weights; symmetric int8 weights with one scale per
-  output channel (per gate row of the LSTMs), activations quantised at run time per tensor.
-  Per-channel scales halved the largest probability difference to the float32 model on the
-  demo corpus (0.062 -> 0.027, top-1 agreement 100% of 997 segments either way). The
-  F-Encoder's matrix products keep float32: their weight is the first operand (ONNX
-  Runtime quantises constant second operands only) or there is none (the attention).
+  (:func:`onnxruntime.quantization.quantize_dynamic`): 8-bit weights for the LSTMs and the
+  MatMul/Gemm nodes with constant weights, one scale per output channel (per gate row of
+  the LSTMs), activations quantised at run time per tensor. Per-channel scales halved the
+  largest probability difference to the float32 model on the demo corpus (0.062 -> 0.027,
+  top-1 agreement 100% of 997 segments either way). The F-Encoder's matrix products keep
+  float32: their weight is the first operand (ONNX Runtime quantises constant second
+  operands only) or there is none (the attention).
+  **Format U8U8** (uint8 activations and uint8 weights, :data:`INT8_WEIGHT_TYPE`): ONNX
+  Runtime's U8S8 kernels (int8 weights, its default) saturate on x86 CPUs without VNNI
+  (AVX2 only: ``vpmaddubsw`` adds two u8 x s8 products into int16), which cost the
+  default graph 17% of its top-1 agreement on an AVX2 AMD EPYC (issue 30), while the same
+  file agreed 100% on an AVX-512 VNNI machine. U8U8 computes in 16/32 bits on every x86
+  and ARM CPU, so a file exported anywhere runs alike everywhere. ``quantize_dynamic``
+  writes the LSTMs' weights as symmetric int8 whatever ``weight_type`` says; they are
+  re-stored losslessly as uint8 with zero point 128 (:func:`_lstm_weights_to_uint8`).
+  ``reduce_range`` (7-bit int8 weights, the other remedy ONNX Runtime documents) was
+  measured and not kept: it dropped the export test's agreement to 94% (16 of 17
+  segments; largest probability difference 0.152 against 0.096 for U8U8). The speed
+  cost of U8U8 against U8S8: ``python scripts/int8_formats.py`` (docs/design.md,
+  "int8 format").
   The result uses ONNX Runtime's ``com.microsoft`` ops (``DynamicQuantizeLSTM``), so it is a
   file for ONNX Runtime's CPU provider, not for TensorRT;
 * the file is written atomically (temporary file, then rename) after ``onnx.checker``'s full
@@ -102,6 +115,8 @@ FORMAT = "atfnn-fast-onnx"
 FORMAT_VERSION = 1
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
 QUANTIZATIONS = {None: "none", "int8": "int8-dynamic"}
+# the int8 graph's weight type (format U8U8: no saturation on x86 without VNNI; module doc)
+INT8_WEIGHT_TYPE = "QUInt8"
 # the exporter's notes that do not apply here: the legacy-exporter deprecation (a choice,
 # see above; two warnings) and LSTM batch sizes (the initial states, the one batch-sized
 # part, are dropped below, and the graph is validated at several batch sizes)
@@ -298,8 +313,10 @@ def _drop_zero_initial_states(proto) -> None:
     onnx.checker.check_model(proto)
 
 
-def _quantize_int8(proto):
-    """Dynamic int8 quantisation of the LSTM and MatMul/Gemm weights (see the module doc)."""
+def _quantize_int8(proto, weight_type: str = INT8_WEIGHT_TYPE, reduce_range: bool = False):
+    """Dynamic quantisation of the LSTM and MatMul/Gemm weights, format U8U8 (see the
+    module doc; ``weight_type="QInt8"`` / ``reduce_range`` give the formats it was measured
+    against, ``scripts/int8_formats.py``)."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -315,14 +332,78 @@ def _quantize_int8(proto):
                 proto,
                 out,
                 op_types_to_quantize=["LSTM", "MatMul", "Gemm"],
-                weight_type=QuantType.QInt8,
+                weight_type=QuantType[weight_type],
                 per_channel=True,
+                reduce_range=reduce_range,
             )
             quantized = onnx.load(str(out))
     finally:
         root.setLevel(level)
+    if weight_type == "QUInt8":
+        _lstm_weights_to_uint8(quantized)
     onnx.checker.check_model(quantized)
     return quantized
+
+
+def _lstm_weights_to_uint8(proto) -> None:
+    """``DynamicQuantizeLSTM``'s symmetric int8 weights ``w`` (zero point 0) re-stored as
+    uint8 ``w + 128`` with zero point 128: the same values (``(q - zp) * scale``), read by
+    ONNX Runtime's U8U8 kernels."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in proto.graph.initializer}
+    for node in proto.graph.node:
+        if node.op_type != "DynamicQuantizeLSTM":
+            continue
+        for i in (1, 2, 9, 11):  # W, R and their zero points
+            tensor = inits[node.input[i]]
+            q = numpy_helper.to_array(tensor)
+            if q.dtype == np.uint8:
+                continue
+            shifted = (q.astype(np.int16) + 128).astype(np.uint8)
+            tensor.CopyFrom(numpy_helper.from_array(shifted, tensor.name))
+
+
+# ONNX Runtime's integer products and the input index of their constant weight(s)
+_INTEGER_WEIGHTS = {
+    "MatMulInteger": (1,),
+    "DynamicQuantizeMatMul": (1,),
+    "DynamicQuantizeLSTM": (1, 2),
+}
+# U8S8 without VNNI adds two u8 x s8 products in int16: 255 * 2 * 64 <= 32767 < 255 * 2 * 65
+U8S8_SAFE_WEIGHT = 64
+
+
+def int8_saturation_risks(proto) -> list[str]:
+    """The integer-product weights of a quantised graph that ONNX Runtime's U8S8 kernels
+    can saturate on x86 without VNNI: int8 weights with ``|q - zero point|`` above
+    :data:`U8S8_SAFE_WEIGHT` (uint8 weights take the U8U8 kernels, which cannot). One line
+    per weight; empty for the files ``export_onnx(..., quantize="int8")`` writes."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in proto.graph.initializer}
+    risks = []
+    for node in proto.graph.node:
+        for i in _INTEGER_WEIGHTS.get(node.op_type, ()):
+            if node.input[i] not in inits:
+                continue
+            q = numpy_helper.to_array(inits[node.input[i]])
+            if q.dtype != np.int8:
+                continue
+            zp_index = 3 if node.op_type != "DynamicQuantizeLSTM" else 9 + 2 * (i - 1)
+            zp = inits.get(node.input[zp_index]) if len(node.input) > zp_index else None
+            center = np.zeros((), np.int16) if zp is None else numpy_helper.to_array(zp)
+            if center.ndim == 2:  # LSTM per channel: (directions, 4 * hidden) of (dirs, in, 4h)
+                center = center[:, None, :]
+            worst = int(np.abs(q.astype(np.int16) - center.astype(np.int16)).max())
+            if worst > U8S8_SAFE_WEIGHT:
+                risks.append(
+                    f"{node.op_type} {node.name or node.output[0]}: int8 weight {node.input[i]} "
+                    f"reaches {worst} > {U8S8_SAFE_WEIGHT} (U8S8 may saturate without VNNI)"
+                )
+    return risks
 
 
 def _set_metadata(proto, cfg, labels, norm_stats, features, dtype, quantize) -> None:

@@ -17,6 +17,7 @@ with a static batch gets exactly its batch size per call, the tail padded and dr
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator
 
 import numpy as np
@@ -37,7 +38,7 @@ from atfnn_fast.inference import (
 )
 
 from . import waveform
-from .onnx_export import INPUT_NAME, read_metadata
+from .onnx_export import INPUT_NAME, int8_saturation_risks, load_model, read_metadata
 from .validate import session
 
 
@@ -52,7 +53,19 @@ class OnnxPredictor:
         *,
         provider: str | None = None,
     ) -> None:
-        meta = read_metadata(path)  # checked against the graph: fails here, not in a run
+        proto = load_model(path)
+        meta = read_metadata(path, proto)  # checked against the graph: fails here, not in a run
+        if meta["quantization"] != "none":
+            risks = int8_saturation_risks(proto)
+            if risks:  # an int8 file of an older export: ONNX Runtime's U8S8 format
+                warnings.warn(
+                    f"{path}: int8 weights in ONNX Runtime's U8S8 format ({len(risks)} "
+                    "weight tensors), whose products saturate on x86 CPUs without VNNI (the "
+                    "labels drift there); export it again (format U8U8, docs/design.md"
+                    "#onnx-export)",
+                    stacklevel=2,
+                )
+        del proto
         self.path = str(path)
         self.config = meta["config"]
         self.labels = meta["labels"] or [f"class_{i}" for i in range(self.config.num_classes)]

@@ -40,6 +40,7 @@ from torch import nn
 
 from atfnn_fast._deps import require
 from atfnn_fast.errors import UsageError
+from atfnn_fast.features import AUDIO_SUFFIXES
 
 from .onnx_export import INPUT_NAME, OnnxError, load_model, read_metadata, reference_copy
 
@@ -48,7 +49,6 @@ if TYPE_CHECKING:
 
 TOLERANCE = {"float32": 1e-4, "float16": 1e-2}
 INT8_AGREEMENT = 0.99
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".aiff", ".aif")
 # --provider names -> ONNX Runtime execution providers, in order of preference
 PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
@@ -124,6 +124,23 @@ class ValidationReport:
             return self.agreement is not None and self.agreement.top1 >= INT8_AGREEMENT
         return all(r.max_rel <= self.tolerance for r in self.results)
 
+    @property
+    def failure(self) -> str | None:
+        """What failed, on the criterion that decides :attr:`passed` (int8: the agreement
+        on real features; else the relative error): None when passed or skipped."""
+        if self.passed or self.skipped is not None:
+            return None
+        if self.quantized:
+            a = self.agreement
+            if a is None:
+                return "no real-feature agreement measured"
+            return (
+                f"top-1 agreement {a.top1:.2%} of {a.segments} segments < "
+                f"{INT8_AGREEMENT:.0%} on real features"
+            )
+        worst = max(r.max_rel for r in self.results)
+        return f"max relative error {worst:.2e} > {self.tolerance:g}"
+
     def __str__(self) -> str:
         if self.skipped:
             return f"{self.path}: not validated: {self.skipped}"
@@ -146,11 +163,12 @@ class ValidationReport:
                 f"  speed at batch {s.batch}: eager {s.eager_ms:.1f} ms, ONNX Runtime "
                 f"{s.onnx_ms:.1f} ms ({s.ratio:.2f}x)"
             )
-        verdict = "PASS" if self.passed else "FAIL"
-        if self.quantized:
-            lines.append(f"  {verdict} (top-1 agreement >= {INT8_AGREEMENT:.0%} on real features)")
+        if not self.passed:
+            lines.append(f"  FAIL: {self.failure}")
+        elif self.quantized:
+            lines.append(f"  PASS (top-1 agreement >= {INT8_AGREEMENT:.0%} on real features)")
         else:
-            lines.append(f"  {verdict} (relative tolerance {self.tolerance:g})")
+            lines.append(f"  PASS (relative tolerance {self.tolerance:g})")
         return "\n".join(lines)
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import warnings
 
@@ -148,10 +149,11 @@ def _plot_attention(args: argparse.Namespace) -> int:
 
     from atfnn_fast.files import check_output
 
-    from .plots import attention_maps, save_attention_plot
+    from .plots import attention_maps, image_format, save_attention_plot
 
     _check_checkpoint(args.checkpoint)
-    output = check_output(args.output, inputs=(args.checkpoint, args.file))  # before any work
+    image_format(args.output)  # before any work
+    output = check_output(args.output, inputs=(args.checkpoint, args.file))
     data = attention_maps(args.checkpoint, args.file, device=args.device)
     path = save_attention_plot(data, Path(args.file).name, output)
     top = sorted(data.scores.items(), key=lambda kv: -kv[1])
@@ -199,10 +201,10 @@ def _plot_timeline(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     """The output is checked first (:func:`atfnn_fast.files.check_output`: not inside the
     checkpoint, not a device, FIFO or socket, its folder writable). The graph is written
-    under a private temporary name next to ``--output``, validated (``--validate``) and
-    checked for TensorRT, and only then renamed to ``--output``; a graph that fails
-    validation is kept as ``<output>.failed`` for inspection and ``--output`` is left as it
-    was. Two exports to one output each rename a complete graph of their own: the last one
+    under a private temporary name next to ``--output``, validated (``--validate``) and,
+    for ``--target tensorrt``, checked for TensorRT, and only then renamed to ``--output``;
+    a graph that fails validation is kept as ``<output>.failed`` for inspection and
+    ``--output`` is left as it was. Two exports to one output each rename a complete graph of their own: the last one
     stays."""
     from atfnn_fast.checkpoint import load_checkpoint
     from atfnn_fast.errors import RunError, UsageError
@@ -248,16 +250,16 @@ def _export(args: argparse.Namespace) -> int:
             print(report)
             if not (report.passed or report.skipped):
                 os.replace(path, failed)
-                why = getattr(report, "failure", None)  # a waveform graph's report says why
-                if why is None:
-                    worst = max(r.max_rel for r in report.results)
-                    why = f"max relative error {worst:.2e} > {report.tolerance:g}"
                 raise RunError(
-                    f"{output}: validation failed ({why}); the graph is kept as {failed}, "
-                    f"{output} was not written"
+                    f"{output}: validation failed ({report.failure}); the graph is kept as "
+                    f"{failed}, {output} was not written"
                 )
         waveform = args.input == "waveform"
-        problems = None if args.quantize or waveform else check_tensorrt_ready(path)
+        # TensorRT is checked only when asked for (--target tensorrt): CPU users hear nothing
+        tensorrt = args.target == "tensorrt"
+        problems = (
+            check_tensorrt_ready(path) if tensorrt and not (args.quantize or waveform) else None
+        )
         try:
             os.replace(path, output)
         except OSError as err:
@@ -267,18 +269,20 @@ def _export(args: argparse.Namespace) -> int:
     kind = args.dtype + (", int8 weights" if args.quantize else "")
     kind += f", waveform in at {ckpt.features.sample_rate} Hz" if waveform else ""
     print(f"wrote {output} ({ckpt.config.variant}, {kind})")
-    if waveform:
+    if tensorrt and waveform:
         print(
             "TensorRT readiness: not applicable (the waveform graph computes its features "
             "with ONNX's STFT, which TensorRT's parser lacks; export --input spectrogram for "
             "TensorRT)"
         )
-    elif args.quantize:
+    elif tensorrt and args.quantize:
         print(
             "TensorRT readiness: not applicable (the int8 graph uses ONNX Runtime's "
             "com.microsoft ops; export float32 or float16 for TensorRT)"
         )
-    elif problems:
+    if problems is None:
+        return 0
+    if problems:
         print("TensorRT readiness: problems found:\n  " + "\n  ".join(problems))
     else:
         print("TensorRT readiness: no problem found; build an engine with:")
@@ -366,6 +370,27 @@ def _odd_window(text: str) -> int:
     return value
 
 
+DEVICE_HELP = "auto: CUDA if available, else the CPU; cpu, cuda or cuda:N (default %(default)s)"
+
+
+def _device(text: str) -> str:
+    """``--device``, the same for every subcommand: auto, cpu, cuda or cuda:N (whether this
+    machine has it is checked where the device is used, :func:`atfnn_fast.errors.resolve_device`)."""
+    if re.fullmatch(r"auto|cpu|cuda(:\d+)?", text):
+        return text
+    raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {text!r}")
+
+
+def _add_device(parser: argparse.ArgumentParser, default: str, what: str = "") -> None:
+    parser.add_argument(
+        "--device",
+        type=_device,
+        default=default,
+        metavar="{auto,cpu,cuda[:N]}",
+        help=(what + "; " if what else "") + DEVICE_HELP,
+    )
+
+
 def _default(function, name: str):
     """The default of ``function``'s parameter ``name``: the owning module's value."""
     import inspect
@@ -375,18 +400,24 @@ def _default(function, name: str):
 
 def build_parser() -> argparse.ArgumentParser:
     from atfnn_fast import __version__
-    from atfnn_fast.export.onnx_export import DEFAULT_OPSET, DTYPES, MAX_OPSET, TARGETS, export_onnx
+    from atfnn_fast.export.onnx_export import (
+        ATTENTION_OPSET,
+        DEFAULT_OPSET,
+        DTYPES,
+        MAX_OPSET,
+        TARGETS,
+        export_onnx,
+    )
     from atfnn_fast.export.waveform import INPUT_KINDS
     from atfnn_fast.inference import DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE
 
     from .datasets import DATASETS
     from .demo import run, run_pipeline
     from .evaluate import evaluate
-    from .plots import TIMELINE_COLUMNS, plot_attention
+    from .plots import IMAGE_FORMATS, TIMELINE_COLUMNS, plot_attention
     from .predict import PROVIDER_CHOICES, load_predictor
     from .train import (
         AMP_MODES,
-        DEVICES,
         MAX_LR,
         PRESET_NOTES,
         PRESETS,
@@ -416,15 +447,16 @@ def build_parser() -> argparse.ArgumentParser:
     positive = _int_in(1)
 
     demo = sub.add_parser(
-        "demo", parents=[common], help="run the default model on the bundled recording"
+        "demo",
+        parents=[common],
+        help="run the default model on the bundled recording, then the whole pipeline",
+        description="Run the default (paper-size, untrained) model on the bundled speech "
+        "recording (shapes, parameters, time per batch, a checkpoint round trip), then the "
+        "pipeline on a synthetic corpus: train one fold of the tiny preset, evaluate, plot "
+        "the attention, export to ONNX (float32 and int8) and validate both. Files go to "
+        "--out. A few minutes on a CPU.",
     )
-    demo.add_argument(
-        "--device",
-        choices=DEVICES,
-        default=_default(run, "device"),
-        help="where the paper-size model's forward pass is timed; auto: CUDA if available "
-        "(default %(default)s)",
-    )
+    _add_device(demo, _default(run, "device"), "where the paper-size model's forward pass is timed")
     demo.add_argument(
         "--hop",
         type=positive,
@@ -451,10 +483,22 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--model-only", action="store_true", help="skip the training pipeline")
     demo.set_defaults(func=_demo)
 
-    datasets = sub.add_parser("datasets", parents=[common], help="corpus manifests")
+    datasets = sub.add_parser(
+        "datasets",
+        parents=[common],
+        help="corpus manifests",
+        description="Build a manifest from a corpus (prepare) or synthesise a small corpus "
+        "to try the pipeline (synth).",
+    )
     dsub = datasets.add_subparsers(dest="action", required=True, metavar="ACTION")
     prep = dsub.add_parser(
-        "prepare", parents=[common], help="build a manifest CSV from a corpus folder"
+        "prepare",
+        parents=[common],
+        help="build a manifest CSV from a corpus folder",
+        description="Read a downloaded corpus in its published layout (--dataset) and "
+        "write the manifest CSV that train and evaluate read: path,label,speaker[,session], "
+        "one row per utterance. Prints the utterance, speaker and label counts. With "
+        "--features, also computes and caches the log-Mel features.",
     )
     prep.add_argument(
         "--dataset", required=True, choices=DATASETS, help="the corpus's published layout"
@@ -551,17 +595,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=default("preset"),
         help=f"model size: {presets} (default %(default)s)",
     )
-    tr.add_argument(
-        "--device",
-        choices=DEVICES,
-        default=default("device"),
-        help="auto: CUDA if available, else the CPU (default %(default)s)",
-    )
+    _add_device(tr, default("device"))
     tr.add_argument(
         "--amp",
         choices=AMP_MODES,
         default=default("amp"),
-        help="mixed precision on CUDA (bf16 also on a CPU) (default %(default)s)",
+        help="mixed precision on CUDA (bf16 also on a CPU, where the Bi-LSTM runs in float32 "
+        "if the CPU lacks native bf16) (default %(default)s)",
     )
     tr.add_argument(
         "--seed",
@@ -599,11 +639,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--out", default=None, help="folder for metrics.json and confusion.png (default: none)"
     )
-    ev.add_argument(
-        "--device",
-        default=_default(evaluate, "device"),
-        help="cpu, cuda or auto (default %(default)s)",
-    )
+    _add_device(ev, _default(evaluate, "device"))
     ev.add_argument("--cache", default=None, help=CACHE_HELP)
     ev.set_defaults(func=_evaluate)
 
@@ -613,15 +649,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="log-Mel, F- and T-Attention maps of a file",
         description="Plot a file's log-Mel spectrogram and the model's F- and T-Attention "
         "weights (y-axis in Hz, shared colour scale for the weights, segment boundaries "
-        "dotted), titled with the prediction. Prints the prediction, then the PNG's path.",
+        "dotted), titled with the prediction. Prints the prediction (the scores `predict` "
+        "gives for the file), then the image's path.",
     )
     pa.add_argument("--checkpoint", required=True, help="a checkpoint directory")
-    pa.add_argument("--output", required=True, help="the PNG to write")
     pa.add_argument(
-        "--device",
-        default=_default(plot_attention, "device"),
-        help="cpu, cuda or auto (default %(default)s)",
+        "--output",
+        required=True,
+        help=f"the image to write, its format by the extension: {', '.join(IMAGE_FORMATS)} "
+        "(PNG without one)",
     )
+    _add_device(pa, _default(plot_attention, "device"))
     pa.add_argument("file", help="an audio file")
     pa.set_defaults(func=_plot_attention)
 
@@ -651,11 +689,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="draw each segment's scores averaged with its neighbours, N segments centred "
         "on it (odd; default %(default)s: off)",
     )
-    pt.add_argument(
-        "--device",
-        default=_default(load_predictor, "device"),
-        help="with --checkpoint: cpu, cuda or auto (default %(default)s)",
-    )
+    _add_device(pt, _default(load_predictor, "device"), "with --checkpoint")
     pt.add_argument(
         "--provider",
         choices=PROVIDER_CHOICES,
@@ -675,7 +709,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pt.set_defaults(func=_plot_timeline)
 
-    export = sub.add_parser("export", parents=[common], help="export a checkpoint to ONNX")
+    export = sub.add_parser(
+        "export",
+        parents=[common],
+        help="export a checkpoint to ONNX",
+        description="Write a checkpoint as a self-describing ONNX file (labels, features and "
+        "normalisation in its metadata) for ONNX Runtime (default) or TensorRT (--target "
+        "tensorrt, which also checks the graph for TensorRT's parser). --validate runs it "
+        "in ONNX Runtime against PyTorch first and writes --output only if it passes.",
+    )
     export.add_argument("--checkpoint", required=True, help="checkpoint directory")
     export.add_argument("--output", required=True, help="the .onnx file to write")
     export.add_argument(
@@ -694,7 +736,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--opset",
         type=_int_in(DEFAULT_OPSET, MAX_OPSET),
         default=None,
-        help=f"ONNX opset, {DEFAULT_OPSET} to {MAX_OPSET} (default {DEFAULT_OPSET})",
+        help=f"ONNX opset of the ops other than the attention, {DEFAULT_OPSET} to {MAX_OPSET} "
+        f"(default {DEFAULT_OPSET}); the default target's graph declares opset "
+        f"{ATTENTION_OPSET} (its Attention op), --target tensorrt's this one",
     )
     export.add_argument(
         "--target",
@@ -748,7 +792,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--onnx", help="an exported .onnx file (ONNX Runtime)")
     output = predict.add_mutually_exclusive_group()
     output.add_argument(
-        "--json", action="store_true", help="print a JSON list of {path, label, scores}"
+        "--json", action="store_true", help="print a JSON list of {path, label, scores[, warning]}"
     )
     output.add_argument(
         "--csv",
@@ -756,11 +800,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="print CSV: path, label, one score column per label, error (default: one text "
         "line per file)",
     )
-    predict.add_argument(
-        "--device",
-        default=_default(load_predictor, "device"),
-        help="with --checkpoint: cpu, cuda or auto (default %(default)s)",
-    )
+    _add_device(predict, _default(load_predictor, "device"), "with --checkpoint")
     predict.add_argument(
         "--batch-size",
         type=_int_in(1, MAX_BATCH_SIZE),
@@ -827,8 +867,12 @@ def main(argv: list[str] | None = None) -> int:
     from atfnn_fast.errors import UsageError
     from atfnn_fast.files import describe
 
+    parser = build_parser()
+    if not (sys.argv[1:] if argv is None else argv):  # `atfnn-fast` alone: what it can do
+        parser.print_help(sys.stderr)
+        return 2
     try:
-        args = build_parser().parse_args(argv)
+        args = parser.parse_args(argv)
     except SystemExit as stop:  # --help, --version, or a usage error already printed
         return stop.code if isinstance(stop.code, int) else 2
     with warnings.catch_warnings():

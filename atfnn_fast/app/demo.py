@@ -23,6 +23,7 @@ import torch
 
 from atfnn_fast import ATFNN, ATFNNConfig, kernels
 from atfnn_fast.checkpoint import load_checkpoint, save_checkpoint
+from atfnn_fast.errors import RunError, resolve_device
 from atfnn_fast.features import (
     FeatureConfig,
     NormStats,
@@ -48,8 +49,7 @@ def _time_forward(model, x, repeats: int) -> list[float]:
 
 
 def run(device: str = "auto", hop: int = 32, repeats: int = 5, out=None) -> dict:
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(device)
     cfg = ATFNNConfig()
     feats = FeatureConfig()
     path = speech_sample()
@@ -132,7 +132,7 @@ def run_pipeline(out_dir="demo-output", epochs: int = 12, seed: int = 0, out=Non
     worst = max(r.max_rel for r in report.results)
     say(
         f"onnx           {onnx_path}: max relative error {worst:.1e} vs eager "
-        f"({'PASS' if report.passed else 'FAIL'}); TensorRT problems: "
+        f"({'PASS' if report.passed else f'FAIL: {report.failure}'}); TensorRT problems: "
         f"{len(check_tensorrt_ready(onnx_path))}"
     )
     int8_path = export_onnx(
@@ -151,10 +151,13 @@ def run_pipeline(out_dir="demo-output", epochs: int = 12, seed: int = 0, out=Non
         f"onnx int8      {int8_path}: top-1 agreement with float32 eager {a.top1:.1%} of "
         f"{a.segments} segments ({a.top1_files:.1%} of {a.files} files), largest "
         f"probability difference {a.max_prob_diff:.3f}; {sp.ratio:.1f}x eager at batch "
-        f"{sp.batch} ({'PASS' if int8.passed else 'FAIL'})"
+        f"{sp.batch} ({'PASS' if int8.passed else f'FAIL: {int8.failure}'})"
     )
     seconds = time.perf_counter() - start
     say(f"pipeline       {seconds:.0f} s on {torch.get_num_threads()} CPU threads")
+    failed = [(p, r.failure) for p, r in ((onnx_path, report), (int8_path, int8)) if r.failure]
+    if failed:  # the demo's exit code says it too (`make demo` fails)
+        raise RunError("; ".join(f"{p}: validation failed ({why})" for p, why in failed))
     return {
         "metrics": metrics,
         "seconds": seconds,

@@ -113,7 +113,7 @@ def seen_speakers(ckpt_extra: dict, items: list[Item]) -> tuple[set[str], bool]:
 
 
 def evaluate(
-    checkpoint, manifest, out=None, device: str = "cpu", cache=None, fold: str | None = None
+    checkpoint, manifest, out=None, device: str = "auto", cache=None, fold: str | None = None
 ) -> dict:
     """Metrics of a checkpoint on a manifest: its held-out fold by default, ``fold`` (a
     speaker or session, or ``"all"``) otherwise; with ``out``, also ``out/metrics.json`` and

@@ -23,11 +23,20 @@ import torch
 
 from atfnn_fast._deps import require
 from atfnn_fast.checkpoint import load_checkpoint
-from atfnn_fast.features import load_audio, log_mel, mel_centre_frequencies, segment
+from atfnn_fast.errors import UsageError, resolve_device
+from atfnn_fast.features import (
+    load_audio,
+    log_mel,
+    mel_centre_frequencies,
+    min_tail_frames,
+    segment,
+)
 from atfnn_fast.files import check_output, write_atomic
 from atfnn_fast.inference import softmax_probabilities
 
 HZ_TICKS = (250, 500, 1000, 2000, 4000, 8000)
+# --output's extension -> matplotlib's format
+IMAGE_FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf", ".jpg": "jpeg", ".jpeg": "jpeg"}
 
 
 @dataclass
@@ -45,17 +54,23 @@ class AttentionPlotData:
     frames: int
 
 
-def attention_maps(checkpoint, audio, device: str = "cpu") -> AttentionPlotData:
+def attention_maps(checkpoint, audio, device: str = "auto") -> AttentionPlotData:
     """The log-Mel and attention maps of a file: non-overlapping segments, maps concatenated
-    along time and cut back to the utterance's N frames; and the file's prediction."""
+    along time and cut back to the utterance's N frames; and the file's prediction, scored
+    on the segments ``predict`` scores (a nearly-empty padded last segment is drawn but
+    not counted: :func:`atfnn_fast.features.min_tail_frames`), so both give one score."""
+    device = resolve_device(device)
     ckpt = load_checkpoint(checkpoint, map_location=device)
     cfg, feats = ckpt.config, ckpt.features
     lm = log_mel(load_audio(audio, feats.sample_rate), cfg.n_mels, feats)
     segs = segment(lm, cfg.frames, cfg.frames, feats.silence_value)
+    scored = segment(
+        lm, cfg.frames, cfg.frames, feats.silence_value, min_tail=min_tail_frames(cfg.frames)
+    ).shape[0]
     x = ckpt.norm_stats.apply(segs) if ckpt.norm_stats is not None else segs
     with torch.inference_mode():
         logits, att = ckpt.model.eval()(x.unsqueeze(1).to(device), return_attention=True)
-    probs = softmax_probabilities(logits.float()).mean(0)
+    probs = softmax_probabilities(logits[:scored].float()).mean(0)
     labels = ckpt.labels or [f"class_{i}" for i in range(cfg.num_classes)]
     scores = dict(zip(labels, (float(p) for p in probs), strict=True))
     n = lm.shape[1]
@@ -132,21 +147,38 @@ def attention_figure(data: AttentionPlotData, title: str, hop_seconds: float = 0
     return fig
 
 
+def image_format(output: str | os.PathLike) -> str:
+    """The image format that ``output``'s extension names (:data:`IMAGE_FORMATS`; PNG
+    without one); another extension is a :class:`UsageError` naming the file."""
+    suffix = Path(output).suffix.lower()
+    if not suffix:
+        return "png"
+    if suffix not in IMAGE_FORMATS:
+        raise UsageError(
+            f"{output}: cannot write a {suffix} image; name it "
+            f"{', '.join(IMAGE_FORMATS)} (the extension picks the format)"
+        )
+    return IMAGE_FORMATS[suffix]
+
+
 def save_attention_plot(data: AttentionPlotData, title: str, output: str | os.PathLike) -> Path:
-    """Write :func:`attention_figure` of ``data`` to ``output`` (PNG); returns the path."""
+    """Write :func:`attention_figure` of ``data`` to ``output`` in the format its extension
+    names (:func:`image_format`); returns the path."""
+    kind = image_format(output)
     fig = attention_figure(data, title)
     import matplotlib.pyplot as plt
 
-    png = io.BytesIO()
-    fig.savefig(png, format="png", dpi=110)
+    image = io.BytesIO()
+    fig.savefig(image, format=kind, dpi=110)
     plt.close(fig)
-    return write_atomic(Path(output), png.getvalue())
+    return write_atomic(Path(output), image.getvalue())
 
 
-def plot_attention(checkpoint, audio, output: str | os.PathLike, device: str = "cpu") -> Path:
-    """Write the attention plot of ``audio`` to ``output`` (PNG), checked before any work
-    (not an input, not a device or FIFO, its folder writable) and written atomically;
-    returns the path."""
+def plot_attention(checkpoint, audio, output: str | os.PathLike, device: str = "auto") -> Path:
+    """Write the attention plot of ``audio`` to ``output`` (PNG, SVG, PDF or JPEG by its
+    extension), checked before any work (its extension, not an input, not a device or
+    FIFO, its folder writable) and written atomically; returns the path."""
+    image_format(output)
     output = check_output(output, inputs=(checkpoint, audio))
     data = attention_maps(checkpoint, audio, device)
     return save_attention_plot(data, Path(audio).name, output)

@@ -11,7 +11,9 @@ prints.
 * Sources are expanded like ``export --audio`` (:func:`expand_sources`): a folder gives its
   audio files (recursively, sorted), a ``.csv`` the files of a manifest; a missing file or
   an empty folder is that source's error, the others still run.
-* Output: a text line per file, a JSON list (``--json``: ``path``, ``label``, ``scores``;
+* Output: a text line per file, a JSON list (``--json``: ``path``, ``label``, ``scores``,
+  and ``warning`` for a silent or very short file (:func:`hearing_problem`, also said on
+  stderr);
   a failure ``path``, ``error``) or CSV (``--csv``: ``path,label,error`` and one score
   column per label).
 * A run directory or a fold directory given as a checkpoint is refused with the ``best``
@@ -31,8 +33,9 @@ import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 
-from atfnn_fast.export.validate import AUDIO_SUFFIXES, PROVIDERS
-from atfnn_fast.inference import DEFAULT_BATCH_SIZE, DEFAULT_DEVICE, CheckpointPredictor
+from atfnn_fast.export.validate import PROVIDERS
+from atfnn_fast.features import AUDIO_SUFFIXES
+from atfnn_fast.inference import DEFAULT_BATCH_SIZE, CheckpointPredictor
 
 # --provider: "auto" (CUDA if onnxruntime-gpu is installed) or a name of PROVIDERS, which
 # owns the mapping to ONNX Runtime's execution providers
@@ -42,7 +45,7 @@ PROVIDER_CHOICES = ("auto", *PROVIDERS)
 def load_predictor(
     checkpoint: str | os.PathLike | None = None,
     onnx: str | os.PathLike | None = None,
-    device: str = DEFAULT_DEVICE,
+    device: str = "auto",
     batch_size: int = DEFAULT_BATCH_SIZE,
     provider: str = "auto",
 ):
@@ -119,6 +122,53 @@ def expand_sources(sources: Sequence[str | os.PathLike]) -> list[tuple[str, str 
     return out
 
 
+# a file whose peak stays below this (-60 dBFS) has nothing to hear
+SILENT_PEAK = 1e-3
+# a file shorter than this fraction of one segment is mostly padding to the model
+SHORT_FRACTION = 0.5
+
+
+def hearing_problem(path: str | os.PathLike, predictor) -> str | None:
+    """Why ``predictor``'s label for ``path`` says little, or None: the file is silent
+    (peak below -60 dBFS) or shorter than half a segment (the model sees mostly padding).
+    The length comes from the file's header; the audio is read again only until a sample
+    reaches :data:`SILENT_PEAK` (the first block, for anything but silence). A file that
+    cannot be read again gets no warning (its label stands)."""
+    import contextlib
+
+    import numpy as np
+
+    from atfnn_fast.features import FeatureConfig, _open_audio, iter_audio
+
+    features = predictor.features or FeatureConfig()
+    rate = features.sample_rate
+    try:
+        with _open_audio(Path(path)) as handle:  # the readers' checks: no FIFO can block
+            seconds = handle.frames / handle.samplerate
+        peak = 0.0
+        with contextlib.closing(iter_audio(path, rate)) as blocks:
+            for block in blocks:
+                block = np.asarray(block)
+                if block.size:
+                    peak = max(peak, float(np.abs(block).max()))
+                if peak >= SILENT_PEAK:
+                    break
+    except (OSError, RuntimeError, ValueError):
+        return None
+    segment = predictor.config.frames * features.hop_length / rate
+    if peak < SILENT_PEAK:
+        level = "digital silence" if peak == 0 else f"peak {20 * np.log10(peak):.0f} dBFS"
+        return (
+            f"silent ({level}, {seconds:.2f} s): there was nothing to hear; the label means nothing"
+        )
+    if seconds < SHORT_FRACTION * segment:
+        return (
+            f"very short ({seconds:.2f} s, a segment is {segment:.2f} s): the model heard "
+            "mostly padding; the label means little"
+        )
+    return None
+
+
 def one_line(err: BaseException) -> str:
     """An exception's message on one line (the command line's error format)."""
     text = str(err).strip() or type(err).__name__
@@ -173,6 +223,14 @@ def predict_files(
                 raise FileNotFoundError(problem)
             prediction = predictor.predict_file(path)
             entry, text = prediction.to_dict(), str(prediction)
+            problem = hearing_problem(path, predictor)
+            if problem is not None:
+                entry["warning"] = problem
+                print(
+                    f"atfnn-fast: warning: {printable(str(path))}: {problem}",
+                    file=sys.stderr,
+                    flush=True,
+                )
         except Exception as err:  # one file's failure (memory included) spares the others
             if debug:
                 raise

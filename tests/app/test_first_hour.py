@@ -190,7 +190,9 @@ def test_predict_folders_manifests_csv_and_what_ran(run, tmp_path):
         "error": f"{text}: cannot decode audio (Format not recognised; the file starts with "
         "text ('hello, not a'...), extension .wav)",
     }
-    assert nothing["error"] == f"{empty}: no audio files (.wav, .flac, .ogg, .aiff, .aif)"
+    assert (
+        nothing["error"] == f"{empty}: no audio files (.wav, .flac, .ogg, .opus, .mp3, .aiff, .aif)"
+    )
     assert set(good) == {"path", "label", "scores"}  # no duplicate `file` key
     assert err[1:] == [
         f"atfnn-fast: error: {bad['error']}",

@@ -250,6 +250,7 @@ def test_manifest_round_trip_keeps_sessions(tmp_path):
     assert read_manifest(path) == sorted(items, key=lambda i: str(i.path))
 
 
+@pytest.mark.isa
 def test_bf16_autocast_training_on_cpu(corpus, tmp_path):
     tc = TrainConfig(epochs=1, **{**TINY, "progress": True})
     tc.amp = "bf16"

@@ -131,6 +131,7 @@ def test_forward_and_gradients_match_reference(mode, b, f, t, c):
 @pytest.mark.parametrize("mode", ["freq", "time_input", "time_encoding"])
 @pytest.mark.parametrize("b,f,t,c", [(3, 40, 24, 8), (1, 80, 128, 8), (5, 5, 8, 1)])
 @pytest.mark.parametrize("with_map_grad", [True, False])
+@pytest.mark.isa
 @pytest.mark.parametrize("backend", ["auto", "aten"])
 def test_the_cpu_implementation_matches_reference(mode, b, f, t, c, with_map_grad, backend):
     """Under auto a CPU tensor runs the op's cpu.py on the native core (kernels/native.py);

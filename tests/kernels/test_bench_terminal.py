@@ -85,3 +85,35 @@ def test_cpu_run_collects_no_gpu_case_and_prints_the_narrow_table():
     assert "TOP/s int8" in table[0] and "exp " in table[0]
     assert [line.split()[3] for line in table[6:8]] == ["eager", "fused=aten"]
     assert max(map(len, out[start:])) <= TERMINAL_WIDTH
+
+
+def test_the_suite_ends_with_one_line_that_says_whether_the_machine_was_quiet():
+    """Issue 30 item 9: a run on a busy machine says so plainly (load average, ceilings
+    drifting between start and end) and names the committed run to trust."""
+    from benchmarks.report import RESULTS, ROOT, latest_record, summary_line
+
+    device = "CPU AMD EPYC (2 threads)"
+    steady = [PEAKS, {**PEAKS, "copy_gbps": 30.0}]  # 8% apart
+    quiet = {"device": device, "load_start_end": [0.3, 2.1], "peaks_start_end": steady}
+    assert summary_line(quiet, 42, 300.0, 2) == (
+        "atfnn: 42 cases timed in 5.0 min on CPU AMD EPYC (2 threads); the machine stayed "
+        "quiet (load and ceilings steady): figures usable"
+    )
+    busy = {
+        "device": device,
+        "load_start_end": [7.9, 8.4],
+        "peaks_start_end": [PEAKS, {**PEAKS, "matmul_tflops_fp32": 0.05}],
+    }
+    record = latest_record(device)
+    newest = max(RESULTS.glob("cpu-amd-epyc-2-threads-[0-9]*.md"), key=lambda p: p.stem[-8:])
+    assert record == newest
+    assert summary_line(busy, 42, 1320.0, 2) == (
+        "atfnn: 42 cases timed in 22.0 min on CPU AMD EPYC (2 threads); THE MACHINE WAS TOO "
+        "BUSY TO MEASURE (load average 7.9 at the start and 8.4 at the end on 2 cores (> 1.5 "
+        "per core); ceiling matmul_tflops_fp32 drifted 75% between the start (0.203) and the "
+        f"end (0.05)): these figures are not comparable; trust the committed run "
+        f"{newest.relative_to(ROOT)} instead"
+    )
+    # another CPU: the newest CPU record; nothing recorded: rerun
+    assert latest_record("CPU Some Laptop (4 threads)").name.startswith("cpu-")
+    assert latest_record(device, RESULTS / "nowhere") is None

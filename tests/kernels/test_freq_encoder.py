@@ -116,6 +116,7 @@ def test_hand_written_backward_equals_autograd():
 
 
 # ---------------------------------------------------------------- the CPU implementation
+@pytest.mark.isa
 @pytest.mark.parametrize(
     "heads,channels,n_mels,frames,batch,ffn_kernel,ffn_channels",
     [
@@ -216,6 +217,7 @@ def test_cpu_float64_is_the_rank_one_math_exactly():
         assert max_rel_err(a, b) < 1e-10, i
 
 
+@pytest.mark.isa
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_cpu_low_precision_inputs(dtype):
     """bf16 / fp16 inputs compute in float32 and return their own dtype, within its floor."""

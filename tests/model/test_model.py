@@ -56,7 +56,9 @@ def grads(model, x):
 
 @pytest.mark.parametrize("source", ["input", "encoding"])
 @pytest.mark.parametrize("variant", list(VARIANTS))
-@pytest.mark.parametrize("batch,frames", [(1, 8), (3, 24), (2, 136)])
+@pytest.mark.parametrize(
+    "batch,frames", [pytest.param(1, 8, marks=pytest.mark.isa), (3, 24), (2, 136)]
+)
 def test_atfnn_equals_reference_forward_and_gradients(variant, source, batch, frames):
     cfg = tiny_config(t_attention_source=source, **VARIANTS[variant])
     fast, ref = pair(cfg)
@@ -64,6 +66,7 @@ def test_atfnn_equals_reference_forward_and_gradients(variant, source, batch, fr
     assert_as_accurate(fast, ref, x)
 
 
+@pytest.mark.isa
 def test_default_size_forward_equals_reference():
     # Random front-end, default-initialised LSTM: a 3-layer LSTM with N(0, 0.5) weights is
     # chaotic and would amplify float32 rounding of the (equal) front-ends.
@@ -101,6 +104,7 @@ def test_other_float_dtypes_are_cast_to_the_parameter_dtype():
         torch.testing.assert_close(fast(half), fast(half.float()), rtol=0, atol=0)
 
 
+@pytest.mark.isa
 def test_cpu_autocast_bf16_runs_close_to_fp32():
     fast, _ = pair(tiny_config())
     x = torch.randn(4, 1, 10, 16)
@@ -109,6 +113,53 @@ def test_cpu_autocast_bf16_runs_close_to_fp32():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             got = fast(x)
     torch.testing.assert_close(got.float(), want, rtol=0.1, atol=0.1)
+
+
+@pytest.mark.isa
+def test_the_avx2_caps_take_effect_where_set():
+    """`make test-isa` (in `make test`) sets ONEDNN_MAX_CPU_ISA=AVX2 and
+    ATEN_CPU_CAPABILITY=avx2: ATen then dispatches to its AVX2 kernels and oneDNN reports
+    no native bf16, as on an AVX2-only CPU. Elsewhere: nothing to check."""
+    import platform
+
+    if os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() != "AVX2":
+        pytest.skip("oneDNN is not capped (make test-isa caps it)")
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("the caps are x86's")
+    assert torch.backends.cpu.get_cpu_capability() == "AVX2"
+    assert not torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+@pytest.mark.isa
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cpu_autocast_lstm_runs_in_float32_where_onednn_has_no_lstm(dtype, monkeypatch):
+    """Issue 30: oneDNN has no bf16 LSTM on a CPU without native bf16 (AVX2-only x86) and
+    no fp16 LSTM without native fp16. The decision follows oneDNN's own probe; forced to
+    float32, the LSTM sees float32 input and the logits stay close to float32's, with
+    gradients for every parameter."""
+    from atfnn_fast import reference
+
+    probe = {
+        torch.bfloat16: "_is_mkldnn_bf16_supported",
+        torch.float16: "_is_mkldnn_fp16_supported",
+    }
+    native = bool(getattr(torch.ops.mkldnn, probe[dtype])())
+    x = torch.randn(4, 1, 10, 16)
+    with torch.autocast("cpu", dtype=dtype):
+        assert reference.lstm_in_float32(x) is not native
+    assert reference.lstm_in_float32(x) is False  # no autocast: nothing to leave
+    monkeypatch.setattr(reference, "lstm_in_float32", lambda x: True)
+    fast, _ = pair(tiny_config())
+    seen = []
+    fast.t_encoder.register_forward_pre_hook(lambda m, args: seen.append(args[0].dtype))
+    with torch.no_grad():
+        want = fast(x)
+    with torch.autocast("cpu", dtype=dtype):
+        got = fast(x)
+    assert seen == [torch.float32, torch.float32]
+    torch.testing.assert_close(got.float(), want, rtol=0.1, atol=0.1)
+    got.float().sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in fast.parameters())
 
 
 # ------------------------------------------------------------------------------ dispatch
