@@ -12,7 +12,9 @@ STAMP := $(VENV)/.installed
 # AVX-512, VNNI or native bf16 (most laptops, desktops and many cloud VMs). ONNX Runtime
 # ignores the caps; the int8 graph's format is checked by the arithmetic of its kernels
 # (tests/export/test_int8_format.py).
-AVX2_ENV := ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2
+# On x86 the native CPU core's AVX2 path is forced too (kernels/native.py).
+AVX2_ENV := ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 \
+	$(if $(filter x86_64 amd64 AMD64,$(shell uname -m)),ATFNN_NATIVE_ISA=avx2,)
 
 $(STAMP): pyproject.toml constraints.txt setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -40,12 +42,12 @@ test: lint
 
 # The tests marked isa (autocast, the int8 format, the CPU paths' parity) again, capped to
 # AVX2: a small subset, part of `make test` and so of CI.
-test-isa: $(STAMP)
+test-isa: $(STAMP) $(NATIVE)
 	@echo "== the isa tests with oneDNN and ATen capped to AVX2 ($(AVX2_ENV))"
 	$(AVX2_ENV) $(BIN)/python -m pytest -m isa -q -p no:cacheprovider
 
 # The default quick run (as test-fast), capped to AVX2.
-test-avx2: $(STAMP)
+test-avx2: $(STAMP) $(NATIVE)
 	$(AVX2_ENV) $(BIN)/python -m pytest -q
 
 # The default quick run: everything except the tests marked slow.

@@ -66,6 +66,7 @@ def check_against_oracle(enc, x, wt):
     return got
 
 
+@pytest.mark.isa
 @pytest.mark.parametrize(
     "heads,channels,n_mels,ffn_kernel,ffn_channels,batch,frames",
     [
@@ -161,6 +162,7 @@ def test_calls_from_several_python_threads_at_once():
     assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
 
 
+@pytest.mark.isa
 def test_large_inputs_would_overflow_an_unshifted_exponential():
     """Scores of +-1e4 (exp overflows float32 past 88): the max-shifted exponential stays
     finite and the result matches the oracle."""
@@ -208,6 +210,7 @@ def test_low_precision_inputs_compute_in_float32(dtype):
     assert max_rel_err(got[0].float(), want[0].float()) < 1e-2
 
 
+@pytest.mark.isa
 def test_auto_takes_the_native_core_and_aten_the_aten_path(monkeypatch):
     calls = []
     real_fwd, real_bwd = fe_native.forward, fe_native.backward
@@ -227,6 +230,7 @@ def test_auto_takes_the_native_core_and_aten_the_aten_path(monkeypatch):
     assert calls == ["f", "b"]
 
 
+@pytest.mark.isa
 def test_the_native_core_kept_statistics_and_recompute_agree_bit_for_bit():
     enc = encoder(2, 8, 20)
     x = torch.randn(2, 1, 20, 16) * 2
