@@ -191,7 +191,14 @@ def test_device_is_one_option_everywhere():
         for action in sub._actions:
             if "--device" in action.option_strings:
                 devices[name] = (action.type, action.default, action.metavar, action.help)
-    assert set(devices) == {"demo", "train", "evaluate", "plot-attention", "predict"}
+    assert set(devices) == {
+        "demo",
+        "train",
+        "evaluate",
+        "plot-attention",
+        "plot-timeline",
+        "predict",
+    }
     types = {(t, d, m) for t, d, m, _ in devices.values()}
     assert types == {(devices["train"][0], "auto", "{auto,cpu,cuda[:N]}")}
     assert all(h.endswith("auto: CUDA if available, else the CPU; cpu, cuda or cuda:N "
