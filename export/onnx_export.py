@@ -72,7 +72,7 @@ import torch
 from torch import nn
 
 from atfnn_fast._deps import require
-from atfnn_fast.checkpoint import check_deployment_info, label_problem
+from atfnn_fast.checkpoint import check_deployment_info, model_labels
 from atfnn_fast.config import ATFNNConfig
 from atfnn_fast.features import FeatureConfig, NormStats
 from atfnn_fast.inference import MAX_BATCH_SIZE
@@ -333,9 +333,9 @@ def load_model(path: str | os.PathLike):
     """``onnx.load`` with an :class:`OnnxError` naming the file for anything unreadable."""
     onnx = require("onnx", extra="export")
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: ONNX file not found")
+    from atfnn_fast.files import check_input
+
+    path = check_input(path, "ONNX file")
     try:
         return onnx.load(str(path))
     except Exception as err:  # protobuf raises DecodeError and friends
@@ -411,10 +411,10 @@ def read_metadata(path: str | os.PathLike, proto=None) -> dict[str, Any]:
         raise OnnxError(
             f"{path}: metadata atfnn.dtype is {meta['dtype']!r}, expected one of {sorted(DTYPES)}"
         )
-    labels = meta["labels"]
-    problem = label_problem(labels, cfg.num_classes) if labels is not None else None
-    if problem:
-        raise OnnxError(f"{path}: metadata atfnn.labels: {problem}")
+    if meta["labels"] is not None:  # the one label rule (atfnn_fast.labels)
+        meta["labels"] = field(
+            "atfnn.labels", lambda t: model_labels(json.loads(t), cfg.num_classes)
+        )
     if meta["norm_stats"] is not None and meta["norm_stats"].n_mels != cfg.n_mels:
         raise OnnxError(
             f"{path}: metadata atfnn.norm_stats has {meta['norm_stats'].n_mels} bands, "

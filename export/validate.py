@@ -287,12 +287,17 @@ def _eager(model: nn.Module, x: torch.Tensor) -> np.ndarray:
 
 
 def audio_files(sources: Iterable[str | os.PathLike]) -> list[Path]:
-    """Audio files from files, folders (searched recursively) and manifest CSVs."""
+    """Audio files from files, folders (all levels, links followed, each folder once:
+    :func:`atfnn_fast.walk.find_files`; a folder not walked is a warning) and manifest
+    CSVs."""
+    from atfnn_fast.walk import find_files, warn_skipped
+
     files: list[Path] = []
     for source in sources:
         source = Path(source)
         if source.is_dir():
-            found = sorted(p for p in source.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+            found, skipped = find_files(source, AUDIO_SUFFIXES)
+            warn_skipped(skipped)
             if not found:
                 raise FileNotFoundError(f"{source}: no audio files ({', '.join(AUDIO_SUFFIXES)})")
             files += found

@@ -28,7 +28,9 @@ import os
 import sys
 import warnings
 
-from .predict import one_line
+from atfnn_fast.text import one_line, printable
+
+from .streams import STDOUT
 
 DEBUG_ENV = "ATFNN_DEBUG"
 CACHE_HELP = (
@@ -651,39 +653,80 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    print(f"atfnn-fast: warning: {one_line(message)}", file=sys.stderr, flush=True)
+    print(f"atfnn-fast: warning: {printable(one_line(str(message)))}", file=sys.stderr, flush=True)
+
+
+def _say_error(message: str) -> None:
+    """``atfnn-fast: error: <message>`` on stderr, escaped (:func:`atfnn_fast.text.printable`);
+    written to file descriptor 2 directly when Python has no ``sys.stderr``."""
+    line = f"atfnn-fast: error: {printable(message)}\n"
+    if sys.stderr is not None:
+        sys.stderr.write(line)
+        sys.stderr.flush()
+    else:
+        try:
+            os.write(2, line.encode("utf-8", "backslashreplace"))
+        except OSError:
+            pass
+
+
+def environment_problem() -> str | None:
+    """The first environment variable that no command can run with (``ATFNN_BACKEND``),
+    or a closed standard output; checked before anything else, ``--help`` included."""
+    from atfnn_fast.kernels.dispatch import env_problem
+
+    from .streams import closed_stdout
+
+    return env_problem() or closed_stdout()
 
 
 def main(argv: list[str] | None = None) -> int:
     from atfnn_fast.errors import UsageError
     from atfnn_fast.files import describe
 
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as stop:  # --help, --version, or a usage error already printed
-        return stop.code if isinstance(stop.code, int) else 2
-    with warnings.catch_warnings():
-        if not _debug(args):
-            warnings.showwarning = _show_warning
+    from .streams import Terminated, command_streams, silence_stdout
+
+    problem = environment_problem()
+    if problem:
+        _say_error(problem)
+        return 2
+    with command_streams():
         try:
-            return args.func(args)
-        except BrokenPipeError:  # `atfnn-fast predict ... | head`: the reader has all it wants
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes at exit
-            return 0
-        except KeyboardInterrupt:
-            if _debug(args):
-                raise
-            print("atfnn-fast: interrupted", file=sys.stderr)
-            return 130
-        except Exception as err:
-            if _debug(args):
-                raise
-            message = describe(err) if isinstance(err, OSError) and err.strerror else one_line(err)
-            if not isinstance(err, ValueError | OSError):  # not a foreseen error: say what
-                message = f"{type(err).__name__}: {message} (--debug shows the traceback)"
-            print(f"atfnn-fast: error: {message}", file=sys.stderr)
-            return 2 if isinstance(err, UsageError | FileNotFoundError) else 1
+            args = build_parser().parse_args(argv)
+        except SystemExit as stop:  # --help, --version, or a usage error already printed
+            return stop.code if isinstance(stop.code, int) else 2
+        with warnings.catch_warnings():
+            if not _debug(args):
+                warnings.showwarning = _show_warning
+            try:
+                code = args.func(args)
+                sys.stdout.flush()  # the last output's write error, named, while it can be
+                return code
+            except BrokenPipeError:  # `atfnn-fast predict ... | head`: the reader has all
+                silence_stdout()  # no second error when Python flushes at exit
+                return 0
+            except KeyboardInterrupt:
+                if _debug(args):
+                    raise
+                print("atfnn-fast: interrupted", file=sys.stderr)
+                return 130
+            except Terminated:
+                if _debug(args):
+                    raise
+                print("atfnn-fast: terminated (SIGTERM)", file=sys.stderr)
+                return 128 + 15
+            except Exception as err:
+                if _debug(args):
+                    raise
+                if isinstance(err, OSError) and err.filename == STDOUT:
+                    silence_stdout()  # its buffer would fail again at exit
+                message = (
+                    describe(err) if isinstance(err, OSError) and err.strerror else one_line(err)
+                )
+                if not isinstance(err, ValueError | OSError):  # not a foreseen error: say what
+                    message = f"{type(err).__name__}: {message} (--debug shows the traceback)"
+                _say_error(message)
+                return 2 if isinstance(err, UsageError | FileNotFoundError) else 1
 
 
 if __name__ == "__main__":
