@@ -72,7 +72,7 @@ import torch
 from torch import nn
 
 from atfnn_fast._deps import require
-from atfnn_fast.checkpoint import check_deployment_info, model_labels
+from atfnn_fast.checkpoint import _unwrap, check_deployment_info, model_labels
 from atfnn_fast.config import ATFNNConfig
 from atfnn_fast.features import FeatureConfig, NormStats
 from atfnn_fast.inference import MAX_BATCH_SIZE
@@ -113,7 +113,10 @@ class OnnxError(ValueError):
 
 
 def reference_copy(model: nn.Module, dtype: torch.dtype = torch.float32) -> ATFNNReference:
-    """An eval-mode ATFNNReference on the CPU holding ``model``'s weights."""
+    """An eval-mode ATFNNReference on the CPU holding ``model``'s weights (``model`` also
+    inside ``torch.compile`` or DistributedDataParallel, unwrapped as ``save_checkpoint``
+    does)."""
+    model = _unwrap(model)
     config = getattr(model, "config", None)
     if not isinstance(config, ATFNNConfig):
         raise TypeError(
@@ -273,6 +276,7 @@ def _quantize_int8(proto):
     # quantize_dynamic logs a suggestion to pre-process (shape inference, fusions) on the
     # root logger; the graph is shape-inferred already and ONNX Runtime fuses at load
     root.setLevel(logging.ERROR)
+    tmp = None
     try:
         with tempfile.TemporaryDirectory(prefix="atfnn-int8-") as tmp:
             out = Path(tmp) / "int8.onnx"
@@ -284,6 +288,13 @@ def _quantize_int8(proto):
                 per_channel=True,
             )
             quantized = onnx.load(str(out))
+    except OSError as err:  # a full TMPDIR is not a full output disk: say which folder
+        if err.filename is not None:
+            raise
+        where = tmp if tmp is not None else tempfile.gettempdir()
+        raise type(err)(
+            err.errno, err.strerror, f"{where} (temporary folder of the int8 quantisation; TMPDIR)"
+        ) from None
     finally:
         root.setLevel(level)
     onnx.checker.check_model(quantized)
@@ -339,7 +350,14 @@ def load_model(path: str | os.PathLike):
     try:
         return onnx.load(str(path))
     except Exception as err:  # protobuf raises DecodeError and friends
-        raise OnnxError(f"{path}: not a readable ONNX model ({type(err).__name__})") from None
+        from atfnn_fast.text import one_line
+
+        # onnx's own reason (external data outside the folder...), cut to one short line
+        reason = one_line(err)
+        reason = reason if len(reason) <= 300 else reason[:297] + "..."
+        raise OnnxError(
+            f"{path}: not a readable ONNX model ({type(err).__name__}: {reason})"
+        ) from None
 
 
 _ELEM_TYPES = {"float32": 1, "float16": 10}  # onnx.TensorProto.FLOAT / FLOAT16

@@ -210,6 +210,9 @@ def session(
     # the 2-core machine (float32 graph): 1 thread is a little faster at batch 1 (7.4 vs
     # 8.7 ms) and 1.7x slower at batch 32 (227 vs 135 ms), so the default stays.
     options.intra_op_num_threads = threads
+    # FATAL only: ONNX Runtime's own coloured multi-line log of a failed run would come
+    # before the one-line error that names the file (ERROR, level 3, still prints it)
+    options.log_severity_level = 4
     try:
         sess = ort.InferenceSession(str(path), options, providers=requested)
     except Exception as err:

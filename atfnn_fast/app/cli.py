@@ -44,8 +44,14 @@ def _debug(args: argparse.Namespace) -> bool:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import run, run_pipeline
+    from atfnn_fast.files import check_output
 
+    from .demo import run, run_pipeline
+    from .plotting import check_plotting
+
+    if not args.model_only:  # before the model is timed: the pipeline's output folder, plots
+        check_output(args.out, option="--out", directory=True)
+        check_plotting()
     run(device=args.device, hop=args.hop, repeats=args.repeats)
     if not args.model_only:
         run_pipeline(args.out, epochs=args.epochs)
@@ -69,7 +75,13 @@ def _prepare(args: argparse.Namespace) -> int:
 def _synth(args: argparse.Namespace) -> int:
     from .synth import CLASSES, make_corpus
 
-    path = make_corpus(args.out, speakers=args.speakers, per_class=args.per_class, seed=args.seed)
+    path = make_corpus(
+        args.out,
+        speakers=args.speakers,
+        per_class=args.per_class,
+        seed=args.seed,
+        overwrite=args.force,
+    )
     total = args.speakers * args.per_class * len(CLASSES)
     print(
         f"wrote {path}: {total} utterances, {args.speakers} speakers, synthetic prosody "
@@ -151,9 +163,11 @@ def _plot_attention(args: argparse.Namespace) -> int:
     from atfnn_fast.files import check_output
 
     from .plots import attention_maps, save_attention_plot
+    from .plotting import check_plotting
 
     _check_checkpoint(args.checkpoint)
-    output = check_output(args.output, inputs=(args.checkpoint, args.file))  # before any work
+    check_plotting()  # before any work, as the output is
+    output = check_output(args.output, inputs=(args.checkpoint, args.file))
     data = attention_maps(args.checkpoint, args.file, device=args.device)
     path = save_attention_plot(data, Path(args.file).name, output)
     top = sorted(data.scores.items(), key=lambda kv: -kv[1])
@@ -195,8 +209,11 @@ def _export(args: argparse.Namespace) -> int:
                 quantize=args.quantize,
                 target=args.target,
             )
-        except OSError as err:  # a full disk...: name --output, not our temporary name
-            raise named(err, output) from None
+        except OSError as err:  # a full disk...: name --output, not our temporary name;
+            # an error naming another file (TMPDIR's, for --quantize) keeps its own name
+            if err.filename is None or os.fsdecode(err.filename) == os.fspath(path):
+                raise named(err, output) from None
+            raise
         if args.validate:
             failed = output.with_name(output.name + ".failed")
             if len(os.fsencode(failed.name)) > 255:
@@ -414,6 +431,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="utterances per class and speaker (default %(default)s)",
     )
     syn.add_argument("--seed", type=_int_in(0), default=0, help="(default %(default)s)")
+    syn.add_argument(
+        "--force",
+        action="store_true",
+        help="replace the corpus of an --out that holds one already (its manifest.csv)",
+    )
     syn.set_defaults(func=_synth)
 
     presets = "; ".join(f"{name}: {note}" for name, note in PRESET_NOTES.items())

@@ -223,8 +223,12 @@ CACHE_DIR = ".atfnn-cache"
 
 
 def user_cache() -> Path:
-    """``$XDG_CACHE_HOME/atfnn-fast/features`` (default ``~/.cache/atfnn-fast/features``)."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    """``$XDG_CACHE_HOME/atfnn-fast/features`` (default ``~/.cache/atfnn-fast/features``);
+    a relative ``XDG_CACHE_HOME`` is ignored, as the XDG Base Directory specification
+    says (it would name a different folder in every working directory)."""
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    if not os.path.isabs(base):
+        base = os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base, "atfnn-fast", "features")
 
 

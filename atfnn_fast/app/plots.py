@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from atfnn_fast._deps import require
 from atfnn_fast.checkpoint import load_checkpoint
 from atfnn_fast.features import load_audio, log_mel, mel_centre_frequencies, segment
 from atfnn_fast.files import check_output, write_atomic
@@ -78,10 +77,9 @@ def attention_maps(checkpoint, audio, device: str = "cpu") -> AttentionPlotData:
 
 def attention_figure(data: AttentionPlotData, title: str, hop_seconds: float = 0.01):
     """The matplotlib figure of :func:`plot_attention` (for tests and notebooks)."""
-    matplotlib = require("matplotlib", extra="app")
+    from .plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     weights = [m for m in (data.w_f, data.w_t) if m is not None]
     low = min((float(m.min()) for m in weights), default=0.0)
@@ -147,6 +145,9 @@ def plot_attention(checkpoint, audio, output: str | os.PathLike, device: str = "
     """Write the attention plot of ``audio`` to ``output`` (PNG), checked before any work
     (not an input, not a device or FIFO, its folder writable) and written atomically;
     returns the path."""
+    from .plotting import check_plotting
+
+    check_plotting()
     output = check_output(output, inputs=(checkpoint, audio))
     data = attention_maps(checkpoint, audio, device)
     return save_attention_plot(data, Path(audio).name, output)

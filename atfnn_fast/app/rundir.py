@@ -154,10 +154,13 @@ def prepare_run_dir(folder: Path, resume: bool, overwrite: bool) -> None:
             path.unlink()
 
 
-def load_resume_state(folder: Path, model, optimizer, cfg, labels, device) -> dict | None:
+def load_resume_state(
+    folder: Path, model, optimizer, cfg, labels, device, check_extra=None
+) -> dict | None:
     """The committed state of ``folder/last`` loaded into ``model`` and ``optimizer``;
-    None when no epoch was committed yet. Every problem is a one-line error naming the
-    file."""
+    None when no epoch was committed yet. ``check_extra(extra, state)``, called with the
+    checkpoint's ``extra`` (the run's options) before anything is loaded, refuses options
+    that differ. Every problem is a one-line error naming the file."""
     last = folder / "last"
     state_path = last / "state.json"
     if not state_path.exists():
@@ -199,6 +202,8 @@ def load_resume_state(folder: Path, model, optimizer, cfg, labels, device) -> di
         ckpt = load_checkpoint(last, map_location=device)
     except CheckpointError as err:
         raise RunError(f"cannot resume: {err}") from None
+    if check_extra is not None:
+        check_extra(ckpt.extra, state)
     if ckpt.config != cfg:
         raise RunError(
             f"{last}: was trained with another model config (preset?); resume with the "
