@@ -145,12 +145,14 @@ def check_output(
         raise named(err, path) from None
     if st is not None:
         kind = stat.S_IFMT(st.st_mode)
-        if not (kind == stat.S_IFREG or (directory and kind == stat.S_IFDIR)):
+        if kind != (stat.S_IFDIR if directory else stat.S_IFREG):
             raise UsageError(
                 f"{option} {path}: is {KINDS.get(kind, 'not a regular file')}; give the path "
                 "of a regular file to write (it is never replaced or written into)"
                 if not directory
-                else f"{option} {path}: is {KINDS.get(kind, 'not a folder')}, not a folder"
+                else f"{option} {path}: is "
+                f"{'a regular file' if kind == stat.S_IFREG else KINDS.get(kind, 'no folder')}, "
+                "not a folder"
             )
     resolved = _resolve(path)
     for source in inputs:

@@ -28,8 +28,6 @@ from __future__ import annotations
 import unicodedata
 from collections.abc import Sequence
 
-from .text import printable
-
 _REFUSED = {
     "Cc": "a control character",
     "Cf": "a format character (bidi control or zero-width)",
@@ -54,21 +52,17 @@ def normalize_label(value: object) -> str:
         raise LabelError(f"must be a string, got {value!r}")
     label = unicodedata.normalize("NFC", value).strip()
     if not label:
-        raise LabelError(f"is empty or blank ({_quoted(value)})")
+        raise LabelError(f"is empty or blank ({value!r})")
     for ch in label:
         category = unicodedata.category(ch)
         if category in _REFUSED and ch != " ":
             raise LabelError(
-                f"{_quoted(label)} holds {_REFUSED[category]} (U+{ord(ch):04X}); labels "
+                f"{label!r} holds {_REFUSED[category]} (U+{ord(ch):04X}); labels "
                 "reach terminals, CSV files and logs, so they may not"
             )
     if len(label) > MAX_LABEL_CHARS:
         raise LabelError(f"is longer than {MAX_LABEL_CHARS} characters ({len(label)})")
     return label
-
-
-def _quoted(text: str) -> str:
-    return f"'{printable(text)}'"
 
 
 def _key(label: str) -> str:
@@ -101,13 +95,13 @@ def normalize_labels(
             other = labels[j]
             if other != label:
                 raise LabelError(
-                    f"labels {_quoted(other)} ({noun} {name(j)}) and {_quoted(label)} "
+                    f"labels {other!r} ({noun} {name(j)}) and {label!r} "
                     f"({noun} {name(i)}) differ only in case; they would be two classes. Use "
                     "one spelling"
                 )
             if unique:
                 raise LabelError(
-                    f"{noun}s {name(j)} and {name(i)} are the same ({_quoted(label)}); "
+                    f"{noun}s {name(j)} and {name(i)} are the same ({label!r}); "
                     "names must be unique"
                 )
         labels.append(label)

@@ -1,8 +1,8 @@
 """Text that leaves the package for a terminal, a log or another program
 (docs/design.md#output-text): one module, used by every command's output and error line.
 
-* :func:`printable`: a file name, label or message as one line that can be told apart
-  from any other. Escaped (Python's spelling, so the result reads as a string literal
+* :func:`printable`: a file name, label or result as one line that can be told apart
+  from any other (error and warning lines: the same without doubling backslashes). Escaped (Python's spelling, so the result reads as a string literal
   would): a backslash itself (``\\\\``: so an escape can never be mistaken for a name that
   holds those characters), the bytes of a name that are not UTF-8 (``\\xNN``), control
   characters (ESC, CR, LF, tab...: ``\\x1b``, ``\\r``, ``\\n``, ``\\t``), line and paragraph
@@ -47,15 +47,18 @@ def _escape(ch: str) -> str:
     return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
 
 
-def printable(text: str) -> str:
+def printable(text: str, *, backslash: bool = True) -> str:
     """``text`` with every character that could hide, forge or break a line escaped (see
-    the module docstring); one line, and distinct texts stay distinct."""
+    the module docstring); one line, and distinct texts stay distinct. ``backslash=False``
+    (error and warning lines, read by people, whose messages quote values with ``repr``)
+    leaves backslashes as they are: still one line without control characters, but
+    ``\\n`` written by a message and an escaped line feed then look alike."""
     text = str(text)
     marks = not text.isascii() and unicodedata.normalize("NFC", text) != text
     out = []
     for ch in text:
         category = unicodedata.category(ch)
-        if ch in _SHORT or (
+        if (ch in _SHORT and (backslash or ch != "\\")) or (
             (category in _ESCAPED_CATEGORIES and ch != " ") or (marks and category in _COMBINING)
         ):
             out.append(_escape(ch))

@@ -65,7 +65,11 @@ def _prepare(args: argparse.Namespace) -> int:
 
     path, items = prepare(args.dataset, args.root, args.out, merge_excited=args.merge_excited)
     labels = Counter(i.label for i in items)
-    print(f"wrote {path}: {len(items)} utterances, {len({i.speaker for i in items})} speakers")
+    print(
+        printable(
+            f"wrote {path}: {len(items)} utterances, {len({i.speaker for i in items})} speakers"
+        )
+    )
     print("  " + ", ".join(f"{k} {v}" for k, v in sorted(labels.items())))
     if args.features:
         FeatureCache(cache_folder(path, args.cache)).warm(items)
@@ -123,7 +127,7 @@ def _train(args: argparse.Namespace) -> int:
         cache=args.cache,
     )
     if best is not None:  # rank 0: the last line is the best checkpoint's directory
-        print(best)
+        print(printable(best))
     return 0
 
 
@@ -153,7 +157,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     for label, recall in metrics["recall"].items():
         print(f"  {label:<14} recall {'-' if recall is None else f'{recall:.1%}'}")
     if args.out:
-        print(f"wrote {args.out}/metrics.json and {args.out}/confusion.png")
+        print(printable(f"wrote {args.out}/metrics.json and {args.out}/confusion.png"))
     return 0
 
 
@@ -171,8 +175,12 @@ def _plot_attention(args: argparse.Namespace) -> int:
     data = attention_maps(args.checkpoint, args.file, device=args.device)
     path = save_attention_plot(data, Path(args.file).name, output)
     top = sorted(data.scores.items(), key=lambda kv: -kv[1])
-    print(f"{args.file}: predicted {data.label} ({', '.join(f'{k} {v:.3f}' for k, v in top)})")
-    print(path)
+    print(
+        printable(
+            f"{args.file}: predicted {data.label} ({', '.join(f'{k} {v:.3f}' for k, v in top)})"
+        )
+    )
+    print(printable(path))
     return 0
 
 
@@ -244,7 +252,7 @@ def _export(args: argparse.Namespace) -> int:
     finally:
         path.unlink(missing_ok=True)
     kind = args.dtype + (", int8 weights" if args.quantize else "")
-    print(f"wrote {output} ({ckpt.config.variant}, {kind})")
+    print(printable(f"wrote {output} ({ckpt.config.variant}, {kind})"))
     if args.quantize:
         print(
             "TensorRT readiness: not applicable (the int8 graph uses ONNX Runtime's "
@@ -268,7 +276,7 @@ def _predict(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         provider=args.provider,
     )
-    print(f"predict: {describe(predictor)}", file=sys.stderr, flush=True)
+    print(printable(f"predict: {describe(predictor)}"), file=sys.stderr, flush=True)
     return predict_files(
         predictor, args.files, json_list=args.json, csv_rows=args.csv, debug=_debug(args)
     )
@@ -675,13 +683,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    print(f"atfnn-fast: warning: {printable(one_line(str(message)))}", file=sys.stderr, flush=True)
+    line = printable(one_line(str(message)), backslash=False)
+    print(f"atfnn-fast: warning: {line}", file=sys.stderr, flush=True)
 
 
 def _say_error(message: str) -> None:
-    """``atfnn-fast: error: <message>`` on stderr, escaped (:func:`atfnn_fast.text.printable`);
+    """``atfnn-fast: error: <message>`` on stderr, one line without control characters
+    (:func:`atfnn_fast.text.printable`, backslashes kept);
     written to file descriptor 2 directly when Python has no ``sys.stderr``."""
-    line = f"atfnn-fast: error: {printable(message)}\n"
+    line = f"atfnn-fast: error: {printable(message, backslash=False)}\n"
     if sys.stderr is not None:
         sys.stderr.write(line)
         sys.stderr.flush()

@@ -162,7 +162,8 @@ def predict_files(
                 message = f"out of memory ({message}); try a smaller --batch-size"
             if not message.startswith((str(path), str(Path(path)))):
                 message = f"{path}: {message}"
-            print(f"atfnn-fast: error: {printable(message)}", file=sys.stderr, flush=True)
+            line = printable(message, backslash=False)
+            print(f"atfnn-fast: error: {line}", file=sys.stderr, flush=True)
             entry, text = {"path": str(path), "error": message}, None
             failed += 1
         if json_list:
