@@ -28,6 +28,10 @@
   seeded from (seed, e), so the redone epoch writes the same ``best`` again and ``resume``
   continues exactly where the last committed epoch left off (epoch granularity). A crash
   in the middle of a commit is repaired by ``resume`` (docs/design.md#files-and-crashes).
+  A resume must use the options the run was trained with (:func:`resume_changes`: a
+  changed ``--seed``, ``--lr``, ``--batch-size``, ``--hop``, ``--preset`` or ``--amp`` is
+  refused naming it); ``--epochs`` and ``--device`` may change, and the change is recorded
+  in ``last/state.json``.
 
 Checks before anything is written (our choices where the paper is silent,
 docs/design.md#choices-the-paper-leaves-open):
@@ -35,7 +39,10 @@ docs/design.md#choices-the-paper-leaves-open):
 * the manifest needs at least two labels, and every label must have training utterances in
   every fold that is run (otherwise a class has no training data and UAR averages over it);
 * fold names come from the manifest's speaker / session values, which
-  :func:`atfnn_fast.data.read_manifest` refuses when they are not plain names; every path the
+  :func:`atfnn_fast.data.read_manifest` refuses when they are not plain names, and
+  :func:`check_fold_name` when they name a run-level file (``summary.md``); matplotlib,
+  ``MPLBACKEND``, ``WORLD_SIZE`` and every file of the manifest are checked before any
+  work too; every path the
   trainer writes is also checked to resolve inside ``out`` (:func:`inside`), so neither a
   fold name nor a symlink planted in the run directory can send a file elsewhere (the
   feature cache is not a run output: it lives next to the manifest or in ``cache``, named
@@ -183,7 +190,7 @@ class TrainConfig:
         return self
 
 
-# --resume (our choice, docs/design.md#choices-the-paper-leaves-open): the options that
+# --resume (our choice, docs/design.md#resuming-and-early-checks): the options that
 # change a run's result must stay as the run began, and a change is refused naming the
 # option; the others may change and the change is honoured and recorded in state.json.
 RESUME_FIXED = {

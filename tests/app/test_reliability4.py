@@ -275,9 +275,9 @@ def test_run_level_names_and_a_bad_mplbackend_are_refused_before_training(
 
 
 def test_demo_checks_its_output_folder_before_timing_the_model(tmp_path, capsys, monkeypatch):
-    from atfnn_fast.app import demo
-
     import functools
+
+    from atfnn_fast.app import demo
 
     timed = functools.wraps(demo.run)(lambda **kw: pytest.fail("the model was timed"))
     monkeypatch.setattr(demo, "run", timed)
