@@ -15,6 +15,7 @@ import torch
 
 from atfnn_fast.checkpoint import CheckpointError, load_checkpoint, recover_checkpoint
 from atfnn_fast.errors import RunError, UsageError
+from atfnn_fast.files import _resolve as loop_safe_resolve
 from atfnn_fast.files import write_atomic
 
 LOCK_FILE = ".lock"
@@ -36,10 +37,11 @@ class RunWarning(UserWarning):
 
 
 def inside(out: str | os.PathLike, *parts: str) -> Path:
-    """``out / parts...``, refused unless it resolves (symlinks followed) inside ``out``."""
-    root = Path(out).resolve()
+    """``out / parts...``, refused unless it resolves (symlinks followed) inside ``out``; a
+    symlink loop is an ``OSError`` naming it (Python 3.11 raises ``RuntimeError``)."""
+    root = loop_safe_resolve(Path(out))
     path = Path(out, *parts)
-    resolved = path.resolve()
+    resolved = loop_safe_resolve(path)
     if resolved != root and root not in resolved.parents:
         raise RunError(f"{path}: resolves to {resolved}, outside the output folder {root}")
     return path
