@@ -197,6 +197,8 @@ def _export(args: argparse.Namespace) -> int:
     from atfnn_fast.export import check_tensorrt_ready, export_onnx, trtexec_command, validate_onnx
     from atfnn_fast.files import check_output, named, short_name, temp_path
 
+    from .streams import Terminated, terminating
+
     if args.audio and not args.validate:
         raise UsageError("--audio is for --validate's real-feature check; add --validate")
     _check_checkpoint(args.checkpoint)
@@ -229,6 +231,8 @@ def _export(args: argparse.Namespace) -> int:
             try:
                 report = validate_onnx(path, ckpt.model, raise_on_failure=False, audio=args.audio)
             except Exception as err:
+                if terminating():  # SIGTERM inside a C extension, seen as another error
+                    raise Terminated() from err
                 os.replace(path, failed)
                 raise RunError(
                     f"{output}: validation could not run ({one_line(err)}); the graph is kept "
@@ -716,7 +720,7 @@ def main(argv: list[str] | None = None) -> int:
     from atfnn_fast.errors import UsageError
     from atfnn_fast.files import describe
 
-    from .streams import Terminated, command_streams, silence_stdout
+    from .streams import Terminated, command_streams, silence_stdout, terminating
 
     problem = environment_problem()
     if problem:
@@ -750,6 +754,9 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as err:
                 if _debug(args):
                     raise
+                if terminating():  # SIGTERM inside a C extension, seen as another error
+                    print("atfnn-fast: terminated (SIGTERM)", file=sys.stderr)
+                    return 128 + 15
                 if isinstance(err, OSError) and err.filename == STDOUT:
                     silence_stdout()  # its buffer would fail again at exit
                 message = (

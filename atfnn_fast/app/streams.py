@@ -33,6 +33,16 @@ class Terminated(BaseException):
     Exception`` swallows it)."""
 
 
+_terminated = False
+
+
+def terminating() -> bool:
+    """Whether SIGTERM arrived during this command. Code that catches ``Exception`` checks
+    it: raised inside a C extension (an import, an ONNX Runtime call), :class:`Terminated`
+    can reach Python as another exception (``ImportError: initialization failed``)."""
+    return _terminated
+
+
 def _escape_unencodable(err: UnicodeError):
     if not isinstance(err, UnicodeEncodeError):
         raise err
@@ -113,10 +123,14 @@ def command_streams() -> Iterator[None]:
     saved_stdout = sys.stdout
     old_errors = [(s, _reconfigure(s, ERRORS)) for s in (sys.stdout, sys.stderr) if s is not None]
     sys.stdout = NamedStream(saved_stdout, STDOUT)
+    global _terminated
+    _terminated = False
     old_term = None
     if threading.current_thread() is threading.main_thread():
 
         def terminate(signum, frame):
+            global _terminated
+            _terminated = True
             raise Terminated()
 
         old_term = signal.signal(signal.SIGTERM, terminate)
