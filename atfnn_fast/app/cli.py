@@ -239,7 +239,7 @@ def _export(args: argparse.Namespace) -> int:
                     f"as {failed}, {output} was not written"
                 ) from err
             report.path = str(output)
-            print(report)
+            print("\n".join(map(printable, str(report).splitlines())))  # each line escaped
             if not (report.passed or report.skipped):
                 os.replace(path, failed)
                 worst = max(r.max_rel for r in report.results)
@@ -266,7 +266,7 @@ def _export(args: argparse.Namespace) -> int:
         print("TensorRT readiness: problems found:\n  " + "\n  ".join(problems))
     else:
         print("TensorRT readiness: no problem found; build an engine with:")
-        print("  " + trtexec_command(output, ckpt.config.n_mels, ckpt.config.frames))
+        print("  " + printable(trtexec_command(output, ckpt.config.n_mels, ckpt.config.frames)))
     return 0
 
 
