@@ -37,8 +37,9 @@ from torch import nn
 
 from .config import ATFNNConfig
 from .features import FeatureConfig, NormStats
+from .files import check_input, named, short_name, temp_path, write_new
 from .files import fsync_dir as _fsync_dir
-from .files import named, short_name, temp_path, write_new
+from .labels import LabelError, normalize_labels
 
 FORMAT = "atfnn-fast-checkpoint"
 FORMAT_VERSION = 1
@@ -60,25 +61,26 @@ class Checkpoint:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def label_problem(labels, num_classes: int) -> str | None:
-    """Why ``labels`` cannot name the ``num_classes`` outputs of a model, or None: they
-    must be a list of ``num_classes`` strings, none empty or blank, no two the same (a
-    repeated name would hide a class). The one check for checkpoints, ONNX metadata and
-    ``export``."""
+def model_labels(labels, num_classes: int) -> list[str]:
+    """The names of a model's ``num_classes`` outputs, normalised and checked by the one
+    label rule (:func:`atfnn_fast.labels.normalize_labels`: NFC, stripped, no control,
+    bidi or zero-width character, no two equal ignoring case) after the count: a
+    :class:`~atfnn_fast.labels.LabelError` says what is wrong. The one check for
+    checkpoints, ONNX metadata and ``export``."""
     if not isinstance(labels, list | tuple):
-        return f"must be a list of {num_classes} names, got {type(labels).__name__}"
+        raise LabelError(f"must be a list of {num_classes} names, got {type(labels).__name__}")
     if len(labels) != num_classes:
-        return f"expected {num_classes} names (num_classes), got {len(labels)}"
-    for i, label in enumerate(labels):
-        if not isinstance(label, str):
-            return f"name {i} must be a string, got {label!r}"
-        if not label.strip():
-            return f"name {i} is empty or blank ({label!r})"
-    seen: dict[str, int] = {}
-    for i, label in enumerate(labels):
-        if label in seen:
-            return f"names {seen[label]} and {i} are the same ({label!r}); names must be unique"
-        seen[label] = i
+        raise LabelError(f"expected {num_classes} names (num_classes), got {len(labels)}")
+    return normalize_labels(labels, unique=True)
+
+
+def label_problem(labels, num_classes: int) -> str | None:
+    """Why ``labels`` cannot name the ``num_classes`` outputs of a model
+    (:func:`model_labels`), or None."""
+    try:
+        model_labels(labels, num_classes)
+    except LabelError as err:
+        return str(err)
     return None
 
 
@@ -88,10 +90,10 @@ def check_deployment_info(
     """Labels and normalisation statistics that travel with a model (checkpoints, ONNX
     files) must fit its config (:func:`label_problem`); returns the labels as a list."""
     if labels is not None:
-        problem = label_problem(labels, config.num_classes)
-        if problem:
-            raise ValueError(f"labels: {problem}")
-        labels = list(labels)
+        try:
+            labels = model_labels(labels, config.num_classes)
+        except LabelError as err:
+            raise ValueError(f"labels: {err}") from None
     if norm_stats is not None and norm_stats.n_mels != config.n_mels:
         raise ValueError(
             f"norm_stats: expected {config.n_mels} bands (n_mels), got {norm_stats.n_mels}"
@@ -330,9 +332,7 @@ def _swap_in(new: Path, target: Path) -> None:
 
 def read_metadata(directory: str | os.PathLike) -> dict[str, Any]:
     """Parse and check ``config.json`` of a checkpoint (no weights are read)."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise FileNotFoundError(f"{directory}: checkpoint directory not found")
+    directory = check_input(directory, "checkpoint directory", folder=True)
     path = directory / CONFIG_FILE
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
@@ -390,9 +390,8 @@ def load_checkpoint(
         config.check_size_limits(f"{cfg_path}: field 'model'")  # before anything is built
     except ValueError as err:
         raise CheckpointError(str(err)) from None
-    problem = label_problem(labels, config.num_classes) if labels is not None else None
-    if problem:
-        raise CheckpointError(f"{cfg_path}: field 'labels': {problem}")
+    if labels is not None:
+        labels = _parse_field(cfg_path, "labels", model_labels, labels, config.num_classes)
     extra = meta.get("extra") or {}
     if not isinstance(extra, dict):
         raise CheckpointError(
@@ -463,11 +462,11 @@ def load_checkpoint(
     return Checkpoint(model, config, labels, stats, features, extra)
 
 
-def _parse_field(cfg_path: Path, name: str, parse, value):
-    """``parse(value)`` with any error as a :class:`CheckpointError` naming the file and
-    the field."""
+def _parse_field(cfg_path: Path, name: str, parse, value, *args):
+    """``parse(value, *args)`` with any error as a :class:`CheckpointError` naming the file
+    and the field."""
     try:
-        return parse(value)
+        return parse(value, *args)
     except (AttributeError, KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{cfg_path}: field {name!r}: {err}") from None
 

@@ -145,12 +145,14 @@ def check_output(
         raise named(err, path) from None
     if st is not None:
         kind = stat.S_IFMT(st.st_mode)
-        if not (kind == stat.S_IFREG or (directory and kind == stat.S_IFDIR)):
+        if kind != (stat.S_IFDIR if directory else stat.S_IFREG):
             raise UsageError(
                 f"{option} {path}: is {KINDS.get(kind, 'not a regular file')}; give the path "
                 "of a regular file to write (it is never replaced or written into)"
                 if not directory
-                else f"{option} {path}: is {KINDS.get(kind, 'not a folder')}, not a folder"
+                else f"{option} {path}: is "
+                f"{'a regular file' if kind == stat.S_IFREG else KINDS.get(kind, 'no folder')}, "
+                "not a folder"
             )
     resolved = _resolve(path)
     for source in inputs:
@@ -175,4 +177,34 @@ def check_output(
         os.unlink(probe)
     except OSError as err:
         raise named(err, folder) from None
+    return path
+
+
+def absolute(path: str | os.PathLike) -> Path:
+    """``path`` with its symbolic links resolved (``Path.resolve``, not strict); a symlink
+    loop, which Python before 3.13 raises as ``RuntimeError``, leaves it absolute and
+    normalised instead, so that whatever reads it fails naming the loop (``ELOOP``)."""
+    try:
+        return Path(path).resolve()
+    except RuntimeError:
+        return Path(os.path.abspath(path))
+
+
+def check_input(path: str | os.PathLike, what: str, *, folder: bool = False) -> Path:
+    """An input the user named: a :class:`FileNotFoundError` ``<path>: <what> not found``
+    when nothing is there, a :class:`~atfnn_fast.errors.UsageError` saying what is there
+    instead (``is a directory, not a <what>``) when it is not a regular file (``folder``:
+    a directory), and its ``OSError`` naming it (permission denied, a symlink loop) when
+    it cannot be looked at. Returns the path."""
+    path = Path(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: {what} not found") from None
+    except OSError as err:
+        raise named(err, path) from None
+    kind = stat.S_IFMT(st.st_mode)
+    if kind != (stat.S_IFDIR if folder else stat.S_IFREG):
+        found = KINDS.get(kind, "not a regular file") if kind != stat.S_IFREG else "a file"
+        raise UsageError(f"{path}: is {found}, not a {what}")
     return path

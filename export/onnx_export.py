@@ -88,7 +88,7 @@ import torch
 from torch import nn
 
 from atfnn_fast._deps import require
-from atfnn_fast.checkpoint import check_deployment_info, label_problem
+from atfnn_fast.checkpoint import _unwrap, check_deployment_info, model_labels
 from atfnn_fast.config import ATFNNConfig
 from atfnn_fast.features import FeatureConfig, NormStats
 from atfnn_fast.inference import DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE
@@ -132,7 +132,10 @@ class OnnxError(ValueError):
 
 
 def reference_copy(model: nn.Module, dtype: torch.dtype = torch.float32) -> ATFNNReference:
-    """An eval-mode ATFNNReference on the CPU holding ``model``'s weights."""
+    """An eval-mode ATFNNReference on the CPU holding ``model``'s weights (``model`` also
+    inside ``torch.compile`` or DistributedDataParallel, unwrapped as ``save_checkpoint``
+    does)."""
+    model = _unwrap(model)
     config = getattr(model, "config", None)
     if not isinstance(config, ATFNNConfig):
         raise TypeError(
@@ -325,6 +328,7 @@ def _quantize_int8(proto, weight_type: str = INT8_WEIGHT_TYPE, reduce_range: boo
     # quantize_dynamic logs a suggestion to pre-process (shape inference, fusions) on the
     # root logger; the graph is shape-inferred already and ONNX Runtime fuses at load
     root.setLevel(logging.ERROR)
+    tmp = None
     try:
         with tempfile.TemporaryDirectory(prefix="atfnn-int8-") as tmp:
             out = Path(tmp) / "int8.onnx"
@@ -337,6 +341,13 @@ def _quantize_int8(proto, weight_type: str = INT8_WEIGHT_TYPE, reduce_range: boo
                 reduce_range=reduce_range,
             )
             quantized = onnx.load(str(out))
+    except OSError as err:  # a full TMPDIR is not a full output disk: say which folder
+        if err.filename is not None:
+            raise
+        where = tmp if tmp is not None else tempfile.gettempdir()
+        raise type(err)(
+            err.errno, err.strerror, f"{where} (temporary folder of the int8 quantisation; TMPDIR)"
+        ) from None
     finally:
         root.setLevel(level)
     if weight_type == "QUInt8":
@@ -450,13 +461,20 @@ def load_model(path: str | os.PathLike):
     """``onnx.load`` with an :class:`OnnxError` naming the file for anything unreadable."""
     onnx = require("onnx", extra="export")
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: ONNX file not found")
+    from atfnn_fast.files import check_input
+
+    path = check_input(path, "ONNX file")
     try:
         return onnx.load(str(path))
     except Exception as err:  # protobuf raises DecodeError and friends
-        raise OnnxError(f"{path}: not a readable ONNX model ({type(err).__name__})") from None
+        from atfnn_fast.text import one_line
+
+        # onnx's own reason (external data outside the folder...), cut to one short line
+        reason = one_line(err)
+        reason = reason if len(reason) <= 300 else reason[:297] + "..."
+        raise OnnxError(
+            f"{path}: not a readable ONNX model ({type(err).__name__}: {reason})"
+        ) from None
 
 
 _ELEM_TYPES = {"float32": 1, "float16": 10}  # onnx.TensorProto.FLOAT / FLOAT16
@@ -530,10 +548,10 @@ def read_metadata(path: str | os.PathLike, proto=None) -> dict[str, Any]:
         raise OnnxError(
             f"{path}: metadata atfnn.dtype is {meta['dtype']!r}, expected one of {sorted(DTYPES)}"
         )
-    labels = meta["labels"]
-    problem = label_problem(labels, cfg.num_classes) if labels is not None else None
-    if problem:
-        raise OnnxError(f"{path}: metadata atfnn.labels: {problem}")
+    if meta["labels"] is not None:  # the one label rule (atfnn_fast.labels)
+        meta["labels"] = field(
+            "atfnn.labels", lambda t: model_labels(json.loads(t), cfg.num_classes)
+        )
     if meta["norm_stats"] is not None and meta["norm_stats"].n_mels != cfg.n_mels:
         raise OnnxError(
             f"{path}: metadata atfnn.norm_stats has {meta['norm_stats'].n_mels} bands, "

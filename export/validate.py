@@ -232,6 +232,9 @@ def session(
     # the 2-core machine (float32 graph): 1 thread is a little faster at batch 1 (7.4 vs
     # 8.7 ms) and 1.7x slower at batch 32 (227 vs 135 ms), so the default stays.
     options.intra_op_num_threads = threads
+    # FATAL only: ONNX Runtime's own coloured multi-line log of a failed run would come
+    # before the one-line error that names the file (ERROR, level 3, still prints it)
+    options.log_severity_level = 4
     try:
         sess = ort.InferenceSession(str(path), options, providers=requested)
     except Exception as err:
@@ -317,12 +320,17 @@ def _eager(model: nn.Module, x: torch.Tensor) -> np.ndarray:
 
 
 def audio_files(sources: Iterable[str | os.PathLike]) -> list[Path]:
-    """Audio files from files, folders (searched recursively) and manifest CSVs."""
+    """Audio files from files, folders (all levels, links followed, each folder once:
+    :func:`atfnn_fast.walk.find_files`; a folder not walked is a warning) and manifest
+    CSVs."""
+    from atfnn_fast.walk import find_files, warn_skipped
+
     files: list[Path] = []
     for source in sources:
         source = Path(source)
         if source.is_dir():
-            found = sorted(p for p in source.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+            found, skipped = find_files(source, AUDIO_SUFFIXES)
+            warn_skipped(skipped)
             if not found:
                 raise FileNotFoundError(f"{source}: no audio files ({', '.join(AUDIO_SUFFIXES)})")
             files += found

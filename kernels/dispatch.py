@@ -4,7 +4,9 @@ The backend is read from ``ATFNN_BACKEND`` once, when this module is imported (l
 ``TRITON_INTERPRET``, it must be set before the kernels are imported), and can be changed
 afterwards with :func:`set_backend` or the :func:`use_backend` context manager. Reading it
 once keeps the choice a constant for ``torch.compile`` instead of an environment lookup per
-call.
+call. A value that is not a backend does not stop the import (``atfnn-fast --help`` and the
+command line's own one-line error need the package): :func:`env_problem` says what is
+wrong, the command line refuses it before any work, and the first op to run raises it.
 """
 
 from __future__ import annotations
@@ -39,7 +41,21 @@ TRITON_IMPLS: dict[str, Callable] = {}
 # implementation needs no Triton
 CPU_IMPLS: dict[str, Callable] = {}
 
-_backend = _parse(os.environ.get(ENV_BACKEND, "auto") or "auto", ENV_BACKEND)
+
+def _from_env() -> tuple[str | None, str | None]:
+    try:
+        return _parse(os.environ.get(ENV_BACKEND, "auto") or "auto", ENV_BACKEND), None
+    except ValueError as err:
+        return None, str(err)
+
+
+_backend, _env_problem = _from_env()
+
+
+def env_problem() -> str | None:
+    """Why ``ATFNN_BACKEND`` as read at import cannot be used (one line naming it), or
+    None; cleared by :func:`set_backend`."""
+    return _env_problem if _backend is None else None
 
 
 def register(op: str, module: str, cpu_entry: Callable | None = None):
@@ -63,7 +79,10 @@ def register(op: str, module: str, cpu_entry: Callable | None = None):
 
 
 def get_backend() -> str:
-    """The backend in force: "auto", "triton" or "torch"."""
+    """The backend in force: "auto", "triton" or "torch"; a ValueError naming
+    ``ATFNN_BACKEND`` when its value is not one (see :func:`env_problem`)."""
+    if _backend is None:
+        raise ValueError(_env_problem)
     return _backend
 
 
@@ -76,12 +95,13 @@ def set_backend(name: str) -> None:
 @contextlib.contextmanager
 def use_backend(name: str) -> Iterator[None]:
     """Run a block under another backend, restoring the previous one afterwards."""
-    previous = get_backend()
+    global _backend
+    previous = _backend
     set_backend(name)
     try:
         yield
     finally:
-        set_backend(previous)
+        _backend = previous
 
 
 # set while benchmarks.resources records launches (see launch.recording): CPU tensors
@@ -111,7 +131,7 @@ def select(
     device; under ``triton`` it raises."""
     if torch.onnx.is_in_onnx_export():
         return torch_impl
-    backend = _backend
+    backend = get_backend()
     if backend == "torch":
         return torch_impl
     if tensor.is_cuda and triton_impl is not None and unsupported is None:

@@ -29,7 +29,9 @@ import re
 import sys
 import warnings
 
-from .predict import one_line
+from atfnn_fast.text import one_line, printable
+
+from .streams import STDOUT
 
 DEBUG_ENV = "ATFNN_DEBUG"
 CACHE_HELP = (
@@ -43,8 +45,14 @@ def _debug(args: argparse.Namespace) -> bool:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import run, run_pipeline
+    from atfnn_fast.files import check_output
 
+    from .demo import run, run_pipeline
+    from .plotting import check_plotting
+
+    if not args.model_only:  # before the model is timed: the pipeline's output folder, plots
+        check_output(args.out, option="--out", directory=True)
+        check_plotting()
     run(device=args.device, hop=args.hop, repeats=args.repeats)
     if not args.model_only:
         run_pipeline(args.out, epochs=args.epochs)
@@ -58,7 +66,11 @@ def _prepare(args: argparse.Namespace) -> int:
 
     path, items = prepare(args.dataset, args.root, args.out, merge_excited=args.merge_excited)
     labels = Counter(i.label for i in items)
-    print(f"wrote {path}: {len(items)} utterances, {len({i.speaker for i in items})} speakers")
+    print(
+        printable(
+            f"wrote {path}: {len(items)} utterances, {len({i.speaker for i in items})} speakers"
+        )
+    )
     print("  " + ", ".join(f"{k} {v}" for k, v in sorted(labels.items())))
     if args.features:
         FeatureCache(cache_folder(path, args.cache)).warm(items)
@@ -68,7 +80,13 @@ def _prepare(args: argparse.Namespace) -> int:
 def _synth(args: argparse.Namespace) -> int:
     from .synth import CLASSES, make_corpus
 
-    path = make_corpus(args.out, speakers=args.speakers, per_class=args.per_class, seed=args.seed)
+    path = make_corpus(
+        args.out,
+        speakers=args.speakers,
+        per_class=args.per_class,
+        seed=args.seed,
+        overwrite=args.force,
+    )
     total = args.speakers * args.per_class * len(CLASSES)
     print(
         f"wrote {path}: {total} utterances, {args.speakers} speakers, synthetic prosody "
@@ -110,7 +128,7 @@ def _train(args: argparse.Namespace) -> int:
         cache=args.cache,
     )
     if best is not None:  # rank 0: the last line is the best checkpoint's directory
-        print(best)
+        print(printable(best))
     return 0
 
 
@@ -140,7 +158,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     for label, recall in metrics["recall"].items():
         print(f"  {label:<14} recall {'-' if recall is None else f'{recall:.1%}'}")
     if args.out:
-        print(f"wrote {args.out}/metrics.json and {args.out}/confusion.png")
+        print(printable(f"wrote {args.out}/metrics.json and {args.out}/confusion.png"))
     return 0
 
 
@@ -150,15 +168,21 @@ def _plot_attention(args: argparse.Namespace) -> int:
     from atfnn_fast.files import check_output
 
     from .plots import attention_maps, image_format, save_attention_plot
+    from .plotting import check_plotting
 
     _check_checkpoint(args.checkpoint)
     image_format(args.output)  # before any work
+    check_plotting()  # before any work, as the output is
     output = check_output(args.output, inputs=(args.checkpoint, args.file))
     data = attention_maps(args.checkpoint, args.file, device=args.device)
     path = save_attention_plot(data, Path(args.file).name, output)
     top = sorted(data.scores.items(), key=lambda kv: -kv[1])
-    print(f"{args.file}: predicted {data.label} ({', '.join(f'{k} {v:.3f}' for k, v in top)})")
-    print(path)
+    print(
+        printable(
+            f"{args.file}: predicted {data.label} ({', '.join(f'{k} {v:.3f}' for k, v in top)})"
+        )
+    )
+    print(printable(path))
     return 0
 
 
@@ -211,6 +235,8 @@ def _export(args: argparse.Namespace) -> int:
     from atfnn_fast.export import check_tensorrt_ready, export_onnx, trtexec_command, validate_onnx
     from atfnn_fast.files import check_output, named, short_name, temp_path
 
+    from .streams import Terminated, terminating
+
     if args.audio and not args.validate:
         raise UsageError("--audio is for --validate's real-feature check; add --validate")
     _check_checkpoint(args.checkpoint)
@@ -232,8 +258,11 @@ def _export(args: argparse.Namespace) -> int:
                 target=args.target,
                 input=args.input,
             )
-        except OSError as err:  # a full disk...: name --output, not our temporary name
-            raise named(err, output) from None
+        except OSError as err:  # a full disk...: name --output, not our temporary name;
+            # an error naming another file (TMPDIR's, for --quantize) keeps its own name
+            if err.filename is None or os.fsdecode(err.filename) == os.fspath(path):
+                raise named(err, output) from None
+            raise
         if args.validate:
             failed = output.with_name(output.name + ".failed")
             if len(os.fsencode(failed.name)) > 255:
@@ -241,13 +270,15 @@ def _export(args: argparse.Namespace) -> int:
             try:
                 report = validate_onnx(path, ckpt.model, raise_on_failure=False, audio=args.audio)
             except Exception as err:
+                if terminating():  # SIGTERM inside a C extension, seen as another error
+                    raise Terminated() from err
                 os.replace(path, failed)
                 raise RunError(
                     f"{output}: validation could not run ({one_line(err)}); the graph is kept "
                     f"as {failed}, {output} was not written"
                 ) from err
             report.path = str(output)
-            print(report)
+            print("\n".join(map(printable, str(report).splitlines())))  # each line escaped
             if not (report.passed or report.skipped):
                 os.replace(path, failed)
                 raise RunError(
@@ -268,7 +299,7 @@ def _export(args: argparse.Namespace) -> int:
         path.unlink(missing_ok=True)
     kind = args.dtype + (", int8 weights" if args.quantize else "")
     kind += f", waveform in at {ckpt.features.sample_rate} Hz" if waveform else ""
-    print(f"wrote {output} ({ckpt.config.variant}, {kind})")
+    print(printable(f"wrote {output} ({ckpt.config.variant}, {kind})"))
     if tensorrt and waveform:
         print(
             "TensorRT readiness: not applicable (the waveform graph computes its features "
@@ -286,7 +317,7 @@ def _export(args: argparse.Namespace) -> int:
         print("TensorRT readiness: problems found:\n  " + "\n  ".join(problems))
     else:
         print("TensorRT readiness: no problem found; build an engine with:")
-        print("  " + trtexec_command(output, ckpt.config.n_mels, ckpt.config.frames))
+        print("  " + printable(trtexec_command(output, ckpt.config.n_mels, ckpt.config.frames)))
     return 0
 
 
@@ -305,7 +336,7 @@ def _predict(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         provider=args.provider,
     )
-    print(f"predict: {describe(predictor)}", file=sys.stderr, flush=True)
+    print(printable(f"predict: {describe(predictor)}"), file=sys.stderr, flush=True)
     if args.timeline:
         return timeline_files(
             predictor,
@@ -530,6 +561,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="utterances per class and speaker (default %(default)s)",
     )
     syn.add_argument("--seed", type=_int_in(0), default=0, help="(default %(default)s)")
+    syn.add_argument(
+        "--force",
+        action="store_true",
+        help="replace the corpus of an --out that holds one already (its manifest.csv)",
+    )
     syn.set_defaults(func=_synth)
 
     presets = "; ".join(f"{name}: {note}" for name, note in PRESET_NOTES.items())
@@ -860,43 +896,89 @@ def _info(args) -> int:
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    print(f"atfnn-fast: warning: {one_line(message)}", file=sys.stderr, flush=True)
+    line = printable(one_line(str(message)), backslash=False)
+    print(f"atfnn-fast: warning: {line}", file=sys.stderr, flush=True)
+
+
+def _say_error(message: str) -> None:
+    """``atfnn-fast: error: <message>`` on stderr, one line without control characters
+    (:func:`atfnn_fast.text.printable`, backslashes kept);
+    written to file descriptor 2 directly when Python has no ``sys.stderr``."""
+    line = f"atfnn-fast: error: {printable(message, backslash=False)}\n"
+    if sys.stderr is not None:
+        sys.stderr.write(line)
+        sys.stderr.flush()
+    else:
+        try:
+            os.write(2, line.encode("utf-8", "backslashreplace"))
+        except OSError:
+            pass
+
+
+def environment_problem() -> str | None:
+    """The first environment variable that no command can run with (``ATFNN_BACKEND``),
+    or a closed standard output; checked before anything else, ``--help`` included."""
+    from atfnn_fast.kernels.dispatch import env_problem
+
+    from .streams import closed_stdout
+
+    return env_problem() or closed_stdout()
 
 
 def main(argv: list[str] | None = None) -> int:
     from atfnn_fast.errors import UsageError
     from atfnn_fast.files import describe
 
-    parser = build_parser()
-    if not (sys.argv[1:] if argv is None else argv):  # `atfnn-fast` alone: what it can do
-        parser.print_help(sys.stderr)
+    from .streams import Terminated, command_streams, silence_stdout, terminating
+
+    problem = environment_problem()
+    if problem:
+        _say_error(problem)
         return 2
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as stop:  # --help, --version, or a usage error already printed
-        return stop.code if isinstance(stop.code, int) else 2
-    with warnings.catch_warnings():
-        if not _debug(args):
-            warnings.showwarning = _show_warning
+    with command_streams():
+        parser = build_parser()
+        if not (sys.argv[1:] if argv is None else argv):  # `atfnn-fast` alone: what it can do
+            parser.print_help(sys.stderr)
+            return 2
         try:
-            return args.func(args)
-        except BrokenPipeError:  # `atfnn-fast predict ... | head`: the reader has all it wants
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes at exit
-            return 0
-        except KeyboardInterrupt:
-            if _debug(args):
-                raise
-            print("atfnn-fast: interrupted", file=sys.stderr)
-            return 130
-        except Exception as err:
-            if _debug(args):
-                raise
-            message = describe(err) if isinstance(err, OSError) and err.strerror else one_line(err)
-            if not isinstance(err, ValueError | OSError):  # not a foreseen error: say what
-                message = f"{type(err).__name__}: {message} (--debug shows the traceback)"
-            print(f"atfnn-fast: error: {message}", file=sys.stderr)
-            return 2 if isinstance(err, UsageError | FileNotFoundError) else 1
+            args = parser.parse_args(argv)
+        except SystemExit as stop:  # --help, --version, or a usage error already printed
+            return stop.code if isinstance(stop.code, int) else 2
+        with warnings.catch_warnings():
+            if not _debug(args):
+                warnings.showwarning = _show_warning
+            try:
+                code = args.func(args)
+                sys.stdout.flush()  # the last output's write error, named, while it can be
+                return code
+            except BrokenPipeError:  # `atfnn-fast predict ... | head`: the reader has all
+                silence_stdout()  # no second error when Python flushes at exit
+                return 0
+            except KeyboardInterrupt:
+                if _debug(args):
+                    raise
+                print("atfnn-fast: interrupted", file=sys.stderr)
+                return 130
+            except Terminated:
+                if _debug(args):
+                    raise
+                print("atfnn-fast: terminated (SIGTERM)", file=sys.stderr)
+                return 128 + 15
+            except Exception as err:
+                if _debug(args):
+                    raise
+                if terminating():  # SIGTERM inside a C extension, seen as another error
+                    print("atfnn-fast: terminated (SIGTERM)", file=sys.stderr)
+                    return 128 + 15
+                if isinstance(err, OSError) and err.filename == STDOUT:
+                    silence_stdout()  # its buffer would fail again at exit
+                message = (
+                    describe(err) if isinstance(err, OSError) and err.strerror else one_line(err)
+                )
+                if not isinstance(err, ValueError | OSError):  # not a foreseen error: say what
+                    message = f"{type(err).__name__}: {message} (--debug shows the traceback)"
+                _say_error(message)
+                return 2 if isinstance(err, UsageError | FileNotFoundError) else 1
 
 
 if __name__ == "__main__":

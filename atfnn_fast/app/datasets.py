@@ -39,8 +39,9 @@ import torch
 from atfnn_fast.app.progress import progress
 from atfnn_fast.errors import UsageError
 from atfnn_fast.features import AudioError, FeatureConfig, iter_audio, iter_log_mel
-from atfnn_fast.files import check_output, write_atomic
+from atfnn_fast.files import check_input, check_output, write_atomic
 from atfnn_fast.manifest import Item, ManifestError, write_manifest
+from atfnn_fast.walk import find_files, warn_skipped
 
 # Part of every cache key: entries computed by an older feature pipeline are not reused
 # ("soxr-HQ": the libsoxr resampler of issue 18, whose features differ from the old one's).
@@ -51,8 +52,8 @@ AUDIO_EXTENSIONS = (".wav", ".flac")
 
 # ------------------------------------------------------------------------ corpus readers
 class CorpusWarning(UserWarning):
-    """A file of a corpus that ``datasets prepare`` skipped (unreadable, a symlink loop, not
-    a regular file)."""
+    """A file or folder of a corpus that ``datasets prepare`` skipped (unreadable, a symlink
+    loop, not a regular file)."""
 
 
 def _readable(path: Path) -> bool:
@@ -75,9 +76,12 @@ def _readable(path: Path) -> bool:
 
 
 def _audio_files(root: Path):
-    return [
-        p for p in sorted(root.rglob("*")) if p.suffix.lower() in AUDIO_EXTENSIONS and _readable(p)
-    ]
+    """The corpus's audio files: all levels, symbolic links to folders followed, each folder
+    once (:func:`atfnn_fast.walk.find_files`); a folder not walked and a file that cannot
+    be read are warnings (:class:`CorpusWarning`) naming them."""
+    found, skipped = find_files(root, AUDIO_EXTENSIONS)
+    warn_skipped(skipped, CorpusWarning)
+    return [p for p in found if _readable(p)]
 
 
 IEMOCAP_CLASSES = {"ang": "angry", "hap": "happy", "sad": "sad", "neu": "neutral"}
@@ -192,8 +196,7 @@ def prepare(
     root = Path(root)
     if dataset not in DATASETS:
         raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root}: corpus folder not found")
+    check_input(root, "corpus folder", folder=True)
     check_output(out, option="--out")  # before the corpus is walked
     if Path(out).suffix.lower() in AUDIO_EXTENSIONS:  # it would replace a file of the corpus
         raise UsageError(f"--out {out}: names an audio file; the manifest is a CSV file")
@@ -220,8 +223,12 @@ CACHE_DIR = ".atfnn-cache"
 
 
 def user_cache() -> Path:
-    """``$XDG_CACHE_HOME/atfnn-fast/features`` (default ``~/.cache/atfnn-fast/features``)."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    """``$XDG_CACHE_HOME/atfnn-fast/features`` (default ``~/.cache/atfnn-fast/features``);
+    a relative ``XDG_CACHE_HOME`` is ignored, as the XDG Base Directory specification
+    says (it would name a different folder in every working directory)."""
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    if not os.path.isabs(base):
+        base = os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base, "atfnn-fast", "features")
 
 

@@ -109,7 +109,7 @@ def run_pipeline(out_dir="demo-output", epochs: int = 12, seed: int = 0, out=Non
     say = lambda *a: print(*a, file=out, flush=True)  # noqa: E731
     out_dir = Path(out_dir)
     start = time.perf_counter()
-    manifest = make_corpus(out_dir / "corpus", speakers=5, per_class=8, seed=seed)
+    manifest = make_corpus(out_dir / "corpus", speakers=5, per_class=8, seed=seed, overwrite=True)
     say(f"corpus         {manifest}: 5 synthetic speakers x {len(CLASSES)} classes x 8")
     say("               (synthetic prosody classes, NOT emotions: " + ", ".join(CLASSES) + ")")
     tc = TrainConfig(epochs=epochs, batch_size=32, hop=32, preset="tiny", seed=seed, device="cpu")

@@ -23,13 +23,14 @@ import torch
 
 from atfnn_fast.app.datasets import FeatureCache, cache_folder
 from atfnn_fast.app.metrics import plot_confusion, summarize
+from atfnn_fast.app.plotting import check_plotting
 from atfnn_fast.checkpoint import load_checkpoint
 from atfnn_fast.config import ATFNNConfig
-from atfnn_fast.errors import UsageError, resolve_device
+from atfnn_fast.errors import RunError, UsageError, resolve_device
 from atfnn_fast.features import FeatureConfig, NormStats, min_tail_frames, segment
 from atfnn_fast.files import check_output, write_atomic
 from atfnn_fast.inference import NonFiniteOutput, mean_probabilities, softmax_probabilities
-from atfnn_fast.manifest import Item, read_manifest
+from atfnn_fast.manifest import Item, missing_files, read_manifest
 
 
 @torch.no_grad()
@@ -121,6 +122,7 @@ def evaluate(
     scored utterances come from speakers the checkpoint trained or validated on)."""
     device = resolve_device(device)
     if out is not None:  # before any work: the metrics are not computed only to be lost
+        check_plotting()
         out = check_output(out, inputs=(checkpoint,), option="--out", directory=True)
         for name in ("metrics.json", "confusion.png"):
             check_output(out / name, inputs=(checkpoint,), option="--out")
@@ -129,6 +131,9 @@ def evaluate(
         raise ValueError(f"{checkpoint}: has no normalisation statistics")
     all_items = read_manifest(manifest)
     fold, items = select_fold(ckpt.extra, all_items, fold, manifest)
+    problem = missing_files(items)  # all of them, before any feature is computed
+    if problem:
+        raise RunError(f"{manifest}: {problem}")
     labels = ckpt.labels or [f"class_{i}" for i in range(ckpt.config.num_classes)]
     unknown = sorted({i.label for i in items} - set(labels))
     if unknown:

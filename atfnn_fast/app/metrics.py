@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 
-from atfnn_fast._deps import require
 from atfnn_fast.files import write_atomic
 
 
@@ -42,10 +41,9 @@ def summarize(true: list[int], pred: list[int], labels: list[str]) -> dict:
 
 def plot_confusion(metrics: dict, path: str | os.PathLike, title: str = "") -> Path:
     """Row-normalised confusion matrix with counts, as a PNG."""
-    matplotlib = require("matplotlib", extra="app")
+    from .plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     matrix = np.asarray(metrics["confusion"], dtype=float)
     labels = metrics["labels"]

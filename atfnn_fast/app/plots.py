@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from atfnn_fast._deps import require
 from atfnn_fast.checkpoint import load_checkpoint
 from atfnn_fast.errors import UsageError, resolve_device
 from atfnn_fast.features import (
@@ -93,10 +92,9 @@ def attention_maps(checkpoint, audio, device: str = "auto") -> AttentionPlotData
 
 def attention_figure(data: AttentionPlotData, title: str, hop_seconds: float = 0.01):
     """The matplotlib figure of :func:`plot_attention` (for tests and notebooks)."""
-    matplotlib = require("matplotlib", extra="app")
+    from .plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     weights = [m for m in (data.w_f, data.w_t) if m is not None]
     low = min((float(m.min()) for m in weights), default=0.0)
@@ -176,9 +174,13 @@ def save_attention_plot(data: AttentionPlotData, title: str, output: str | os.Pa
 
 def plot_attention(checkpoint, audio, output: str | os.PathLike, device: str = "auto") -> Path:
     """Write the attention plot of ``audio`` to ``output`` (PNG, SVG, PDF or JPEG by its
-    extension), checked before any work (its extension, not an input, not a device or
-    FIFO, its folder writable) and written atomically; returns the path."""
+    extension), checked before any work (its extension, the plotting backend, not an
+    input, not a device or FIFO, its folder writable) and written atomically; returns the
+    path."""
+    from .plotting import check_plotting
+
     image_format(output)
+    check_plotting()
     output = check_output(output, inputs=(checkpoint, audio))
     data = attention_maps(checkpoint, audio, device)
     return save_attention_plot(data, Path(audio).name, output)
@@ -303,11 +305,11 @@ def bin_timeline(
 def timeline_figure(data: TimelinePlotData, title: str, smooth: int = 1):
     """The matplotlib figure of :func:`save_timeline_plot`: the scores over time (stacked,
     smoothed over ``smooth`` segments if above 1) above a strip of the top label."""
-    matplotlib = require("matplotlib", extra="app")
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
+
+    from .plotting import pyplot
+
+    plt = pyplot()
 
     mean = data.mean_scores()
     shown = (

@@ -9,13 +9,17 @@ prints.
 * What ran is said on stderr before the first file (:func:`describe`: the model, and ONNX
   Runtime's execution provider or PyTorch's device), so stdout stays machine-readable.
 * Sources are expanded like ``export --audio`` (:func:`expand_sources`): a folder gives its
-  audio files (recursively, sorted), a ``.csv`` the files of a manifest; a missing file or
-  an empty folder is that source's error, the others still run.
+  audio files (all levels, symbolic links to folders followed, sorted:
+  :func:`atfnn_fast.walk.find_files`), a ``.csv`` the files of a manifest; a missing file,
+  an empty folder or a sub-folder that cannot be listed is that source's error, the others
+  still run; a folder reached twice (a link loop) is walked once, with a warning.
 * Output: a text line per file, a JSON list (``--json``: ``path``, ``label``, ``scores``,
   and ``warning`` for a silent or very short file (:func:`hearing_problem`, also said on
   stderr);
   a failure ``path``, ``error``) or CSV (``--csv``: ``path,label,error`` and one score
-  column per label).
+  column per label). Text and CSV go through :mod:`atfnn_fast.text` (escaped so that no
+  control, bidi or zero-width character gets out raw and two names never print alike; CSV
+  cells that a spreadsheet would run as formulas get a leading ``'``).
 * A run directory or a fold directory given as a checkpoint is refused with the ``best``
   checkpoints it holds (:func:`checkpoint_hint`).
 * ``--timeline`` (:func:`timeline_files`): a row per segment instead of a line per file
@@ -27,15 +31,15 @@ from __future__ import annotations
 import csv
 import json
 import os
-import re
 import sys
-import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 
 from atfnn_fast.export.validate import PROVIDERS
 from atfnn_fast.features import AUDIO_SUFFIXES
 from atfnn_fast.inference import DEFAULT_BATCH_SIZE, CheckpointPredictor
+from atfnn_fast.text import csv_cell, one_line, printable
+from atfnn_fast.walk import find_files, warn_skipped
 
 # --provider: "auto" (CUDA if onnxruntime-gpu is installed) or a name of PROVIDERS, which
 # owns the mapping to ONNX Runtime's execution providers
@@ -105,11 +109,13 @@ def expand_sources(sources: Sequence[str | os.PathLike]) -> list[tuple[str, str 
     out: list[tuple[str, str | None]] = []
     for source in sources:
         path = Path(source)
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
-            if not found:
+        if path.is_dir():  # walked without recursion, links followed (atfnn_fast.walk)
+            found, skipped = find_files(path, AUDIO_SUFFIXES)
+            warn_skipped([s for s in skipped if not s.lost])
+            lost = [(str(s.path), f"{s.path}: folder skipped, {s.why}") for s in skipped if s.lost]
+            if not found and not lost:
                 out.append((str(source), f"{source}: no audio files ({', '.join(AUDIO_SUFFIXES)})"))
-            out += [(str(p), None) for p in found]
+            out += [(str(p), None) for p in found] + lost
         elif path.suffix.lower() == ".csv" and path.is_file():
             from atfnn_fast.manifest import read_manifest
 
@@ -169,28 +175,6 @@ def hearing_problem(path: str | os.PathLike, predictor) -> str | None:
     return None
 
 
-def one_line(err: BaseException) -> str:
-    """An exception's message on one line (the command line's error format)."""
-    text = str(err).strip() or type(err).__name__
-    text = re.sub(r":\s*\n\s*", ": ", text)
-    return re.sub(r"\s*\n\s*", "; ", text)
-
-
-def printable(text: str) -> str:
-    """``text`` with the bytes of a file name that are not UTF-8 (decoded by Python as
-    lone surrogates) written as ``\\xNN`` and control characters and line separators
-    (newline, carriage return, tab, escape, U+2028...) as ``\\n``, ``\\r``, ``\\t``,
-    ``\\x1b``, ``\\u2028``, so printing never fails and one file stays one line whatever
-    its name holds (the JSON output escapes them its own way)."""
-    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    return "".join(
-        ch.encode("unicode_escape").decode("ascii")
-        if unicodedata.category(ch) in ("Cc", "Zl", "Zp")
-        else ch
-        for ch in text
-    )
-
-
 def predict_files(
     predictor,
     files: Sequence[str | os.PathLike],
@@ -215,7 +199,7 @@ def predict_files(
         sys.stdout.write("[")
     elif csv_rows:
         writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(["path", "label", *labels, "error"])
+        writer.writerow(["path", "label", *map(csv_cell, labels), "error"])
         sys.stdout.flush()
     for n, (path, problem) in enumerate(entries):
         try:
@@ -239,7 +223,8 @@ def predict_files(
                 message = f"out of memory ({message}); try a smaller --batch-size"
             if not message.startswith((str(path), str(Path(path)))):
                 message = f"{path}: {message}"
-            print(f"atfnn-fast: error: {printable(message)}", file=sys.stderr, flush=True)
+            line = printable(message, backslash=False)
+            print(f"atfnn-fast: error: {line}", file=sys.stderr, flush=True)
             entry, text = {"path": str(path), "error": message}, None
             failed += 1
         if json_list:
@@ -248,10 +233,10 @@ def predict_files(
             scores = entry.get("scores", {})
             writer.writerow(
                 [
-                    printable(entry["path"]),
-                    entry.get("label", ""),
+                    csv_cell(entry["path"]),
+                    csv_cell(entry.get("label", "")),
                     *(f"{scores[k]:.6f}" if k in scores else "" for k in labels),
-                    entry.get("error", ""),
+                    csv_cell(entry.get("error", "")),
                 ]
             )
         elif text is not None:
@@ -273,7 +258,7 @@ def file_error(err: BaseException, path: str) -> str:
         message = f"out of memory ({message}); try a smaller --batch-size"
     if not message.startswith((str(path), str(Path(path)))):
         message = f"{path}: {message}"
-    print(f"atfnn-fast: error: {printable(message)}", file=sys.stderr, flush=True)
+    print(f"atfnn-fast: error: {printable(message, backslash=False)}", file=sys.stderr, flush=True)
     return message
 
 
@@ -314,11 +299,11 @@ def timeline_files(
                 elif writer is not None:
                     writer.writerow(
                         [
-                            printable(row.file),
+                            csv_cell(row.file),
                             row.segment,
                             f"{row.start:.3f}",
                             f"{row.end:.3f}",
-                            row.label,
+                            csv_cell(row.label),
                             *(f"{row.scores[k]:.6f}" for k in labels),
                             "",
                         ]
@@ -336,9 +321,9 @@ def timeline_files(
                 out.write(json.dumps({"path": str(path), "error": message}) + "\n")
             elif writer is not None:
                 writer.writerow(
-                    [printable(str(path)), *[""] * (len(TIMELINE_COLUMNS) - 1)]
+                    [csv_cell(str(path)), *[""] * (len(TIMELINE_COLUMNS) - 1)]
                     + [""] * len(labels)
-                    + [message]
+                    + [csv_cell(message)]
                 )
             out.flush()
             failed += 1

@@ -15,6 +15,7 @@ import torch
 
 from atfnn_fast.checkpoint import CheckpointError, load_checkpoint, recover_checkpoint
 from atfnn_fast.errors import RunError, UsageError
+from atfnn_fast.files import _resolve as loop_safe_resolve
 from atfnn_fast.files import write_atomic
 
 LOCK_FILE = ".lock"
@@ -36,10 +37,11 @@ class RunWarning(UserWarning):
 
 
 def inside(out: str | os.PathLike, *parts: str) -> Path:
-    """``out / parts...``, refused unless it resolves (symlinks followed) inside ``out``."""
-    root = Path(out).resolve()
+    """``out / parts...``, refused unless it resolves (symlinks followed) inside ``out``; a
+    symlink loop is an ``OSError`` naming it (Python 3.11 raises ``RuntimeError``)."""
+    root = loop_safe_resolve(Path(out))
     path = Path(out, *parts)
-    resolved = path.resolve()
+    resolved = loop_safe_resolve(path)
     if resolved != root and root not in resolved.parents:
         raise RunError(f"{path}: resolves to {resolved}, outside the output folder {root}")
     return path
@@ -154,10 +156,13 @@ def prepare_run_dir(folder: Path, resume: bool, overwrite: bool) -> None:
             path.unlink()
 
 
-def load_resume_state(folder: Path, model, optimizer, cfg, labels, device) -> dict | None:
+def load_resume_state(
+    folder: Path, model, optimizer, cfg, labels, device, check_extra=None
+) -> dict | None:
     """The committed state of ``folder/last`` loaded into ``model`` and ``optimizer``;
-    None when no epoch was committed yet. Every problem is a one-line error naming the
-    file."""
+    None when no epoch was committed yet. ``check_extra(extra, state)``, called with the
+    checkpoint's ``extra`` (the run's options) before anything is loaded, refuses options
+    that differ. Every problem is a one-line error naming the file."""
     last = folder / "last"
     state_path = last / "state.json"
     if not state_path.exists():
@@ -199,6 +204,8 @@ def load_resume_state(folder: Path, model, optimizer, cfg, labels, device) -> di
         ckpt = load_checkpoint(last, map_location=device)
     except CheckpointError as err:
         raise RunError(f"cannot resume: {err}") from None
+    if check_extra is not None:
+        check_extra(ckpt.extra, state)
     if ckpt.config != cfg:
         raise RunError(
             f"{last}: was trained with another model config (preset?); resume with the "

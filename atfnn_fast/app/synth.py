@@ -66,13 +66,29 @@ def utterance(cls: str, speaker: dict, rng: np.random.Generator, seconds: float 
 
 
 def make_corpus(
-    root: str | os.PathLike, speakers: int = 5, per_class: int = 8, seed: int = 0
+    root: str | os.PathLike,
+    speakers: int = 5,
+    per_class: int = 8,
+    seed: int = 0,
+    *,
+    overwrite: bool = False,
 ) -> Path:
     """Write ``root/<speaker>/<class>_<k>.wav`` and ``root/manifest.csv``; returns the
-    manifest path."""
+    manifest path. A ``root`` that holds a ``manifest.csv`` already (a corpus, perhaps a
+    real one) is refused before anything is written, unless ``overwrite`` (``--force``)."""
     import soundfile as sf
 
+    from atfnn_fast.errors import UsageError
+    from atfnn_fast.files import check_output
+
     root = Path(root)
+    manifest = root / "manifest.csv"
+    if not overwrite and (manifest.exists() or manifest.is_symlink()):
+        raise UsageError(
+            f"--out {root}: holds a corpus already ({manifest}); choose another folder, or "
+            "add --force to replace its manifest and the synthetic files"
+        )
+    check_output(manifest, option="--out")  # a folder where it can be written
     rng = np.random.default_rng(seed)
     items = []
     for s in range(speakers):
@@ -84,7 +100,7 @@ def make_corpus(
                 path.parent.mkdir(parents=True, exist_ok=True)
                 sf.write(str(path), utterance(cls, voice, rng), RATE)
                 items.append(Item(path.resolve(), cls, name))
-    return write_manifest(items, root / "manifest.csv")
+    return write_manifest(items, manifest)
 
 
 UTTERANCE_SECONDS = 1.4  # the corpus's utterance length, also a recording's building block

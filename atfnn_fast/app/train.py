@@ -28,6 +28,10 @@
   seeded from (seed, e), so the redone epoch writes the same ``best`` again and ``resume``
   continues exactly where the last committed epoch left off (epoch granularity). A crash
   in the middle of a commit is repaired by ``resume`` (docs/design.md#files-and-crashes).
+  A resume must use the options the run was trained with (:func:`resume_changes`: a
+  changed ``--seed``, ``--lr``, ``--batch-size``, ``--hop``, ``--preset`` or ``--amp`` is
+  refused naming it); ``--epochs`` and ``--device`` may change, and the change is recorded
+  in ``last/state.json``.
 
 Checks before anything is written (our choices where the paper is silent,
 docs/design.md#choices-the-paper-leaves-open):
@@ -35,7 +39,10 @@ docs/design.md#choices-the-paper-leaves-open):
 * the manifest needs at least two labels, and every label must have training utterances in
   every fold that is run (otherwise a class has no training data and UAR averages over it);
 * fold names come from the manifest's speaker / session values, which
-  :func:`atfnn_fast.data.read_manifest` refuses when they are not plain names; every path the
+  :func:`atfnn_fast.data.read_manifest` refuses when they are not plain names, and
+  :func:`check_fold_name` when they name a run-level file (``summary.md``); matplotlib,
+  ``MPLBACKEND``, ``WORLD_SIZE`` and every file of the manifest are checked before any
+  work too; every path the
   trainer writes is also checked to resolve inside ``out`` (:func:`inside`), so neither a
   fold name nor a symlink planted in the run directory can send a file elsewhere (the
   feature cache is not a run output: it lives next to the manifest or in ``cache``, named
@@ -79,6 +86,7 @@ import torch.nn.functional as F
 from atfnn_fast.app.datasets import FeatureCache, cache_folder
 from atfnn_fast.app.evaluate import evaluate_items
 from atfnn_fast.app.metrics import plot_confusion
+from atfnn_fast.app.plotting import check_plotting
 from atfnn_fast.app.progress import progress
 from atfnn_fast.app.rundir import (
     RunLock,
@@ -98,6 +106,7 @@ from atfnn_fast.manifest import (
     ManifestWarning,
     fold_name_problem,
     labels_of,
+    missing_files,
     read_manifest,
 )
 from atfnn_fast.model import ATFNN
@@ -181,6 +190,23 @@ class TrainConfig:
         return self
 
 
+# --resume (our choice, docs/design.md#resuming-and-early-checks): the options that
+# change a run's result must stay as the run began, and a change is refused naming the
+# option; the others may change and the change is honoured and recorded in state.json.
+RESUME_FIXED = {
+    "seed": ("--seed", "it draws the validation speakers, the weights and the data order"),
+    "lr": ("--lr", "the optimiser's steps"),
+    "batch_size": ("--batch-size", "the optimiser's steps and the data order"),
+    "hop": ("--hop", "the training segments"),
+    "preset": ("--preset", "the model"),
+    "amp": ("--amp", "the arithmetic of every step"),
+    "val_fraction": ("TrainConfig.val_fraction", "the validation speakers"),
+}
+# epochs: a run can be extended (or its remaining epochs cut, down to the committed one);
+# device: where it runs (the same ops; the progress bar is no option of the run at all)
+RESUME_FREE = ("epochs", "device")
+
+
 def default(name: str):
     """The default of a :class:`TrainConfig` field (the command line's defaults)."""
     return next(f.default for f in fields(TrainConfig) if f.name == name)
@@ -218,6 +244,24 @@ def split(items: list[Item], protocol: str, fold: str, val_fraction: float, seed
     return train, val, test
 
 
+# what `train` writes in the run directory itself, beside the fold directories
+RUN_LEVEL_FILES = ("summary.md", "summary.json")
+
+
+def check_fold_name(fold: str) -> None:
+    """Refuse a fold name that cannot be a fold directory of the run: not a plain name
+    (:func:`atfnn_fast.manifest.fold_name_problem`), or the name of a run-level file
+    (:data:`RUN_LEVEL_FILES`), whose write would fail after every fold has trained."""
+    problem = fold_name_problem(fold)
+    if problem:
+        raise UsageError(f"fold {fold!r} {problem}")
+    if fold.lower() in RUN_LEVEL_FILES:  # case-insensitive file systems too
+        raise UsageError(
+            f"fold {fold!r}: is the name of a file the run writes beside the fold directories "
+            f"({', '.join(RUN_LEVEL_FILES)}); rename that speaker or session in the manifest"
+        )
+
+
 def check_labels(manifest, items: list[Item], train: list[Item], fold: str) -> list[str]:
     """The labels of ``items``; refuses a single-label manifest and a label without
     training utterances in this fold."""
@@ -240,9 +284,28 @@ def check_labels(manifest, items: list[Item], train: list[Item], fold: str) -> l
 # ------------------------------------------------------------------------ the training
 
 
+def env_int(name: str, default: int, low: int) -> int:
+    """An integer environment variable that torchrun sets (``WORLD_SIZE``,
+    ``LOCAL_RANK``): a :class:`~atfnn_fast.errors.UsageError` naming it when it is not an
+    integer >= ``low``."""
+    text = os.environ.get(name, "")
+    if not text.strip():
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < low:
+        raise UsageError(
+            f"{name}={text!r}: expected an integer >= {low} (torchrun sets it; unset it for a "
+            "single-process run)"
+        )
+    return value
+
+
 def _dist():
     """(rank, world_size), initialising torch.distributed under torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = env_int("WORLD_SIZE", 1, 1)
     if world > 1 and not torch.distributed.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         torch.distributed.init_process_group(backend)
@@ -273,16 +336,19 @@ def train_fold(
     tc = (tc or TrainConfig()).check()
     if resume and overwrite:
         raise UsageError("--resume and --overwrite exclude each other")
-    problem = fold_name_problem(fold)
-    if problem:
-        raise UsageError(f"fold {fold!r} {problem}")
+    check_fold_name(fold)
     rank, world = _dist()
+    if rank == 0:
+        check_plotting()  # the confusion plot comes last: refused now, not after training
     items = read_manifest(manifest)
     train, val, test = split(items, protocol, fold, tc.val_fraction, tc.seed)
     labels = check_labels(manifest, items, train, fold)
+    problem = missing_files(items)  # every file's features are computed: all must be there
+    if problem:
+        raise RunError(f"{manifest}: {problem}")
     device = resolve_device(tc.device)
     if device.type == "cuda" and world > 1:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        device = torch.device("cuda", env_int("LOCAL_RANK", 0, 0))
         torch.cuda.set_device(device)
     run = FoldRun(
         manifest=Path(manifest),
@@ -345,7 +411,8 @@ class FoldData:
 def _run_fold(run: FoldRun, resume: bool, cache, items: list[Item], splits) -> dict:
     train, val, test = splits
     model, optimizer, state = _build_or_resume(run, resume)
-    for line in header_lines(run, model, splits, len(items)):
+    cache = cache_folder(run.manifest, cache)  # the folder the header names is the one used
+    for line in header_lines(run, model, splits, len(items), cache):
         run.say(line)
     data = _prepare_data(run, cache, items, train)
     net = model
@@ -383,9 +450,12 @@ def _speaker_counts(part: list[Item]) -> str:
     return ", ".join(f"{k} ({v})" for k, v in sorted(counts.items()))
 
 
-def header_lines(run: FoldRun, model, splits, n_items: int) -> list[str]:
+def header_lines(run: FoldRun, model, splits, n_items: int, cache=None) -> list[str]:
     """What ``train`` prints before the first epoch: the fold, device, preset and model
-    size, the speakers of each split with their utterance counts, and the schedule."""
+    size, the speakers of each split with their utterance counts, and the schedule with
+    the feature cache's folder (``cache``, default :func:`cache_folder` of the
+    manifest)."""
+    cache = cache if cache is not None else cache_folder(run.manifest)
     train, val, test = splits
     tc = run.tc
     params = sum(p.numel() for p in model.parameters())
@@ -399,7 +469,7 @@ def header_lines(run: FoldRun, model, splits, n_items: int) -> list[str]:
         f"  test        {len(test):>5} utterances: {_speaker_counts(test)} (held out)",
         f"  {tc.epochs} epochs, batch {tc.batch_size}, lr {tc.lr:g}, segments of "
         f"{run.cfg.frames} frames every {tc.hop}; features of {n_items} files cached in "
-        f"{run.manifest.resolve().parent / '.atfnn-cache'}",
+        f"{cache}",
     ]
 
 
@@ -437,22 +507,83 @@ def _build_or_resume(run: FoldRun, resume: bool):
     optimizer = torch.optim.Adam(model.parameters(), lr=run.tc.lr)
     state = {"epoch": 0, "best_uar": -1.0, "best_epoch": None, "history": []}
     if resume:
-        loaded = load_resume_state(run.folder, model, optimizer, run.cfg, run.labels, run.device)
+        changed: dict = {}
+
+        def check(extra: dict, saved_state: dict) -> None:
+            changed.update(resume_changes(run, extra, saved_state["epoch"]))
+
+        loaded = load_resume_state(
+            run.folder, model, optimizer, run.cfg, run.labels, run.device, check
+        )
         if loaded is not None:
             state = loaded
+            if changed:  # recorded with the next committed epoch
+                note = {"after_epoch": state["epoch"], "changed": changed}
+                state = dict(state, resumes=[*state.get("resumes", []), note])
             if run.rank == 0:
                 write_log(run.folder, state["history"])  # drops lines of an uncommitted epoch
-            run.say(f"resuming {run.fold} after epoch {state['epoch']}")
+            what = ", ".join(f"--{k} {a} -> {b}" for k, (a, b) in changed.items())
+            run.say(
+                f"resuming {run.fold} after epoch {state['epoch']}" + (f" ({what})" if what else "")
+            )
         else:
             run.say(f"resuming {run.fold}: no epoch was committed yet; starting at epoch 1")
     return model, optimizer, state
 
 
-def _prepare_data(run: FoldRun, cache, items: list[Item], train: list[Item]) -> FoldData:
-    """Features of every utterance (cached next to the manifest; rank 0 computes, the other
+def resume_changes(run: FoldRun, extra: dict, committed: int) -> dict:
+    """The options of a resumed run that differ from those it was trained with, as
+    ``{name: [old, new]}``: only :data:`RESUME_FREE` ones. A change of a
+    :data:`RESUME_FIXED` option, of the protocol or of the speakers of each split (the
+    manifest changed) is refused naming it; so is ``epochs`` below the committed epoch."""
+    last = run.folder / "last"
+    saved = extra.get("train")
+    if not isinstance(saved, dict):
+        raise RunError(
+            f"{last}: records no training options (extra.train), so a resume cannot be "
+            "checked against them; start again with --overwrite"
+        )
+    for name, (option, why) in RESUME_FIXED.items():
+        new = getattr(run.tc, name)
+        if name in saved and saved[name] != new:
+            raise UsageError(
+                f"{option} {new}: the run in {run.folder} was trained with {option} "
+                f"{saved[name]}, and resuming with another value would change its result "
+                f"({why}); resume with {option} {saved[name]}, or start again with --overwrite"
+            )
+    if extra.get("protocol", run.protocol) != run.protocol:
+        raise UsageError(
+            f"--protocol {run.protocol}: the run in {run.folder} was trained with --protocol "
+            f"{extra['protocol']}; resume with it, or start again with --overwrite"
+        )
+    if extra.get("speakers", run.speakers) != run.speakers:
+        parts = [
+            f"{part} {extra['speakers'].get(part)} -> {speakers}"
+            for part, speakers in run.speakers.items()
+            if extra["speakers"].get(part) != speakers
+        ]
+        raise RunError(
+            f"{run.manifest}: its speakers differ from those the run in {run.folder} was "
+            f"trained with ({'; '.join(parts)}): the manifest changed. Resume with the "
+            "original manifest, or start again with --overwrite"
+        )
+    if run.tc.epochs < committed:
+        raise UsageError(
+            f"--epochs {run.tc.epochs}: the run in {run.folder} has committed {committed} "
+            f"epochs already; give at least {committed} (more extends the run)"
+        )
+    return {
+        name: [saved.get(name), getattr(run.tc, name)]
+        for name in RESUME_FREE
+        if saved.get(name) != getattr(run.tc, name)
+    }
+
+
+def _prepare_data(run: FoldRun, cache: Path, items: list[Item], train: list[Item]) -> FoldData:
+    """Features of every utterance (cached in ``cache``; rank 0 computes, the other
     ranks read), normalisation statistics of the training utterances, and the training
     segments: ``frames`` frames every ``hop`` frames."""
-    cache = FeatureCache(cache_folder(run.manifest, cache), run.cfg.n_mels, run.feats)
+    cache = FeatureCache(cache, run.cfg.n_mels, run.feats)
     mels = cache.warm(items, desc=f"features ({len(items)} files)") if run.rank == 0 else None
     if run.world > 1:
         torch.distributed.barrier()
@@ -632,12 +763,12 @@ def train(
     validation UAR when all folds run). Every fold is checked (labels, names) before the
     first one starts."""
     tc = (tc or TrainConfig()).check()
+    env_int("WORLD_SIZE", 1, 1)
+    check_plotting()
     items = read_manifest(manifest)
     names = folds(items, protocol) if fold == "all" else [fold]
     for name in names:
-        problem = fold_name_problem(name)
-        if problem:
-            raise UsageError(f"fold {name!r} {problem}")
+        check_fold_name(name)
         train_items, _, _ = split(items, protocol, name, tc.val_fraction, tc.seed)
         check_labels(manifest, items, train_items, name)
         inside(out, name)
