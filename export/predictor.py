@@ -40,6 +40,7 @@ class OnnxPredictor:
         batch_size: int = DEFAULT_BATCH_SIZE,
         *,
         provider: str | None = None,
+        threads: int = 0,
     ) -> None:
         meta = read_metadata(path)  # checked against the graph: fails here, not in a run
         self.path = str(path)
@@ -50,8 +51,9 @@ class OnnxPredictor:
         self.dtype = np.float16 if meta["dtype"] == "float16" else np.float32
         self.fixed_batch = meta["batch"]  # None: dynamic batch axis
         self.batch_size = meta["batch"] or check_batch_size(batch_size)
-        # provider: "cpu", "cuda" or "tensorrt" (see export.validate.session)
-        self.session = session(path, providers, provider=provider)
+        # provider: "cpu", "cuda" or "tensorrt" (see export.validate.session); threads: ONNX
+        # Runtime's intra-op threads (0: its default, one per physical core)
+        self.session = session(path, providers, threads, provider=provider)
 
     def predict_spectrograms(self, x) -> np.ndarray:
         """Normalised segments ``(S, 1, F, T)`` or ``(S, F, T)`` -> probabilities ``(S, C)``."""
