@@ -60,6 +60,7 @@ CONTENT_TYPES = (
     "audio/mp3",
     "application/octet-stream",
 )
+BATCH_HEADER = "x-atfnn-batch"  # response header: requests scored together
 REQUEST_NAME = "request"  # stands for the file's path in error messages
 
 
@@ -241,15 +242,19 @@ class AudioModel:
             return JSONResponse(self.metadata)
         try:
             body = await read_body(request, self.max_bytes)
-            result = await self.predict(body)
+            result, batch = await self.predict(body)
         except BadRequest as err:
             return JSONResponse({"error": str(err)}, err.status)
+        # how many requests this one was scored with (1: alone), for clients and benchmarks
+        headers = {BATCH_HEADER: str(batch)}
         if isinstance(result, str):  # the model's scores were not finite: not the client's fault
-            return JSONResponse({"error": result}, 500)
-        return JSONResponse(result)
+            return JSONResponse({"error": result}, 500, headers=headers)
+        return JSONResponse(result, headers=headers)
 
-    async def predict(self, body: bytes):
-        """``{"label", "scores"}`` of one request's audio, or a :class:`BadRequest`."""
+    async def predict(self, body: bytes) -> tuple[dict | str, int]:
+        """``{"label", "scores"}`` of one request's audio (or the error message of scores
+        that are not finite) and the number of requests it was scored with; bad audio is a
+        :class:`BadRequest`."""
         from atfnn_fast.features import AudioBytes, AudioError
         from atfnn_fast.inference import make_prediction
 
@@ -260,25 +265,26 @@ class AudioModel:
                 prediction = await loop.run_in_executor(
                     self.model_thread, self.predictor.predict_file, audio
                 )
-                return {"label": prediction.label, "scores": prediction.scores}
+                return {"label": prediction.label, "scores": prediction.scores}, 1
             segs = await loop.run_in_executor(
                 self.feature_threads, request_segments, self.predictor, audio
             )
         except AudioError as err:
             status = 413 if "longer than the limit" in str(err) else 422
             raise BadRequest(status, error_message(REQUEST_NAME, err)) from None
-        probs = await self.score_batch(segs)
+        probs, batch = await self.score_batch(segs)
         if isinstance(probs, str):
-            return probs
+            return probs, batch
         prediction = make_prediction(REQUEST_NAME, list(self.predictor.labels), probs)
-        return {"label": prediction.label, "scores": prediction.scores}
+        return {"label": prediction.label, "scores": prediction.scores}, batch
 
     @serve_api.batch
     async def score_batch(self, items: list) -> list:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
+        out = await loop.run_in_executor(
             self.model_thread, score_segments, self.predictor, self.scorer, items
         )
+        return [(result, len(items)) for result in out]
 
 
 def build_app(
