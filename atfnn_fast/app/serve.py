@@ -15,7 +15,8 @@ nothing in a request reaches the file system) and cut into normalised segments i
 thread; the segments of the requests that arrive within ``batch_wait_s`` of each other (up
 to ``max_batch`` requests) go through the model together (``@serve.batch``), at most
 ``batch_size`` segments per forward pass, and each request gets the mean over its own
-segments. A predictor without segment scoring (a graph that takes the waveform itself)
+segments (the response header ``x-atfnn-batch`` says how many requests shared its batch).
+A predictor without segment scoring (a graph that takes the waveform itself)
 is asked file by file instead (:func:`segment_scorer` is where a new kind plugs in).
 
 Bad input is a 4xx with ``{"error": "<one line>"}`` and the server goes on: a
