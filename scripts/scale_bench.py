@@ -8,7 +8,8 @@
    (this process, :func:`atfnn_fast.app.predict.file_entry` per file, ONNX Runtime's default
    threads) beside ``predict --ray`` (:func:`atfnn_fast.app.scale.iter_entries`, a local
    Ray with ``--workers`` actors of one CPU each). Files per second and x real time (audio
-   seconds per wall second); Ray's start-up is timed apart.
+   seconds per wall second); Ray's start-up is timed apart, the actors' start (torch and
+   ONNX Runtime loaded in each) is in the time, as in a real run.
 2. Serving (:mod:`atfnn_fast.app.serve`, 1 replica with ``--threads`` CPUs) of one 3 s WAV
    clip per request, from an asyncio load generator (aiohttp, which the scale extra brings;
    each of C clients sends its next request when the last one is answered) for
@@ -166,7 +167,7 @@ def serve_figures(onnx: Path, body: bytes, threads: int, max_batch: int, seconds
         port = s.getsockname()[1]
     rows = []
     for batching, size in (("on", max_batch), ("off", 1)):
-        app = build_app(onnx=onnx, threads=threads, max_batch=size)
+        app = build_app(onnx=onnx, threads=threads, max_batch=size, access_log=False)
         start(app, "127.0.0.1", port)
         for c in concurrencies:
             row = asyncio.run(_load(f"http://127.0.0.1:{port}/", body, c, seconds))

@@ -255,6 +255,8 @@ def _predict(args: argparse.Namespace) -> int:
         raise UsageError("predict: the following arguments are required: PATH")
     if args.parquet is not None and args.ray is None:
         raise UsageError("--parquet: needs --ray (Parquet output is part of the scale extra)")
+    if args.workers is not None and args.ray is None:
+        raise UsageError("--workers: needs --ray (the workers are Ray actors)")
     if args.ray is not None:
         from .scale import predict_ray, require_ray
 
@@ -305,7 +307,9 @@ def _serve(args: argparse.Namespace) -> int:
         max_bytes=int(args.max_mib * 2**20),
         max_seconds=args.max_seconds,
     )
-    return serve_forever(app, address=args.ray, host=args.host, port=args.port)
+    return serve_forever(
+        app, address=args.ray, host=args.host, port=args.port, cpus=args.replicas * args.threads
+    )
 
 
 class _Parser(argparse.ArgumentParser):

@@ -72,8 +72,10 @@ def is_address(text: str) -> bool:
 def connect(address: str | None = None, num_cpus: int | None = None):
     """Connect to Ray: an already-initialised Ray as it is; ``address`` (``auto``,
     ``host:port``, ``ray://...``), else ``RAY_ADDRESS`` from the environment; else (or
-    ``local``) a new local instance with ``num_cpus`` CPUs (default: the threads torch uses)
-    on the loopback interface. Returns the ``ray`` module."""
+    ``local``) a new local instance with ``num_cpus`` CPUs (default: the threads torch uses),
+    without the dashboard. Ray's own servers (GCS, raylet) listen on the node's address
+    whatever is asked (Ray 2.60 maps 127.0.0.1 to it), behind Ray's token authentication,
+    on by default. Returns the ``ray`` module."""
     ray = require_ray()
     if ray.is_initialized():
         return ray
@@ -85,7 +87,6 @@ def connect(address: str | None = None, num_cpus: int | None = None):
             address="local",
             num_cpus=num_cpus or torch.get_num_threads(),
             include_dashboard=False,
-            _node_ip_address="127.0.0.1",  # a local instance listens on the loopback only
             **quiet,
         )
     else:

@@ -301,9 +301,11 @@ def build_app(
     batch_wait_s: float = DEFAULT_BATCH_WAIT_S,
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_seconds: float = DEFAULT_MAX_SECONDS,
+    access_log: bool = True,
 ):
     """The Ray Serve application (``serve.run(build_app(...))``): ``replicas`` copies of
-    :class:`AudioModel`, each with ``threads`` CPUs."""
+    :class:`AudioModel`, each with ``threads`` CPUs; ``access_log``: Ray Serve's line per
+    request."""
     from atfnn_fast.inference import DEFAULT_BATCH_SIZE
 
     serve = serve_api
@@ -340,6 +342,7 @@ def build_app(
         # room for a full batch and the next one filling
         max_ongoing_requests=max(8, 2 * max_batch),
         ray_actor_options={"num_cpus": threads, "num_gpus": 1 if gpu else 0},
+        logging_config={"enable_access_log": access_log},
     )
     return deployment.bind(
         functools.partial(load_predictor, **kwargs),
@@ -361,15 +364,32 @@ def start(app, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, name: str = "
 
 
 def serve_forever(
-    app, *, address: str | None = None, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT
+    app,
+    *,
+    address: str | None = None,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    cpus: int = 1,
 ) -> int:
-    """``atfnn-fast serve``: connect to Ray (:func:`atfnn_fast.app.scale.connect`), start
-    the app, say where it listens, and serve until interrupted (then shut Serve down)."""
+    """``atfnn-fast serve``: connect to Ray (:func:`atfnn_fast.app.scale.connect`; a local
+    instance gets at least the ``cpus`` the replicas ask for), start the app, say where it
+    listens, and serve until interrupted (then shut Serve down). A cluster with fewer than
+    ``cpus`` CPUs is refused rather than left waiting for them."""
     import signal
 
-    from .scale import connect
+    import torch
 
-    ray = connect(address)
+    from atfnn_fast.errors import UsageError
+
+    from .scale import cluster_cpus, connect
+
+    ray = connect(address, num_cpus=max(cpus, torch.get_num_threads()))
+    have = cluster_cpus(ray)
+    if have < cpus:
+        ray.shutdown()
+        raise UsageError(
+            f"--replicas x --threads: {cpus} CPUs asked for, the Ray cluster has {have}"
+        )
     serve = serve_api
     # `kill` (SIGTERM) stops it like Ctrl-C: Serve and a local Ray are shut down
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

@@ -1,5 +1,5 @@
 """Issue 33, items 2-4: ``predict --ray`` on Ray Data and ``serve`` on Ray Serve, against a
-real local Ray started here (one per module, 2 CPUs, loopback only): the rows and scores of
+real local Ray started here (one per module, 2 CPUs; the HTTP server on 127.0.0.1 only): the rows and scores of
 one-machine ``predict``, a real worker killed mid-run, real HTTP requests to a real server,
 and the one-line refusals. The Ray tests are ``slow`` (Ray and Serve take seconds to start);
 the checks without Ray are not."""
@@ -129,6 +129,22 @@ def test_ray_address_or_first_file(models, tmp_path, monkeypatch, capsys):
     )
 
 
+def test_serve_options_default_to_the_module_values(capsys):
+    from atfnn_fast.app import serve
+    from atfnn_fast.app.cli import build_parser
+
+    args = build_parser().parse_args(["serve", "--onnx", "m.onnx"])
+    assert (args.host, args.port) == (serve.DEFAULT_HOST, serve.DEFAULT_PORT) == ("127.0.0.1", 8000)
+    assert args.max_batch == serve.DEFAULT_MAX_BATCH
+    assert args.batch_wait_ms / 1000 == serve.DEFAULT_BATCH_WAIT_S
+    assert args.max_mib * 2**20 == serve.DEFAULT_MAX_BYTES
+    assert args.max_seconds == serve.DEFAULT_MAX_SECONDS
+    assert main(["predict", "--onnx", "m.onnx", "--workers", "2", "a.wav"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "atfnn-fast: error: --workers: needs --ray (the workers are Ray actors)"
+    )
+
+
 def test_audio_bytes_decode_without_touching_the_file_system(audio, models, monkeypatch):
     """What ``serve`` does with a request's body: the same segments as the file, with
     open / os.open / os.stat blocked; the limits and errors name the request."""
@@ -167,7 +183,7 @@ def test_audio_bytes_decode_without_touching_the_file_system(audio, models, monk
 # ------------------------------------------------------------------------ a local Ray
 @pytest.fixture(scope="module")
 def ray_local():
-    """One real local Ray for the module: 2 CPUs, on the loopback interface."""
+    """One real local Ray for the module, 2 CPUs."""
     from atfnn_fast.app.scale import connect
 
     ray = connect("local", num_cpus=2)
