@@ -231,6 +231,8 @@ def test_predict_ray_writes_the_rows_of_predict(kind, models, audio, ray_local, 
     assert (code_r, errors_r) == (code, errors)
     _same_entries(json.loads(out_r), want)
 
+    if kind == "checkpoint":
+        return  # the outputs below are the same code whatever the predictor
     code_r, out_r, _ = _cli(capsys, "predict", *model, "--csv", *audio, "--ray")
     rows = list(csv.DictReader(io.StringIO(out_r)))
     assert code_r == 1 and [r["path"] for r in rows] == [e["path"] for e in want]
@@ -241,22 +243,21 @@ def test_predict_ray_writes_the_rows_of_predict(kind, models, audio, ray_local, 
             if row[k]:
                 assert abs(float(row[k]) - entry["scores"][k]) <= 1e-6
 
-    if kind == "onnx":
-        import pyarrow.parquet as pq
+    import pyarrow.parquet as pq
 
-        target = tmp_path / "rows.parquet"
-        code_r, out_r, _ = _cli(capsys, "predict", "--ray", *model, "--parquet", target, *audio)
-        assert code_r == 1 and out_r == ""
-        table = pq.read_table(target).to_pylist()
-        assert table[0].keys() == {"path", "label", *LABELS, "error"}
-        back = [
-            {"path": r["path"], "error": r["error"]}
-            if r["error"]
-            else {"path": r["path"], "label": r["label"], "scores": {k: r[k] for k in LABELS}}
-            for r in table
-        ]
-        _same_entries(back, want)
-        assert [p.name for p in tmp_path.iterdir()] == ["rows.parquet"]  # no temporary left
+    target = tmp_path / "rows.parquet"
+    code_r, out_r, _ = _cli(capsys, "predict", "--ray", *model, "--parquet", target, *audio)
+    assert code_r == 1 and out_r == ""
+    table = pq.read_table(target).to_pylist()
+    assert table[0].keys() == {"path", "label", *LABELS, "error"}
+    back = [
+        {"path": r["path"], "error": r["error"]}
+        if r["error"]
+        else {"path": r["path"], "label": r["label"], "scores": {k: r[k] for k in LABELS}}
+        for r in table
+    ]
+    _same_entries(back, want)
+    assert [p.name for p in tmp_path.iterdir()] == ["rows.parquet"]  # no temporary left
 
 
 class SlowPredictor:
