@@ -227,7 +227,7 @@ def test_predict_ray_writes_the_rows_of_predict(kind, models, audio, ray_local, 
     code, out, errors = _cli(capsys, "predict", *model, "--json", *audio)
     want = json.loads(out)
     assert code == 1 and len(want) == 15 and sum("error" in e for e in want) == 2
-    code_r, out_r, errors_r = _cli(capsys, "predict", "--ray", *model, "--json", *audio)
+    code_r, out_r, errors_r = _cli(capsys, "predict", *model, "--json", "--ray", *audio)
     assert (code_r, errors_r) == (code, errors)
     _same_entries(json.loads(out_r), want)
 
