@@ -145,6 +145,42 @@ def test_serve_options_default_to_the_module_values(capsys):
     )
 
 
+def test_parquet_rows_are_the_csv_columns_written_atomically(tmp_path, capsys):
+    """``--parquet``'s writer (the rows come from ``predict --ray`` as above): the columns
+    of ``--csv``, an error row with empty scores, row groups as the rows come, and the file
+    only once complete."""
+    pq = pytest.importorskip("pyarrow.parquet")
+    from atfnn_fast.app.scale import ParquetRows
+
+    entries = [
+        {
+            "path": f"a{i}.wav",
+            "label": "hap",
+            "scores": {"ang": 0.1, "hap": 0.7 + i / 1e3, "neu": 0.2},
+        }
+        for i in range(5)
+    ]
+    entries.insert(2, {"path": "bad.wav", "error": "bad.wav: cannot decode audio"})
+    target = tmp_path / "rows.parquet"
+    out = ParquetRows(target, LABELS)
+    out.ROW_GROUP = 4
+    for entry in entries:
+        out.write(entry)
+        assert not target.exists()
+    assert out.close() == 1
+    assert capsys.readouterr().err == "atfnn-fast: error: bad.wav: cannot decode audio\n"
+    table = pq.read_table(target)
+    assert table.column_names == ["path", "label", *LABELS, "error"]
+    assert pq.ParquetFile(target).num_row_groups == 2
+    rows = table.to_pylist()
+    assert rows[2] == {"path": "bad.wav", "label": None, "ang": None, "hap": None, "neu": None,
+                       "error": "bad.wav: cannot decode audio"}  # fmt: skip
+    assert [r["hap"] for r in rows if r["error"] is None] == [
+        e["scores"]["hap"] for e in entries if "scores" in e
+    ]
+    assert [p.name for p in tmp_path.iterdir()] == ["rows.parquet"]  # no temporary left
+
+
 def test_audio_bytes_decode_without_touching_the_file_system(audio, models, monkeypatch):
     """What ``serve`` does with a request's body: the same segments as the file, with
     open / os.open / os.stat blocked; the limits and errors name the request."""
@@ -219,45 +255,29 @@ def _same_entries(got: list[dict], want: list[dict]) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["onnx", "checkpoint"])
-def test_predict_ray_writes_the_rows_of_predict(kind, models, audio, ray_local, tmp_path, capsys):
+def test_predict_ray_writes_the_rows_of_predict(kind, models, audio, ray_local, capsys):
     """Files, a folder, a manifest, a missing file and a file that is not audio: the same
-    rows in the same order as one-machine predict, JSON, CSV and Parquet; the bad files get
-    their error rows and the exit code 1."""
+    rows in the same order as one-machine predict (JSON with the ONNX file, CSV with the
+    checkpoint); the bad files get their error rows and the exit code 1."""
     model = ["--onnx", models[1]] if kind == "onnx" else ["--checkpoint", models[0]]
     code, out, errors = _cli(capsys, "predict", *model, "--json", *audio)
     want = json.loads(out)
     assert code == 1 and len(want) == 15 and sum("error" in e for e in want) == 2
-    code_r, out_r, errors_r = _cli(capsys, "predict", *model, "--json", "--ray", *audio)
+    if kind == "onnx":
+        code_r, out_r, errors_r = _cli(capsys, "predict", *model, "--json", "--ray", *audio)
+        assert (code_r, errors_r) == (code, errors)
+        _same_entries(json.loads(out_r), want)
+        return
+    code_r, out_r, errors_r = _cli(capsys, "predict", *model, "--csv", *audio, "--ray")
     assert (code_r, errors_r) == (code, errors)
-    _same_entries(json.loads(out_r), want)
-
-    if kind == "checkpoint":
-        return  # the outputs below are the same code whatever the predictor
-    code_r, out_r, _ = _cli(capsys, "predict", *model, "--csv", *audio, "--ray")
     rows = list(csv.DictReader(io.StringIO(out_r)))
-    assert code_r == 1 and [r["path"] for r in rows] == [e["path"] for e in want]
+    assert [r["path"] for r in rows] == [e["path"] for e in want]
     for row, entry in zip(rows, want, strict=True):
         assert row["error"] == entry.get("error", "")
         for k in LABELS:
             assert (row[k] == "") == ("error" in entry)
             if row[k]:
                 assert abs(float(row[k]) - entry["scores"][k]) <= 1e-6
-
-    import pyarrow.parquet as pq
-
-    target = tmp_path / "rows.parquet"
-    code_r, out_r, _ = _cli(capsys, "predict", "--ray", *model, "--parquet", target, *audio)
-    assert code_r == 1 and out_r == ""
-    table = pq.read_table(target).to_pylist()
-    assert table[0].keys() == {"path", "label", *LABELS, "error"}
-    back = [
-        {"path": r["path"], "error": r["error"]}
-        if r["error"]
-        else {"path": r["path"], "label": r["label"], "scores": {k: r[k] for k in LABELS}}
-        for r in table
-    ]
-    _same_entries(back, want)
-    assert [p.name for p in tmp_path.iterdir()] == ["rows.parquet"]  # no temporary left
 
 
 class SlowPredictor:
