@@ -186,7 +186,7 @@ def tables(cpu: str, batch: list[dict], served: list[dict]) -> str:
         "|---|---|---|---|",
     ]
     lines += [
-        f"| {r['set']} | {r['runner']} | {r['files_per_s']:.1f} | {r['x_real_time']:.0f}× |"
+        f"| {r['set']} | {r['runner']} | {r['files_per_s']:.3g} | {r['x_real_time']:.0f}× |"
         for r in batch
     ]
     lines += ["", "| batching | concurrency | req/s | p50 ms | p99 ms | mean batch |",
