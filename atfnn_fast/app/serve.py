@@ -137,24 +137,28 @@ def score_segments(predictor, scorer, items: list) -> list:
 
     from atfnn_fast.inference import check_finite_scores
 
-    counts = [int(t.shape[0]) for t in items]
-    allsegs = torch.cat(items)
-    step = predictor.batch_size
-    probs = np.concatenate(
-        [
-            np.asarray(scorer(allsegs[i : i + step]), dtype=np.float64)
-            for i in range(0, allsegs.shape[0], step)
-        ]
-    )
+    def run(segs) -> np.ndarray:
+        step = predictor.batch_size
+        chunks = [scorer(segs[i : i + step]) for i in range(0, segs.shape[0], step)]
+        probs = np.concatenate([np.asarray(c, dtype=np.float64) for c in chunks])
+        check_finite_scores(probs)
+        return probs
+
+    try:
+        probs = run(torch.cat(items))
+    except ValueError:  # scores that are not finite: find whose, each request on its own
+        out = []
+        for segs in items:
+            try:
+                out.append(run(segs).mean(0))
+            except ValueError as err:
+                out.append(error_message(REQUEST_NAME, err))
+        return out
     out, start = [], 0
-    for n in counts:
-        mine = probs[start : start + n]
+    for segs in items:
+        n = int(segs.shape[0])
+        out.append(probs[start : start + n].mean(0))
         start += n
-        try:
-            check_finite_scores(mine)
-            out.append(mine.mean(0))
-        except ValueError as err:
-            out.append(error_message(REQUEST_NAME, err))
     return out
 
 

@@ -145,6 +145,35 @@ def test_serve_options_default_to_the_module_values(capsys):
     )
 
 
+@pytest.mark.parametrize("kind", ["onnx", "checkpoint"])
+def test_a_batch_of_requests_scores_each_like_predict(kind, models, audio):
+    """``serve``'s batch step: the segments of several requests through the model together,
+    each request's scores those of ``predict`` for its file (1e-6); scores that are not
+    finite fail their own request only."""
+    from atfnn_fast.app.serve import request_segments, score_segments, segment_scorer
+
+    predictor = load_predictor(**{kind: models[0 if kind == "checkpoint" else 1]}, batch_size=3)
+    paths = [Path(audio[0]) / name for name in ("clip03.wav", "stereo.flac", "clip09.wav")]
+    items = [request_segments(predictor, AudioBytes(p.read_bytes(), "request")) for p in paths]
+    scorer = segment_scorer(predictor)
+    assert scorer is not None
+    got = score_segments(predictor, scorer, items)
+    for probs, path in zip(got, paths, strict=True):
+        want = predictor.predict_file(path).scores
+        assert np.allclose(probs, [want[k] for k in LABELS], rtol=0, atol=1e-6)
+
+    poisoned = items[1].clone().fill_(7.0)  # a request the model answers with NaN
+
+    def broken(segs):
+        probs = np.array(scorer(segs), dtype=np.float64)
+        probs[segs[:, 0, 0, 0].numpy() == 7.0] = np.nan
+        return probs
+
+    got = score_segments(predictor, broken, [items[0], poisoned, items[2]])
+    assert got[1].startswith("request: the model's scores are not finite")
+    assert np.allclose(got[0], score_segments(predictor, scorer, items[:1])[0], atol=1e-12)
+
+
 def test_parquet_rows_are_the_csv_columns_written_atomically(tmp_path, capsys):
     """``--parquet``'s writer (the rows come from ``predict --ray`` as above): the columns
     of ``--csv``, an error row with empty scores, row groups as the rows come, and the file
