@@ -129,6 +129,25 @@ def test_ray_address_or_first_file(models, tmp_path, monkeypatch, capsys):
     )
 
 
+def test_the_readme_scaling_out_commands_parse():
+    import shlex
+
+    from atfnn_fast.app.cli import build_parser
+
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("\n## Scaling out\n") :]
+    block = section[section.index("```bash\n") + 8 : section.index("\n```\n")]
+    commands = [
+        shlex.split(line.split(" #")[0])[1:]
+        for line in block.splitlines()
+        if line.startswith(".venv/bin/atfnn-fast ")
+    ]
+    assert [c[0] for c in commands] == ["predict", "predict", "predict", "serve"]
+    for words in commands:
+        build_parser().parse_args(words)  # exits (fails the test) on an unknown option
+    assert "--ray" in commands[0] and "--parquet" in commands[2]
+
+
 def test_serve_options_default_to_the_module_values(capsys):
     from atfnn_fast.app import serve
     from atfnn_fast.app.cli import build_parser
