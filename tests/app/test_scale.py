@@ -164,7 +164,8 @@ def test_serve_options_default_to_the_module_values(capsys):
     )
 
 
-@pytest.mark.parametrize("kind", ["onnx", "checkpoint"])
+# the checkpoint's first forward passes warm its kernels up: seconds on 2 cores
+@pytest.mark.parametrize("kind", ["onnx", pytest.param("checkpoint", marks=pytest.mark.slow)])
 def test_a_batch_of_requests_scores_each_like_predict(kind, models, audio):
     """``serve``'s batch step: the segments of several requests through the model together,
     each request's scores those of ``predict`` for its file (1e-6); scores that are not
