@@ -8,13 +8,20 @@ STAMP := $(VENV)/.installed
 
 .PHONY: test test-fast test-compat lint demo bench clean
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
-	touch $(STAMP)
+	touch $(STAMP) $(NATIVE)
 
-lint: $(STAMP)
+# the native CPU core (setup.py): rebuilt in place when its sources change
+NATIVE := $(VENV)/.native-built
+NATIVE_SOURCES := $(wildcard kernels/csrc/*.cpp kernels/csrc/*.h kernels/*/native.cpp)
+$(NATIVE): $(STAMP) $(NATIVE_SOURCES)
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $(NATIVE)
+
+lint: $(STAMP) $(NATIVE)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
@@ -25,7 +32,7 @@ test: lint
 	$(BIN)/python -m pytest benchmarks --benchmark-disable --bench-size tiny -q -p no:cacheprovider
 
 # The default quick run: everything except the tests marked slow.
-test-fast: $(STAMP)
+test-fast: $(STAMP) $(NATIVE)
 	$(BIN)/python -m pytest -q
 
 # The default suite (`pytest -q`) against the lowest torch pyproject.toml declares and against
@@ -52,12 +59,12 @@ test-compat:
 	  rm -rf $$dir; \
 	done; exit $$status
 
-demo: $(STAMP)
+demo: $(STAMP) $(NATIVE)
 	$(BIN)/atfnn-fast demo
 
 # Record a benchmark run: benchmarks/results/<device>-<date>.{json,md,png} + the tables of
 # docs/benchmarks.md.
-bench: $(STAMP)
+bench: $(STAMP) $(NATIVE)
 	$(BIN)/python -m benchmarks.report --readme
 
 clean:

@@ -440,6 +440,14 @@ def iter_audio(
             )
 
 
+def audio_seconds(path: str | os.PathLike) -> float:
+    """The length of an audio file in seconds, from its header (``frames / samplerate``),
+    after the checks every reader makes (:func:`load_audio`'s errors); reads no samples.
+    A timeline's last segment ends here."""
+    with _open_audio(Path(path)) as handle:
+        return handle.frames / handle.samplerate
+
+
 # ---------------------------------------------------------------------------- log-Mel
 @functools.lru_cache(maxsize=8)
 def mel_centre_frequencies(n_mels: int, features: FeatureConfig | None = None) -> np.ndarray:

@@ -9,6 +9,10 @@ blocks (:func:`atfnn_fast.features.iter_segment_batches`) and the segments go th
 model ``batch_size`` at a time (default :data:`DEFAULT_BATCH_SIZE`); the probabilities are
 summed in float64 as the batches finish.
 
+The same path gives a file's timeline (:meth:`CheckpointPredictor.timeline`,
+:func:`timeline_rows`): one :class:`TimelineRow` per segment, in order, as the batches
+finish; the file's scores are the mean of the rows' (unsmoothed) scores.
+
 A NaN never passes as a result: probabilities that are not finite (a model whose weights
 are finite but whose outputs overflow) raise :class:`NonFiniteOutput`, which ``predict``
 reports as that file's error.
@@ -17,7 +21,8 @@ reports as that file's error.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,11 +30,12 @@ import torch
 
 from .checkpoint import load_checkpoint
 from .errors import resolve_device
-from .features import iter_segment_batches
+from .features import FeatureConfig, audio_seconds, iter_segment_batches
 
 DEFAULT_BATCH_SIZE = 64  # segments per forward pass of `predict` (our choice)
 MAX_BATCH_SIZE = 4096  # also the dynamic batch range of exported ONNX graphs
 DEFAULT_DEVICE = "cpu"  # of CheckpointPredictor (and `atfnn-fast predict --device`)
+MAX_SMOOTH = 999  # the widest smoothing window of a timeline, in segments (our choice)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -83,6 +89,127 @@ def make_prediction(path, labels: list[str], probs) -> Prediction:
     probs = [float(p) for p in probs]
     best = max(range(len(probs)), key=probs.__getitem__)
     return Prediction(str(path), labels[best], dict(zip(labels, probs, strict=True)))
+
+
+@dataclass
+class TimelineRow:
+    """One segment of a file's timeline: its index, where it lies in the file (seconds),
+    its top label and each class's score (the segment's softmax probabilities, or their
+    moving average when the timeline is smoothed)."""
+
+    file: str
+    segment: int
+    start: float
+    end: float
+    label: str
+    scores: dict[str, float]
+
+    def to_dict(self) -> dict:
+        """``path``, ``segment``, ``start``, ``end`` (seconds), ``label``, ``scores``."""
+        return {
+            "path": self.file,
+            "segment": self.segment,
+            "start": self.start,
+            "end": self.end,
+            "label": self.label,
+            "scores": self.scores,
+        }
+
+    def __str__(self) -> str:
+        ranked = sorted(self.scores.items(), key=lambda kv: -kv[1])
+        scores = ", ".join(f"{k} {v:.3f}" for k, v in ranked)
+        return f"{self.file} [{self.start:.2f}-{self.end:.2f} s]: {self.label} ({scores})"
+
+
+def segment_seconds(config, features: FeatureConfig | None) -> float:
+    """Seconds of audio in one scoring segment: ``frames * hop_length / sample_rate``
+    (1.28 s for the paper's 128 frames of 10 ms)."""
+    features = features or FeatureConfig()
+    return config.frames * features.hop_length / features.sample_rate
+
+
+def check_smooth(smooth: int) -> int:
+    """A timeline's smoothing window: an odd int in 1..:data:`MAX_SMOOTH` segments (1: off),
+    centred on the segment it belongs to."""
+    if (
+        isinstance(smooth, bool)
+        or not isinstance(smooth, int)
+        or not 1 <= smooth <= MAX_SMOOTH
+        or smooth % 2 == 0
+    ):
+        raise ValueError(
+            f"smooth must be an odd int in 1..{MAX_SMOOTH} (segments; 1 = off), got {smooth!r}"
+        )
+    return smooth
+
+
+def smooth_probabilities(rows: Iterable[np.ndarray], window: int = 1) -> Iterator[np.ndarray]:
+    """The centred moving average of ``window`` (odd) consecutive probability rows ``(C,)``,
+    streamed: row i is the mean of rows ``i - h .. i + h`` (``h = window // 2``) that
+    exist, so the first and last ``h`` rows average fewer. Holds at most ``window`` rows."""
+    window = check_smooth(window)
+    if window == 1:
+        yield from rows
+        return
+    half = window // 2
+    held: deque[np.ndarray] = deque()  # the rows from index `first` on
+    first = given = 0
+
+    def average(i: int) -> np.ndarray:
+        nonlocal first
+        while first < i - half:
+            held.popleft()
+            first += 1
+        return np.mean(np.stack([held[k] for k in range(min(len(held), i + half + 1 - first))]), 0)
+
+    count = 0
+    for row in rows:
+        held.append(np.asarray(row, dtype=np.float64))
+        count += 1
+        if count - 1 - half >= 0:  # row count-1-h has its h rows after it
+            yield average(given)
+            given += 1
+    while given < count:  # the last h rows: fewer rows after them
+        yield average(given)
+        given += 1
+
+
+def timeline_rows(
+    path,
+    labels: list[str],
+    batches: Iterable[torch.Tensor],
+    probabilities: Callable[[torch.Tensor], np.ndarray],
+    seconds: float,
+    smooth: int = 1,
+) -> Iterator[TimelineRow]:
+    """The timeline of the file ``path`` whose segments come in ``batches``: a
+    :class:`TimelineRow` per segment, yielded as its batch finishes (smoothing waits for
+    ``smooth // 2`` more segments). Segment i covers ``[i * seconds, (i + 1) * seconds)``,
+    the last one ending with the audio (its length from the file's header,
+    :func:`atfnn_fast.features.audio_seconds`). Scores that are not finite raise
+    :class:`NonFiniteOutput` when their batch is reached (the rows before it were given)."""
+    smooth = check_smooth(smooth)
+
+    def raw():
+        for batch in batches:
+            probs = np.asarray(probabilities(batch), dtype=np.float64)
+            check_finite_scores(probs)
+            yield from probs
+
+    rows = smooth_probabilities(raw(), smooth)
+    duration = None
+    for i, probs in enumerate(rows):
+        if duration is None:  # after the first batch: the file was opened and checked
+            duration = audio_seconds(path)
+        best = int(np.argmax(probs))
+        yield TimelineRow(
+            str(path),
+            i,
+            round(i * seconds, 6),
+            round(min((i + 1) * seconds, max(duration, i * seconds)), 6),
+            labels[best],
+            dict(zip(labels, (float(p) for p in probs), strict=True)),
+        )
 
 
 def check_batch_size(batch_size: int) -> int:
@@ -192,3 +319,19 @@ class CheckpointPredictor:
             batch_size=self.batch_size,
         )
         return make_prediction(path, self.labels, mean_probabilities(batches, self._probabilities))
+
+    def timeline(self, path: str | os.PathLike, smooth: int = 1) -> Iterator[TimelineRow]:
+        """The file's :class:`TimelineRow` per segment, streamed in bounded memory
+        (:func:`timeline_rows`); ``smooth`` (odd) averages each row with its neighbours.
+        The mean of the unsmoothed rows' scores is :meth:`predict_file`'s."""
+        smooth = check_smooth(smooth)
+        batches = iter_segment_batches(
+            path,
+            n_mels=self.config.n_mels,
+            frames=self.config.frames,
+            stats=self.norm_stats,
+            features=self.features,
+            batch_size=self.batch_size,
+        )
+        seconds = segment_seconds(self.config, self.features)
+        return timeline_rows(path, self.labels, batches, self._probabilities, seconds, smooth)

@@ -10,8 +10,10 @@ measured on its own. Providers:
 * ``compile-rank1`` (F-Encoder cases): ``torch.compile`` of the plain-torch rank-one math of
   ``kernels/freq_encoder_op/rank_one.py`` (the same algebra as the kernels; forward, and forward +
   backward through autograd): whether the hand-written kernels beat Inductor on it;
-* ``fused``: :class:`atfnn_fast.ATFNN`: its Triton ops on CUDA, its ops' CPU implementation on
-  the CPU (the path a CPU user of ``ATFNN`` gets);
+* ``fused``: :class:`atfnn_fast.ATFNN`: its Triton ops on CUDA, its ops' ATen CPU path on the
+  CPU (``ATFNN_BACKEND=aten``; the path before the native core, kept for comparison);
+* ``native``: :class:`atfnn_fast.ATFNN` on the CPU under ``auto`` with the native CPU core
+  (kernels/native.py): the path a CPU user of ``ATFNN`` gets;
 * ``cudagraph``: ``fused`` captured once in a CUDA graph and replayed (inference cases,
   CUDA only): the same kernels without the host's launch overhead;
 * ``onnxruntime``: the exported graph in ONNX Runtime (``full_fwd`` only);
@@ -29,6 +31,7 @@ The counted flops, exponentials and bytes of each case, and its floor, come from
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,7 +39,7 @@ from dataclasses import dataclass
 import torch
 
 from atfnn_fast import ATFNN, ATFNNConfig, ATFNNReference
-from atfnn_fast.kernels import dispatch
+from atfnn_fast.kernels import dispatch, use_backend
 from atfnn_fast.kernels.freq_encoder_op import rank_one as fm
 from benchmarks.floors import block, has_backward
 
@@ -55,6 +58,7 @@ PROVIDERS = (
     "compile",
     "compile-rank1",
     "fused",
+    "native",
     "cudagraph",
     "onnxruntime",
     "onnxruntime-int8",
@@ -93,6 +97,13 @@ def skip_reason(
             return "the cudagraph provider captures CUDA kernels: CUDA only"
         if has_backward(case):
             return "the cudagraph provider runs the inference cases"
+    if provider == "native":
+        from atfnn_fast.kernels import native
+
+        if device.type != "cpu":
+            return "the native provider is the CPU core: CPU only"
+        if not native.available():
+            return f"native CPU core: {native.missing_reason()}"
     if provider in ("fused", "cudagraph") and device.type == "cuda":
         missing = [op for op in CASE_OPS[block(case)] if op not in dispatch.TRITON_IMPLS]
         if missing:
@@ -143,7 +154,7 @@ def build(
     torch.manual_seed(0)
     blk, bwd = block(case), has_backward(case)
     ref = ATFNNReference(cfg)
-    model = ref if provider != "fused" else ATFNN(cfg)
+    model = ATFNN(cfg) if provider in ("fused", "native") else ref
     if model is not ref:
         model.load_state_dict(ref.state_dict())
     # The NaN/Inf input check differs between providers (the reference's synchronises, the
@@ -197,7 +208,7 @@ def build(
 
     if provider in ONNX_PROVIDERS:
         body = _onnxruntime_body(model, x, device, ONNX_PROVIDERS[provider])
-    elif provider not in ("eager", "compile", "compile-rank1", "fused", "cudagraph"):
+    elif provider not in ("eager", "compile", "compile-rank1", "fused", "native", "cudagraph"):
         raise ValueError(f"unknown provider {provider!r}")
     if provider == "compile":
         if blk in ("full", "train"):
@@ -211,9 +222,14 @@ def build(
         else torch.autocast(device.type, enabled=False)
     )
     sync = _sync(device)
+    # on a CPU, "fused" is ATFNN's ATen path and "native" its native core (under auto, the
+    # default, a CPU tensor takes the core where it is built)
+    backend = {"native": "auto", "fused": "aten" if device.type == "cpu" else None}
+    backend = backend.get(provider)
+    path = use_backend(backend) if backend else contextlib.nullcontext()
 
     def step():
-        with autocast:
+        with autocast, path:
             if case == "train_step":
                 (logits,), _ = body()
                 loss = torch.nn.functional.cross_entropy(logits.float(), labels)

@@ -31,11 +31,11 @@ from benchmarks.device import measure_peaks, pick_device, run_metadata
 
 # (case, batch, providers); eager first: the ratios are over it
 PLAN = (
-    ("full_fwd", 32, ("eager", "compile", "fused", "onnxruntime", "onnxruntime-int8")),
-    ("full_fwd", 1, ("eager", "compile", "fused", "onnxruntime", "onnxruntime-int8")),
-    ("front_end_fwd", 32, ("eager", "compile", "fused")),
-    ("front_end_fwd_bwd", 32, ("eager", "compile", "fused")),
-    ("train_step", 32, ("eager", "compile", "fused")),
+    ("full_fwd", 32, ("eager", "compile", "fused", "native", "onnxruntime", "onnxruntime-int8")),
+    ("full_fwd", 1, ("eager", "compile", "fused", "native", "onnxruntime", "onnxruntime-int8")),
+    ("front_end_fwd", 32, ("eager", "compile", "fused", "native")),
+    ("front_end_fwd_bwd", 32, ("eager", "compile", "fused", "native")),
+    ("train_step", 32, ("eager", "compile", "fused", "native")),
 )
 NOISY = 0.15  # IQR / median of the per-round ratios above which a ratio is flagged
 

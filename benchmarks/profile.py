@@ -29,6 +29,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from atfnn_fast import ATFNN, ATFNNConfig, ATFNNReference
+from atfnn_fast.kernels import use_backend
 from benchmarks import floors
 from benchmarks.device import device_name, pick_device
 
@@ -339,9 +340,13 @@ def cpu_breakdown(batch: int, frames: int, top: int = 8) -> dict:
     fast.load_state_dict(ref.state_dict())
     x = torch.randn(batch, 1, cfg.n_mels, frames)
     result = {"batch": batch, "frames": frames, "threads": torch.get_num_threads(), "tables": {}}
-    for name, model in (("eager", ref), ("fused", fast)):
+    # ATFNN on its ATen CPU path (before the native core) and on the native core (its
+    # default): the core's calls show as atfnn::native_* ranges
+    runs = (("eager", ref, "auto"), ("fused=aten", fast, "aten"), ("native", fast, "auto"))
+    for name, model, backend in runs:
         for mode, backward in (("forward", False), ("forward + backward", True)):
-            rows = torch_ops_breakdown(model, x, backward)
+            with use_backend(backend):
+                rows = torch_ops_breakdown(model, x, backward)
             result["tables"][f"torch {name}, {mode}"] = rows[:top]
     for quantize in (None, "int8"):
         rows = onnxruntime_ops_breakdown(ref, x, quantize, torch.get_num_threads())

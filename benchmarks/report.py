@@ -142,10 +142,10 @@ TERMINAL_WIDTH = 120
 
 
 def provider_label(provider: str, device_type: str) -> str:
-    """A provider named for what it runs: on a CPU ``fused`` is ATFNN's CPU implementation
-    (the Triton kernels need CUDA)."""
+    """A provider named for what it runs: on a CPU ``fused`` is ATFNN's ATen CPU path (the
+    Triton kernels need CUDA; ``native`` is its native core)."""
     if device_type != "cuda" and provider == "fused":
-        return "fused=cpu"
+        return "fused=aten"
     return provider
 
 
@@ -206,7 +206,8 @@ def terminal_table(rows: list[dict], peaks: dict, device_type: str) -> str:
     ]
     if device_type != "cuda":
         lines.append(
-            "fused=cpu: ATFNN's CPU implementation of its fused ops (the Triton kernels run on CUDA only)"
+            "fused=aten: ATFNN's ATen CPU path; native: its native CPU core (the Triton kernels "
+            "run on CUDA only)"
         )
     header = (
         f"{'case':<22} {'dtype':<8} {'B':>4} {'provider':<16} {'median ms':>10} {'IQR':>6} "

@@ -21,7 +21,10 @@ float32 rounding), in a formulation chosen by profiling the exported graph in ON
   (the default, for ONNX Runtime) writes it as ONNX's ``Attention`` op at head size 1
   (queries ``s``, keys = values = the bands, scale 1, the keys shared by the heads), so no
   ``(heads, frames, F, F)`` score tensor is materialised; ``"materialized"`` (for TensorRT
-  before 10.14) as ``Mul`` + ``Softmax`` + ``MatMul``.
+  before 10.14) as ``Mul`` + ``Softmax`` + ``MatMul``. ``"contrib-mha"`` and
+  ``"contrib-attention"`` (ONNX Runtime's ``com.microsoft`` ``MultiHeadAttention`` and
+  ``Attention``) are candidates that ``scripts/ort_attention.py`` measures; slower, so no
+  export target writes them (docs/design.md#cpu-implementation).
 * **band attention by broadcasting**: the pooled weights multiply the input viewed as
   ``(.., F/g, g, ..)`` groups; the weight map is never repeated (no Expand).
 * the derived parameters are computed once, in float64, from the model's parameters.
@@ -67,6 +70,10 @@ class DeployGraph(nn.Module):
             self.eps = enc.eps
             self.register_buffer("a_head", p.a_head.reshape(-1, 1, 1))  # (h, 1, 1)
             self.register_buffer("b_head", p.b_head.reshape(-1, 1, 1))
+            if attention == "contrib-attention":
+                ones = torch.ones_like(p.a_head)
+                self.register_buffer("qkv_weight", torch.cat([p.a_head, ones, ones]).unsqueeze(0))
+                self.register_buffer("qkv_bias", torch.cat([p.b_head, 0 * ones, 0 * ones]))
             # r = [w_lift | U^T] @ [x; m_1 .. m_h] + e: (c, 1 + h)
             self.register_buffer("w_mix", torch.cat([p.w_lift.reshape(c, 1), p.u_head.t()], 1))
             self.register_buffer("e_bias", p.e_bias.reshape(c, 1))
@@ -121,17 +128,29 @@ class DeployGraph(nn.Module):
         """Frames ``(N, F)`` -> F-Encoder output planes ``(c, N, F)`` (rank-one form)."""
         cfg = self.config
         c, n_f, k = cfg.channels, cfg.n_mels, cfg.ffn_kernel
+        h = cfg.num_heads
         if self.attention == "standard":
             # queries s (N, h, F, 1), keys = values = the bands (N, 1, F, 1): head size 1
             s = xf.unsqueeze(1) * self.a_head.reshape(1, -1, 1) + self.b_head.reshape(1, -1, 1)
             keys = xf.reshape(-1, 1, n_f, 1)
             m = _StandardAttention.apply(s.unsqueeze(-1), keys)  # (N, h, F, 1)
-            m = m.reshape(-1, cfg.num_heads, n_f).transpose(0, 1)  # (h, N, F)
+            m = m.reshape(-1, h, n_f).transpose(0, 1)  # (h, N, F)
+        elif self.attention == "contrib-mha":
+            # com.microsoft MultiHeadAttention, (batch, sequence, heads * head size 1):
+            # queries s (N, F, h), keys = values = the bands repeated over the heads
+            s = xf.unsqueeze(-1) * self.a_head.reshape(-1) + self.b_head.reshape(-1)
+            keys = xf.unsqueeze(-1).expand(-1, -1, h)
+            m = _ContribMultiHeadAttention.apply(s, keys, h).permute(2, 0, 1)  # (h, N, F)
+        elif self.attention == "contrib-attention":
+            # com.microsoft Attention: the projection is part of the node, from the bands
+            # (N, F, 1) with weights (1, 3h) = [A | 1 | 1] and bias [B | 0 | 0]
+            m = _ContribAttention.apply(xf.unsqueeze(-1), self.qkv_weight, self.qkv_bias, h)
+            m = m.permute(2, 0, 1)  # (h, N, F)
         else:
             s = xf * self.a_head + self.b_head  # (h, N, F)
             prob = torch.softmax(s.unsqueeze(-1) * xf.unsqueeze(1), dim=-1)  # (h, N, F, G)
             m = torch.matmul(prob, xf.unsqueeze(-1))  # (h, N, F, 1): sum_g p_fg x_g
-        v = torch.cat([xf.reshape(1, -1), m.reshape(cfg.num_heads, -1)], 0)  # (1 + h, N*F)
+        v = torch.cat([xf.reshape(1, -1), m.reshape(h, -1)], 0)  # (1 + h, N*F)
         r = torch.matmul(self.w_mix, v) + self.e_bias  # (c, N*F)
         y1 = _layer_norm0(r, self.norm1_weight, self.norm1_bias, self.eps)
         y1 = y1.reshape(1, c, -1, n_f)  # one image, N rows of F bands
@@ -142,11 +161,15 @@ class DeployGraph(nn.Module):
         return y2.reshape(c, -1, n_f)
 
 
-# the two forms of the F-Encoder's attention (export_onnx's targets choose one):
+# the forms of the F-Encoder's attention (export_onnx's targets choose one):
 # "standard": ONNX's Attention op (opset 23) at head size 1, no (heads, frames, F, F) tensor;
 # "materialized": Mul (the score tensor) + Softmax + MatMul, opset 18, what TensorRT < 10.14
-# parses
-ATTENTION_FORMS = ("standard", "materialized")
+# parses;
+# "contrib-mha": ONNX Runtime's com.microsoft MultiHeadAttention (head size 1, the keys
+# repeated over the heads), "contrib-attention": com.microsoft Attention with the rank-one
+# projection inside the node; both ONNX Runtime only, opset 18 otherwise
+ATTENTION_FORMS = ("standard", "materialized", "contrib-mha", "contrib-attention")
+CONTRIB_DOMAIN = "com.microsoft"
 # the domain the exporter writes the Attention node in; onnx_export moves it to the default
 # domain at opset 23 (the TorchScript exporter writes opsets up to 20 only)
 STAGED_DOMAIN = "atfnn.staged"
@@ -164,6 +187,46 @@ class _StandardAttention(torch.autograd.Function):
     def symbolic(g, q, k):
         out = g.op(f"{STAGED_DOMAIN}::Attention", q, k, k, scale_f=1.0)
         out.setType(q.type())
+        return out
+
+
+def _heads_first(x: torch.Tensor, h: int) -> torch.Tensor:
+    """``(N, F, h)`` -> ``(N, h, F, 1)``, the layout of SDPA at head size 1."""
+    return x.transpose(1, 2).unsqueeze(-1)
+
+
+class _ContribMultiHeadAttention(torch.autograd.Function):
+    """``softmax(q k^T) v`` per head, ``v = k``, head size 1, scale 1, on ``(N, F, h)``
+    tensors: eager values for the trace, one ``com.microsoft`` ``MultiHeadAttention`` node."""
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, heads: int) -> torch.Tensor:
+        q4, k4 = _heads_first(q, heads), _heads_first(k, heads)
+        return F.scaled_dot_product_attention(q4, k4, k4, scale=1.0)[..., 0].transpose(1, 2)
+
+    @staticmethod
+    def symbolic(g, q, k, heads):
+        out = g.op(f"{CONTRIB_DOMAIN}::MultiHeadAttention", q, k, k, num_heads_i=heads, scale_f=1.0)
+        out.setType(q.type())
+        return out
+
+
+class _ContribAttention(torch.autograd.Function):
+    """The rank-one attention from the bands ``x (N, F, 1)``: queries ``x A + B``, keys =
+    values = ``x`` per head, as one ``com.microsoft`` ``Attention`` node (projection
+    ``weight (1, 3h)``, ``bias (3h,)``; head size 1, scale 1); output ``(N, F, h)``."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, heads: int) -> torch.Tensor:
+        qkv = x * weight + bias  # (N, F, 3h)
+        q, k, v = qkv.chunk(3, dim=-1)
+        q4, k4, v4 = (_heads_first(t, heads) for t in (q, k, v))
+        return F.scaled_dot_product_attention(q4, k4, v4, scale=1.0)[..., 0].transpose(1, 2)
+
+    @staticmethod
+    def symbolic(g, x, weight, bias, heads):
+        out = g.op(f"{CONTRIB_DOMAIN}::Attention", x, weight, bias, num_heads_i=heads, scale_f=1.0)
+        out.setType(x.type().with_sizes([None, None, heads]))
         return out
 
 

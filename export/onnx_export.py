@@ -54,7 +54,10 @@ threads, default model) and not kept:
 * the attention computed in chunks of frames (Split/Concat) to stay in cache: slower
   (52 -> 62..85 ms at batch 32), as were a K=1 MatMul for the scores' outer product, an
   ``Exp`` with the analytic row maximum followed by a MatMul with ``[x, 1]``, and the
-  conv FFN as im2col MatMuls on ``(N, F, c)`` tokens (Pad/Slice/Concat copies dominate).
+  conv FFN as im2col MatMuls on ``(N, F, c)`` tokens (Pad/Slice/Concat copies dominate);
+* the attention as ONNX Runtime's ``com.microsoft`` ``MultiHeadAttention`` or ``Attention``
+  (graph forms ``contrib-mha`` / ``contrib-attention``): slower than the standard
+  ``Attention`` (``scripts/ort_attention.py``; figures in docs/design.md#cpu-implementation).
 """
 
 from __future__ import annotations
@@ -75,7 +78,7 @@ from atfnn_fast._deps import require
 from atfnn_fast.checkpoint import check_deployment_info, label_problem
 from atfnn_fast.config import ATFNNConfig
 from atfnn_fast.features import FeatureConfig, NormStats
-from atfnn_fast.inference import MAX_BATCH_SIZE
+from atfnn_fast.inference import DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE
 from atfnn_fast.reference import ATFNNReference
 
 from .graph import STAGED_DOMAIN, DeployGraph
@@ -93,6 +96,7 @@ try:  # the newest opset torch's TorchScript exporter writes (20 in torch 2.8 to
 except ImportError:  # pragma: no cover - a torch that moved it
     MAX_OPSET = 20
 MAX_BATCH = MAX_BATCH_SIZE
+DEFAULT_SEGMENT_BATCH = DEFAULT_BATCH_SIZE  # segments per step of a waveform graph's Loop
 FOLD_LIMIT = 1 << 26  # elements: constant folding may build any weight of the model
 FORMAT = "atfnn-fast-onnx"
 FORMAT_VERSION = 1
@@ -137,6 +141,8 @@ def export_onnx(
     norm_stats: NormStats | None = None,
     features: FeatureConfig | None = None,
     target: str = DEFAULT_TARGET,
+    input: str = "spectrogram",
+    segment_batch: int = DEFAULT_SEGMENT_BATCH,
 ) -> Path:
     """Export ``model`` (ATFNN or ATFNNReference, any variant) to ``path``; returns the path.
 
@@ -147,8 +153,31 @@ def export_onnx(
     fastest in ONNX Runtime, no score tensor); ``"tensorrt"`` as ``Mul`` + ``Softmax`` +
     ``MatMul`` at ``opset``, which every TensorRT 8.6+ ONNX parser takes
     (docs/design.md#onnx-export).
+
+    ``input`` (:data:`INPUT_KINDS`): ``"spectrogram"`` takes normalised log-Mel segments;
+    ``"waveform"`` wraps that graph in the feature pipeline (:mod:`.waveform`): 16 kHz mono
+    samples of any length in, per-segment and file scores out, the segments run
+    ``segment_batch`` at a time (1 with ``dynamic_batch=False``); float32 or int8 only.
     """
     onnx = require("onnx", extra="export")
+    from .waveform import INPUT_KINDS, set_metadata, waveform_proto
+
+    if input not in INPUT_KINDS:
+        raise ValueError(f"input must be one of {INPUT_KINDS}, got {input!r}")
+    if input == "waveform":
+        if dtype != "float32":
+            raise ValueError(
+                f"input='waveform' writes a float32 graph (or int8 with quantize='int8'), got "
+                f"dtype={dtype!r}; export input='spectrogram' for float16"
+            )
+        if (
+            isinstance(segment_batch, bool)
+            or not isinstance(segment_batch, int)
+            or not 1 <= segment_batch <= MAX_BATCH
+        ):
+            raise ValueError(
+                f"segment_batch must be an int in 1..{MAX_BATCH}, got {segment_batch!r}"
+            )
     if target not in TARGETS:
         raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
 
@@ -192,11 +221,17 @@ def export_onnx(
     _unstage(proto)
     _drop_zero_initial_states(proto)
     proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
-    _set_metadata(proto, cfg, labels, norm_stats, features or FeatureConfig(), dtype, None)
+    features = features or FeatureConfig()
+    _set_metadata(proto, cfg, labels, norm_stats, features, dtype, None)
     onnx.checker.check_model(proto, full_check=True)
     if quantize:
         proto = _quantize_int8(proto)
-        _set_metadata(proto, cfg, labels, norm_stats, features or FeatureConfig(), dtype, quantize)
+        _set_metadata(proto, cfg, labels, norm_stats, features, dtype, quantize)
+    if input == "waveform":
+        chunk = segment_batch if dynamic_batch else 1
+        proto = waveform_proto(proto, cfg, features, norm_stats, chunk)
+        _set_metadata(proto, cfg, labels, norm_stats, features, dtype, quantize)
+        set_metadata(proto, cfg, features, chunk, quantized=bool(quantize))
     return _atomic_save(proto, Path(path))
 
 
@@ -303,6 +338,7 @@ def _set_metadata(proto, cfg, labels, norm_stats, features, dtype, quantize) -> 
         "atfnn.features": json.dumps(features.to_dict()),
         "atfnn.dtype": dtype,
         "atfnn.quantization": QUANTIZATIONS[quantize],
+        "atfnn.input": "spectrogram",  # waveform graphs: waveform.set_metadata
     }
     del proto.metadata_props[:]
     for key, value in meta.items():
@@ -357,13 +393,15 @@ def _dims(value_info) -> list[int | str | None]:
 
 def read_metadata(path: str | os.PathLike, proto=None) -> dict[str, Any]:
     """The deployment metadata of an exported file: config, labels, norm_stats, features,
-    dtype, version and ``batch`` (the graph's fixed batch size, or None when dynamic).
+    dtype, version, ``input`` (the graph's kind, :data:`.waveform.INPUT_KINDS`) and ``batch`` (the graph's fixed batch size, or None when dynamic).
 
     The file is untrusted: the metadata's own fields are checked (format version, dtype,
     sizes within :data:`atfnn_fast.config.SIZE_LIMITS`, label count and types, the
     statistics' band count) and so is the graph against them (one input ``spectrogram``
     ``(batch, 1, n_mels, frames)`` of the declared dtype, one output ``logits``
-    ``(batch, num_classes)``). A mismatch raises :class:`OnnxError` naming the file, the
+    ``(batch, num_classes)``; a waveform graph, ``input`` ``"waveform"``: see
+    :func:`.waveform.read_metadata`, which adds ``sample_rate`` and ``segment_batch``). A
+    mismatch raises :class:`OnnxError` naming the file, the
     field and both values."""
     proto = load_model(path) if proto is None else proto
     props = {p.key: p.value for p in proto.metadata_props}
@@ -420,7 +458,18 @@ def read_metadata(path: str | os.PathLike, proto=None) -> dict[str, Any]:
             f"{path}: metadata atfnn.norm_stats has {meta['norm_stats'].n_mels} bands, "
             f"atfnn.config n_mels is {cfg.n_mels}"
         )
-    meta["batch"] = _check_graph(path, proto, cfg, meta["dtype"])
+    meta["input"] = props.get("atfnn.input", "spectrogram")  # files before the key: spectrogram
+    if meta["input"] == "waveform":
+        from . import waveform
+
+        meta.update(waveform.read_metadata(path, proto, props, meta))
+    elif meta["input"] == "spectrogram":
+        meta["batch"] = _check_graph(path, proto, cfg, meta["dtype"])
+    else:
+        raise OnnxError(
+            f"{path}: metadata atfnn.input is {meta['input']!r}, expected 'spectrogram' or "
+            "'waveform'"
+        )
     return meta
 
 

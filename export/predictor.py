@@ -2,7 +2,12 @@
 
 Features are computed outside the graph with the feature parameters and normalisation
 statistics stored in the file's metadata (:mod:`atfnn_fast.features`); an utterance's
-scores are the mean of its segments' softmax probabilities (docs/design.md#choices-the-paper-leaves-open).
+scores are the mean of its segments' softmax probabilities (docs/design.md#choices-the-paper-leaves-open),
+and :meth:`OnnxPredictor.timeline` gives those segments' scores one row each.
+
+A waveform-in graph (``export --input waveform``, :mod:`.waveform`; told apart by the
+metadata's ``atfnn.input``) gets the file's samples, resampled to the graph's rate, in one
+call and returns the segment and file scores itself; the samples are in memory whole.
 
 Memory stays flat in the file's length, as with :class:`atfnn_fast.predict.CheckpointPredictor`:
 features in blocks, segments through the graph ``batch_size`` at a time (a graph exported
@@ -12,20 +17,26 @@ with a static batch gets exactly its batch size per call, the tail padded and dr
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import numpy as np
 
-from atfnn_fast.features import iter_segment_batches
+from atfnn_fast.features import iter_segment_batches, load_audio
 from atfnn_fast.inference import (
     DEFAULT_BATCH_SIZE,
     Prediction,
+    TimelineRow,
     check_batch_size,
     check_finite_scores,
+    check_smooth,
     make_prediction,
     mean_probabilities,
+    segment_seconds,
     softmax,
+    timeline_rows,
 )
 
+from . import waveform
 from .onnx_export import INPUT_NAME, read_metadata
 from .validate import session
 
@@ -51,12 +62,21 @@ class OnnxPredictor:
         self.dtype = np.float16 if meta["dtype"] == "float16" else np.float32
         self.fixed_batch = meta["batch"]  # None: dynamic batch axis
         self.batch_size = meta["batch"] or check_batch_size(batch_size)
+        # "spectrogram" or "waveform" (features inside the graph: export.waveform)
+        self.input = meta["input"]
+        if self.input == "waveform":
+            self.batch_size = meta["segment_batch"]  # set in the graph at export
         # provider: "cpu", "cuda" or "tensorrt" (see export.validate.session); threads: ONNX
         # Runtime's intra-op threads (0: its default, one per physical core)
         self.session = session(path, providers, threads, provider=provider)
 
     def predict_spectrograms(self, x) -> np.ndarray:
         """Normalised segments ``(S, 1, F, T)`` or ``(S, F, T)`` -> probabilities ``(S, C)``."""
+        if self.input == "waveform":
+            raise ValueError(
+                f"{self.path} is a waveform-in graph (features inside it): use "
+                "predict_waveform or predict_file"
+            )
         x = np.asarray(x)
         if x.ndim == 3:
             x = x[:, None]
@@ -81,8 +101,25 @@ class OnnxPredictor:
             out.append(softmax(logits.astype(np.float64)))
         return np.concatenate(out) if out else np.zeros((0, self.config.num_classes))
 
+    def predict_waveform(self, wave) -> tuple[np.ndarray, np.ndarray]:
+        """A waveform graph on mono samples ``(samples,)`` or ``(1, samples)`` at the graph's
+        ``sample_rate`` (features inside the graph) -> ``(segment probabilities (S, C),
+        file scores (C,))``."""
+        if self.input != "waveform":
+            raise ValueError(
+                f"{self.path} takes spectrograms: use predict_spectrograms or predict_file"
+            )
+        segments, scores = waveform.run(self.session, wave)
+        check_finite_scores(segments)
+        check_finite_scores(scores[None])
+        return segments, scores
+
     def predict_file(self, path: str | os.PathLike) -> Prediction:
         """One audio file (any rate, any channels) -> label and per-class scores."""
+        if self.input == "waveform":  # resampled here, then the whole file into the graph
+            wave = load_audio(path, self.features.sample_rate)
+            waveform.check_length(path, wave, self.config.n_mels, self.features)
+            return make_prediction(path, self.labels, self.predict_waveform(wave.numpy())[1])
         batches = iter_segment_batches(
             path,
             n_mels=self.config.n_mels,
@@ -93,3 +130,27 @@ class OnnxPredictor:
         )
         probs = mean_probabilities(batches, lambda b: self.predict_spectrograms(b.numpy()))
         return make_prediction(path, self.labels, probs)
+
+    def timeline(self, path: str | os.PathLike, smooth: int = 1) -> Iterator[TimelineRow]:
+        """The file's :class:`~atfnn_fast.inference.TimelineRow` per segment, streamed in
+        bounded memory (:func:`atfnn_fast.inference.timeline_rows`); ``smooth`` (odd)
+        averages each row with its neighbours. The mean of the unsmoothed rows' scores is
+        :meth:`predict_file`'s."""
+        smooth = check_smooth(smooth)
+        batches = iter_segment_batches(
+            path,
+            n_mels=self.config.n_mels,
+            frames=self.config.frames,
+            stats=self.norm_stats,
+            features=self.features,
+            batch_size=self.batch_size,
+        )
+        seconds = segment_seconds(self.config, self.features)
+        return timeline_rows(
+            path,
+            self.labels,
+            batches,
+            lambda b: self.predict_spectrograms(b.numpy()),
+            seconds,
+            smooth,
+        )

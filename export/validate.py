@@ -32,6 +32,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -41,6 +42,9 @@ from atfnn_fast._deps import require
 from atfnn_fast.errors import UsageError
 
 from .onnx_export import INPUT_NAME, OnnxError, load_model, read_metadata, reference_copy
+
+if TYPE_CHECKING:
+    from .waveform import WaveformReport
 
 TOLERANCE = {"float32": 1e-4, "float16": 1e-2}
 INT8_AGREEMENT = 0.99
@@ -235,12 +239,20 @@ def validate_onnx(
     audio: Iterable[str | os.PathLike] | None = None,
     speed: bool | None = None,
     speed_batch: int = 32,
-) -> ValidationReport:
+) -> ValidationReport | WaveformReport:
     """Run ``path`` in ONNX Runtime and ``model`` in eager PyTorch on the same fresh random
     inputs (and, for int8 files or with ``audio``, on real features); return a
-    :class:`ValidationReport`. A failure raises OnnxValidationError (unless
+    :class:`ValidationReport`. A waveform-in graph is compared with the Python pipeline on
+    recordings instead (:func:`.waveform.validate_waveform`, a ``WaveformReport``). A
+    failure raises OnnxValidationError (unless
     ``raise_on_failure=False``)."""
     meta = read_metadata(path)
+    if meta["input"] == "waveform":  # against the Python pipeline on recordings instead
+        from .waveform import validate_waveform
+
+        return validate_waveform(
+            path, model, providers=providers, audio=audio, raise_on_failure=raise_on_failure
+        )
     cfg, dtype = meta["config"], meta["dtype"]
     quantization = meta["quantization"]
     if getattr(model, "config", None) != cfg:

@@ -16,7 +16,9 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-BACKENDS = ("auto", "triton", "torch")
+# "aten": as "auto", but CPU tensors take the ATen CPU implementation instead of the native
+# core (kernels/native.py), to compare the two or to rule the core out
+BACKENDS = ("auto", "aten", "triton", "torch")
 ENV_BACKEND = "ATFNN_BACKEND"
 ENV_INTERPRET = "TRITON_INTERPRET"
 
@@ -116,7 +118,7 @@ def select(
         from .fit import problem
 
         unsupported = problem(op, tensor.device)
-    if backend == "auto":
+    if backend in ("auto", "aten"):
         if triton_impl is None and tensor.device.type == "cpu" and op in CPU_IMPLS:
             return CPU_IMPLS[op]  # no Triton: the CPU implementation without the custom op
         if triton_impl is None or tensor.device.type not in ("cuda", "cpu"):

@@ -19,6 +19,12 @@ the shortest time, which is the least disturbed by other work on the machine).
 
 does the same for ``--seconds`` of audio written at each of the sample rates ``--rates``
 (the resampler's cost; docs/notes/predict-memory.md).
+
+    PYTHONPATH=. python scripts/predict_memory.py --minutes 1 10 60 --predictors onnx \
+        --timeline both --out predict-memory
+
+runs each case with and without ``--timeline`` (a JSON line per segment; ``--timeline
+only``: with it alone), to show that the timeline streams in the same memory.
 """
 
 from __future__ import annotations
@@ -100,7 +106,14 @@ def main() -> None:
     parser.add_argument(
         "--repeats", type=int, default=1, help="runs per case; the table shows the fastest"
     )
+    parser.add_argument(
+        "--timeline",
+        choices=("no", "both", "only"),
+        default="no",
+        help="also (both) or only run `predict --timeline` (default %(default)s)",
+    )
     args = parser.parse_args()
+    timelines = {"no": [False], "both": [False, True], "only": [True]}[args.timeline]
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     ckpt, onnx = (out / "ckpt", out / "model.onnx")
@@ -126,7 +139,7 @@ def main() -> None:
         wav = out / f"audio-{minutes * 60:g}s-{rate}Hz.wav"
         if not wav.exists():
             make_wav(wav, minutes, rate)
-        for kind in args.predictors:
+        for kind, timeline in ((k, t) for k in args.predictors for t in timelines):
             source = sources[kind]
             cmd = [
                 sys.executable,
@@ -135,6 +148,7 @@ def main() -> None:
                 "predict",
                 *source,
                 *extra,
+                *(["--timeline"] if timeline else []),
                 "--json",
                 str(wav),
             ]
@@ -144,7 +158,7 @@ def main() -> None:
             code = max(r[2] for r in runs)
             speed = minutes * 60 / seconds
             print(
-                f"| {kind} | {label} | {rss:,.0f} MiB | {seconds:.1f} s | {speed:,.0f} | {code} |",
+                f"| {kind}{' --timeline' if timeline else ''} | {label} | {rss:,.0f} MiB | {seconds:.1f} s | {speed:,.0f} | {code} |",
                 flush=True,
             )
 

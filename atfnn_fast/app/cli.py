@@ -1,5 +1,5 @@
 """The ``atfnn-fast`` command line: demo, datasets, train, evaluate, predict, plot-attention,
-export.
+plot-timeline, export.
 
 Errors are one line on stderr, ``atfnn-fast: error: <file or argument>: <what>``, never a
 traceback (``--debug``, or ``ATFNN_DEBUG=1`` in the environment, shows the traceback
@@ -160,6 +160,42 @@ def _plot_attention(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plot_timeline(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from atfnn_fast.errors import UsageError
+    from atfnn_fast.files import check_output
+
+    from .plots import TimelinePlotData, read_timeline, save_timeline_plot
+    from .predict import load_predictor
+
+    if args.rows is None and args.file is None:
+        raise UsageError("an audio file is needed with --checkpoint or --onnx")
+    if args.checkpoint is not None:
+        _check_checkpoint(args.checkpoint)
+    model = args.checkpoint or args.onnx or args.rows
+    output = check_output(args.output, inputs=(model, *([args.file] if args.file else [])))
+    if args.rows is not None:
+        data = read_timeline(args.rows, args.file)
+    else:
+        predictor = load_predictor(
+            checkpoint=args.checkpoint,
+            onnx=args.onnx,
+            device=args.device,
+            batch_size=args.batch_size,
+            provider=args.provider,
+        )
+        data = TimelinePlotData.from_rows(predictor.timeline(args.file), predictor.labels)
+    path = save_timeline_plot(data, Path(data.file).name, output, smooth=args.smooth)
+    mean = sorted(data.mean_scores().items(), key=lambda kv: -kv[1])
+    print(
+        f"{data.file}: {len(data.starts)} segments, {data.ends[-1]:.1f} s; mean of the "
+        f"segments {mean[0][0]} ({', '.join(f'{k} {v:.3f}' for k, v in mean)})"
+    )
+    print(path)
+    return 0
+
+
 def _export(args: argparse.Namespace) -> int:
     """The output is checked first (:func:`atfnn_fast.files.check_output`: not inside the
     checkpoint, not a device, FIFO or socket, its folder writable). The graph is written
@@ -192,6 +228,7 @@ def _export(args: argparse.Namespace) -> int:
                 features=ckpt.features,
                 quantize=args.quantize,
                 target=args.target,
+                input=args.input,
             )
         except OSError as err:  # a full disk...: name --output, not our temporary name
             raise named(err, output) from None
@@ -211,13 +248,16 @@ def _export(args: argparse.Namespace) -> int:
             print(report)
             if not (report.passed or report.skipped):
                 os.replace(path, failed)
-                worst = max(r.max_rel for r in report.results)
+                why = getattr(report, "failure", None)  # a waveform graph's report says why
+                if why is None:
+                    worst = max(r.max_rel for r in report.results)
+                    why = f"max relative error {worst:.2e} > {report.tolerance:g}"
                 raise RunError(
-                    f"{output}: validation failed (max relative error {worst:.2e} > "
-                    f"{report.tolerance:g}); the graph is kept as {failed}, {output} was not "
-                    "written"
+                    f"{output}: validation failed ({why}); the graph is kept as {failed}, "
+                    f"{output} was not written"
                 )
-        problems = None if args.quantize else check_tensorrt_ready(path)
+        waveform = args.input == "waveform"
+        problems = None if args.quantize or waveform else check_tensorrt_ready(path)
         try:
             os.replace(path, output)
         except OSError as err:
@@ -225,8 +265,15 @@ def _export(args: argparse.Namespace) -> int:
     finally:
         path.unlink(missing_ok=True)
     kind = args.dtype + (", int8 weights" if args.quantize else "")
+    kind += f", waveform in at {ckpt.features.sample_rate} Hz" if waveform else ""
     print(f"wrote {output} ({ckpt.config.variant}, {kind})")
-    if args.quantize:
+    if waveform:
+        print(
+            "TensorRT readiness: not applicable (the waveform graph computes its features "
+            "with ONNX's STFT, which TensorRT's parser lacks; export --input spectrogram for "
+            "TensorRT)"
+        )
+    elif args.quantize:
         print(
             "TensorRT readiness: not applicable (the int8 graph uses ONNX Runtime's "
             "com.microsoft ops; export float32 or float16 for TensorRT)"
@@ -242,7 +289,10 @@ def _export(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from atfnn_fast.errors import UsageError
 
-    from .predict import describe, load_predictor, predict_files
+    from .predict import describe, load_predictor, predict_files, timeline_files
+
+    if args.smooth is not None and not args.timeline:
+        raise UsageError("--smooth: smooths a timeline; add --timeline")
 
     files = list(args.files)
     if args.ray is not None and args.ray != "":
@@ -257,6 +307,8 @@ def _predict(args: argparse.Namespace) -> int:
         raise UsageError("--parquet: needs --ray (Parquet output is part of the scale extra)")
     if args.workers is not None and args.ray is None:
         raise UsageError("--workers: needs --ray (the workers are Ray actors)")
+    if args.ray is not None and args.timeline:
+        raise UsageError("--timeline: not with --ray yet; score the timeline on one machine")
     if args.ray is not None:
         from .scale import predict_ray, require_ray
 
@@ -283,6 +335,15 @@ def _predict(args: argparse.Namespace) -> int:
         provider=args.provider,
     )
     print(f"predict: {describe(predictor)}", file=sys.stderr, flush=True)
+    if args.timeline:
+        return timeline_files(
+            predictor,
+            files,
+            json_lines=args.json,
+            csv_rows=args.csv,
+            smooth=args.smooth or 1,
+            debug=_debug(args),
+        )
     return predict_files(
         predictor, files, json_list=args.json, csv_rows=args.csv, debug=_debug(args)
     )
@@ -350,6 +411,18 @@ def _positive_float(high: float):
     return parse
 
 
+def _odd_window(text: str) -> int:
+    """``--smooth``: an odd number of segments (:func:`atfnn_fast.inference.check_smooth`)."""
+    from atfnn_fast.inference import MAX_SMOOTH
+
+    value = _int_in(1, MAX_SMOOTH)(text)
+    if value % 2 == 0:
+        raise argparse.ArgumentTypeError(
+            f"must be odd (a window centred on each segment), got {value}"
+        )
+    return value
+
+
 def _default(function, name: str):
     """The default of ``function``'s parameter ``name``: the owning module's value."""
     import inspect
@@ -360,12 +433,13 @@ def _default(function, name: str):
 def build_parser() -> argparse.ArgumentParser:
     from atfnn_fast import __version__
     from atfnn_fast.export.onnx_export import DEFAULT_OPSET, DTYPES, MAX_OPSET, TARGETS, export_onnx
+    from atfnn_fast.export.waveform import INPUT_KINDS
     from atfnn_fast.inference import DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE
 
     from .datasets import DATASETS
     from .demo import run, run_pipeline
     from .evaluate import evaluate
-    from .plots import plot_attention
+    from .plots import TIMELINE_COLUMNS, plot_attention
     from .predict import PROVIDER_CHOICES, load_predictor
     from .train import (
         AMP_MODES,
@@ -608,6 +682,56 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("file", help="an audio file")
     pa.set_defaults(func=_plot_attention)
 
+    pt = sub.add_parser(
+        "plot-timeline",
+        parents=[common],
+        help="class scores over time of a (long) recording",
+        description="Plot a file's emotion timeline: each class's score per segment over "
+        "time, stacked, above a strip of the top label; x in minutes past 2 minutes, and a "
+        f"file of more than {TIMELINE_COLUMNS} segments drawn as {TIMELINE_COLUMNS} columns, "
+        "each the mean of as many segments. From a model (--checkpoint or --onnx and an "
+        "audio file) or from the rows `predict --timeline --csv` or `--json` wrote (--rows). "
+        "Prints the file's mean scores (predict's, for unsmoothed rows), then the path.",
+    )
+    tsource = pt.add_mutually_exclusive_group(required=True)
+    tsource.add_argument("--checkpoint", help="a checkpoint directory (PyTorch)")
+    tsource.add_argument("--onnx", help="an exported .onnx file (ONNX Runtime)")
+    tsource.add_argument(
+        "--rows", help="a timeline written by `predict --timeline --csv` or `--json`"
+    )
+    pt.add_argument("--output", required=True, help="the .png (or .svg, .pdf) to write")
+    pt.add_argument(
+        "--smooth",
+        type=_odd_window,
+        default=1,
+        metavar="N",
+        help="draw each segment's scores averaged with its neighbours, N segments centred "
+        "on it (odd; default %(default)s: off)",
+    )
+    pt.add_argument(
+        "--device",
+        default=_default(load_predictor, "device"),
+        help="with --checkpoint: cpu, cuda or auto (default %(default)s)",
+    )
+    pt.add_argument(
+        "--provider",
+        choices=PROVIDER_CHOICES,
+        default=_default(load_predictor, "provider"),
+        help="with --onnx: ONNX Runtime execution provider (default %(default)s)",
+    )
+    pt.add_argument(
+        "--batch-size",
+        type=_int_in(1, MAX_BATCH_SIZE),
+        default=DEFAULT_BATCH_SIZE,
+        help=f"segments per forward pass (default {DEFAULT_BATCH_SIZE})",
+    )
+    pt.add_argument(
+        "file",
+        nargs="?",
+        help="the audio file; with --rows, the file whose rows to draw (default: the only one)",
+    )
+    pt.set_defaults(func=_plot_timeline)
+
     export = sub.add_parser("export", parents=[common], help="export a checkpoint to ONNX")
     export.add_argument("--checkpoint", required=True, help="checkpoint directory")
     export.add_argument("--output", required=True, help="the .onnx file to write")
@@ -638,6 +762,15 @@ def build_parser() -> argparse.ArgumentParser:
         "(default %(default)s)",
     )
     export.add_argument(
+        "--input",
+        choices=INPUT_KINDS,
+        default=_default(export_onnx, "input"),
+        help="spectrogram: the graph takes normalised log-Mel segments (features computed "
+        "outside); waveform: 16 kHz mono float32 samples of any length, with log-Mel, "
+        "segmentation and normalisation inside the graph, returning segment_scores and the "
+        "file's scores (float32 or int8) (default %(default)s)",
+    )
+    export.add_argument(
         "--static-batch", action="store_true", help="batch fixed at 1 (default: dynamic)"
     )
     export.add_argument(
@@ -651,7 +784,9 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         metavar="PATH",
         help="with --validate: audio files, folders or manifest CSVs for the real-feature "
-        "check (the bundled recording is always used)",
+        "check (the bundled recording is always used; --input waveform: also recordings "
+        "synthesised from it, shorter than a segment, a multiple of the hop and 10 minutes "
+        "long)",
     )
     export.set_defaults(func=_export)
 
@@ -717,6 +852,22 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         default=None,
         help="with --ray: write the rows (as --csv's columns) to a Parquet file",
+    )
+    predict.add_argument(
+        "--timeline",
+        action="store_true",
+        help="a row per segment instead of a line per file: path, segment, start and end "
+        "(seconds), label, each class's score; with --json one JSON object per line, with "
+        "--csv a CSV row; printed as the file is read, so any length streams (the file's "
+        "scores are the mean of its unsmoothed rows)",
+    )
+    predict.add_argument(
+        "--smooth",
+        type=_odd_window,
+        default=None,
+        metavar="N",
+        help="with --timeline: each row's scores and label averaged over N segments centred "
+        "on it (odd; default: off)",
     )
     predict.add_argument(
         "files",
@@ -799,7 +950,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="run on the Ray cluster at ADDRESS (default: RAY_ADDRESS, else a local instance)",
     )
     sv.set_defaults(func=_serve)
+
+    info = sub.add_parser(
+        "info",
+        parents=[common],
+        help="versions, the CPU path (native core and its ISA, or ATen) and the devices",
+        description="Print the package and torch versions, the CPU, which CPU path runs the "
+        "fused front-end (the native core and the ISA it picked, or the ATen path and why), "
+        "torch's threads, and the GPUs torch sees.",
+    )
+    info.set_defaults(func=_info)
     return parser
+
+
+def _info(args) -> int:
+    from atfnn_fast.app.sysinfo import describe_system
+
+    for key, value in describe_system().items():
+        print(f"{key}: {value}")
+    return 0
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

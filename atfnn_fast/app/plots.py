@@ -150,3 +150,201 @@ def plot_attention(checkpoint, audio, output: str | os.PathLike, device: str = "
     output = check_output(output, inputs=(checkpoint, audio))
     data = attention_maps(checkpoint, audio, device)
     return save_attention_plot(data, Path(audio).name, output)
+
+
+# ------------------------------------------------------------------------------ timeline
+# A timeline plot (`plot-timeline`): each class's score over time as a stacked area (the
+# scores of a segment sum to 1) above a strip of the top label, x in minutes past 2
+# minutes; more segments than TIMELINE_COLUMNS are drawn as that many columns, each the
+# mean of as many consecutive segments (the figure is about 1300 pixels wide).
+TIMELINE_COLUMNS = 1000
+MINUTES_AFTER = 120.0  # seconds: a longer timeline's x axis is in minutes
+PLOT_FORMATS = ("png", "svg", "pdf")
+
+
+@dataclass
+class TimelinePlotData:
+    """A file's timeline as arrays: segment ``starts`` and ``ends`` (seconds) and
+    ``scores (S, C)`` in the order of ``labels``."""
+
+    file: str
+    starts: np.ndarray
+    ends: np.ndarray
+    scores: np.ndarray
+    labels: list[str]
+
+    @classmethod
+    def from_rows(cls, rows, labels: list[str] | None = None) -> TimelinePlotData:
+        """From :class:`atfnn_fast.inference.TimelineRow` objects or their ``to_dict()``
+        (one file's, in order)."""
+        starts, ends, scores, file = [], [], [], None
+        for row in rows:
+            row = row if isinstance(row, dict) else row.to_dict()
+            labels = labels or list(row["scores"])
+            file = row["path"] if file is None else file
+            starts.append(float(row["start"]))
+            ends.append(float(row["end"]))
+            scores.append([float(row["scores"][k]) for k in labels])
+        if not starts:
+            raise ValueError("the timeline has no rows")
+        return cls(file, np.array(starts), np.array(ends), np.array(scores), list(labels))
+
+    def mean_scores(self) -> dict[str, float]:
+        """The mean of the rows' scores: ``predict``'s file scores when the rows are not
+        smoothed."""
+        return dict(zip(self.labels, (float(v) for v in self.scores.mean(0)), strict=True))
+
+
+def read_timeline(path: str | os.PathLike, file: str | None = None) -> TimelinePlotData:
+    """The timeline of one file from what ``predict --timeline --csv`` or ``--json``
+    wrote (CSV, or JSON lines): ``file``'s rows, or the only file's when ``file`` is None.
+    Error rows are skipped; a file not in it, several files and no ``file``, or a row
+    that does not parse is a ValueError naming ``path``."""
+    import csv
+    import json
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a timeline (not UTF-8 text)") from None
+    rows: dict[str, list[dict]] = {}
+    labels = None
+    try:
+        if text.lstrip().startswith("{"):
+            for line in text.splitlines():
+                if line.strip():
+                    row = json.loads(line)
+                    if "error" not in row:
+                        rows.setdefault(row["path"], []).append(row)
+        else:
+            reader = csv.DictReader(io.StringIO(text))
+            head = reader.fieldnames or []
+            if head[:5] != ["path", "segment", "start", "end", "label"] or head[-1:] != ["error"]:
+                raise ValueError(
+                    "expected the columns path,segment,start,end,label,<labels>,error of "
+                    f"`predict --timeline --csv`, got {','.join(head)}"
+                )
+            labels = head[5:-1]
+            for row in reader:
+                if not row["error"]:
+                    scores = {k: row[k] for k in labels}
+                    rows.setdefault(row["path"], []).append({**row, "scores": scores})
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{path}: not a timeline of `predict --timeline` ({err})") from None
+    if not rows:
+        raise ValueError(f"{path}: the timeline has no rows")
+    if file is None:
+        if len(rows) > 1:
+            names = ", ".join(list(rows)[:3]) + (", ..." if len(rows) > 3 else "")
+            raise ValueError(f"{path}: holds {len(rows)} files ({names}); name one")
+        file = next(iter(rows))
+    if file not in rows:
+        raise ValueError(f"{path}: has no rows of {file}")
+    try:
+        return TimelinePlotData.from_rows(rows[file], labels)
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{path}: not a timeline of `predict --timeline` ({err})") from None
+
+
+def smooth_scores(scores: np.ndarray, window: int) -> np.ndarray:
+    """:func:`atfnn_fast.inference.smooth_probabilities` of ``(S, C)`` scores."""
+    from atfnn_fast.inference import smooth_probabilities
+
+    return np.array(list(smooth_probabilities(iter(scores), window)))
+
+
+def bin_timeline(
+    data: TimelinePlotData, columns: int = TIMELINE_COLUMNS
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """``(edges (G + 1,), scores (G, C), k)``: at most ``columns`` groups of ``k``
+    consecutive segments (the last group may hold fewer), each group's scores the mean of
+    its segments', its edges the first segment's start and the next group's."""
+    n = len(data.starts)
+    k = max(1, -(-n // columns))
+    groups = range(0, n, k)
+    scores = np.stack([data.scores[i : i + k].mean(0) for i in groups])
+    edges = np.append(data.starts[::k], data.ends[-1])
+    return edges, scores, k
+
+
+def timeline_figure(data: TimelinePlotData, title: str, smooth: int = 1):
+    """The matplotlib figure of :func:`save_timeline_plot`: the scores over time (stacked,
+    smoothed over ``smooth`` segments if above 1) above a strip of the top label."""
+    matplotlib = require("matplotlib", extra="app")
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+
+    mean = data.mean_scores()
+    shown = (
+        data
+        if smooth == 1
+        else TimelinePlotData(
+            data.file, data.starts, data.ends, smooth_scores(data.scores, smooth), data.labels
+        )
+    )
+    edges, scores, k = bin_timeline(shown)
+    total = float(data.ends[-1])
+    minutes = total > MINUTES_AFTER
+    scale = 60.0 if minutes else 1.0
+    x = edges / scale
+    palette = plt.get_cmap("tab10" if len(data.labels) <= 10 else "tab20").colors
+    colors = [palette[i % len(palette)] for i in range(len(data.labels))]
+    fig, (ax, strip) = plt.subplots(
+        2, 1, figsize=(12, 4.6), sharex=True, gridspec_kw={"height_ratios": [5, 1]}
+    )
+    steps = np.repeat(x, 2)[1:-1]  # each group's score held over its span
+    ax.stackplot(steps, np.repeat(scores, 2, axis=0).T, colors=colors, labels=data.labels)
+    ax.set_ylim(0, 1)
+    ax.set_xlim(x[0], x[-1])
+    ax.set_ylabel("class scores (stacked)")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=9, title="class")
+    top = scores.argmax(1)
+    strip.pcolormesh(
+        x,
+        [0, 1],
+        top[None, :],
+        cmap=ListedColormap(colors),
+        vmin=-0.5,
+        vmax=len(data.labels) - 0.5,
+    )
+    strip.set_yticks([0.5], ["top label"])
+    strip.set_xlabel("time (min)" if minutes else "time (s)")
+    length = f"{total / 60:.1f} min" if minutes else f"{total:.1f} s"
+    seg = float(np.median(data.ends - data.starts)) if len(data.starts) > 1 else total
+    how = [f"{len(data.starts)} segments of {seg:.2f} s"]
+    if smooth > 1:
+        how.append(f"each smoothed over {smooth} segments")
+    if k > 1:
+        how.append(f"each column the mean of {k} segments")
+    best = max(mean, key=mean.get)
+    fig.suptitle(
+        f"{title} ({length}): mean of the segments {best} {mean[best]:.2f}\n" + "; ".join(how),
+        fontsize=11,
+    )
+    fig.tight_layout()
+    return fig
+
+
+def save_timeline_plot(
+    data: TimelinePlotData, title: str, output: str | os.PathLike, smooth: int = 1
+) -> Path:
+    """Write :func:`timeline_figure` to ``output`` (PNG, SVG or PDF by its suffix),
+    atomically; returns the path."""
+    output = Path(output)
+    fmt = output.suffix.lower().lstrip(".")
+    if fmt not in PLOT_FORMATS:
+        from atfnn_fast.errors import UsageError
+
+        raise UsageError(
+            f"--output: {output.name} must end in .png, .svg or .pdf (the format written)"
+        )
+    fig = timeline_figure(data, title, smooth)
+    import matplotlib.pyplot as plt
+
+    out = io.BytesIO()
+    fig.savefig(out, format=fmt, dpi=110)
+    plt.close(fig)
+    return write_atomic(output, out.getvalue())

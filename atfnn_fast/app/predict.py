@@ -15,7 +15,10 @@ prints.
   a failure ``path``, ``error``) or CSV (``--csv``: ``path,label,error`` and one score
   column per label).
 * A run directory or a fold directory given as a checkpoint is refused with the ``best``
-  checkpoints it holds (:func:`checkpoint_hint`)."""
+  checkpoints it holds (:func:`checkpoint_hint`).
+* ``--timeline`` (:func:`timeline_files`): a row per segment instead of a line per file
+  (``path, segment, start, end, label`` and the scores), as text, JSON lines or CSV, each
+  row printed as its batch finishes; ``--smooth N`` averages each row with its neighbours."""
 
 from __future__ import annotations
 
@@ -243,3 +246,80 @@ def predict_files(
     for path, problem in expand_sources(files):
         out.write(*file_entry(predictor, path, problem, debug))
     return out.close()
+
+
+def file_error(err: BaseException, path: str) -> str:
+    """One file's failure in :func:`timeline_files` as one line naming the file, printed on
+    stderr as ``atfnn-fast: error: ...``; returned for the file's error entry: the
+    message of :func:`error_message`, as :func:`predict_files` gives."""
+    message = error_message(path, err)
+    print(f"atfnn-fast: error: {printable(message)}", file=sys.stderr, flush=True)
+    return message
+
+
+TIMELINE_COLUMNS = ("path", "segment", "start", "end", "label")  # then a score per label, error
+
+
+def timeline_files(
+    predictor,
+    files: Sequence[str | os.PathLike],
+    json_lines: bool = False,
+    csv_rows: bool = False,
+    smooth: int = 1,
+    debug: bool = False,
+) -> int:
+    """Each file's timeline (``predictor.timeline``: a row per segment), each row printed
+    as soon as its batch is done, so a file of any length streams in bounded memory: a
+    line of text, a JSON object per line (``json_lines``: ``path``, ``segment``, ``start``,
+    ``end`` in seconds, ``label``, ``scores``) or a CSV row (``csv_rows``, after a header
+    ``path,segment,start,end,label,<one column per label>,error``). ``smooth`` (odd, 1 =
+    off) averages each row's scores with its ``smooth // 2`` neighbours on either side. A
+    file that fails gets an error line on stderr and an entry ``{"path", "error"}`` (a CSV
+    row with only ``path`` and ``error``) after any rows it gave; the others still run.
+    Returns the exit code: 1 if any file failed, else 0. ``debug`` re-raises instead."""
+    failed = 0
+    labels = list(getattr(predictor, "labels", []))
+    out = sys.stdout
+    writer = csv.writer(out, lineterminator="\n") if csv_rows and not json_lines else None
+    if writer is not None:
+        writer.writerow([*TIMELINE_COLUMNS, *labels, "error"])
+        out.flush()
+    for path, problem in expand_sources(files):
+        try:
+            if problem is not None:
+                raise FileNotFoundError(problem)
+            for row in predictor.timeline(path, smooth=smooth):
+                if json_lines:
+                    out.write(json.dumps(row.to_dict(), allow_nan=False) + "\n")
+                elif writer is not None:
+                    writer.writerow(
+                        [
+                            printable(row.file),
+                            row.segment,
+                            f"{row.start:.3f}",
+                            f"{row.end:.3f}",
+                            row.label,
+                            *(f"{row.scores[k]:.6f}" for k in labels),
+                            "",
+                        ]
+                    )
+                else:
+                    out.write(printable(str(row)) + "\n")
+                out.flush()
+        except BrokenPipeError:  # stdout's reader is gone (`| head`): not this file's failure
+            raise
+        except Exception as err:  # one file's failure spares the others
+            if debug:
+                raise
+            message = file_error(err, path)
+            if json_lines:
+                out.write(json.dumps({"path": str(path), "error": message}) + "\n")
+            elif writer is not None:
+                writer.writerow(
+                    [printable(str(path)), *[""] * (len(TIMELINE_COLUMNS) - 1)]
+                    + [""] * len(labels)
+                    + [message]
+                )
+            out.flush()
+            failed += 1
+    return 1 if failed else 0

@@ -95,12 +95,10 @@ def segment_scorer(predictor) -> Callable | None:
     segments (a checkpoint, a spectrogram ONNX graph), so segments of several requests can
     share forward passes; None for any other kind (scored file by file through
     ``predict_file``)."""
-    session = getattr(predictor, "session", None)
-    if session is not None:
-        if len(session.get_inputs()[0].shape) != 4 or not hasattr(
-            predictor, "predict_spectrograms"
-        ):
-            return None  # e.g. a graph that takes the waveform
+    # OnnxPredictor.input, from the file's metadata: "spectrogram" or "waveform"
+    if getattr(predictor, "input", "spectrogram") != "spectrogram":
+        return None
+    if hasattr(predictor, "predict_spectrograms"):
         return lambda segs: predictor.predict_spectrograms(segs.numpy())
     if hasattr(predictor, "model") and hasattr(predictor, "_probabilities"):
         return predictor._probabilities
@@ -326,6 +324,7 @@ def build_app(
     metadata = {
         "model": str(onnx if onnx is not None else checkpoint),
         "kind": "onnx" if onnx is not None else "checkpoint",
+        "input": getattr(probe, "input", "spectrogram"),
         "sha256": model_hash(checkpoint, onnx).removeprefix("sha256:"),
         "labels": list(probe.labels),
         "sample_rate": probe.features.sample_rate,

@@ -85,3 +85,33 @@ def make_corpus(
                 sf.write(str(path), utterance(cls, voice, rng), RATE)
                 items.append(Item(path.resolve(), cls, name))
     return write_manifest(items, root / "manifest.csv")
+
+
+UTTERANCE_SECONDS = 1.4  # the corpus's utterance length, also a recording's building block
+
+
+def recording(plan, seed: int = 0) -> np.ndarray:
+    """A long recording of one synthetic speaker whose class changes at known times:
+    ``plan`` is ``[(class, seconds), ...]``, each section spoken as back-to-back
+    utterances of :data:`UTTERANCE_SECONDS` (the last one shorter) of that class. Returns
+    float32 samples at :data:`RATE`; the sections start at the running sums of their
+    seconds (``round(seconds * RATE)`` samples each)."""
+    rng = np.random.default_rng(seed)
+    voice = _speaker(rng)
+    parts = []
+    for cls, seconds in plan:
+        if cls not in CLASSES:
+            raise ValueError(f"recording: unknown class {cls!r}; expected one of {list(CLASSES)}")
+        n = round(seconds * RATE)
+        if n < RATE // 10:
+            raise ValueError(f"recording: a section must last at least 0.1 s, got {seconds}")
+        done = 0
+        while done < n:
+            length = min(round(UTTERANCE_SECONDS * RATE), n - done)
+            if length < RATE // 10:  # too short to hold a syllable: silence-level noise
+                parts.append(rng.normal(0, 0.002, length).astype(np.float32))
+            else:
+                wave = utterance(cls, voice, rng, length / RATE)[:length]
+                parts.append(np.pad(wave, (0, length - len(wave))))  # int() lost a sample
+            done += length
+    return np.concatenate(parts)

@@ -5,11 +5,28 @@ from __future__ import annotations
 
 import torch
 
-from . import reference
+from .. import dispatch
+from .. import native as native_core
+from . import native, reference
+
+
+def use_native(source, weight, target) -> bool:
+    """Whether this call takes the native core (:mod:`.native`): under every backend but
+    ``aten``, for real (untraced) tensors of a size and dtype it runs."""
+    if dispatch.get_backend() == "aten" or not native.traceless(source):
+        return False
+    if native.unsupported(source, weight, target) is None:
+        return True
+    native_core.warn_missing()
+    return False
 
 
 def band_attention_cpu(source, weight, bias, target, time_axis):
-    """The forward in plain torch: the op's implementation for non-CUDA tensors."""
+    """The forward: the op's implementation for non-CUDA tensors (the native core, or the
+    reference's ATen ops)."""
+    if use_native(source, weight, target):
+        out, wmap, _ = native.forward(source, weight, bias, target)
+        return out, wmap
     axis = "time" if time_axis else "freq"
     out, wmap = reference.band_attention(source, weight, bias, target, axis=axis)
     return out.contiguous(), wmap.contiguous()
@@ -22,6 +39,8 @@ def band_attention_backward_cpu(
     ``saved_a``: the forward's float32 window activations ``sigmoid(conv)`` (B, C, n1, n2),
     kept by :class:`BandAttentionFunction`; None: recomputed (the custom op saves only its
     inputs)."""
+    if use_native(source, weight, target):
+        return native.backward(grad_out, grad_map, source, weight, bias, target, saved_a)
     kf, kt = weight.shape[-2:]
     group = kt if time_axis else kf
     src, w32, b32 = source.float(), weight.float(), bias.float()
@@ -66,6 +85,12 @@ class BandAttentionFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, source, weight, bias, target, time_axis: bool):
+        ctx.set_materialize_grads(False)
+        ctx.time_axis = time_axis
+        if use_native(source, weight, target):
+            out, w, a = native.forward(source, weight, bias, target, keep=True)
+            ctx.save_for_backward(source, weight, bias, target, a)
+            return out, w
         a = reference.window_activations(source, weight, bias)
         w = reference.spread(a, weight, "time" if time_axis else "freq")
         out = reference.reweight(source, w, target)

@@ -29,6 +29,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .. import dispatch
+from .. import native as native_core
+from . import native
 from .rank_one import Derived, compute_dtype
 
 _sdpa = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
@@ -129,9 +132,23 @@ def _to_output(y: torch.Tensor, b: int, t: int, dtype) -> torch.Tensor:
     return out
 
 
+def use_native(x: torch.Tensor, p: Derived) -> bool:
+    """Whether this call takes the native core (:mod:`.native`): under every backend but
+    ``aten``, where it is built and runs these sizes and this dtype. Where it is not built,
+    says so once (:func:`..native.warn_missing`)."""
+    if dispatch.get_backend() == "aten" or not native.traceless(x):
+        return False
+    if native.unsupported(x, p) is None:
+        return True
+    native_core.warn_missing()
+    return False
+
+
 def forward(x: torch.Tensor, time_weights: torch.Tensor | None, p: Derived, eps: float):
     """``x' (B, 1, F, T)`` -> ``(B, T, F, c)``, times ``1 + w_t`` with ``time_weights``
     ``(B, F, T)``: the same function as :func:`.rank_one.forward`."""
+    if use_native(x, p):
+        return native.forward(x, time_weights, p, eps)[0]
     b, _, n_f, t = x.shape
     xf = _frames(x)
     y2, _ = _encode(xf, p, eps, keep=False)
@@ -149,6 +166,8 @@ def backward(
 ):
     """Gradients of :func:`forward`: ``(dx, d time_weights or None, Derived of grads)``,
     the same as :func:`.rank_one.backward` (the forward's activations recomputed)."""
+    if use_native(x, p):
+        return native.backward(grad_out, x, time_weights, p, eps)
     xf = _frames(x)
     y2, saved = _encode(xf, p, eps, keep=True)
     return _backward(grad_out, x.shape, x.dtype, xf, y2, saved, time_weights, p)
@@ -225,6 +244,11 @@ class FreqEncoderFunction(torch.autograd.Function):
         b, _, n_f, t = x.shape
         with torch.autocast("cpu", enabled=False):
             p = derive(*(q.detach() for q in params), num_heads=num_heads)
+            if use_native(x, p):  # keeps the attention's softmax statistics only
+                out, stats = native.forward(x, time_weights, p, eps, keep_stats=True)
+                ctx.state = ("native", stats, p, num_heads, eps)
+                ctx.save_for_backward(time_weights, x, *params)
+                return out
             xf = _frames(x)
             y2, saved = _encode(xf, p, eps, keep=True)
             out = y2
@@ -232,7 +256,7 @@ class FreqEncoderFunction(torch.autograd.Function):
                 out = y2.addcmul(y2, _time_scale(time_weights, y2.dtype, n_f))
             out = _to_output(out, b, t, x.dtype)
         ctx.state = (x.shape, x.dtype, xf, y2, saved, p, num_heads)
-        ctx.save_for_backward(time_weights, *params)
+        ctx.save_for_backward(time_weights, None, *params)
         return out
 
     @staticmethod
@@ -240,10 +264,15 @@ class FreqEncoderFunction(torch.autograd.Function):
     def backward(ctx, grad_out):
         from .rank_one import derive_vjp
 
-        shape, dtype, xf, y2, saved, p, num_heads = ctx.state
-        time_weights, *params = ctx.saved_tensors
-        del ctx.state
+        time_weights, x, *params = ctx.saved_tensors
+        state, ctx.state = ctx.state, None
         with torch.autocast("cpu", enabled=False):
+            if state[0] == "native":
+                _, stats, p, num_heads, eps = state
+                dx, d_time, grads = native.backward(grad_out, x, time_weights, p, eps, stats)
+                d_params = derive_vjp(grads, *params, num_heads=num_heads)
+                return dx, d_time, None, None, *d_params
+            shape, dtype, xf, y2, saved, p, num_heads = state
             dx, d_time, grads = _backward(grad_out, shape, dtype, xf, y2, saved, time_weights, p)
             d_params = derive_vjp(grads, *params, num_heads=num_heads)
         return dx, d_time, None, None, *d_params

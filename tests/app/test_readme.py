@@ -24,6 +24,14 @@ def test_quickstart_runs(tmp_path, capsys):
     finally:
         os.chdir(cwd)
     out = capsys.readouterr().out.splitlines()
+    # the timeline block (after the quickstart): a row per 1.28 s segment of the 6.3 s file
+    rows = [line for line in out if re.fullmatch(r" ?\d+\.\d\d s to +\d+\.\d\d s: \w+", line)]
+    assert [r.split(":")[0] for r in rows] == [
+        " 0.00 s to  1.28 s", " 1.28 s to  2.56 s", " 2.56 s to  3.84 s", " 3.84 s to  5.12 s",
+        " 5.12 s to  6.33 s",
+    ]  # fmt: skip
+    assert all(r.split(": ")[1] in ("angry", "happy", "sad", "neutral") for r in rows)
+    out = [line for line in out if line not in rows]
     assert "torch.Size([16, 80, 128]) torch.Size([16, 80, 128])" in out
     assert sorted(os.listdir(tmp_path / "ckpt")) == ["config.json", "model.safetensors"]
     # the quickstart ends by labelling a file: a label and its score, then the whole line

@@ -194,6 +194,24 @@ def test_a_batch_of_requests_scores_each_like_predict(kind, models, audio):
     assert np.allclose(got[0], score_segments(predictor, scorer, items[:1])[0], atol=1e-12)
 
 
+def test_a_waveform_graph_is_served_file_by_file(audio, tmp_path):
+    """A graph that takes the waveform (its kind read from the metadata) cannot share
+    forward passes with other requests' segments: ``serve`` scores it through
+    ``predict_file`` on the request's bytes, with the scores ``predict`` gives."""
+    from atfnn_fast.app.serve import segment_scorer
+
+    path = export_onnx(
+        tiny_model(len(LABELS)), tmp_path / "wave.onnx", labels=LABELS,
+        norm_stats=tiny_norm_stats(), input="waveform",
+    )  # fmt: skip
+    predictor = load_predictor(onnx=path)
+    assert predictor.input == "waveform" and segment_scorer(predictor) is None
+    clip = Path(audio[0]) / "stereo.flac"
+    got = predictor.predict_file(AudioBytes(clip.read_bytes(), "request"))
+    want = file_entry(predictor, clip)[0]
+    _same_entries([{"path": want["path"], "label": got.label, "scores": got.scores}], [want])
+
+
 def test_parquet_rows_are_the_csv_columns_written_atomically(tmp_path, capsys):
     """``--parquet``'s writer (the rows come from ``predict --ray`` as above): the columns
     of ``--csv``, an error row with empty scores, row groups as the rows come, and the file

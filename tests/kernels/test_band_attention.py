@@ -131,18 +131,27 @@ def test_forward_and_gradients_match_reference(mode, b, f, t, c):
 @pytest.mark.parametrize("mode", ["freq", "time_input", "time_encoding"])
 @pytest.mark.parametrize("b,f,t,c", [(3, 40, 24, 8), (1, 80, 128, 8), (5, 5, 8, 1)])
 @pytest.mark.parametrize("with_map_grad", [True, False])
-def test_the_cpu_implementation_matches_reference(mode, b, f, t, c, with_map_grad):
-    """Under auto a CPU tensor runs the op's cpu.py (forward, and the backward that
-    recomputes the window weights and takes the conv's three gradients in one
-    convolution_backward) instead of the interpreter."""
+@pytest.mark.parametrize("backend", ["auto", "aten"])
+def test_the_cpu_implementation_matches_reference(mode, b, f, t, c, with_map_grad, backend):
+    """Under auto a CPU tensor runs the op's cpu.py on the native core (kernels/native.py);
+    under aten its ATen path (the reference's forward ops, and the backward that takes the
+    conv's three gradients in one convolution_backward). Both against the float64 truth;
+    the ATen forward bit for bit equal to the reference's."""
     if DEVICE.type != "cpu":
         pytest.skip("the CPU implementation")
+    from atfnn_fast.kernels import native
+
+    if backend == "auto" and not native.available():
+        pytest.skip(f"native core: {native.missing_reason()}")
     inputs = make_inputs(mode, b, f, t, c)
-    with use_backend("auto"):
+    with use_backend(backend):
         check(run_both(*inputs, with_map_grad=with_map_grad))
         got = run(ba_custom.band_attention, *inputs, with_map_grad=with_map_grad)
     ref = run(ba_reference.band_attention, *inputs, with_map_grad=with_map_grad)
-    assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])  # the same forward ops
+    if backend == "aten":
+        assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])  # the same ops
+    else:
+        assert max_rel_err(got[0], ref[0]) < 1e-6 and max_rel_err(got[1], ref[1]) < 1e-6
 
 
 @pytest.mark.parametrize("mode", ["freq", "time_input", "time_encoding"])

@@ -90,7 +90,7 @@ def test_markdown_table_flags_a_noisy_ratio_and_names_the_cpu_path():
     fast = {"copy_gbps": 1e3, "matmul_tflops_fp32": 1e3}  # a 1 ms floor, below both rows
     rows = report.case_rows([entry("full_fwd", "eager", 0.010), noisy], fast)
     table = report.markdown_table(rows, "cpu")
-    fused = next(line for line in table.splitlines() if "fused=cpu" in line)
+    fused = next(line for line in table.splitlines() if "fused=aten" in line)
     # x eager 2.50, over both IQRs [(10-0.5)/(4+0.5), (10+0.5)/(4-0.5)] = [2.11-3.00]
     assert "| 4.000 | 25% | 2.50 [2.11-3.00] |" in fused and fused.endswith("| noisy |")
     assert "| fused |" in report.markdown_table(rows, "cuda")

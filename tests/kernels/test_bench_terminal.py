@@ -34,18 +34,18 @@ def test_terminal_table_fits_and_says_spread_noise_ceilings_and_providers():
         "ceilings measured in this run: copy 32.5 GB/s, matmul 0.203 TFLOP/s fp32, 0.437 bf16"
     )
     assert lines[1].startswith("(each the best of the run's start and end); floor = max(")
-    assert lines[3].startswith("fused=cpu: ATFNN's CPU implementation")
+    assert lines[3].startswith("fused=aten: ATFNN's ATen CPU path")
     header = lines[4]
     by_provider = {line.split()[3]: line for line in lines[6:]}
-    assert set(by_provider) == {"eager", "fused=cpu", "onnxruntime-int8"}
-    fused = by_provider["fused=cpu"]
+    assert set(by_provider) == {"eager", "fused=aten", "onnxruntime-int8"}
+    fused = by_provider["fused=aten"]
     assert "1.25 [1.19-1.31]" in fused and not fused.endswith("noisy")  # 9.75/8.2, 10.25/7.8
     assert fused.index("1.25") < header.index("floor ms")  # aligned under its column
     int8 = by_provider["onnxruntime-int8"]
     assert int8.endswith("noisy") and " 98%" in int8  # IQR / median = 0.98 > NOISY_IQR
     assert NOISY_IQR == 0.2
     gpu = terminal_table(rows, PEAKS, "cuda")
-    assert "fused=cpu" not in gpu and " fused " in gpu
+    assert "fused=aten" not in gpu and " fused " in gpu
 
 
 @pytest.mark.slow  # two timed cases at the tiny size: 20 to 60 s on two shared cores
@@ -83,5 +83,5 @@ def test_cpu_run_collects_no_gpu_case_and_prints_the_narrow_table():
     table = out[start + 1 : start + 9]
     assert table[0].startswith("ceilings measured in this run: copy ")
     assert "TOP/s int8" in table[0] and "exp " in table[0]
-    assert [line.split()[3] for line in table[6:8]] == ["eager", "fused=cpu"]
+    assert [line.split()[3] for line in table[6:8]] == ["eager", "fused=aten"]
     assert max(map(len, out[start:])) <= TERMINAL_WIDTH

@@ -151,10 +151,11 @@ def test_cpu_forward_and_gradients(
     assert_as_accurate(enc, x, wt, backend="auto")
 
 
-def test_cpu_implementation_is_what_auto_runs_on_the_cpu(monkeypatch):
-    """Under auto a CPU tensor runs kernels/freq_encoder_op/cpu.py (not the SDPA reference,
-    not the whole-batch rank-one form): in eager mode through its autograd Function, which
-    keeps the activations, so a training step's backward encodes nothing again."""
+def test_cpu_implementation_is_what_aten_runs_on_the_cpu(monkeypatch):
+    """Under the aten backend (auto's CPU path where the native core is not built) a CPU
+    tensor runs kernels/freq_encoder_op/cpu.py's ATen path (not the SDPA reference, not the
+    whole-batch rank-one form): in eager mode through its autograd Function, which keeps the
+    activations, so a training step's backward encodes nothing again."""
     from atfnn_fast.kernels.freq_encoder_op import cpu
 
     calls = []
@@ -162,7 +163,7 @@ def test_cpu_implementation_is_what_auto_runs_on_the_cpu(monkeypatch):
     monkeypatch.setattr(cpu, "_encode", lambda *a, **k: calls.append(k["keep"]) or real(*a, **k))
     enc = make_encoder(2, 8).cpu()
     x = torch.randn(2, 1, 10, 8, requires_grad=True)
-    with use_backend("auto"):
+    with use_backend("aten"):
         with torch.no_grad():
             out = kernels.freq_encoder(x, *enc.op_params(), num_heads=2, eps=EPS)
         assert calls == [False] and out.shape == (2, 8, 10, 8)

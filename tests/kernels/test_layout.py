@@ -4,8 +4,17 @@ one folder per fused op, each holding its reference beside its implementations."
 from pathlib import Path
 
 KERNELS = Path(__file__).resolve().parents[2] / "kernels"
-# the shared machinery: dispatch, device fit, the one launch path, tuning, the finite check
-SHARED = {"__init__.py", "dispatch.py", "fit.py", "launch.py", "tuning.py", "checks.py"}
+# the shared machinery: dispatch, device fit, the one launch path, tuning, the finite check,
+# the native CPU core's loader
+SHARED = {
+    "__init__.py",
+    "dispatch.py",
+    "fit.py",
+    "launch.py",
+    "tuning.py",
+    "checks.py",
+    "native.py",
+}
 # every op folder: its public entry, its specification and each implementation
 OP_ROLES = {"__init__.py", "op.py", "reference.py", "cpu.py", "custom_op.py", "forward.py"}
 OPS = {"band_attention_op", "freq_encoder_op"}
