@@ -17,7 +17,9 @@ What a file may be (docs/design.md#features-and-data): a regular file (checked w
 blocking), at a rate in :data:`AUDIO_RATE_RANGE`, no longer than
 :data:`MAX_AUDIO_SECONDS`, not truncated (:func:`truncation_note`; the pad byte after an
 odd-length data chunk is not truncation). Anything else is an :class:`AudioError` of one
-line naming the file.
+line naming the file. Audio held in memory (an HTTP request's body, ``atfnn-fast serve``)
+is read the same way as an :class:`AudioBytes` in place of a path, without touching the file
+system, with its own length limit.
 
 Choices where the paper is silent (docs/design.md#choices-the-paper-leaves-open):
 * MelSpectrogram: power spectrum (power 2), ``center=True`` with reflect padding (frame i is
@@ -152,6 +154,26 @@ class FeatureConfig:
 
 
 # ------------------------------------------------------------------------------ audio
+@dataclass(frozen=True, repr=False)
+class AudioBytes:
+    """An audio file's bytes held in memory, read wherever a path is (:func:`iter_audio`,
+    :func:`iter_segment_batches`, the predictors' ``predict_file``) without touching the
+    file system: ``name`` stands for the path in results and errors, and ``max_seconds``
+    (default :data:`MAX_AUDIO_SECONDS`) bounds the length the header declares."""
+
+    data: bytes
+    name: str = "<bytes>"
+    max_seconds: float | None = None
+
+    suffix = ""  # no file name extension to report in a decode error
+
+    def __str__(self) -> str:
+        return self.name
+
+    def __repr__(self) -> str:
+        return f"AudioBytes({self.name!r}, {len(self.data)} bytes)"
+
+
 # A size libsndfile notes as "NAME : declared (should be actual)" in a file's extra_info.
 _SIZE_NOTE = re.compile(r"^\s*([A-Za-z][\w ]*?)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.M)
 _CONTAINERS = {"riff", "form", "riff size"}  # whole-file sizes, which count the pad byte
@@ -194,19 +216,23 @@ def _file_kind(mode: int) -> str:
     return next((what for test, what in kinds if test(mode)), "not a regular file")
 
 
-def _open_audio(path: Path):
+def _open_audio(path: Path | AudioBytes):
     """An open ``soundfile.SoundFile`` after the checks every reader shares; errors name the
     file. Anything but a regular file (a FIFO would block, a device never end) is refused
     before it is opened, and the file is opened without blocking (``O_NONBLOCK``) and
     checked again, so a file swapped meanwhile cannot block either; soundfile gets the open file
     object, so any bytes in the name work. The declared rate must lie in
-    :data:`AUDIO_RATE_RANGE` and the length within :data:`MAX_AUDIO_SECONDS`."""
-    import soundfile as sf
+    :data:`AUDIO_RATE_RANGE` and the length within :data:`MAX_AUDIO_SECONDS`.
+    :class:`AudioBytes` are decoded from memory, under their own ``max_seconds``."""
 
     def refuse(mode: int):
         kind = _file_kind(mode)
         return AudioError(path, f"is {kind}, not an audio file (a regular file is needed)")
 
+    if isinstance(path, AudioBytes):
+        import io
+
+        return _open_handle(path, io.BytesIO(path.data), path.max_seconds)
     try:
         mode = os.stat(path).st_mode  # before opening: opening a device can have effects
         if not stat.S_ISREG(mode):
@@ -221,7 +247,13 @@ def _open_audio(path: Path):
     if not stat.S_ISREG(mode):
         os.close(fd)
         raise refuse(mode)
-    fh = os.fdopen(fd, "rb")
+    return _open_handle(path, os.fdopen(fd, "rb"), None)
+
+
+def _open_handle(path, fh, max_seconds: float | None):
+    """The SoundFile of the open binary file object ``fh``, checked (:func:`_open_audio`)."""
+    import soundfile as sf
+
     try:
         handle = sf.SoundFile(fh)
     except Exception as err:  # any decoder failure (OSError from reads too): one-line error
@@ -235,7 +267,7 @@ def _open_audio(path: Path):
     if problem is not None:
         problem = f"truncated audio file (the header declares more data: {problem})"
     else:
-        problem = _check_rate_and_length(handle.samplerate, handle.frames)
+        problem = _check_rate_and_length(handle.samplerate, handle.frames, max_seconds)
     if problem is not None:
         handle.close()
         fh.close()
@@ -284,14 +316,15 @@ def _decode_problem(err: BaseException, path: Path, head: bytes) -> str:
     return f"{reason}; the file starts with {seen}{suffix}"
 
 
-def _check_rate_and_length(rate: int, frames: int) -> str | None:
+def _check_rate_and_length(rate: int, frames: int, max_seconds: float | None = None) -> str | None:
     low, high = AUDIO_RATE_RANGE
+    limit = MAX_AUDIO_SECONDS if max_seconds is None else max_seconds
     if not low <= rate <= high:
         return f"sample rate {rate} Hz is outside the supported {low}..{high} Hz"
-    if frames / rate > MAX_AUDIO_SECONDS:
+    if frames / rate > limit:
         return (
             f"{frames / rate:,.0f} s of audio ({frames:,} samples at {rate} Hz) is longer than "
-            f"the limit of {MAX_AUDIO_SECONDS:,} s"
+            f"the limit of {limit:,g} s"
         )
     return None
 
@@ -371,12 +404,13 @@ def iter_audio(
     concatenation equals a whole-file :func:`resample` exactly and memory is set by the
     block, not the file. Errors are :func:`load_audio`'s, raised when the bad block is
     reached."""
-    path = Path(path)
+    path = path if isinstance(path, AudioBytes) else Path(path)
     with _open_audio(path) as handle:
         rate, total = handle.samplerate, handle.frames
         if total == 0:
             declared_zero = re.search(r"^data : 0$", handle.extra_info or "", re.M)
-            if declared_zero and os.stat(path).st_size > 64:
+            size = len(path.data) if isinstance(path, AudioBytes) else os.stat(path).st_size
+            if declared_zero and size > 64:
                 raise AudioError(
                     path,
                     "empty audio: its header declares 0 bytes of data though the file is longer "

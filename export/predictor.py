@@ -52,6 +52,7 @@ class OnnxPredictor:
         batch_size: int = DEFAULT_BATCH_SIZE,
         *,
         provider: str | None = None,
+        threads: int = 0,
     ) -> None:
         proto = load_model(path)
         meta = read_metadata(path, proto)  # checked against the graph: fails here, not in a run
@@ -78,8 +79,9 @@ class OnnxPredictor:
         self.input = meta["input"]
         if self.input == "waveform":
             self.batch_size = meta["segment_batch"]  # set in the graph at export
-        # provider: "cpu", "cuda" or "tensorrt" (see export.validate.session)
-        self.session = session(path, providers, provider=provider)
+        # provider: "cpu", "cuda" or "tensorrt" (see export.validate.session); threads: ONNX
+        # Runtime's intra-op threads (0: its default, one per physical core)
+        self.session = session(path, providers, threads, provider=provider)
 
     def predict_spectrograms(self, x) -> np.ndarray:
         """Normalised segments ``(S, 1, F, T)`` or ``(S, F, T)`` -> probabilities ``(S, C)``."""

@@ -329,6 +329,39 @@ def _predict(args: argparse.Namespace) -> int:
     if args.smooth is not None and not args.timeline:
         raise UsageError("--smooth: smooths a timeline; add --timeline")
 
+    files = list(args.files)
+    if args.ray is not None and args.ray != "":
+        from .scale import is_address
+
+        if not is_address(args.ray):  # `--ray a.wav`: a file, not an address
+            files.insert(0, args.ray)
+            args.ray = ""
+    if not files:
+        raise UsageError("predict: the following arguments are required: PATH")
+    if args.parquet is not None and args.ray is None:
+        raise UsageError("--parquet: needs --ray (Parquet output is part of the scale extra)")
+    if args.workers is not None and args.ray is None:
+        raise UsageError("--workers: needs --ray (the workers are Ray actors)")
+    if args.ray is not None and args.timeline:
+        raise UsageError("--timeline: not with --ray yet; score the timeline on one machine")
+    if args.ray is not None:
+        from .scale import predict_ray, require_ray
+
+        require_ray()  # before any work: one line naming the extra
+        return predict_ray(
+            files,
+            address=args.ray or None,
+            checkpoint=args.checkpoint,
+            onnx=args.onnx,
+            device=args.device,
+            provider=args.provider,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            json_list=args.json,
+            csv_rows=args.csv,
+            parquet=args.parquet,
+        )
+
     predictor = load_predictor(
         checkpoint=args.checkpoint,
         onnx=args.onnx,
@@ -340,14 +373,38 @@ def _predict(args: argparse.Namespace) -> int:
     if args.timeline:
         return timeline_files(
             predictor,
-            args.files,
+            files,
             json_lines=args.json,
             csv_rows=args.csv,
             smooth=args.smooth or 1,
             debug=_debug(args),
         )
     return predict_files(
-        predictor, args.files, json_list=args.json, csv_rows=args.csv, debug=_debug(args)
+        predictor, files, json_list=args.json, csv_rows=args.csv, debug=_debug(args)
+    )
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .scale import require_serve
+
+    require_serve()  # before any work: one line naming the extra
+    from .serve import build_app, serve_forever
+
+    app = build_app(
+        checkpoint=args.checkpoint,
+        onnx=args.onnx,
+        device=args.device,
+        provider=args.provider,
+        batch_size=args.batch_size,
+        replicas=args.replicas,
+        threads=args.threads,
+        max_batch=args.max_batch,
+        batch_wait_s=args.batch_wait_ms / 1000,
+        max_bytes=int(args.max_mib * 2**20),
+        max_seconds=args.max_seconds,
+    )
+    return serve_forever(
+        app, address=args.ray, host=args.host, port=args.port, cpus=args.replicas * args.threads
     )
 
 
@@ -852,6 +909,27 @@ def build_parser() -> argparse.ArgumentParser:
         "else the CPU)",
     )
     predict.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="ADDRESS",
+        help="score on Ray Data (the scale extra): a local Ray instance with the CPUs torch "
+        "uses, or the cluster at ADDRESS (auto, host:port, ray://host:port; or RAY_ADDRESS)",
+    )
+    predict.add_argument(
+        "--workers",
+        type=positive,
+        default=None,
+        help="with --ray: scoring actors, one CPU each (default: one per CPU of the cluster)",
+    )
+    output.add_argument(
+        "--parquet",
+        metavar="FILE",
+        default=None,
+        help="with --ray: write the rows (as --csv's columns) to a Parquet file",
+    )
+    predict.add_argument(
         "--timeline",
         action="store_true",
         help="a row per segment instead of a line per file: path, segment, start and end "
@@ -869,11 +947,85 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument(
         "files",
-        nargs="+",
+        nargs="*",
         metavar="PATH",
         help="audio files, folders of them (searched recursively) or manifest CSVs",
     )
     predict.set_defaults(func=_predict)
+
+    # serve's defaults are the owning module's; it imports Ray, so they are restated here
+    # and tests/app/test_scale.py checks they agree
+    sv = sub.add_parser(
+        "serve",
+        parents=[common],
+        help="label audio sent over HTTP (Ray Serve; the scale extra)",
+        description="Serve a checkpoint or an ONNX file over HTTP on Ray Serve: POST the bytes "
+        "of a WAV, FLAC, OGG or MP3 file to / and get JSON {label, scores}; GET /health and "
+        "/metadata. Requests arriving together are batched.",
+    )
+    model = sv.add_mutually_exclusive_group(required=True)
+    model.add_argument("--checkpoint", help="a checkpoint directory (PyTorch)")
+    model.add_argument("--onnx", help="an exported .onnx file (ONNX Runtime)")
+    sv.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default %(default)s)"
+    )
+    sv.add_argument(
+        "--port", type=_int_in(1, 65535), default=8000, help="port (default %(default)s)"
+    )
+    sv.add_argument(
+        "--replicas", type=positive, default=1, help="copies of the model (default %(default)s)"
+    )
+    sv.add_argument(
+        "--threads", type=positive, default=1, help="CPUs of each replica (default %(default)s)"
+    )
+    sv.add_argument(
+        "--max-batch",
+        type=_int_in(1, MAX_BATCH_SIZE),
+        default=16,
+        help="requests scored together at most; 1 turns batching off (default %(default)s)",
+    )
+    sv.add_argument(
+        "--batch-wait-ms",
+        type=_positive_float(10_000),
+        default=10.0,
+        help="how long a batch waits for more requests (default %(default)s ms)",
+    )
+    sv.add_argument(
+        "--max-mib",
+        type=_positive_float(4096),
+        default=64.0,
+        help="largest request body in MiB (default %(default)s)",
+    )
+    sv.add_argument(
+        "--max-seconds",
+        type=_positive_float(3 * 3600),
+        default=600.0,
+        help="longest audio of one request in seconds (default %(default)s)",
+    )
+    sv.add_argument(
+        "--batch-size",
+        type=_int_in(1, MAX_BATCH_SIZE),
+        default=DEFAULT_BATCH_SIZE,
+        help=f"segments per forward pass (default {DEFAULT_BATCH_SIZE})",
+    )
+    sv.add_argument(
+        "--device",
+        default=_default(load_predictor, "device"),
+        help="with --checkpoint: cpu or cuda (default %(default)s)",
+    )
+    sv.add_argument(
+        "--provider",
+        choices=PROVIDER_CHOICES,
+        default=_default(load_predictor, "provider"),
+        help="with --onnx: ONNX Runtime execution provider (default %(default)s)",
+    )
+    sv.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        default=None,
+        help="run on the Ray cluster at ADDRESS (default: RAY_ADDRESS, else a local instance)",
+    )
+    sv.set_defaults(func=_serve)
 
     info = sub.add_parser(
         "info",

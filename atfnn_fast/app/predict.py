@@ -37,7 +37,7 @@ from pathlib import Path
 
 from atfnn_fast.export.validate import PROVIDERS
 from atfnn_fast.features import AUDIO_SUFFIXES
-from atfnn_fast.inference import DEFAULT_BATCH_SIZE, CheckpointPredictor
+from atfnn_fast.inference import DEFAULT_BATCH_SIZE, CheckpointPredictor, Prediction
 from atfnn_fast.text import csv_cell, one_line, printable
 from atfnn_fast.walk import find_files, warn_skipped
 
@@ -52,9 +52,10 @@ def load_predictor(
     device: str = "auto",
     batch_size: int = DEFAULT_BATCH_SIZE,
     provider: str = "auto",
+    threads: int = 0,
 ):
-    """The predictor of ``checkpoint`` (``device``) or of ``onnx`` (``provider``): exactly
-    one of them."""
+    """The predictor of ``checkpoint`` (``device``) or of ``onnx`` (``provider``, ONNX
+    Runtime's ``threads``, 0: its default): exactly one of them."""
     if (checkpoint is None) == (onnx is None):
         raise ValueError("give exactly one of checkpoint and onnx")
     if checkpoint is not None:
@@ -64,7 +65,7 @@ def load_predictor(
     if onnx is not None:
         from atfnn_fast.export import OnnxPredictor
 
-        return OnnxPredictor(onnx, batch_size=batch_size, provider=provider)
+        return OnnxPredictor(onnx, batch_size=batch_size, provider=provider, threads=threads)
     return CheckpointPredictor(checkpoint, device=device, batch_size=batch_size)
 
 
@@ -146,6 +147,8 @@ def hearing_problem(path: str | os.PathLike, predictor) -> str | None:
 
     from atfnn_fast.features import FeatureConfig, _open_audio, iter_audio
 
+    if not isinstance(path, str | os.PathLike):  # audio bytes (serve): no file to read again
+        return None
     features = predictor.features or FeatureConfig()
     rate = features.sample_rate
     try:
@@ -175,6 +178,99 @@ def hearing_problem(path: str | os.PathLike, predictor) -> str | None:
     return None
 
 
+def file_entry(
+    predictor, path: str | os.PathLike, problem: str | None = None, debug: bool = False
+) -> tuple[dict, str | None]:
+    """One file's result as ``(entry, text)``: the prediction's ``to_dict()`` and its text
+    line, or for a file that fails (``problem``: its source's error, from
+    :func:`expand_sources`) ``{"path", "error"}`` and None; the others' runs go on. A file
+    whose scores are not finite is such a failure
+    (:class:`atfnn_fast.inference.NonFiniteOutput`). ``debug`` re-raises instead. The one
+    place a file becomes a row: ``predict``, ``predict --ray`` (:mod:`atfnn_fast.app.scale`)
+    and ``serve`` (:mod:`atfnn_fast.app.serve`) all call it."""
+    try:
+        if problem is not None:
+            raise FileNotFoundError(problem)
+        prediction = predictor.predict_file(path)
+        entry, text = prediction.to_dict(), str(prediction)
+        warning = hearing_problem(path, predictor)
+        if warning is not None:
+            entry["warning"] = warning
+            print(
+                f"atfnn-fast: warning: {printable(str(path))}: {warning}",
+                file=sys.stderr,
+                flush=True,
+            )
+        return entry, text
+    except Exception as err:  # one file's failure (memory included) spares the others
+        if debug:
+            raise
+        return {"path": str(path), "error": error_message(path, err)}, None
+
+
+def error_message(path, err: BaseException) -> str:
+    """The one-line error of a file that failed, starting with its path."""
+    message = one_line(err)
+    if isinstance(err, MemoryError):
+        message = f"out of memory ({message}); try a smaller --batch-size"
+    if not message.startswith((str(path), str(Path(path)))):
+        message = f"{path}: {message}"
+    return message
+
+
+class RowWriter:
+    """``predict``'s output on stdout, a row per file in the order given: a line of text, an
+    entry of a JSON list printed progressively (``json_list``: ``[`` first, ``]`` last), or
+    a CSV row (``csv_rows``, after a header ``path,label,<one column per label>,error``). An
+    error entry also gets its line on stderr. The JSON is strict (``allow_nan=False``)."""
+
+    def __init__(self, labels: Sequence[str], json_list: bool = False, csv_rows: bool = False):
+        self.labels = list(labels)
+        self.json_list = json_list
+        self.rows = 0
+        self.failed = 0
+        self.writer = None
+        if json_list:
+            sys.stdout.write("[")
+        elif csv_rows:
+            self.writer = csv.writer(sys.stdout, lineterminator="\n")
+            self.writer.writerow(["path", "label", *map(csv_cell, self.labels), "error"])
+            sys.stdout.flush()
+
+    def write(self, entry: dict, text: str | None = None) -> None:
+        if "error" in entry:
+            self.failed += 1
+            line = printable(entry["error"], backslash=False)
+            print(f"atfnn-fast: error: {line}", file=sys.stderr, flush=True)
+        if self.json_list:
+            sys.stdout.write(
+                ("\n  " if self.rows == 0 else ",\n  ") + json.dumps(entry, allow_nan=False)
+            )
+        elif self.writer is not None:
+            scores = entry.get("scores", {})
+            self.writer.writerow(
+                [
+                    csv_cell(entry["path"]),
+                    csv_cell(entry.get("label", "")),
+                    *(f"{scores[k]:.6f}" if k in scores else "" for k in self.labels),
+                    csv_cell(entry.get("error", "")),
+                ]
+            )
+        elif "error" not in entry:
+            if text is None:
+                text = str(Prediction(entry["path"], entry["label"], entry["scores"]))
+            print(printable(text))
+        self.rows += 1
+        sys.stdout.flush()
+
+    def close(self) -> int:
+        """Ends the JSON list; returns the exit code: 1 if any file failed, else 0."""
+        if self.json_list:
+            sys.stdout.write("\n]\n" if self.rows else "]\n")
+            sys.stdout.flush()
+        return 1 if self.failed else 0
+
+
 def predict_files(
     predictor,
     files: Sequence[str | os.PathLike],
@@ -183,81 +279,21 @@ def predict_files(
     csv_rows: bool = False,
 ) -> int:
     """Each file (folders and manifests expanded by :func:`expand_sources`) is reported as
-    soon as it is done: a line of text, an entry of a JSON list that is printed
-    progressively (``json_list``: ``[`` first, ``]`` last), or a CSV row (``csv_rows``,
-    after a header ``path,label,<one column per label>,error``). A file that fails gets an
-    error line on stderr and an entry ``{"path", "error"}`` (a CSV row with only ``path``
-    and ``error``); the others are still labelled. A file whose scores are not finite is
-    such a failure (:class:`atfnn_fast.inference.NonFiniteOutput`), and the JSON is strict
-    (``allow_nan=False``). Returns the exit code: 1 if any file failed, else 0. ``debug``
-    re-raises the first failure instead."""
-    failed = 0
-    entries = expand_sources(files)
-    labels = list(getattr(predictor, "labels", []))
-    writer = None
-    if json_list:
-        sys.stdout.write("[")
-    elif csv_rows:
-        writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(["path", "label", *map(csv_cell, labels), "error"])
-        sys.stdout.flush()
-    for n, (path, problem) in enumerate(entries):
-        try:
-            if problem is not None:
-                raise FileNotFoundError(problem)
-            prediction = predictor.predict_file(path)
-            entry, text = prediction.to_dict(), str(prediction)
-            problem = hearing_problem(path, predictor)
-            if problem is not None:
-                entry["warning"] = problem
-                print(
-                    f"atfnn-fast: warning: {printable(str(path))}: {problem}",
-                    file=sys.stderr,
-                    flush=True,
-                )
-        except Exception as err:  # one file's failure (memory included) spares the others
-            if debug:
-                raise
-            message = one_line(err)
-            if isinstance(err, MemoryError):
-                message = f"out of memory ({message}); try a smaller --batch-size"
-            if not message.startswith((str(path), str(Path(path)))):
-                message = f"{path}: {message}"
-            line = printable(message, backslash=False)
-            print(f"atfnn-fast: error: {line}", file=sys.stderr, flush=True)
-            entry, text = {"path": str(path), "error": message}, None
-            failed += 1
-        if json_list:
-            sys.stdout.write(("\n  " if n == 0 else ",\n  ") + json.dumps(entry, allow_nan=False))
-        elif writer is not None:
-            scores = entry.get("scores", {})
-            writer.writerow(
-                [
-                    csv_cell(entry["path"]),
-                    csv_cell(entry.get("label", "")),
-                    *(f"{scores[k]:.6f}" if k in scores else "" for k in labels),
-                    csv_cell(entry.get("error", "")),
-                ]
-            )
-        elif text is not None:
-            print(printable(text))
-        sys.stdout.flush()
-    if json_list:
-        sys.stdout.write("\n]\n" if entries else "]\n")
-        sys.stdout.flush()
-    return 1 if failed else 0
+    soon as it is done (:func:`file_entry`, written by :class:`RowWriter`). A file that
+    fails gets an error line on stderr and an entry ``{"path", "error"}`` (a CSV row with
+    only ``path`` and ``error``); the others are still labelled. Returns the exit code: 1
+    if any file failed, else 0. ``debug`` re-raises the first failure instead."""
+    out = RowWriter(getattr(predictor, "labels", []), json_list=json_list, csv_rows=csv_rows)
+    for path, problem in expand_sources(files):
+        out.write(*file_entry(predictor, path, problem, debug))
+    return out.close()
 
 
 def file_error(err: BaseException, path: str) -> str:
     """One file's failure in :func:`timeline_files` as one line naming the file, printed on
-    stderr as ``atfnn-fast: error: ...``; returned for the file's error entry. The same
-    message as :func:`predict_files` gives (kept apart from it here to ease merging:
-    predict_files could call it)."""
-    message = one_line(err)
-    if isinstance(err, MemoryError):
-        message = f"out of memory ({message}); try a smaller --batch-size"
-    if not message.startswith((str(path), str(Path(path)))):
-        message = f"{path}: {message}"
+    stderr as ``atfnn-fast: error: ...``; returned for the file's error entry: the
+    message of :func:`error_message`, as :func:`predict_files` gives."""
+    message = error_message(path, err)
     print(f"atfnn-fast: error: {printable(message, backslash=False)}", file=sys.stderr, flush=True)
     return message
 
