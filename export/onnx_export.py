@@ -329,17 +329,87 @@ def _atomic_save(proto, path: Path) -> Path:
     return write_atomic(path, proto.SerializeToString())
 
 
-def load_model(path: str | os.PathLike):
-    """``onnx.load`` with an :class:`OnnxError` naming the file for anything unreadable."""
+# protobuf refuses messages of 2 GiB or more, so no ONNX file without external data is larger
+MAX_FILE_BYTES = (1 << 31) - 1
+
+
+def read_model_bytes(path: str | os.PathLike) -> bytes:
+    """The bytes of an ONNX file, read once through one open descriptor after its size is
+    checked: a file of :data:`MAX_FILE_BYTES` or more (a sparse file, say) is refused
+    before anything is read. Whatever replaces the file afterwards (a redeploy, an
+    ``export`` renaming a new graph over it) cannot reach what these bytes become:
+    metadata, checks and session are all made from them (docs/design.md#onnx-export)."""
+    from atfnn_fast.files import read_checked
+
+    def check_size(size: int) -> None:
+        if size > MAX_FILE_BYTES:
+            raise OnnxError(
+                f"{path}: {size:,} bytes, more than an ONNX file can hold "
+                f"({MAX_FILE_BYTES:,}, protobuf's limit); not read"
+            )
+
+    try:
+        return read_checked(path, check_size)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: ONNX file not found") from None
+    except IsADirectoryError:
+        raise OnnxError(f"{path}: a directory, not an ONNX file") from None
+
+
+def parse_model(path: str | os.PathLike, data: bytes):
+    """The ONNX model in ``data`` (:func:`read_model_bytes` of ``path``), with an
+    :class:`OnnxError` naming the file for anything unreadable. A tensor whose data lives
+    outside the file (ONNX external data) is refused: ``export`` never writes any, and
+    its declared sizes and offsets would otherwise be trusted before they are checked."""
     onnx = require("onnx", extra="export")
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: ONNX file not found")
     try:
-        return onnx.load(str(path))
+        proto = onnx.load_from_string(data)
     except Exception as err:  # protobuf raises DecodeError and friends
         raise OnnxError(f"{path}: not a readable ONNX model ({type(err).__name__})") from None
+    external = next(_external_tensors(proto.graph), None)
+    if external is not None:
+        raise OnnxError(
+            f"{path}: tensor {external!r} keeps its data in another file (ONNX external "
+            "data); atfnn-fast exports never do, and predict refuses them"
+        )
+    return proto
+
+
+def _external_tensors(graph):
+    """Names of the tensors of ``graph`` (initializers, sparse initializers, constants in
+    node attributes, subgraphs included) whose data is external; iterative, so a deep
+    nesting of subgraphs cannot exhaust the stack."""
+    from onnx import AttributeProto, TensorProto
+
+    external = TensorProto.EXTERNAL
+    pending = [graph]
+    while pending:
+        g = pending.pop()
+        tensors = list(g.initializer)
+        for sparse in g.sparse_initializer:
+            tensors += [sparse.values, sparse.indices]
+        for node in g.node:
+            for attr in node.attribute:
+                if attr.type == AttributeProto.TENSOR:
+                    tensors.append(attr.t)
+                elif attr.type == AttributeProto.TENSORS:
+                    tensors += list(attr.tensors)
+                elif attr.type == AttributeProto.SPARSE_TENSOR:
+                    tensors += [attr.sparse_tensor.values, attr.sparse_tensor.indices]
+                elif attr.type == AttributeProto.GRAPH:
+                    pending.append(attr.g)
+                elif attr.type == AttributeProto.GRAPHS:
+                    pending += list(attr.graphs)
+        for tensor in tensors:
+            if tensor.data_location == external or len(tensor.external_data):
+                yield tensor.name or "(unnamed)"
+
+
+def load_model(path: str | os.PathLike):
+    """The ONNX model of the file ``path``: :func:`parse_model` of :func:`read_model_bytes`."""
+    require("onnx", extra="export")
+    return parse_model(path, read_model_bytes(path))
 
 
 _ELEM_TYPES = {"float32": 1, "float16": 10}  # onnx.TensorProto.FLOAT / FLOAT16

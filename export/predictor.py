@@ -26,8 +26,15 @@ from atfnn_fast.inference import (
     softmax,
 )
 
-from .onnx_export import INPUT_NAME, read_metadata
-from .validate import session
+from .onnx_export import (
+    INPUT_NAME,
+    OUTPUT_NAME,
+    OnnxError,
+    parse_model,
+    read_metadata,
+    read_model_bytes,
+)
+from .validate import session_from_bytes
 
 
 class OnnxPredictor:
@@ -41,7 +48,12 @@ class OnnxPredictor:
         *,
         provider: str | None = None,
     ) -> None:
-        meta = read_metadata(path)  # checked against the graph: fails here, not in a run
+        # One read of the file: the metadata, its checks and the session all come from these
+        # bytes, so a file replaced meanwhile cannot pair one model's labels and
+        # normalisation with another's graph. The parsed copy is dropped before ONNX
+        # Runtime builds its own (docs/design.md#onnx-export).
+        data = read_model_bytes(path)
+        meta = read_metadata(path, parse_model(path, data))  # checked against the graph
         self.path = str(path)
         self.config = meta["config"]
         self.labels = meta["labels"] or [f"class_{i}" for i in range(self.config.num_classes)]
@@ -51,7 +63,10 @@ class OnnxPredictor:
         self.fixed_batch = meta["batch"]  # None: dynamic batch axis
         self.batch_size = meta["batch"] or check_batch_size(batch_size)
         # provider: "cpu", "cuda" or "tensorrt" (see export.validate.session)
-        self.session = session(path, providers, provider=provider)
+        self.session = session_from_bytes(
+            path, data, meta["dtype"] == "float16", providers, provider=provider
+        )
+        del data
 
     def predict_spectrograms(self, x) -> np.ndarray:
         """Normalised segments ``(S, 1, F, T)`` or ``(S, F, T)`` -> probabilities ``(S, C)``."""
@@ -74,7 +89,14 @@ class OnnxPredictor:
                 chunk = np.concatenate(
                     [chunk, np.zeros_like(chunk[:1]).repeat(self.fixed_batch - n, 0)]
                 )
-            logits = self.session.run(None, {INPUT_NAME: chunk})[0][:n]
+            logits = self.session.run(None, {INPUT_NAME: chunk})[0]
+            want = (chunk.shape[0], self.config.num_classes)
+            if logits.shape != want:  # the declared shape was checked; this is the real one
+                raise OnnxError(
+                    f"{self.path}: graph output {OUTPUT_NAME!r} has shape {logits.shape} for "
+                    f"a batch of {chunk.shape[0]}, expected {want} (batch, num_classes)"
+                )
+            logits = logits[:n]
             check_finite_scores(logits)
             out.append(softmax(logits.astype(np.float64)))
         return np.concatenate(out) if out else np.zeros((0, self.config.num_classes))

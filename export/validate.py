@@ -40,9 +40,18 @@ from torch import nn
 from atfnn_fast._deps import require
 from atfnn_fast.errors import UsageError
 
-from .onnx_export import INPUT_NAME, OnnxError, load_model, read_metadata, reference_copy
+from .onnx_export import (
+    INPUT_NAME,
+    OnnxError,
+    parse_model,
+    read_metadata,
+    read_model_bytes,
+    reference_copy,
+)
 
 TOLERANCE = {"float32": 1e-4, "float16": 1e-2}
+# ONNX Runtime session options that stop its worker threads spinning between calls
+SPIN_OPTIONS = ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning")
 INT8_AGREEMENT = 0.99
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".aiff", ".aif")
 # --provider names -> ONNX Runtime execution providers, in order of preference
@@ -174,19 +183,38 @@ def session(
     *,
     provider: str | None = None,
 ):
-    """An ONNX Runtime session; errors name the file.
+    """An ONNX Runtime session of the file ``path``; errors name the file.
 
     ``provider`` (``"cpu"``, ``"cuda"``, ``"tensorrt"``) or an explicit ``providers`` list;
     neither: the CUDA provider first where available, else the CPU. A GPU provider that
     this onnxruntime lacks, or that fails to load, is an :class:`OnnxError` saying what to
-    install; so is a float16 graph without the CUDA provider.
+    install; so is a float16 graph without the CUDA provider. The file is read once
+    (:func:`~atfnn_fast.export.onnx_export.read_model_bytes`).
     """
     onnx = require("onnx", extra="export")
+
+    data = read_model_bytes(path)
+    proto = parse_model(path, data)  # a clear error for non-ONNX files
+    half = any(i.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16 for i in proto.graph.input)
+    del proto  # not held while ONNX Runtime builds its own copy
+    return session_from_bytes(path, data, half, providers, threads, provider=provider)
+
+
+def session_from_bytes(
+    path: str | os.PathLike,
+    data: bytes,
+    half: bool,
+    providers: list[str] | None = None,
+    threads: int = 0,
+    *,
+    provider: str | None = None,
+):
+    """:func:`session` of a file's bytes already read and checked (``half``: its input is
+    float16), so that the metadata, the checks and the session come from one read."""
     ort = require("onnxruntime", extra="export")
 
     if provider is not None and providers is not None:
         raise ValueError("give provider or providers, not both")
-    proto = load_model(path)  # a clear error for missing / non-ONNX files
     available = ort.get_available_providers()
     requested = providers_for(provider) if provider is not None else providers
     if requested is None:
@@ -197,7 +225,6 @@ def session(
             f"{path}: {wanted} is not available in this onnxruntime "
             f"({ort.__version__}, providers {available}); {_GPU_HINT[wanted]}"
         )
-    half = any(i.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16 for i in proto.graph.input)
     if half and "CUDAExecutionProvider" not in requested:
         # ONNX Runtime 1.32's CPU provider crashes (segfault) building this float16 graph
         raise ProviderUnavailable(
@@ -210,8 +237,13 @@ def session(
     # the 2-core machine (float32 graph): 1 thread is a little faster at batch 1 (7.4 vs
     # 8.7 ms) and 1.7x slower at batch 32 (227 vs 135 ms), so the default stays.
     options.intra_op_num_threads = threads
+    # No spinning: ONNX Runtime's worker threads otherwise busy-wait after each call, on the
+    # cores where torch computes the next file's features (a folder of short clips ran 3x
+    # slower per file; docs/design.md#onnx-export)
+    for key in SPIN_OPTIONS:
+        options.add_session_config_entry(key, "0")
     try:
-        sess = ort.InferenceSession(str(path), options, providers=requested)
+        sess = ort.InferenceSession(data, options, providers=requested)
     except Exception as err:
         raise OnnxError(f"{path}: ONNX Runtime cannot load it ({err})") from None
     if wanted in _GPU_HINT and wanted not in sess.get_providers():
@@ -240,7 +272,8 @@ def validate_onnx(
     inputs (and, for int8 files or with ``audio``, on real features); return a
     :class:`ValidationReport`. A failure raises OnnxValidationError (unless
     ``raise_on_failure=False``)."""
-    meta = read_metadata(path)
+    data = read_model_bytes(path)  # one read: the metadata and the session agree
+    meta = read_metadata(path, parse_model(path, data))
     cfg, dtype = meta["config"], meta["dtype"]
     quantization = meta["quantization"]
     if getattr(model, "config", None) != cfg:
@@ -252,7 +285,8 @@ def validate_onnx(
             report = ValidationReport(str(path), [], dtype, TOLERANCE[dtype])
             report.skipped = "float16 graphs need ONNX Runtime's CUDA execution provider"
             return report
-    sess = session(path, providers)
+    sess = session_from_bytes(path, data, dtype == "float16", providers)
+    del data
     report = ValidationReport(str(path), sess.get_providers(), dtype, TOLERANCE[dtype])
     report.quantization = quantization
     gen = torch.Generator().manual_seed(

@@ -124,6 +124,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         device=args.device,
         fold=args.fold,
         cache=args.cache,
+        batch_size=args.batch_size,
     )
     classes = sum(1 for r in metrics["recall"].values() if r is not None) or 1
     scope = "the whole manifest" if metrics["fold"] == "all" else f"fold {metrics['fold']}"
@@ -152,7 +153,9 @@ def _plot_attention(args: argparse.Namespace) -> int:
 
     _check_checkpoint(args.checkpoint)
     output = check_output(args.output, inputs=(args.checkpoint, args.file))  # before any work
-    data = attention_maps(args.checkpoint, args.file, device=args.device)
+    data = attention_maps(
+        args.checkpoint, args.file, device=args.device, batch_size=args.batch_size
+    )
     path = save_attention_plot(data, Path(args.file).name, output)
     top = sorted(data.scores.items(), key=lambda kv: -kv[1])
     print(f"{args.file}: predicted {data.label} ({', '.join(f'{k} {v:.3f}' for k, v in top)})")
@@ -503,6 +506,14 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--cache", default=None, help=CACHE_HELP)
     tr.set_defaults(func=_train)
 
+    # predict, evaluate and plot-attention: a file's segments go through the model in
+    # batches of this size, so memory does not grow with the recording
+    batch_size_option = dict(
+        type=_int_in(1, MAX_BATCH_SIZE),
+        default=DEFAULT_BATCH_SIZE,
+        help=f"segments per forward pass (default {DEFAULT_BATCH_SIZE}); memory does not "
+        "grow with the files' length",
+    )
     ev = sub.add_parser(
         "evaluate",
         parents=[common],
@@ -531,6 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="cpu, cuda or auto (default %(default)s)",
     )
     ev.add_argument("--cache", default=None, help=CACHE_HELP)
+    ev.add_argument("--batch-size", **batch_size_option)
     ev.set_defaults(func=_evaluate)
 
     pa = sub.add_parser(
@@ -548,6 +560,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=_default(plot_attention, "device"),
         help="cpu, cuda or auto (default %(default)s)",
     )
+    pa.add_argument("--batch-size", **batch_size_option)
     pa.add_argument("file", help="an audio file")
     pa.set_defaults(func=_plot_attention)
 
@@ -626,13 +639,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=_default(load_predictor, "device"),
         help="with --checkpoint: cpu, cuda or auto (default %(default)s)",
     )
-    predict.add_argument(
-        "--batch-size",
-        type=_int_in(1, MAX_BATCH_SIZE),
-        default=DEFAULT_BATCH_SIZE,
-        help=f"segments per forward pass (default {DEFAULT_BATCH_SIZE}); memory does not "
-        "grow with the files' length",
-    )
+    predict.add_argument("--batch-size", **batch_size_option)
     predict.add_argument(
         "--provider",
         choices=PROVIDER_CHOICES,

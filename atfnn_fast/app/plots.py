@@ -25,7 +25,12 @@ from atfnn_fast._deps import require
 from atfnn_fast.checkpoint import load_checkpoint
 from atfnn_fast.features import load_audio, log_mel, mel_centre_frequencies, segment
 from atfnn_fast.files import check_output, write_atomic
-from atfnn_fast.inference import softmax_probabilities
+from atfnn_fast.inference import (
+    DEFAULT_BATCH_SIZE,
+    check_batch_size,
+    mean_probabilities,
+    softmax_probabilities,
+)
 
 HZ_TICKS = (250, 500, 1000, 2000, 4000, 8000)
 
@@ -45,30 +50,51 @@ class AttentionPlotData:
     frames: int
 
 
-def attention_maps(checkpoint, audio, device: str = "cpu") -> AttentionPlotData:
+def attention_maps(
+    checkpoint, audio, device: str = "cpu", batch_size: int = DEFAULT_BATCH_SIZE
+) -> AttentionPlotData:
     """The log-Mel and attention maps of a file: non-overlapping segments, maps concatenated
-    along time and cut back to the utterance's N frames; and the file's prediction."""
+    along time and cut back to the utterance's N frames; and the file's prediction. The
+    segments go through the model ``batch_size`` at a time, as ``predict`` runs them, so
+    the memory of the forward passes does not grow with the recording (the maps, like the
+    log-Mel, are ``(F, N)``)."""
+    check_batch_size(batch_size)
     ckpt = load_checkpoint(checkpoint, map_location=device)
     cfg, feats = ckpt.config, ckpt.features
     lm = log_mel(load_audio(audio, feats.sample_rate), cfg.n_mels, feats)
     segs = segment(lm, cfg.frames, cfg.frames, feats.silence_value)
-    x = ckpt.norm_stats.apply(segs) if ckpt.norm_stats is not None else segs
+    model = ckpt.model.eval()
+    parts: dict[str, list[torch.Tensor]] = {"freq": [], "time": []}
+
+    def probabilities(x: torch.Tensor):
+        logits, att = model(x.to(device), return_attention=True)
+        for name, found in parts.items():
+            m = getattr(att, name)
+            if m is not None:
+                found.append(m.float().cpu())
+        return softmax_probabilities(logits.float())
+
+    def batches():
+        for start in range(0, segs.shape[0], batch_size):
+            x = segs[start : start + batch_size]
+            x = ckpt.norm_stats.apply(x) if ckpt.norm_stats is not None else x
+            yield x.unsqueeze(1)
+
     with torch.inference_mode():
-        logits, att = ckpt.model.eval()(x.unsqueeze(1).to(device), return_attention=True)
-    probs = softmax_probabilities(logits.float()).mean(0)
+        probs = mean_probabilities(batches(), probabilities)
     labels = ckpt.labels or [f"class_{i}" for i in range(cfg.num_classes)]
     scores = dict(zip(labels, (float(p) for p in probs), strict=True))
     n = lm.shape[1]
 
-    def join(m):
-        return (
-            None if m is None else m.float().cpu().permute(1, 0, 2).reshape(cfg.n_mels, -1)[:, :n]
-        )
+    def join(found):
+        if not found:
+            return None
+        return torch.cat(found).permute(1, 0, 2).reshape(cfg.n_mels, -1)[:, :n]
 
     return AttentionPlotData(
         lm,
-        join(att.freq),
-        join(att.time),
+        join(parts["freq"]),
+        join(parts["time"]),
         max(scores, key=scores.get),
         scores,
         mel_centre_frequencies(cfg.n_mels, feats),
@@ -143,10 +169,17 @@ def save_attention_plot(data: AttentionPlotData, title: str, output: str | os.Pa
     return write_atomic(Path(output), png.getvalue())
 
 
-def plot_attention(checkpoint, audio, output: str | os.PathLike, device: str = "cpu") -> Path:
+def plot_attention(
+    checkpoint,
+    audio,
+    output: str | os.PathLike,
+    device: str = "cpu",
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> Path:
     """Write the attention plot of ``audio`` to ``output`` (PNG), checked before any work
     (not an input, not a device or FIFO, its folder writable) and written atomically;
-    returns the path."""
+    returns the path. ``batch_size``: segments per forward pass (:func:`attention_maps`)."""
+    check_batch_size(batch_size)
     output = check_output(output, inputs=(checkpoint, audio))
-    data = attention_maps(checkpoint, audio, device)
+    data = attention_maps(checkpoint, audio, device, batch_size)
     return save_attention_plot(data, Path(audio).name, output)
