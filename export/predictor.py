@@ -67,13 +67,31 @@ class OnnxPredictor:
             path, data, meta["dtype"] == "float16", providers, provider=provider
         )
         del data
+        # the graph's real output, not only its declared one: one call of a batch of zeros
+        # (2 segments, or the fixed batch), so a wrong graph fails here, not on every file
+        self._logits(np.zeros((self.fixed_batch or 2, *self._segment_shape), self.dtype))
+
+    @property
+    def _segment_shape(self) -> tuple[int, int, int]:
+        return (1, self.config.n_mels, self.config.frames)
+
+    def _logits(self, chunk: np.ndarray) -> np.ndarray:
+        """The graph's logits of ``chunk``, checked to be ``(len(chunk), num_classes)``."""
+        logits = self.session.run(None, {INPUT_NAME: chunk})[0]
+        want = (chunk.shape[0], self.config.num_classes)
+        if logits.shape != want:  # the declared shape was checked; this is the real one
+            raise OnnxError(
+                f"{self.path}: graph output {OUTPUT_NAME!r} has shape {logits.shape} for "
+                f"a batch of {chunk.shape[0]}, expected {want} (batch, num_classes)"
+            )
+        return logits
 
     def predict_spectrograms(self, x) -> np.ndarray:
         """Normalised segments ``(S, 1, F, T)`` or ``(S, F, T)`` -> probabilities ``(S, C)``."""
         x = np.asarray(x)
         if x.ndim == 3:
             x = x[:, None]
-        expected = (1, self.config.n_mels, self.config.frames)
+        expected = self._segment_shape
         if x.ndim != 4 or tuple(x.shape[1:]) != expected:
             raise ValueError(
                 f"spectrograms must be (S, 1, {expected[1]}, {expected[2]}) or "
@@ -89,14 +107,7 @@ class OnnxPredictor:
                 chunk = np.concatenate(
                     [chunk, np.zeros_like(chunk[:1]).repeat(self.fixed_batch - n, 0)]
                 )
-            logits = self.session.run(None, {INPUT_NAME: chunk})[0]
-            want = (chunk.shape[0], self.config.num_classes)
-            if logits.shape != want:  # the declared shape was checked; this is the real one
-                raise OnnxError(
-                    f"{self.path}: graph output {OUTPUT_NAME!r} has shape {logits.shape} for "
-                    f"a batch of {chunk.shape[0]}, expected {want} (batch, num_classes)"
-                )
-            logits = logits[:n]
+            logits = self._logits(chunk)[:n]
             check_finite_scores(logits)
             out.append(softmax(logits.astype(np.float64)))
         return np.concatenate(out) if out else np.zeros((0, self.config.num_classes))
