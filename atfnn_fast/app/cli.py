@@ -252,6 +252,12 @@ def _predict(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         provider=args.provider,
     )
+    if args.onnx is not None:
+        import torch
+
+        # torch computes only the features here, in small blocks, on the cores where ONNX
+        # Runtime's own threads run the graph: one torch thread (docs/design.md#onnx-export)
+        torch.set_num_threads(1)
     print(f"predict: {describe(predictor)}", file=sys.stderr, flush=True)
     return predict_files(
         predictor, args.files, json_list=args.json, csv_rows=args.csv, debug=_debug(args)
