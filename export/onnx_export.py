@@ -335,7 +335,7 @@ MAX_FILE_BYTES = (1 << 31) - 1
 
 def read_model_bytes(path: str | os.PathLike) -> bytes:
     """The bytes of an ONNX file, read once through one open descriptor after its size is
-    checked: a file of :data:`MAX_FILE_BYTES` or more (a sparse file, say) is refused
+    checked: a file over :data:`MAX_FILE_BYTES` (a sparse file, say) is refused
     before anything is read. Whatever replaces the file afterwards (a redeploy, an
     ``export`` renaming a new graph over it) cannot reach what these bytes become:
     metadata, checks and session are all made from them (docs/design.md#onnx-export)."""
