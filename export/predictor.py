@@ -30,9 +30,7 @@ from .onnx_export import (
     INPUT_NAME,
     OUTPUT_NAME,
     OnnxError,
-    parse_model,
-    read_metadata,
-    read_model_bytes,
+    read_checked_model,
 )
 from .validate import session_from_bytes
 
@@ -48,12 +46,10 @@ class OnnxPredictor:
         *,
         provider: str | None = None,
     ) -> None:
-        # One read of the file: the metadata, its checks and the session all come from these
-        # bytes, so a file replaced meanwhile cannot pair one model's labels and
-        # normalisation with another's graph. The parsed copy is dropped before ONNX
-        # Runtime builds its own (docs/design.md#onnx-export).
-        data = read_model_bytes(path)
-        meta = read_metadata(path, parse_model(path, data))  # checked against the graph
+        # One read of the file: the metadata, its checks and the session all come from the
+        # same bytes, so a file replaced meanwhile cannot pair one model's labels and
+        # normalisation with another's graph (docs/design.md#onnx-export)
+        meta, model_bytes = read_checked_model(path)  # metadata checked against the graph
         self.path = str(path)
         self.config = meta["config"]
         self.labels = meta["labels"] or [f"class_{i}" for i in range(self.config.num_classes)]
@@ -64,9 +60,8 @@ class OnnxPredictor:
         self.batch_size = meta["batch"] or check_batch_size(batch_size)
         # provider: "cpu", "cuda" or "tensorrt" (see export.validate.session)
         self.session = session_from_bytes(
-            path, data, meta["dtype"] == "float16", providers, provider=provider
+            path, model_bytes, meta["dtype"] == "float16", providers, provider=provider
         )
-        del data
         # the graph's real output, not only its declared one: one call of a batch of zeros
         # (2 segments, or the fixed batch), so a wrong graph fails here, not on every file
         self._logits(np.zeros((self.fixed_batch or 2, *self._segment_shape), self.dtype))

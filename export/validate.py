@@ -42,9 +42,10 @@ from atfnn_fast.errors import UsageError
 
 from .onnx_export import (
     INPUT_NAME,
+    ModelBytes,
     OnnxError,
     parse_model,
-    read_metadata,
+    read_checked_model,
     read_model_bytes,
     reference_copy,
 )
@@ -197,12 +198,14 @@ def session(
     proto = parse_model(path, data)  # a clear error for non-ONNX files
     half = any(i.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16 for i in proto.graph.input)
     del proto  # not held while ONNX Runtime builds its own copy
-    return session_from_bytes(path, data, half, providers, threads, provider=provider)
+    model = ModelBytes(data)
+    del data
+    return session_from_bytes(path, model, half, providers, threads, provider=provider)
 
 
 def session_from_bytes(
     path: str | os.PathLike,
-    data: bytes,
+    model: ModelBytes,
     half: bool,
     providers: list[str] | None = None,
     threads: int = 0,
@@ -210,7 +213,15 @@ def session_from_bytes(
     provider: str | None = None,
 ):
     """:func:`session` of a file's bytes already read and checked (``half``: its input is
-    float16), so that the metadata, the checks and the session come from one read."""
+    float16), so that the metadata, the checks and the session come from one read; closes
+    ``model``."""
+    try:
+        return _session(path, model, half, providers, threads, provider=provider)
+    finally:
+        model.close()
+
+
+def _session(path, model: ModelBytes, half: bool, providers, threads, *, provider):
     ort = require("onnxruntime", extra="export")
 
     if provider is not None and providers is not None:
@@ -243,7 +254,7 @@ def session_from_bytes(
     for key in SPIN_OPTIONS:
         options.add_session_config_entry(key, "0")
     try:
-        sess = ort.InferenceSession(data, options, providers=requested)
+        sess = ort.InferenceSession(model.source, options, providers=requested)
     except Exception as err:
         raise OnnxError(f"{path}: ONNX Runtime cannot load it ({err})") from None
     if wanted in _GPU_HINT and wanted not in sess.get_providers():
@@ -272,8 +283,7 @@ def validate_onnx(
     inputs (and, for int8 files or with ``audio``, on real features); return a
     :class:`ValidationReport`. A failure raises OnnxValidationError (unless
     ``raise_on_failure=False``)."""
-    data = read_model_bytes(path)  # one read: the metadata and the session agree
-    meta = read_metadata(path, parse_model(path, data))
+    meta, model_bytes = read_checked_model(path)  # one read: the metadata and the session agree
     cfg, dtype = meta["config"], meta["dtype"]
     quantization = meta["quantization"]
     if getattr(model, "config", None) != cfg:
@@ -285,8 +295,7 @@ def validate_onnx(
             report = ValidationReport(str(path), [], dtype, TOLERANCE[dtype])
             report.skipped = "float16 graphs need ONNX Runtime's CUDA execution provider"
             return report
-    sess = session_from_bytes(path, data, dtype == "float16", providers)
-    del data
+    sess = session_from_bytes(path, model_bytes, dtype == "float16", providers)
     report = ValidationReport(str(path), sess.get_providers(), dtype, TOLERANCE[dtype])
     report.quantization = quantization
     gen = torch.Generator().manual_seed(
