@@ -388,9 +388,12 @@ class ModelBytes:
         return f"/proc/self/fd/{self._fd}" if self._fd is not None else self._data
 
     def close(self) -> None:
+        """Release the memory file (or the bytes); safe to call twice."""
         if self._fd is not None:
             os.close(self._fd)
         self._fd = self._data = None
+
+    __del__ = close
 
 
 def read_checked_model(path: str | os.PathLike) -> tuple[dict[str, Any], ModelBytes]:

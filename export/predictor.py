@@ -49,6 +49,7 @@ class OnnxPredictor:
         # One read of the file: the metadata, its checks and the session all come from the
         # same bytes, so a file replaced meanwhile cannot pair one model's labels and
         # normalisation with another's graph (docs/design.md#onnx-export)
+        check_batch_size(batch_size)
         meta, model_bytes = read_checked_model(path)  # metadata checked against the graph
         self.path = str(path)
         self.config = meta["config"]
@@ -57,7 +58,7 @@ class OnnxPredictor:
         self.features = meta["features"]
         self.dtype = np.float16 if meta["dtype"] == "float16" else np.float32
         self.fixed_batch = meta["batch"]  # None: dynamic batch axis
-        self.batch_size = meta["batch"] or check_batch_size(batch_size)
+        self.batch_size = meta["batch"] or batch_size
         # provider: "cpu", "cuda" or "tensorrt" (see export.validate.session)
         self.session = session_from_bytes(
             path, model_bytes, meta["dtype"] == "float16", providers, provider=provider

@@ -284,18 +284,14 @@ def validate_onnx(
     :class:`ValidationReport`. A failure raises OnnxValidationError (unless
     ``raise_on_failure=False``)."""
     meta, model_bytes = read_checked_model(path)  # one read: the metadata and the session agree
+    try:
+        sess = _validation_session(path, model, meta, model_bytes, providers)
+    finally:
+        model_bytes.close()
+    if isinstance(sess, ValidationReport):  # skipped
+        return sess
     cfg, dtype = meta["config"], meta["dtype"]
     quantization = meta["quantization"]
-    if getattr(model, "config", None) != cfg:
-        raise ValueError(f"{path}: the model's config differs from the one in the file")
-    if dtype == "float16":
-        ort = require("onnxruntime", extra="export")
-
-        if "CUDAExecutionProvider" not in (providers or ort.get_available_providers()):
-            report = ValidationReport(str(path), [], dtype, TOLERANCE[dtype])
-            report.skipped = "float16 graphs need ONNX Runtime's CUDA execution provider"
-            return report
-    sess = session_from_bytes(path, model_bytes, dtype == "float16", providers)
     report = ValidationReport(str(path), sess.get_providers(), dtype, TOLERANCE[dtype])
     report.quantization = quantization
     gen = torch.Generator().manual_seed(
@@ -321,6 +317,21 @@ def validate_onnx(
     if raise_on_failure and not report.passed:
         raise OnnxValidationError(str(report))
     return report
+
+
+def _validation_session(path, model: nn.Module, meta: dict, model_bytes, providers):
+    """The session :func:`validate_onnx` runs, or the report of a skipped validation."""
+    cfg, dtype = meta["config"], meta["dtype"]
+    if getattr(model, "config", None) != cfg:
+        raise ValueError(f"{path}: the model's config differs from the one in the file")
+    if dtype == "float16":
+        ort = require("onnxruntime", extra="export")
+
+        if "CUDAExecutionProvider" not in (providers or ort.get_available_providers()):
+            report = ValidationReport(str(path), [], dtype, TOLERANCE[dtype])
+            report.skipped = "float16 graphs need ONNX Runtime's CUDA execution provider"
+            return report
+    return session_from_bytes(path, model_bytes, dtype == "float16", providers)
 
 
 def _eager(model: nn.Module, x: torch.Tensor) -> np.ndarray:
