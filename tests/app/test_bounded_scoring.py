@@ -16,7 +16,7 @@ from atfnn_fast.app.datasets import FeatureCache
 from atfnn_fast.app.evaluate import item_probabilities
 from atfnn_fast.app.plots import attention_maps
 from atfnn_fast.app.synth import make_corpus
-from atfnn_fast.app.train import TrainConfig, train_fold
+from atfnn_fast.app.train import TrainConfig, split, train_fold
 from atfnn_fast.checkpoint import load_checkpoint, save_checkpoint
 from atfnn_fast.manifest import read_manifest
 
@@ -123,17 +123,22 @@ def test_plot_attention_runs_in_chunks_with_the_same_maps(scored, batches, tmp_p
     assert chunked.scores == pytest.approx(whole.scores, abs=1e-6)
 
 
-@pytest.mark.slow  # one tiny training of one epoch with 3 recordings of 45 s: about 10 s
+@pytest.mark.slow  # one tiny training of one epoch, 2 recordings of 45 s scored: ~10 s
 def test_training_scores_validation_and_test_in_chunks(tmp_path, batches):
-    """Each speaker gets a 45 s recording (71 segments of the tiny preset's 64 frames):
-    the validation and test scoring never pass more than 64 segments (predict's default
-    batch) at once, where they used to pass each recording whole."""
+    """The test and the validation speaker get a 45 s recording each (71 segments of the
+    tiny preset's 64 frames): the validation and test scoring never pass more than 64
+    segments (predict's default batch) at once, where they used to pass each recording
+    whole."""
     manifest = make_corpus(tmp_path / "corpus", speakers=3, per_class=1, seed=2)
-    rows = "".join(
-        f"{write_noise(tmp_path / f'long{k}.wav', 45.0, k)},happy,spk{k}\n" for k in (1, 2, 3)
+    tc = TrainConfig(epochs=1, batch_size=16, hop=64, preset="tiny", device="cpu", progress=False)
+    train, val, _ = split(read_manifest(manifest), "loso", "spk1", tc.val_fraction, tc.seed)
+    (val_speaker,) = {i.speaker for i in val}
+    label = train[0].label  # a label with training utterances
+    rows = "".join(  # the test speaker's and the validation speaker's
+        f"{write_noise(tmp_path / f'long{k}.wav', 45.0, k)},{label},{speaker}\n"
+        for k, speaker in enumerate(("spk1", val_speaker))
     )
     manifest.write_text(manifest.read_text() + rows)
-    tc = TrainConfig(epochs=1, batch_size=16, hop=64, preset="tiny", device="cpu", progress=False)
     train_fold(manifest, tmp_path / "run", "spk1", tc=tc)
     # the validation's and the test's long recording, each cut into 64 + the rest
     assert max(batches) == 64 and batches.count(64) == 2
