@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +38,7 @@ from torch import nn
 
 from .config import ATFNNConfig
 from .features import FeatureConfig, NormStats
-from .files import check_input, named, short_name, temp_path, write_new
+from .files import check_input, named, read_checked, short_name, temp_path, write_new
 from .files import fsync_dir as _fsync_dir
 from .labels import LabelError, normalize_labels
 
@@ -45,6 +46,12 @@ FORMAT = "atfnn-fast-checkpoint"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+# Sizes a checkpoint's files may have, checked before they are read (our choice): config.json
+# holds the config, labels, statistics and a run's record (a few KiB to a few hundred);
+# model.safetensors's JSON header names each tensor (about 100 bytes each, 4 KiB for the
+# paper's model)
+MAX_CONFIG_BYTES = 64 << 20
+MAX_HEADER_BYTES = 1 << 20
 
 
 class CheckpointError(ValueError):
@@ -101,12 +108,17 @@ def check_deployment_info(
     return labels
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def weights_size_range(config: ATFNNConfig) -> tuple[int, int]:
+    """The smallest and largest size in bytes of a ``model.safetensors`` of ``config``'s
+    model: the 8-byte header length, a JSON header of at most :data:`MAX_HEADER_BYTES`, and
+    the parameters at 2 to 8 bytes each (float16 to float64)."""
+    count = config.parameter_count
+    return 8 + 2 * count, 8 + MAX_HEADER_BYTES + 8 * count
+
+
+def _short_repr(value, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _is_checkpoint(directory: Path) -> bool:
@@ -334,14 +346,24 @@ def read_metadata(directory: str | os.PathLike) -> dict[str, Any]:
     """Parse and check ``config.json`` of a checkpoint (no weights are read)."""
     directory = check_input(directory, "checkpoint directory", folder=True)
     path = directory / CONFIG_FILE
+
+    def check_size(size: int) -> None:
+        if size > MAX_CONFIG_BYTES:
+            raise CheckpointError(
+                f"{path}: {size:,} bytes, more than the {MAX_CONFIG_BYTES:,} a checkpoint's "
+                f"{CONFIG_FILE} may have; not read"
+            )
+
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
+        data = read_checked(path, check_size)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: missing (not a checkpoint directory?)") from None
-    except RecursionError:
-        raise CheckpointError(f"{path}: not valid JSON (nested too deeply to parse)") from None
     except OSError as err:  # permission denied, a symlink loop...: not a JSON problem
         raise named(err, path) from None
+    try:
+        meta = json.loads(data.decode("utf-8"))
+    except RecursionError:
+        raise CheckpointError(f"{path}: not valid JSON (nested too deeply to parse)") from None
     except (UnicodeDecodeError, ValueError) as err:
         raise CheckpointError(f"{path}: not valid JSON ({err})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
@@ -369,7 +391,7 @@ def load_checkpoint(
     accepts a file without ``weights_sha256`` (only :func:`resave_checkpoint` uses it).
     """
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors.torch import load as load_bytes
 
     if model_class is None:
         from .model import ATFNN as model_class
@@ -403,25 +425,49 @@ def load_checkpoint(
             f"n_mels = {config.n_mels}"
         )
     weights = directory / WEIGHTS_FILE
-    if not weights.is_file():
-        raise CheckpointError(f"{weights}: missing")
     expected_sha = meta.get("weights_sha256")
-    if not allow_missing_checksum and not isinstance(expected_sha, str):
+    if expected_sha is not None and not (
+        isinstance(expected_sha, str) and re.fullmatch(r"[0-9a-f]{64}", expected_sha)
+    ):
+        raise CheckpointError(
+            f"{cfg_path}: field 'weights_sha256': expected 64 lowercase hex digits, got "
+            f"{_short_repr(expected_sha)}"
+        )
+    if not allow_missing_checksum and expected_sha is None:
         raise CheckpointError(
             f"{cfg_path}: has no weights_sha256, so {WEIGHTS_FILE} cannot be verified "
             "(written by an older atfnn-fast, or edited). If you trust this checkpoint, "
             're-save it with: python -c "from atfnn_fast.checkpoint import resave_checkpoint; '
             f'resave_checkpoint({str(directory)!r})"'
         )
-    if isinstance(expected_sha, str) and _sha256(weights) != expected_sha:
+    low, high = weights_size_range(config)
+
+    def check_size(size: int) -> None:
+        if not low <= size <= high:
+            raise CheckpointError(
+                f"{weights}: {size:,} bytes, but the model in {CONFIG_FILE} "
+                f"({config.parameter_count:,} parameters) implies {low:,} to {high:,}; the "
+                "file is corrupted or was replaced (not read)"
+            )
+
+    # One read: the checksum and the tensors come from the same bytes, whose size was
+    # checked first (a sparse or replaced file is refused before it is hashed)
+    try:
+        data = read_checked(weights, check_size)
+    except FileNotFoundError:
+        raise CheckpointError(f"{weights}: missing") from None
+    except OSError as err:
+        raise CheckpointError(f"{weights}: cannot be read ({err.strerror})") from None
+    if expected_sha is not None and hashlib.sha256(data).hexdigest() != expected_sha:
         raise CheckpointError(
             f"{weights}: SHA-256 differs from the one recorded in {CONFIG_FILE}; "
             "the file is corrupted or was replaced"
         )
     try:
-        state = load_file(str(weights), device=str(map_location))
+        state = load_bytes(data)
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"{weights}: unreadable safetensors file ({err})") from None
+    del data
     model = model_class(config)
     expected = model.state_dict()
     problems = [f"missing key {k} {tuple(v.shape)}" for k, v in expected.items() if k not in state]

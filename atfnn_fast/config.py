@@ -103,6 +103,11 @@ class ATFNNConfig:
                 raise TypeError(f"ATFNNConfig.{name} must be an int, got {value!r}")
             if value <= 0:
                 raise ValueError(f"ATFNNConfig.{name} must be positive, got {value}")
+        if self.num_classes < 2:  # (our choice) docs/design.md#choices-the-paper-leaves-open
+            raise ValueError(
+                "ATFNNConfig.num_classes must be at least 2 (a one-class model answers that "
+                f"class with score 1.000 whatever it hears), got {self.num_classes}"
+            )
         for name in ("f_attention", "t_attention", "f_encoder", "t_encoder"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"ATFNNConfig.{name} must be a bool, got {getattr(self, name)!r}")

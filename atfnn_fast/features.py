@@ -703,8 +703,7 @@ class NormStats:
         if not isinstance(data, dict) or set(data) != {"mean", "std", "count"}:
             got = sorted(data) if isinstance(data, dict) else type(data).__name__
             raise ValueError(f"NormStats: expected keys ['count', 'mean', 'std'], got {got}")
-        mean = tuple(float(v) for v in data["mean"])
-        return cls(mean, tuple(float(v) for v in data["std"]), data["count"])
+        return cls(_numbers(data, "mean"), _numbers(data, "std"), data["count"])
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())
@@ -712,6 +711,24 @@ class NormStats:
     @classmethod
     def from_json(cls, text: str) -> NormStats:
         return cls.from_dict(json.loads(text))
+
+
+def _numbers(data: dict[str, Any], key: str) -> tuple[float, ...]:
+    """``data[key]`` as floats: a list of JSON numbers, nothing else (a string such as
+    ``"0123456789"`` or ``["1.5"]`` would otherwise convert, and change every score)."""
+    values = data[key]
+    if not isinstance(values, list | tuple):
+        raise ValueError(f"NormStats: {key} must be a list of numbers, got {type(values).__name__}")
+    for i, value in enumerate(values):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(
+                f"NormStats: {key}[{i}] must be a number, got {type(value).__name__} "
+                f"{str(value)[:40]!r}"
+            )
+    try:
+        return tuple(float(v) for v in values)
+    except OverflowError:  # an int beyond float's range
+        raise ValueError(f"NormStats: {key} holds a number too large for a float") from None
 
 
 # ------------------------------------------------------------------------------ all four

@@ -208,3 +208,30 @@ def check_input(path: str | os.PathLike, what: str, *, folder: bool = False) -> 
         found = KINDS.get(kind, "not a regular file") if kind != stat.S_IFREG else "a file"
         raise UsageError(f"{path}: is {found}, not a {what}")
     return path
+
+
+def read_checked(path: str | os.PathLike, check_size) -> bytes:
+    """The bytes of the regular file ``path``, read once through one descriptor: its size
+    (``fstat``) goes to ``check_size(size)`` first, which raises to refuse it, so a file
+    whose size is wrong (a sparse 30 GiB file, say) is refused before anything is read;
+    what later replaces the file cannot reach the bytes returned. Raises ``OSError``
+    naming ``path`` (``FileNotFoundError``, ``IsADirectoryError``, ``EINVAL`` for a device,
+    FIFO or socket, which are never opened blocking)."""
+    try:  # O_NONBLOCK: opening a FIFO must not wait for a writer; a regular file ignores it
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as err:
+        raise named(err, path) from None
+    with os.fdopen(fd, "rb") as fh:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), os.fspath(path))
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", os.fspath(path))
+        check_size(info.st_size)
+        try:
+            data = fh.read(info.st_size + 1)
+        except OSError as err:
+            raise named(err, path) from None
+    if len(data) != info.st_size:  # changed while it was read
+        check_size(len(data))
+    return data

@@ -457,15 +457,104 @@ def _atomic_save(proto, path: Path) -> Path:
     return write_atomic(path, proto.SerializeToString())
 
 
-def load_model(path: str | os.PathLike):
-    """``onnx.load`` with an :class:`OnnxError` naming the file for anything unreadable."""
+# protobuf refuses messages of 2 GiB or more, so no ONNX file without external data is larger
+MAX_FILE_BYTES = (1 << 31) - 1
+
+
+def read_model_bytes(path: str | os.PathLike) -> bytes:
+    """The bytes of an ONNX file, read once through one open descriptor after its size is
+    checked: a file over :data:`MAX_FILE_BYTES` (a sparse file, say) is refused
+    before anything is read. Whatever replaces the file afterwards (a redeploy, an
+    ``export`` renaming a new graph over it) cannot reach what these bytes become:
+    metadata, checks and session are all made from them (docs/design.md#onnx-export)."""
+    from atfnn_fast.files import read_checked
+
+    def check_size(size: int) -> None:
+        if size > MAX_FILE_BYTES:
+            raise OnnxError(
+                f"{path}: {size:,} bytes, more than an ONNX file can hold "
+                f"({MAX_FILE_BYTES:,}, protobuf's limit); not read"
+            )
+
+    try:
+        return read_checked(path, check_size)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: ONNX file not found") from None
+    except IsADirectoryError:
+        raise OnnxError(f"{path}: a directory, not an ONNX file") from None
+
+
+class ModelBytes:
+    """A model file's bytes (:func:`read_model_bytes`) held for ONNX Runtime: on Linux in an
+    anonymous in-memory file (``memfd_create``) that ONNX Runtime opens by its
+    ``/proc/self/fd`` path, elsewhere as the bytes themselves. Either way ONNX Runtime sees
+    exactly the bytes that were checked, whatever happens to the file meanwhile; the memory
+    file is what keeps the load's peak low: ONNX Runtime reading a file costs about 1.3x
+    its size, bytes passed through its Python binding about 3x (measured with a 244 MiB
+    graph; ``scripts/onnx_load_memory.py``). :meth:`close` releases it."""
+
+    def __init__(self, data: bytes) -> None:
+        self._fd: int | None = None
+        self._data: bytes | None = data
+        if hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd"):
+            try:
+                fd = os.memfd_create("atfnn-model.onnx", os.MFD_CLOEXEC)
+            except OSError:  # no memfd in this kernel or sandbox: keep the bytes
+                return
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+            except OSError:
+                os.close(fd)
+                return
+            self._fd, self._data = fd, None
+
+    @property
+    def source(self) -> str | bytes:
+        """What ``onnxruntime.InferenceSession`` takes: a path or the bytes."""
+        return f"/proc/self/fd/{self._fd}" if self._fd is not None else self._data
+
+    def close(self) -> None:
+        """Release the memory file (or the bytes); safe to call twice."""
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd = self._data = None
+
+    __del__ = close
+
+
+def read_checked_model(path: str | os.PathLike) -> tuple[dict[str, Any], ModelBytes]:
+    """:func:`read_metadata` and a :class:`ModelBytes` of one read of the file: what a
+    session built from the second runs is what the first describes. Only one copy of the
+    bytes and the parsed model exist at once (the parsed model is dropped first)."""
+    data = read_model_bytes(path)
+    proto = parse_model(path, data)
+    meta = read_metadata(path, proto)
+    if meta["quantization"] != "none":
+        risks = int8_saturation_risks(proto)
+        if risks:  # an int8 file of an older export: ONNX Runtime's U8S8 format
+            import warnings
+
+            warnings.warn(
+                f"{path}: int8 weights in ONNX Runtime's U8S8 format ({len(risks)} weight "
+                "tensors), whose products saturate on x86 CPUs without VNNI (the labels "
+                "drift there); export it again (format U8U8, docs/design.md#onnx-export)",
+                stacklevel=3,
+            )
+    del proto
+    return meta, ModelBytes(data)
+
+
+def parse_model(path: str | os.PathLike, data: bytes):
+    """The ONNX model in ``data`` (:func:`read_model_bytes` of ``path``), with an
+    :class:`OnnxError` naming the file for anything unreadable. A tensor whose data lives
+    outside the file (ONNX external data) is refused: ``export`` never writes any, and
+    its declared sizes and offsets would otherwise be trusted before they are checked."""
     onnx = require("onnx", extra="export")
 
-    from atfnn_fast.files import check_input
-
-    path = check_input(path, "ONNX file")
     try:
-        return onnx.load(str(path))
+        proto = onnx.load_from_string(data)
     except Exception as err:  # protobuf raises DecodeError and friends
         from atfnn_fast.text import one_line
 
@@ -475,6 +564,49 @@ def load_model(path: str | os.PathLike):
         raise OnnxError(
             f"{path}: not a readable ONNX model ({type(err).__name__}: {reason})"
         ) from None
+    external = next(_external_tensors(proto.graph), None)
+    if external is not None:
+        raise OnnxError(
+            f"{path}: tensor {external!r} keeps its data in another file (ONNX external "
+            "data); atfnn-fast exports never do, and predict refuses them"
+        )
+    return proto
+
+
+def _external_tensors(graph):
+    """Names of the tensors of ``graph`` (initializers, sparse initializers, constants in
+    node attributes, subgraphs included) whose data is external; iterative, so a deep
+    nesting of subgraphs cannot exhaust the stack."""
+    from onnx import AttributeProto, TensorProto
+
+    external = TensorProto.EXTERNAL
+    pending = [graph]
+    while pending:
+        g = pending.pop()
+        tensors = list(g.initializer)
+        for sparse in g.sparse_initializer:
+            tensors += [sparse.values, sparse.indices]
+        for node in g.node:
+            for attr in node.attribute:
+                if attr.type == AttributeProto.TENSOR:
+                    tensors.append(attr.t)
+                elif attr.type == AttributeProto.TENSORS:
+                    tensors += list(attr.tensors)
+                elif attr.type == AttributeProto.SPARSE_TENSOR:
+                    tensors += [attr.sparse_tensor.values, attr.sparse_tensor.indices]
+                elif attr.type == AttributeProto.GRAPH:
+                    pending.append(attr.g)
+                elif attr.type == AttributeProto.GRAPHS:
+                    pending += list(attr.graphs)
+        for tensor in tensors:
+            if tensor.data_location == external or len(tensor.external_data):
+                yield tensor.name or "(unnamed)"
+
+
+def load_model(path: str | os.PathLike):
+    """The ONNX model of the file ``path``: :func:`parse_model` of :func:`read_model_bytes`."""
+    require("onnx", extra="export")
+    return parse_model(path, read_model_bytes(path))
 
 
 _ELEM_TYPES = {"float32": 1, "float16": 10}  # onnx.TensorProto.FLOAT / FLOAT16

@@ -17,7 +17,6 @@ with a static batch gets exactly its batch size per call, the tail padded and dr
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Iterator
 
 import numpy as np
@@ -38,8 +37,13 @@ from atfnn_fast.inference import (
 )
 
 from . import waveform
-from .onnx_export import INPUT_NAME, int8_saturation_risks, load_model, read_metadata
-from .validate import session
+from .onnx_export import (
+    INPUT_NAME,
+    OUTPUT_NAME,
+    OnnxError,
+    read_checked_model,
+)
+from .validate import session_from_bytes
 
 
 class OnnxPredictor:
@@ -54,19 +58,11 @@ class OnnxPredictor:
         provider: str | None = None,
         threads: int = 0,
     ) -> None:
-        proto = load_model(path)
-        meta = read_metadata(path, proto)  # checked against the graph: fails here, not in a run
-        if meta["quantization"] != "none":
-            risks = int8_saturation_risks(proto)
-            if risks:  # an int8 file of an older export: ONNX Runtime's U8S8 format
-                warnings.warn(
-                    f"{path}: int8 weights in ONNX Runtime's U8S8 format ({len(risks)} "
-                    "weight tensors), whose products saturate on x86 CPUs without VNNI (the "
-                    "labels drift there); export it again (format U8U8, docs/design.md"
-                    "#onnx-export)",
-                    stacklevel=2,
-                )
-        del proto
+        # One read of the file: the metadata, its checks and the session all come from the
+        # same bytes, so a file replaced meanwhile cannot pair one model's labels and
+        # normalisation with another's graph (docs/design.md#onnx-export)
+        check_batch_size(batch_size)
+        meta, model_bytes = read_checked_model(path)  # checked against the graph; U8S8 warned
         self.path = str(path)
         self.config = meta["config"]
         self.labels = meta["labels"] or [f"class_{i}" for i in range(self.config.num_classes)]
@@ -74,14 +70,36 @@ class OnnxPredictor:
         self.features = meta["features"]
         self.dtype = np.float16 if meta["dtype"] == "float16" else np.float32
         self.fixed_batch = meta["batch"]  # None: dynamic batch axis
-        self.batch_size = meta["batch"] or check_batch_size(batch_size)
+        self.batch_size = meta["batch"] or batch_size
         # "spectrogram" or "waveform" (features inside the graph: export.waveform)
         self.input = meta["input"]
         if self.input == "waveform":
             self.batch_size = meta["segment_batch"]  # set in the graph at export
         # provider: "cpu", "cuda" or "tensorrt" (see export.validate.session); threads: ONNX
         # Runtime's intra-op threads (0: its default, one per physical core)
-        self.session = session(path, providers, threads, provider=provider)
+        self.session = session_from_bytes(
+            path, model_bytes, meta["dtype"] == "float16", providers, threads, provider=provider
+        )
+        if self.input != "waveform":
+            # the graph's real output, not only its declared one: one call of a batch of
+            # zeros (2 segments, or the fixed batch), so a wrong graph fails here, not on
+            # every file
+            self._logits(np.zeros((self.fixed_batch or 2, *self._segment_shape), self.dtype))
+
+    @property
+    def _segment_shape(self) -> tuple[int, int, int]:
+        return (1, self.config.n_mels, self.config.frames)
+
+    def _logits(self, chunk: np.ndarray) -> np.ndarray:
+        """The graph's logits of ``chunk``, checked to be ``(len(chunk), num_classes)``."""
+        logits = self.session.run(None, {INPUT_NAME: chunk})[0]
+        want = (chunk.shape[0], self.config.num_classes)
+        if logits.shape != want:  # the declared shape was checked; this is the real one
+            raise OnnxError(
+                f"{self.path}: graph output {OUTPUT_NAME!r} has shape {logits.shape} for "
+                f"a batch of {chunk.shape[0]}, expected {want} (batch, num_classes)"
+            )
+        return logits
 
     def predict_spectrograms(self, x) -> np.ndarray:
         """Normalised segments ``(S, 1, F, T)`` or ``(S, F, T)`` -> probabilities ``(S, C)``."""
@@ -93,7 +111,7 @@ class OnnxPredictor:
         x = np.asarray(x)
         if x.ndim == 3:
             x = x[:, None]
-        expected = (1, self.config.n_mels, self.config.frames)
+        expected = self._segment_shape
         if x.ndim != 4 or tuple(x.shape[1:]) != expected:
             raise ValueError(
                 f"spectrograms must be (S, 1, {expected[1]}, {expected[2]}) or "
@@ -109,7 +127,7 @@ class OnnxPredictor:
                 chunk = np.concatenate(
                     [chunk, np.zeros_like(chunk[:1]).repeat(self.fixed_batch - n, 0)]
                 )
-            logits = self.session.run(None, {INPUT_NAME: chunk})[0][:n]
+            logits = self._logits(chunk)[:n]
             check_finite_scores(logits)
             out.append(softmax(logits.astype(np.float64)))
         return np.concatenate(out) if out else np.zeros((0, self.config.num_classes))

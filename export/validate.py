@@ -42,12 +42,22 @@ from atfnn_fast._deps import require
 from atfnn_fast.errors import UsageError
 from atfnn_fast.features import AUDIO_SUFFIXES
 
-from .onnx_export import INPUT_NAME, OnnxError, load_model, read_metadata, reference_copy
+from .onnx_export import (
+    INPUT_NAME,
+    ModelBytes,
+    OnnxError,
+    parse_model,
+    read_checked_model,
+    read_model_bytes,
+    reference_copy,
+)
 
 if TYPE_CHECKING:
     from .waveform import WaveformReport
 
 TOLERANCE = {"float32": 1e-4, "float16": 1e-2}
+# ONNX Runtime session options that stop its worker threads spinning between calls
+SPIN_OPTIONS = ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning")
 INT8_AGREEMENT = 0.99
 # --provider names -> ONNX Runtime execution providers, in order of preference
 PROVIDERS = {
@@ -196,19 +206,48 @@ def session(
     *,
     provider: str | None = None,
 ):
-    """An ONNX Runtime session; errors name the file.
+    """An ONNX Runtime session of the file ``path``; errors name the file.
 
     ``provider`` (``"cpu"``, ``"cuda"``, ``"tensorrt"``) or an explicit ``providers`` list;
     neither: the CUDA provider first where available, else the CPU. A GPU provider that
     this onnxruntime lacks, or that fails to load, is an :class:`OnnxError` saying what to
-    install; so is a float16 graph without the CUDA provider.
+    install; so is a float16 graph without the CUDA provider. The file is read once
+    (:func:`~atfnn_fast.export.onnx_export.read_model_bytes`).
     """
     onnx = require("onnx", extra="export")
+
+    data = read_model_bytes(path)
+    proto = parse_model(path, data)  # a clear error for non-ONNX files
+    half = any(i.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16 for i in proto.graph.input)
+    del proto  # not held while ONNX Runtime builds its own copy
+    model = ModelBytes(data)
+    del data
+    return session_from_bytes(path, model, half, providers, threads, provider=provider)
+
+
+def session_from_bytes(
+    path: str | os.PathLike,
+    model: ModelBytes,
+    half: bool,
+    providers: list[str] | None = None,
+    threads: int = 0,
+    *,
+    provider: str | None = None,
+):
+    """:func:`session` of a file's bytes already read and checked (``half``: its input is
+    float16), so that the metadata, the checks and the session come from one read; closes
+    ``model``."""
+    try:
+        return _session(path, model, half, providers, threads, provider=provider)
+    finally:
+        model.close()
+
+
+def _session(path, model: ModelBytes, half: bool, providers, threads, *, provider):
     ort = require("onnxruntime", extra="export")
 
     if provider is not None and providers is not None:
         raise ValueError("give provider or providers, not both")
-    proto = load_model(path)  # a clear error for missing / non-ONNX files
     available = ort.get_available_providers()
     requested = providers_for(provider) if provider is not None else providers
     if requested is None:
@@ -219,7 +258,6 @@ def session(
             f"{path}: {wanted} is not available in this onnxruntime "
             f"({ort.__version__}, providers {available}); {_GPU_HINT[wanted]}"
         )
-    half = any(i.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16 for i in proto.graph.input)
     if half and "CUDAExecutionProvider" not in requested:
         # ONNX Runtime 1.32's CPU provider crashes (segfault) building this float16 graph
         raise ProviderUnavailable(
@@ -235,8 +273,13 @@ def session(
     # FATAL only: ONNX Runtime's own coloured multi-line log of a failed run would come
     # before the one-line error that names the file (ERROR, level 3, still prints it)
     options.log_severity_level = 4
+    # No spinning: ONNX Runtime's worker threads otherwise busy-wait after each call, on the
+    # cores where torch computes the next file's features (a folder of short clips ran 3x
+    # slower per file; docs/design.md#onnx-export)
+    for key in SPIN_OPTIONS:
+        options.add_session_config_entry(key, "0")
     try:
-        sess = ort.InferenceSession(str(path), options, providers=requested)
+        sess = ort.InferenceSession(model.source, options, providers=requested)
     except Exception as err:
         raise OnnxError(f"{path}: ONNX Runtime cannot load it ({err})") from None
     if wanted in _GPU_HINT and wanted not in sess.get_providers():
@@ -267,25 +310,22 @@ def validate_onnx(
     recordings instead (:func:`.waveform.validate_waveform`, a ``WaveformReport``). A
     failure raises OnnxValidationError (unless
     ``raise_on_failure=False``)."""
-    meta = read_metadata(path)
+    meta, model_bytes = read_checked_model(path)  # one read: the metadata and the session agree
     if meta["input"] == "waveform":  # against the Python pipeline on recordings instead
+        model_bytes.close()
         from .waveform import validate_waveform
 
         return validate_waveform(
             path, model, providers=providers, audio=audio, raise_on_failure=raise_on_failure
         )
+    try:
+        sess = _validation_session(path, model, meta, model_bytes, providers)
+    finally:
+        model_bytes.close()
+    if isinstance(sess, ValidationReport):  # skipped
+        return sess
     cfg, dtype = meta["config"], meta["dtype"]
     quantization = meta["quantization"]
-    if getattr(model, "config", None) != cfg:
-        raise ValueError(f"{path}: the model's config differs from the one in the file")
-    if dtype == "float16":
-        ort = require("onnxruntime", extra="export")
-
-        if "CUDAExecutionProvider" not in (providers or ort.get_available_providers()):
-            report = ValidationReport(str(path), [], dtype, TOLERANCE[dtype])
-            report.skipped = "float16 graphs need ONNX Runtime's CUDA execution provider"
-            return report
-    sess = session(path, providers)
     report = ValidationReport(str(path), sess.get_providers(), dtype, TOLERANCE[dtype])
     report.quantization = quantization
     gen = torch.Generator().manual_seed(
@@ -311,6 +351,21 @@ def validate_onnx(
     if raise_on_failure and not report.passed:
         raise OnnxValidationError(str(report))
     return report
+
+
+def _validation_session(path, model: nn.Module, meta: dict, model_bytes, providers):
+    """The session :func:`validate_onnx` runs, or the report of a skipped validation."""
+    cfg, dtype = meta["config"], meta["dtype"]
+    if getattr(model, "config", None) != cfg:
+        raise ValueError(f"{path}: the model's config differs from the one in the file")
+    if dtype == "float16":
+        ort = require("onnxruntime", extra="export")
+
+        if "CUDAExecutionProvider" not in (providers or ort.get_available_providers()):
+            report = ValidationReport(str(path), [], dtype, TOLERANCE[dtype])
+            report.skipped = "float16 graphs need ONNX Runtime's CUDA execution provider"
+            return report
+    return session_from_bytes(path, model_bytes, dtype == "float16", providers)
 
 
 def _eager(model: nn.Module, x: torch.Tensor) -> np.ndarray:

@@ -143,6 +143,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         device=args.device,
         fold=args.fold,
         cache=args.cache,
+        batch_size=args.batch_size,
     )
     classes = sum(1 for r in metrics["recall"].values() if r is not None) or 1
     scope = "the whole manifest" if metrics["fold"] == "all" else f"fold {metrics['fold']}"
@@ -174,7 +175,9 @@ def _plot_attention(args: argparse.Namespace) -> int:
     image_format(args.output)  # before any work
     check_plotting()  # before any work, as the output is
     output = check_output(args.output, inputs=(args.checkpoint, args.file))
-    data = attention_maps(args.checkpoint, args.file, device=args.device)
+    data = attention_maps(
+        args.checkpoint, args.file, device=args.device, batch_size=args.batch_size
+    )
     path = save_attention_plot(data, Path(args.file).name, output)
     top = sorted(data.scores.items(), key=lambda kv: -kv[1])
     print(
@@ -369,6 +372,12 @@ def _predict(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         provider=args.provider,
     )
+    if args.onnx is not None:
+        import torch
+
+        # torch computes only the features here, in small blocks, on the cores where ONNX
+        # Runtime's own threads run the graph: one torch thread (docs/design.md#onnx-export)
+        torch.set_num_threads(1)
     print(printable(f"predict: {describe(predictor)}"), file=sys.stderr, flush=True)
     if args.timeline:
         return timeline_files(
@@ -710,6 +719,14 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--cache", default=None, help=CACHE_HELP)
     tr.set_defaults(func=_train)
 
+    # predict, evaluate and plot-attention: a file's segments go through the model in
+    # batches of this size, so memory does not grow with the recording
+    batch_size_option = dict(
+        type=_int_in(1, MAX_BATCH_SIZE),
+        default=DEFAULT_BATCH_SIZE,
+        help=f"segments per forward pass (default {DEFAULT_BATCH_SIZE}); memory does not "
+        "grow with the files' length",
+    )
     ev = sub.add_parser(
         "evaluate",
         parents=[common],
@@ -734,6 +751,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_device(ev, _default(evaluate, "device"))
     ev.add_argument("--cache", default=None, help=CACHE_HELP)
+    ev.add_argument("--batch-size", **batch_size_option)
     ev.set_defaults(func=_evaluate)
 
     pa = sub.add_parser(
@@ -753,6 +771,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(PNG without one)",
     )
     _add_device(pa, _default(plot_attention, "device"))
+    pa.add_argument("--batch-size", **batch_size_option)
     pa.add_argument("file", help="an audio file")
     pa.set_defaults(func=_plot_attention)
 
@@ -894,13 +913,7 @@ def build_parser() -> argparse.ArgumentParser:
         "line per file)",
     )
     _add_device(predict, _default(load_predictor, "device"), "with --checkpoint")
-    predict.add_argument(
-        "--batch-size",
-        type=_int_in(1, MAX_BATCH_SIZE),
-        default=DEFAULT_BATCH_SIZE,
-        help=f"segments per forward pass (default {DEFAULT_BATCH_SIZE}); memory does not "
-        "grow with the files' length",
-    )
+    predict.add_argument("--batch-size", **batch_size_option)
     predict.add_argument(
         "--provider",
         choices=PROVIDER_CHOICES,

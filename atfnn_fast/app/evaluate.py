@@ -18,23 +18,31 @@ from __future__ import annotations
 
 import json
 import warnings
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from atfnn_fast.app.datasets import FeatureCache, cache_folder
 from atfnn_fast.app.metrics import plot_confusion, summarize
 from atfnn_fast.app.plotting import check_plotting
-from atfnn_fast.checkpoint import load_checkpoint
+from atfnn_fast.checkpoint import CONFIG_FILE, CheckpointError, load_checkpoint
 from atfnn_fast.config import ATFNNConfig
 from atfnn_fast.errors import RunError, UsageError, resolve_device
 from atfnn_fast.features import FeatureConfig, NormStats, min_tail_frames, segment
 from atfnn_fast.files import check_output, write_atomic
-from atfnn_fast.inference import NonFiniteOutput, mean_probabilities, softmax_probabilities
+from atfnn_fast.inference import (
+    DEFAULT_BATCH_SIZE,
+    NonFiniteOutput,
+    check_batch_size,
+    mean_probabilities,
+    softmax_probabilities,
+)
 from atfnn_fast.manifest import Item, missing_files, read_manifest
 
 
 @torch.no_grad()
-def predict_items(
+def item_probabilities(
     model,
     items: list[Item],
     mels: dict,
@@ -42,16 +50,19 @@ def predict_items(
     cfg: ATFNNConfig,
     feats: FeatureConfig,
     device: torch.device,
-) -> list[int]:
-    """The predicted class index of each utterance (its log-Mel matrix in ``mels``); scores
-    that are not finite raise :class:`~atfnn_fast.inference.NonFiniteOutput` naming the
-    utterance."""
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> list[np.ndarray]:
+    """The mean segment probabilities ``(C,)`` of each utterance (its log-Mel matrix in
+    ``mels``), computed ``batch_size`` segments per forward pass as ``predict`` does, so
+    memory is bounded by the batch, not by the recording; scores that are not finite raise
+    :class:`~atfnn_fast.inference.NonFiniteOutput` naming the utterance."""
+    check_batch_size(batch_size)
     model.eval()
 
     def probabilities(segs: torch.Tensor):
         return softmax_probabilities(model(segs.to(device)).float())
 
-    preds = []
+    out = []
     for item in items:
         segs = segment(
             mels[item.path],
@@ -60,19 +71,63 @@ def predict_items(
             feats.silence_value,
             min_tail=min_tail_frames(cfg.frames),
         )
+        batches = (
+            stats.apply(segs[start : start + batch_size]).unsqueeze(1)
+            for start in range(0, segs.shape[0], batch_size)
+        )
         try:
-            probs = mean_probabilities([stats.apply(segs).unsqueeze(1)], probabilities)
+            out.append(mean_probabilities(batches, probabilities))
         except NonFiniteOutput as err:
             raise NonFiniteOutput(f"{item.path}: {err}") from None
-        preds.append(int(probs.argmax()))
-    return preds
+    return out
 
 
-def evaluate_items(model, items, mels, stats, cfg, feats, labels, device) -> dict:
+def predict_items(
+    model, items, mels, stats, cfg, feats, device, batch_size: int = DEFAULT_BATCH_SIZE
+) -> list[int]:
+    """The predicted class index of each utterance (:func:`item_probabilities`)."""
+    probs = item_probabilities(model, items, mels, stats, cfg, feats, device, batch_size)
+    return [int(p.argmax()) for p in probs]
+
+
+def evaluate_items(
+    model, items, mels, stats, cfg, feats, labels, device, batch_size: int = DEFAULT_BATCH_SIZE
+) -> dict:
     """:func:`atfnn_fast.app.metrics.summarize` of the predictions of ``items``."""
     index = {label: k for k, label in enumerate(labels)}
-    pred = predict_items(model, items, mels, stats, cfg, feats, device)
+    pred = predict_items(model, items, mels, stats, cfg, feats, device, batch_size)
     return summarize([index[i.label] for i in items], pred, labels)
+
+
+def check_run_record(checkpoint, extra: dict) -> dict:
+    """``extra`` (a checkpoint's record of its run, written by ``train``), whose fields
+    :func:`evaluate` uses, checked: ``fold`` a name, ``protocol`` one of ``train``'s, and
+    ``speakers`` an object of name lists. A field of another type is a one-line
+    :class:`~atfnn_fast.checkpoint.CheckpointError` naming the file and the field."""
+    from atfnn_fast.app.train import PROTOCOLS
+
+    def refuse(name: str, expected: str, value) -> CheckpointError:
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        return CheckpointError(
+            f"{Path(checkpoint) / CONFIG_FILE}: field 'extra.{name}': expected {expected}, "
+            f"got {shown}"
+        )
+
+    fold = extra.get("fold")
+    if fold is not None and not (isinstance(fold, str) and fold):
+        raise refuse("fold", "a speaker or session name", fold)
+    if extra.get("protocol", "loso") not in PROTOCOLS:
+        raise refuse("protocol", f"one of {list(PROTOCOLS)}", extra.get("protocol"))
+    speakers = extra.get("speakers")
+    if speakers is not None and not (
+        isinstance(speakers, dict)
+        and all(
+            isinstance(names, list) and all(isinstance(n, str) for n in names)
+            for names in speakers.values()
+        )
+    ):
+        raise refuse("speakers", "lists of speaker names by split", speakers)
+    return extra
 
 
 class EvaluationWarning(UserWarning):
@@ -114,12 +169,20 @@ def seen_speakers(ckpt_extra: dict, items: list[Item]) -> tuple[set[str], bool]:
 
 
 def evaluate(
-    checkpoint, manifest, out=None, device: str = "auto", cache=None, fold: str | None = None
+    checkpoint,
+    manifest,
+    out=None,
+    device: str = "auto",
+    cache=None,
+    fold: str | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> dict:
     """Metrics of a checkpoint on a manifest: its held-out fold by default, ``fold`` (a
     speaker or session, or ``"all"``) otherwise; with ``out``, also ``out/metrics.json`` and
     ``out/confusion.png``. The metrics add ``fold`` and ``seen_utterances`` (how many of the
-    scored utterances come from speakers the checkpoint trained or validated on)."""
+    scored utterances come from speakers the checkpoint trained or validated on). Each
+    utterance's segments go through the model ``batch_size`` at a time."""
+    check_batch_size(batch_size)
     device = resolve_device(device)
     if out is not None:  # before any work: the metrics are not computed only to be lost
         check_plotting()
@@ -127,6 +190,7 @@ def evaluate(
         for name in ("metrics.json", "confusion.png"):
             check_output(out / name, inputs=(checkpoint,), option="--out")
     ckpt = load_checkpoint(checkpoint, map_location=device)
+    check_run_record(checkpoint, ckpt.extra)
     if ckpt.norm_stats is None:
         raise ValueError(f"{checkpoint}: has no normalisation statistics")
     all_items = read_manifest(manifest)
@@ -156,7 +220,15 @@ def evaluate(
     mels = cache.warm(items)
     try:
         metrics = evaluate_items(
-            ckpt.model, items, mels, ckpt.norm_stats, ckpt.config, ckpt.features, labels, device
+            ckpt.model,
+            items,
+            mels,
+            ckpt.norm_stats,
+            ckpt.config,
+            ckpt.features,
+            labels,
+            device,
+            batch_size,
         )
     except NonFiniteOutput as err:
         raise NonFiniteOutput(f"{checkpoint}: {err}") from None

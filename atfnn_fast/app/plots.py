@@ -31,7 +31,11 @@ from atfnn_fast.features import (
     segment,
 )
 from atfnn_fast.files import check_output, write_atomic
-from atfnn_fast.inference import softmax_probabilities
+from atfnn_fast.inference import (
+    DEFAULT_BATCH_SIZE,
+    check_batch_size,
+    softmax_probabilities,
+)
 
 HZ_TICKS = (250, 500, 1000, 2000, 4000, 8000)
 # --output's extension -> matplotlib's format
@@ -53,11 +57,17 @@ class AttentionPlotData:
     frames: int
 
 
-def attention_maps(checkpoint, audio, device: str = "auto") -> AttentionPlotData:
+def attention_maps(
+    checkpoint, audio, device: str = "auto", batch_size: int = DEFAULT_BATCH_SIZE
+) -> AttentionPlotData:
     """The log-Mel and attention maps of a file: non-overlapping segments, maps concatenated
     along time and cut back to the utterance's N frames; and the file's prediction, scored
     on the segments ``predict`` scores (a nearly-empty padded last segment is drawn but
-    not counted: :func:`atfnn_fast.features.min_tail_frames`), so both give one score."""
+    not counted: :func:`atfnn_fast.features.min_tail_frames`), so both give one score. The
+    segments go through the model ``batch_size`` at a time, as ``predict`` runs them, so
+    the memory of the forward passes does not grow with the recording (the maps, like the
+    log-Mel, are ``(F, N)``)."""
+    check_batch_size(batch_size)
     device = resolve_device(device)
     ckpt = load_checkpoint(checkpoint, map_location=device)
     cfg, feats = ckpt.config, ckpt.features
@@ -66,23 +76,34 @@ def attention_maps(checkpoint, audio, device: str = "auto") -> AttentionPlotData
     scored = segment(
         lm, cfg.frames, cfg.frames, feats.silence_value, min_tail=min_tail_frames(cfg.frames)
     ).shape[0]
-    x = ckpt.norm_stats.apply(segs) if ckpt.norm_stats is not None else segs
+    model = ckpt.model.eval()
+    parts: dict[str, list[torch.Tensor]] = {"freq": [], "time": []}
+    found_probs: list[torch.Tensor] = []
+
     with torch.inference_mode():
-        logits, att = ckpt.model.eval()(x.unsqueeze(1).to(device), return_attention=True)
-    probs = softmax_probabilities(logits[:scored].float()).mean(0)
+        for start in range(0, segs.shape[0], batch_size):
+            x = segs[start : start + batch_size]
+            x = ckpt.norm_stats.apply(x) if ckpt.norm_stats is not None else x
+            logits, att = model(x.unsqueeze(1).to(device), return_attention=True)
+            for name, found in parts.items():
+                m = getattr(att, name)
+                if m is not None:
+                    found.append(m.float().cpu())
+            found_probs.append(softmax_probabilities(logits.float()).cpu())
+    probs = torch.cat(found_probs)[:scored].mean(0)
     labels = ckpt.labels or [f"class_{i}" for i in range(cfg.num_classes)]
     scores = dict(zip(labels, (float(p) for p in probs), strict=True))
     n = lm.shape[1]
 
-    def join(m):
-        return (
-            None if m is None else m.float().cpu().permute(1, 0, 2).reshape(cfg.n_mels, -1)[:, :n]
-        )
+    def join(found):
+        if not found:
+            return None
+        return torch.cat(found).permute(1, 0, 2).reshape(cfg.n_mels, -1)[:, :n]
 
     return AttentionPlotData(
         lm,
-        join(att.freq),
-        join(att.time),
+        join(parts["freq"]),
+        join(parts["time"]),
         max(scores, key=scores.get),
         scores,
         mel_centre_frequencies(cfg.n_mels, feats),
@@ -172,17 +193,24 @@ def save_attention_plot(data: AttentionPlotData, title: str, output: str | os.Pa
     return write_atomic(Path(output), image.getvalue())
 
 
-def plot_attention(checkpoint, audio, output: str | os.PathLike, device: str = "auto") -> Path:
+def plot_attention(
+    checkpoint,
+    audio,
+    output: str | os.PathLike,
+    device: str = "auto",
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> Path:
     """Write the attention plot of ``audio`` to ``output`` (PNG, SVG, PDF or JPEG by its
     extension), checked before any work (its extension, the plotting backend, not an
     input, not a device or FIFO, its folder writable) and written atomically; returns the
-    path."""
+    path. ``batch_size``: segments per forward pass (:func:`attention_maps`)."""
     from .plotting import check_plotting
 
+    check_batch_size(batch_size)
     image_format(output)
     check_plotting()
     output = check_output(output, inputs=(checkpoint, audio))
-    data = attention_maps(checkpoint, audio, device)
+    data = attention_maps(checkpoint, audio, device, batch_size)
     return save_attention_plot(data, Path(audio).name, output)
 
 

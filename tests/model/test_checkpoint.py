@@ -171,7 +171,9 @@ def test_pickle_payload_is_never_executed(tmp_path):
         def __reduce__(self):
             return (open, (str(marker), "w"))
 
-    replace_weights(path, pickle.dumps(Payload()))
+    payload = pickle.dumps(Payload())
+    size = (path / "model.safetensors").stat().st_size  # a plausible size: parsed, refused
+    replace_weights(path, payload + b"." * (size - len(payload)))
     with pytest.raises(CheckpointError, match="unreadable safetensors"):
         load_checkpoint(path)
     assert not marker.exists()
