@@ -38,6 +38,20 @@ DEFAULT_DEVICE = "cpu"  # of CheckpointPredictor (`atfnn-fast predict --device`:
 MAX_SMOOTH = 999  # the widest smoothing window of a timeline, in segments (our choice)
 
 
+def segment_batches(predictor, path: str | os.PathLike):
+    """A file's normalised segments in batches, as ``predictor`` (a checkpoint or ONNX
+    predictor: its ``config``, ``norm_stats``, ``features`` and ``batch_size``) scores them:
+    :func:`atfnn_fast.features.iter_segment_batches`."""
+    return iter_segment_batches(
+        path,
+        n_mels=predictor.config.n_mels,
+        frames=predictor.config.frames,
+        stats=predictor.norm_stats,
+        features=predictor.features,
+        batch_size=predictor.batch_size,
+    )
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Row-wise softmax of numpy logits (the ONNX predictor's and the validation's)."""
     z = logits - logits.max(axis=-1, keepdims=True)
@@ -310,14 +324,7 @@ class CheckpointPredictor:
             return softmax_probabilities(self.model(segs.to(self.device)).float())
 
     def predict_file(self, path: str | os.PathLike) -> Prediction:
-        batches = iter_segment_batches(
-            path,
-            n_mels=self.config.n_mels,
-            frames=self.config.frames,
-            stats=self.norm_stats,
-            features=self.features,
-            batch_size=self.batch_size,
-        )
+        batches = segment_batches(self, path)
         return make_prediction(path, self.labels, mean_probabilities(batches, self._probabilities))
 
     def timeline(self, path: str | os.PathLike, smooth: int = 1) -> Iterator[TimelineRow]:
@@ -325,13 +332,6 @@ class CheckpointPredictor:
         (:func:`timeline_rows`); ``smooth`` (odd) averages each row with its neighbours.
         The mean of the unsmoothed rows' scores is :meth:`predict_file`'s."""
         smooth = check_smooth(smooth)
-        batches = iter_segment_batches(
-            path,
-            n_mels=self.config.n_mels,
-            frames=self.config.frames,
-            stats=self.norm_stats,
-            features=self.features,
-            batch_size=self.batch_size,
-        )
+        batches = segment_batches(self, path)
         seconds = segment_seconds(self.config, self.features)
         return timeline_rows(path, self.labels, batches, self._probabilities, seconds, smooth)

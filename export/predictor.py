@@ -21,7 +21,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from atfnn_fast.features import iter_segment_batches, load_audio
+from atfnn_fast.features import load_audio
 from atfnn_fast.inference import (
     DEFAULT_BATCH_SIZE,
     Prediction,
@@ -31,6 +31,7 @@ from atfnn_fast.inference import (
     check_smooth,
     make_prediction,
     mean_probabilities,
+    segment_batches,
     segment_seconds,
     softmax,
     timeline_rows,
@@ -151,14 +152,7 @@ class OnnxPredictor:
             wave = load_audio(path, self.features.sample_rate)
             waveform.check_length(path, wave, self.config.n_mels, self.features)
             return make_prediction(path, self.labels, self.predict_waveform(wave.numpy())[1])
-        batches = iter_segment_batches(
-            path,
-            n_mels=self.config.n_mels,
-            frames=self.config.frames,
-            stats=self.norm_stats,
-            features=self.features,
-            batch_size=self.batch_size,
-        )
+        batches = segment_batches(self, path)
         probs = mean_probabilities(batches, lambda b: self.predict_spectrograms(b.numpy()))
         return make_prediction(path, self.labels, probs)
 
@@ -168,14 +162,7 @@ class OnnxPredictor:
         averages each row with its neighbours. The mean of the unsmoothed rows' scores is
         :meth:`predict_file`'s."""
         smooth = check_smooth(smooth)
-        batches = iter_segment_batches(
-            path,
-            n_mels=self.config.n_mels,
-            frames=self.config.frames,
-            stats=self.norm_stats,
-            features=self.features,
-            batch_size=self.batch_size,
-        )
+        batches = segment_batches(self, path)
         seconds = segment_seconds(self.config, self.features)
         return timeline_rows(
             path,
