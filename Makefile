@@ -33,10 +33,16 @@ lint: $(STAMP) $(NATIVE)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# pytest-xdist workers of `make test` (2: the CI machine's cores; most tests are single-
+# threaded Python, the Triton interpreter's above all). loadscope keeps a module's tests,
+# and so its module-scoped fixtures (a local Ray, a trained checkpoint), on one worker.
+TEST_WORKERS ?= 2
+XDIST := -n $(TEST_WORKERS) --dist loadscope
+
 # The whole suite, slow tests included, then every benchmark once at a tiny size so the
 # suite cannot rot (no time is asserted). CI runs this through .ci/run.
 test: lint
-	$(BIN)/python -m pytest -m "" -q
+	$(BIN)/python -m pytest -m "" -q $(XDIST)
 	$(BIN)/python -m pytest benchmarks --benchmark-disable --bench-size tiny -q -p no:cacheprovider
 	$(MAKE) --no-print-directory test-isa
 
@@ -44,7 +50,7 @@ test: lint
 # AVX2: a small subset, part of `make test` and so of CI.
 test-isa: $(STAMP) $(NATIVE)
 	@echo "== the isa tests with oneDNN and ATen capped to AVX2 ($(AVX2_ENV))"
-	$(AVX2_ENV) $(BIN)/python -m pytest -m isa -q -p no:cacheprovider
+	$(AVX2_ENV) $(BIN)/python -m pytest -m isa -q -p no:cacheprovider $(XDIST)
 
 # The default quick run (as test-fast), capped to AVX2.
 test-avx2: $(STAMP) $(NATIVE)
