@@ -481,7 +481,9 @@ def read_model_bytes(path: str | os.PathLike) -> bytes:
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: ONNX file not found") from None
     except IsADirectoryError:
-        raise OnnxError(f"{path}: a directory, not an ONNX file") from None
+        from atfnn_fast.errors import UsageError
+
+        raise UsageError(f"{path}: is a directory, not an ONNX file") from None
 
 
 class ModelBytes:

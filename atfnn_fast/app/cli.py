@@ -1021,11 +1021,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_BATCH_SIZE,
         help=f"segments per forward pass (default {DEFAULT_BATCH_SIZE})",
     )
-    sv.add_argument(
-        "--device",
-        default=_default(load_predictor, "device"),
-        help="with --checkpoint: cpu or cuda (default %(default)s)",
-    )
+    _add_device(sv, _default(load_predictor, "device"), "with --checkpoint")
     sv.add_argument(
         "--provider",
         choices=PROVIDER_CHOICES,

@@ -78,7 +78,7 @@ def attention_maps(
     ).shape[0]
     model = ckpt.model.eval()
     parts: dict[str, list[torch.Tensor]] = {"freq": [], "time": []}
-    found_probs: list[torch.Tensor] = []
+    found_probs: list[np.ndarray] = []
 
     with torch.inference_mode():
         for start in range(0, segs.shape[0], batch_size):
@@ -89,8 +89,8 @@ def attention_maps(
                 m = getattr(att, name)
                 if m is not None:
                     found.append(m.float().cpu())
-            found_probs.append(softmax_probabilities(logits.float()).cpu())
-    probs = torch.cat(found_probs)[:scored].mean(0)
+            found_probs.append(softmax_probabilities(logits.float()))
+    probs = np.concatenate(found_probs)[:scored].mean(0)
     labels = ckpt.labels or [f"class_{i}" for i in range(cfg.num_classes)]
     scores = dict(zip(labels, (float(p) for p in probs), strict=True))
     n = lm.shape[1]

@@ -198,6 +198,7 @@ def test_device_is_one_option_everywhere():
         "plot-attention",
         "plot-timeline",
         "predict",
+        "serve",
     }
     types = {(t, d, m) for t, d, m, _ in devices.values()}
     assert types == {(devices["train"][0], "auto", "{auto,cpu,cuda[:N]}")}

@@ -125,7 +125,9 @@ def test_int8_graph_is_quantised_and_says_so(fp32_and_int8):
     assert "DynamicQuantizeLSTM" in ops and "LSTM" not in ops
     assert "MatMulInteger" in ops  # the classifier's Gemm
     assert "quantised to int8" in proto.doc_string
-    int8_weights = [t for t in proto.graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    # 8-bit weights: uint8 (the U8U8 format, docs/design.md#onnx-export)
+    eight_bit = (onnx.TensorProto.UINT8, onnx.TensorProto.INT8)
+    int8_weights = [t for t in proto.graph.initializer if t.data_type in eight_bit]
     assert sum(int(np.prod(t.dims)) for t in int8_weights) > 1_000_000  # the LSTM weights
     assert any("com.microsoft" in p for p in check_tensorrt_ready(int8))
 
