@@ -85,7 +85,17 @@ class OnnxPredictor:
             # the graph's real output, not only its declared one: one call of a batch of
             # zeros (2 segments, or the fixed batch), so a wrong graph fails here, not on
             # every file
-            self._logits(np.zeros((self.fixed_batch or 2, *self._segment_shape), self.dtype))
+            zeros = np.zeros((self.fixed_batch or 2, *self._segment_shape), self.dtype)
+            try:
+                self._logits(zeros)
+            except OnnxError:
+                raise
+            except Exception as err:  # ONNX Runtime's own failure: one line naming the file
+                from atfnn_fast.text import one_line
+
+                raise OnnxError(
+                    f"{path}: the graph fails on a batch of zeros ({one_line(err)})"
+                ) from None
 
     @property
     def _segment_shape(self) -> tuple[int, int, int]:
