@@ -72,6 +72,8 @@ ARCHS = {
     86: ArchLimits("RTX 30xx / A10", 48, 16, 102400, 101376),
     89: ArchLimits("RTX 40xx / L4 / L40", 48, 24, 102400, 101376),
     90: ArchLimits("H100 / H200", 64, 32, 233472, 232448),
+    100: ArchLimits("B200 / GB200 (data-centre Blackwell)", 64, 32, 233472, 232448),
+    120: ArchLimits("RTX 50xx / RTX PRO Blackwell", 48, 32, 102400, 101376),
 }
 
 
@@ -155,12 +157,18 @@ def _cuobjdump() -> str:
 
 
 # SASS opcode (its name before the first ".") -> the count it adds to. Matrix instructions:
-# HMMA (sm_80/86/89 warp MMA, f16/bf16/tf32), HGMMA (sm_90 warpgroup MMA) and the other
-# MMA families (IMMA, DMMA, BMMA, QMMA, IGMMA, QGMMA, BGMMA); FFMA with its immediate form;
-# MUFU (exp2, rcp, rsqrt, ...); LDL / STL (local memory: spills, stack arrays).
+# HMMA (sm_80/86/89/120 warp MMA, f16/bf16/tf32), HGMMA (sm_90 warpgroup MMA), UTCHMMA
+# (sm_100 tcgen05 MMA into tensor memory; UTCQMMA / UTCIMMA / UTCOMMA its 8-bit, integer and
+# block-scaled forms) and the other MMA families (IMMA, DMMA, BMMA, QMMA, IGMMA, QGMMA,
+# BGMMA); FFMA with its immediate form; MUFU (exp2, rcp, rsqrt, ...); LDL / STL (local
+# memory: spills, stack arrays).
 SASS_COUNTED = {
     **dict.fromkeys(
-        ("HMMA", "HGMMA", "IMMA", "IGMMA", "DMMA", "BMMA", "BGMMA", "QMMA", "QGMMA"), "mma"
+        (
+            *("HMMA", "HGMMA", "IMMA", "IGMMA", "DMMA", "BMMA", "BGMMA", "QMMA", "QGMMA"),
+            *("UTCHMMA", "UTCQMMA", "UTCIMMA", "UTCOMMA"),
+        ),
+        "mma",
     ),
     "FFMA": "ffma",
     "FFMA32I": "ffma",
@@ -250,7 +258,7 @@ def batch_sass_counts(cubins: list[bytes], arch: int) -> list[dict[str, int]]:
     with tempfile.NamedTemporaryFile(suffix=".bin") as f:
         f.write(b"".join(texts))
         f.flush()
-        sm = f"SM{arch}a" if arch == 90 else f"SM{arch}"
+        sm = f"SM{arch}a" if arch >= 90 else f"SM{arch}"  # Triton compiles sm_90a, sm_100a, ...
         out = subprocess.run(
             [_nvidia_tool("nvdisasm"), "--binary", sm, f.name],
             capture_output=True,
