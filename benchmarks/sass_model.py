@@ -111,14 +111,20 @@ _LINE = re.compile(
 )
 
 
+_ANNOTATION = re.compile(r"\s+[&?][^\s,]*")
+
+
 def parse_sass(text: str) -> list[Instr]:
-    """The instructions of one kernel's ``cuobjdump --dump-sass`` (or ``nvdisasm``) text."""
+    """The instructions of one kernel's ``cuobjdump --dump-sass`` (or ``nvdisasm``) text.
+    The scheduling annotations newer disassemblers print after the operands (``&req={1}``,
+    ``&wr=0x2``, ``?WAIT5_END_GROUP``, ``?trans1``: sm_120 with Triton 3.6's cuobjdump) are
+    dropped."""
     out = []
     for line in text.splitlines():
         m = _LINE.match(line)
         if not m:
             continue
-        rest = m["rest"].strip()
+        rest = _ANNOTATION.sub("", m["rest"]).strip()
         operands = [o.strip() for o in rest.split(",")] if rest else []
         target = None
         if m["op"].split(".")[0] in ("BRA", "BRX", "JMP", "CALL"):

@@ -81,16 +81,17 @@ def test_opcode_helpers_and_floors():
 
 # the same two loops as sm_90 / sm_120 compile them: uniform counters (UR) and uniform
 # predicates (UP) tested by the back edge as an operand (`BRA.U !UP0, target`); the inner
-# counter is 64-bit (UIADD3.64 / UISETP.U64), the outer back edge branches while not equal
+# counter is 64-bit (UIADD3.64 / UISETP.U64), the outer back edge branches while not equal;
+# with the scheduling annotations (&req, &wr, ?WAIT) cuobjdump prints for sm_120
 UNIFORM = """
         Function : _uniform_kernel
         /*0000*/                   MOV R1, c[0x0][0x28] ;
         /*0010*/                   UMOV UR4, URZ ;
-        /*0020*/                   LDG.E.128 R8, desc[UR10][R2.64] ;
+        /*0020*/                   LDG.E.128 R8, desc[UR10][R2.64]    &rd=0x0 &wr=0x2 ?trans1 ;
         /*0030*/                   UMOV.64 UR8, URZ ;
         /*0040*/                   FFMA R5, R6, R7, R5 ;
-        /*0050*/                   UIADD3.64 UR8, UPT, UPT, UR8, 0x10, URZ ;
-        /*0060*/                   UISETP.GE.U64.AND UP0, UPT, UR8, 0x40, UPT ;
+        /*0050*/                   UIADD3.64 UR8, UPT, UPT, UR8, 0x10, URZ    &req={1} ?trans1 ;
+        /*0060*/                   UISETP.GE.U64.AND UP0, UPT, UR8, 0x40, UPT     ?WAIT3_END_GROUP ;
         /*0070*/                   HMMA.16816.F32.BF16 R12, R16, R20, R12 ;
         /*0080*/                   BRA.U !UP0, 0x40 ;
         /*0090*/                   UIADD3 UR4, UPT, UPT, UR4, 0x1, URZ ;
@@ -106,6 +107,7 @@ def test_uniform_predicate_loops():
     from benchmarks.sass_model import branch_pred
 
     instrs = parse_sass(UNIFORM)
+    assert instrs[5].operands == ["UR8", "UPT", "UPT", "UR8", "0x10", "URZ"]
     assert branch_pred(instrs[8]) == "!UP0" and instrs[8].target == 0x40
     assert branch_pred(instrs[12]) == "UP1" and branch_pred(instrs[14]) is None
     loops = find_loops(instrs)
