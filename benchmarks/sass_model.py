@@ -156,13 +156,23 @@ def _imm(s: str) -> int | None:
 
 def _setp_of(instrs: list[Instr], lo: int, hi: int, pred: str) -> Instr | None:
     """The last ISETP (UISETP for a uniform predicate) in instrs[lo:hi] writing predicate
-    ``pred`` (``P4``, ``UP0``)."""
+    ``pred`` (``P4``, ``UP0``); through a ``PLOP3`` that copies one predicate into ``pred``
+    (``PLOP3.LUT P5, PT, PT, PT, UP0, ...``: sm_120's loop exits), that predicate's."""
     for k in range(hi - 1, lo - 1, -1):
         ins = instrs[k]
-        if ins.base in ("ISETP", "UISETP") and ins.operands and ins.operands[0] == pred:
+        if not ins.operands or ins.operands[0] != pred:
+            continue
+        if ins.base in ("ISETP", "UISETP"):
             if ".EX" in ins.opcode:  # the high half of a 64-bit compare: the low half decides
                 continue
             return ins
+        if ins.base in ("PLOP3", "UPLOP3"):
+            srcs = {
+                o.lstrip("!")
+                for o in ins.operands[1:]
+                if _PRED.match(o) and o.lstrip("!") not in ("PT", "UPT")
+            }
+            return _setp_of(instrs, lo, k, srcs.pop()) if len(srcs) == 1 else None
     return None
 
 

@@ -102,6 +102,20 @@ UNIFORM = """
         /*00e0*/                   BRA 0xe0;
 """
 
+# sm_120's other loop form: an unconditional back edge, the exit on a predicate PLOP3 copies
+# from the uniform compare
+PLOP3_EXIT = """
+        Function : _plop3_kernel
+        /*0000*/                   UMOV.64 UR4, URZ ;
+        /*0010*/                   FFMA R5, R6, R7, R5 ;
+        /*0020*/                   UIADD3.64 UR4, UPT, UPT, UR4, 0x1, URZ ;
+        /*0030*/                   UISETP.NE.U64.AND UP0, UPT, UR4, 0x52, UPT ;
+        /*0040*/                   PLOP3.LUT P5, PT, PT, PT, UP0, 0x80, 0x8 ;
+        /*0050*/              @!P5 EXIT ;
+        /*0060*/                   BRA 0x10 ;
+        /*0070*/                   BRA 0x70;
+"""
+
 
 def test_uniform_predicate_loops():
     from benchmarks.sass_model import branch_pred
@@ -118,6 +132,11 @@ def test_uniform_predicate_loops():
     c = dynamic_counts(instrs)
     assert (c.ffma, c.mma, c.unresolved) == (320, 320, 0)
     assert c.ld_bytes == 80 * 32 * 16 and c.st_bytes == 80 * 32 * 8
+
+
+def test_plop3_exit_loop():
+    loops = find_loops(parse_sass(PLOP3_EXIT))
+    assert [(lp.trips, lp.resolved, lp.bound, lp.step) for lp in loops] == [(82, True, 0x52, 1)]
 
 
 def test_rtx_5090_row():
