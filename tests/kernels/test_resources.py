@@ -1,9 +1,9 @@
-"""GPU fitness without a GPU: every kernel the fused ops launch, compiled for
-sm_80/86/89/90/100/120 (benchmarks.resources) in every configuration, dtype and float32
-precision, fits each arch at the occupancy targets, uses no local memory, and the F-Encoder
-FFN kernels run their dots on the tensor cores (matrix instructions in their SASS). The
-slow tests run under the Triton of the environment: CI's pinned one in `make test`, the
-newest in `make test-compat`."""
+"""GPU fitness without a GPU: every kernel the fused ops launch, compiled for sm_80/86/89/90
+(benchmarks.resources.GATE_ARCHS) in every configuration, dtype and float32 precision, fits
+each arch at the occupancy targets, uses no local memory, and the F-Encoder FFN kernels run
+their dots on the tensor cores (matrix instructions in their SASS). The slow tests run under
+the Triton of the environment: CI's pinned one in `make test`, the newest in `make
+test-compat`."""
 
 import json
 import os
@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-ARCHS = {80, 86, 89, 90, 100, 120}
+ARCHS = {80, 86, 89, 90}  # the gate's (benchmarks.resources.GATE_ARCHS)
+TABLE_ARCHS = {*ARCHS, 100, 120}  # the archs with limits and targets (ARCHS there)
 # (dtype, precision) pairs the gate compiles: float32 with and without tf32
 PRECISIONS = {("float32", "tf32"), ("float32", "ieee"), ("bfloat16", "bf16"), ("float16", "fp16")}
 CONFIGS = {"default", "tiny", "encoding", "wide"}
@@ -99,13 +100,17 @@ def test_grad_recompute_precision_per_config_and_arch():
     where the tf32 variant fits (GRAD_TF32_FITS, compiled 2026-12-05); a width in the table
     turns tf32 on for that arch; bf16 / fp16 / ieee are the forward's."""
     from atfnn_fast.kernels import tuning
-    from benchmarks.resources import configs
+    from benchmarks.resources import ARCHS as LIMITS
+    from benchmarks.resources import GATE_ARCHS, configs
 
-    assert set(tuning.GRAD_TF32_MAX_CHANNELS) == set(tuning.GRAD_TF32_FITS) == ARCHS
-    for arch in ARCHS:
+    assert set(GATE_ARCHS) == ARCHS and set(LIMITS) == TABLE_ARCHS
+    assert set(tuning.WARPS_TARGET) == set(tuning.WARPS_TARGET_BY_KERNEL["_fenc_bwd_dh1_kernel"])
+    assert set(tuning.GRAD_TF32_MAX_CHANNELS) == set(tuning.GRAD_TF32_FITS) == TABLE_ARCHS
+    assert set(tuning.WARPS_TARGET) == TABLE_ARCHS
+    for arch in TABLE_ARCHS:
         assert tuning.GRAD_TF32_MAX_CHANNELS[arch] <= tuning.GRAD_TF32_FITS[arch]
     for name, cfg in configs().items():
-        for arch in ARCHS:
+        for arch in TABLE_ARCHS:
             assert tuning.grad_recompute_precision("tf32", cfg.channels, arch) == "ieee", name
             for mode in ("ieee", "bf16", "fp16"):
                 assert tuning.grad_recompute_precision(mode, cfg.channels, arch) == mode
