@@ -32,8 +32,8 @@ test-fast: $(STAMP)
 # the newest the registry serves, each installed without constraints.txt in its own
 # throwaway venv under /tmp (deleted afterwards). In the versions of COMPAT_GATE (the newest:
 # its Triton, e.g. 3.8 beside CI's pinned 3.6) the resource gate runs too: the slow tests of
-# tests/kernels/test_resources.py, every launch compiled for sm_80/86/89/90/100/120 by that
-# Triton's ptxas (docs/design.md#kernel-resources). Downloads torch twice; not part of `make
+# tests/kernels/test_resources.py, every launch compiled for sm_80/86/89/90 by that Triton's
+# ptxas (docs/design.md#kernel-resources). Downloads torch twice; not part of `make
 # test`. Prints one result line per run and fails if any run fails.
 COMPAT_TORCH ?= lowest newest
 COMPAT_GATE ?= newest
