@@ -13,9 +13,10 @@ Where a setting comes from, first match wins:
 
 Every setting a function here can return is one of :func:`candidate_settings`: the explicit
 list the sweep may time and the resource gate (``python -m benchmarks.resources``) must
-compile for sm_80, sm_86, sm_89, sm_90, sm_100 and sm_120, checking that it fits: shared
-memory within the arch's per-block limit, no local memory, and at least the occupancy
-targets of :data:`WARPS_TARGET`. A tuned table naming a setting outside that list is refused at load
+compile for sm_80, sm_86, sm_89 and sm_90 (``benchmarks.resources.GATE_ARCHS``; sm_100 and
+sm_120 have limits and targets here too, judged with ``--arch 100 120``), checking that it
+fits: shared memory within the arch's per-block limit, no local memory, and at least the
+occupancy targets of :data:`WARPS_TARGET`. A tuned table naming a setting outside that list is refused at load
 time. A new candidate must pass the resource check before it ships.
 
 The defaults are chosen from the compiler's resource report (registers and shared memory per
