@@ -445,11 +445,14 @@ def default_freq_encoder_settings(channels: int, dtype: str, precision: str):
     """The untuned settings of a model size, dtype and dot precision (a tuned table's entry
     replaces fields of these): the class defaults, but for ``_fenc_bwd_dh1_kernel``, whose
     im2col tiles are ``K * C`` wide, 16 frames above 8 channels, and 16 frames with 2
-    stages for float32 FMA dots ("ieee": 32 frames take local memory on sm_90)."""
-    if channels > 8:
-        return FreqEncoderSettings(ffn_bwd_dh1=KernelLaunch(16, 4))
+    stages for float32 FMA dots at any width ("ieee": 32 frames take local memory on sm_90;
+    at c = 16 Triton 3.8's 3 stages cap it at 128 registers with 8 B of local memory on
+    sm_86 / sm_89, 2 stages take 139-184 registers and none on sm_80 to sm_120, Triton 3.6
+    and 3.8, 2026-12-07)."""
     if dtype == "float32" and precision == "ieee":
         return FreqEncoderSettings(ffn_bwd_dh1=KernelLaunch(16, 4, 2))
+    if channels > 8:
+        return FreqEncoderSettings(ffn_bwd_dh1=KernelLaunch(16, 4))
     return FreqEncoderSettings()
 
 
