@@ -62,9 +62,14 @@ test-fast: $(STAMP) $(NATIVE)
 
 # The default suite (`pytest -q`) against the lowest torch pyproject.toml declares and against
 # the newest the registry serves, each installed without constraints.txt in its own
-# throwaway venv under /tmp (deleted afterwards). Downloads torch twice; not part of `make
-# test`. Prints one result line per torch version and fails if either run fails.
+# throwaway venv under /tmp (deleted afterwards). In the versions of COMPAT_GATE (the newest:
+# its Triton, e.g. 3.8 beside CI's pinned 3.6) the resource gate runs too: the slow tests of
+# tests/kernels/test_resources.py, every launch compiled for sm_80/86/89/90 by that Triton's
+# ptxas (docs/design.md#kernel-resources). Downloads torch twice; not part of `make
+# test`. Prints one result line per run and fails if any run fails.
 COMPAT_TORCH ?= lowest newest
+COMPAT_GATE ?= newest
+GATE_TESTS := tests/kernels/test_resources.py
 test-compat:
 	@status=0; for which in $(COMPAT_TORCH); do \
 	  dir=$$(mktemp -d /tmp/atfnn-compat-$$which.XXXXXX); log=$$dir.log; \
@@ -81,6 +86,11 @@ test-compat:
 	  tail -n 15 $$log; \
 	  echo "== test-compat $$which: $$version: $$(tail -n 1 $$log) (exit $$rc; log $$log)"; \
 	  [ $$rc -eq 0 ] || status=1; \
+	  case " $(COMPAT_GATE) " in *" $$which "*) if [ $$rc -ne 2 ]; then \
+	    $$dir/bin/python -m pytest -q -p no:cacheprovider -m slow $(GATE_TESTS) > $$log.gate 2>&1; \
+	    grc=$$?; tail -n 15 $$log.gate; \
+	    echo "== test-compat $$which resource gate: $$version: $$(tail -n 1 $$log.gate) (exit $$grc; log $$log.gate)"; \
+	    [ $$grc -eq 0 ] || status=1; fi;; esac; \
 	  rm -rf $$dir; \
 	done; exit $$status
 

@@ -1,5 +1,5 @@
 """A timing model read from the SASS: per launch, what one program executes, and from that a
-time on H100, H200 and RTX 4090 without running anything.
+time on H100, H200, RTX 4090 and RTX 5090 without running anything.
 
     python -m benchmarks.sass_model                       # the current backward's launches, ranked
     python -m benchmarks.sass_model --case freq_encoder_fwd_bwd --dtype float32
@@ -9,7 +9,7 @@ time on H100, H200 and RTX 4090 without running anything.
 How it works. The launches of a benchmark case (B = 128, T = 128, default config) are
 recorded through the package's one launch path (the launch recorder of
 :mod:`benchmarks.resources`: nothing runs) and compiled for the arch of each device
-(sm_90 for H100 / H200, sm_89 for RTX 4090). For each compiled kernel,
+(sm_90 for H100 / H200, sm_89 for RTX 4090, sm_120 for RTX 5090). For each compiled kernel,
 ``cuobjdump --dump-sass`` is parsed (:func:`parse_sass`) into instructions with their
 addresses and branch targets, and the *dynamic* count of one warp of one program is the
 static count weighted by the trip counts of the loops around each instruction
@@ -76,6 +76,13 @@ DEVICES = {
     "H100": Device("H100 SXM 80GB", 90, 132, 1.98e9, 66.9e12, 494.7e12, 989.4e12, 3.35e12),
     "H200": Device("H200 SXM 141GB", 90, 132, 1.98e9, 66.9e12, 494.7e12, 989.4e12, 4.8e12),
     "RTX 4090": Device("GeForce RTX 4090", 89, 128, 2.52e9, 82.6e12, 82.6e12, 165.2e12, 1.008e12),
+    # NVIDIA's RTX Blackwell (GB202) specification of the GeForce RTX 5090: 170 SMs, 21,760
+    # CUDA cores, 2.407 GHz boost; FP32 = 21,760 x 2 x 2.407 GHz = 104.8 TFLOPS; tensor,
+    # dense: FP16/BF16 with FP32 accumulate 209.5 TFLOPS (half the 419 with FP16 accumulate,
+    # 838 sparse), TF32 104.8; 32 GB GDDR7, 512-bit at 28 Gbps = 1792 GB/s.
+    "RTX 5090": Device(
+        "GeForce RTX 5090", 120, 170, 2.407e9, 104.8e12, 104.8e12, 209.5e12, 1.792e12
+    ),
 }
 LAUNCH_US = 2.0  # GPU-side gap between two back-to-back kernels (our assumption)
 SCHEDULERS = 4  # warp schedulers per SM, one instruction a clock each
@@ -104,14 +111,20 @@ _LINE = re.compile(
 )
 
 
+_ANNOTATION = re.compile(r"\s+[&?][^\s,]*")
+
+
 def parse_sass(text: str) -> list[Instr]:
-    """The instructions of one kernel's ``cuobjdump --dump-sass`` (or ``nvdisasm``) text."""
+    """The instructions of one kernel's ``cuobjdump --dump-sass`` (or ``nvdisasm``) text.
+    The scheduling annotations newer disassemblers print after the operands (``&req={1}``,
+    ``&wr=0x2``, ``?WAIT5_END_GROUP``, ``?trans1``: sm_120 with Triton 3.6's cuobjdump) are
+    dropped."""
     out = []
     for line in text.splitlines():
         m = _LINE.match(line)
         if not m:
             continue
-        rest = m["rest"].strip()
+        rest = _ANNOTATION.sub("", m["rest"]).strip()
         operands = [o.strip() for o in rest.split(",")] if rest else []
         target = None
         if m["op"].split(".")[0] in ("BRA", "BRX", "JMP", "CALL"):
@@ -142,32 +155,59 @@ def _imm(s: str) -> int | None:
 
 
 def _setp_of(instrs: list[Instr], lo: int, hi: int, pred: str) -> Instr | None:
-    """The last ISETP in instrs[lo:hi] writing predicate ``pred`` (``P4``)."""
+    """The last ISETP (UISETP for a uniform predicate) in instrs[lo:hi] writing predicate
+    ``pred`` (``P4``, ``UP0``); through a ``PLOP3`` that copies one predicate into ``pred``
+    (``PLOP3.LUT P5, PT, PT, PT, UP0, ...``: sm_120's loop exits), that predicate's."""
     for k in range(hi - 1, lo - 1, -1):
         ins = instrs[k]
-        if ins.base == "ISETP" and ins.operands and ins.operands[0] == pred:
+        if not ins.operands or ins.operands[0] != pred:
+            continue
+        if ins.base in ("ISETP", "UISETP"):
             if ".EX" in ins.opcode:  # the high half of a 64-bit compare: the low half decides
                 continue
             return ins
+        if ins.base in ("PLOP3", "UPLOP3"):
+            srcs = {
+                o.lstrip("!")
+                for o in ins.operands[1:]
+                if _PRED.match(o) and o.lstrip("!") not in ("PT", "UPT")
+            }
+            return _setp_of(instrs, lo, k, srcs.pop()) if len(srcs) == 1 else None
     return None
 
 
 def _counter(instrs: list[Instr], lo: int, hi: int, setp: Instr) -> tuple[int | None, int | None]:
-    """(bound, step) of the counter an ``ISETP`` compares with an immediate, or Nones."""
+    """(bound, step) of the counter an ``ISETP`` / ``UISETP`` compares with an immediate
+    (a register ``R``, or a uniform register ``UR``), or Nones."""
     if len(setp.operands) < 4:
         return None, None
     reg, bound = setp.operands[2], _imm(setp.operands[3])
-    if bound is None or not reg.startswith("R"):
+    if bound is None or not reg.startswith(("R", "UR")) or reg in ("RZ", "URZ"):
         return None, None
     for k in range(lo, hi + 1):
         ins = instrs[k]
-        if ins.base in ("IADD3", "IADD") and ins.operands and ins.operands[0] == reg:
-            srcs = [o for o in ins.operands[1:] if not o.startswith(("P", "!P")) and o != "RZ"]
+        if ins.base in _ADDS and ins.operands and ins.operands[0] == reg:
+            srcs = [o for o in ins.operands[1:] if not _PRED.match(o) and o not in ("RZ", "URZ")]
             if reg in srcs:
                 imms = [v for v in (_imm(o) for o in srcs if o != reg) if v]
                 if imms:
                     return bound, imms[0]
     return bound, None
+
+
+_ADDS = ("IADD3", "IADD", "UIADD3", "UIADD")
+_PRED = re.compile(r"^!?U?P[T0-9]+$")
+
+
+def branch_pred(ins: Instr) -> str | None:
+    """The predicate a branch is taken on: its guard (``@!P4 BRA``) or, for a uniform
+    branch (``BRA.U !UP0, 0x1ca0``, as sm_90+ compiles loop back edges), its first
+    operand; None when unconditional."""
+    if ins.pred:
+        return ins.pred
+    if ins.base == "BRA" and ins.operands and _PRED.match(ins.operands[0]):
+        return None if ins.operands[0].lstrip("!") in ("PT", "UPT") else ins.operands[0]
+    return None
 
 
 def _trip_count(instrs: list[Instr], lo: int, hi: int) -> tuple[int | None, int | None, int | None]:
@@ -176,7 +216,7 @@ def _trip_count(instrs: list[Instr], lo: int, hi: int) -> tuple[int | None, int 
     leaving the body (its ISETP before it in the body, else the body's last one: a test
     carried over from the previous iteration)."""
     back = instrs[hi]
-    exits = [(back.pred, hi)] if back.pred else []
+    exits = [(branch_pred(back), hi)] if branch_pred(back) else []
     for k in range(lo, hi):
         ins = instrs[k]
         leaves = ins.base == "EXIT" or (
@@ -184,8 +224,8 @@ def _trip_count(instrs: list[Instr], lo: int, hi: int) -> tuple[int | None, int 
             and ins.target is not None
             and not instrs[lo].addr <= ins.target <= back.addr
         )
-        if ins.pred and leaves:
-            exits.append((ins.pred, k))
+        if branch_pred(ins) and leaves:
+            exits.append((branch_pred(ins), k))
     for pred, at in exits:
         name = pred.lstrip("!")
         setp = _setp_of(instrs, lo, at, name) or _setp_of(instrs, lo, hi, name)
@@ -345,19 +385,27 @@ def _recording():
     return importlib.import_module(module).recording
 
 
-def record_case(case: str, dtype_name: str, arch: int, batch: int = 128, frames: int = 128):
+def record_case(
+    case: str,
+    dtype_name: str,
+    arch: int,
+    batch: int = 128,
+    frames: int = 128,
+    config: str = "default",
+):
     """The launches ``(compiled kernel, grid, label)`` of one benchmark case's fused call
-    (default config), compiled for ``arch`` (in launch order; nothing runs)."""
+    (``config``: a configuration of :func:`benchmarks.resources.configs`, the default one
+    unless named), compiled for ``arch`` (in launch order; nothing runs)."""
     import torch
     from triton.runtime import driver
 
-    from atfnn_fast import ATFNN, ATFNNConfig
+    from atfnn_fast import ATFNN
     from atfnn_fast.kernels import use_backend
 
-    from .resources import StandInDriver, variant
+    from .resources import StandInDriver, configs, variant
 
     driver.set_active(StandInDriver(arch))
-    cfg = ATFNNConfig()
+    cfg = configs()[config]
     dtype = getattr(torch, dtype_name)
     torch.manual_seed(0)
     model = ATFNN(cfg).to(dtype=dtype)
@@ -396,18 +444,18 @@ def kernel_instrs(compiled) -> list[Instr]:
 _MODELLED: dict = {}
 
 
-def model_case(case: str, dtype_name: str, device: str) -> list[dict]:
+def model_case(case: str, dtype_name: str, device: str, config: str = "default") -> list[dict]:
     """One row per launch of the case on ``device``: counts, floors, model time."""
-    key = (case, dtype_name, device)
+    key = (case, dtype_name, device, config)
     if key not in _MODELLED:
-        _MODELLED[key] = _model_case(case, dtype_name, device)
+        _MODELLED[key] = _model_case(case, dtype_name, device, config)
     return _MODELLED[key]
 
 
-def _model_case(case: str, dtype_name: str, device: str) -> list[dict]:
+def _model_case(case: str, dtype_name: str, device: str, config: str) -> list[dict]:
     dev = DEVICES[device]
     rows = []
-    for compiled, grid, var in record_case(case, dtype_name, dev.arch):
+    for compiled, grid, var in record_case(case, dtype_name, dev.arch, config=config):
         c = dynamic_counts(kernel_instrs(compiled))
         programs = math.prod(grid)
         warps = compiled.metadata.num_warps
@@ -486,6 +534,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--root", type=Path, default=None, help="checkout whose kernels to model")
     ap.add_argument("--case", default="freq_encoder_fwd_bwd", choices=CASES)
     ap.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"])
+    ap.add_argument(
+        "--config",
+        default="default",
+        help="model configuration, one of benchmarks.resources.configs() (default: default)",
+    )
     ap.add_argument("--device", nargs="+", default=list(DEVICES), choices=list(DEVICES))
     ap.add_argument("--calibrate", action="store_true", help="measured / model of --results")
     ap.add_argument("--results", type=Path, default=None)
@@ -493,6 +546,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=None, help="write the rows here")
     args = ap.parse_args(argv)
     _use_root(args.root)
+    from .resources import configs
+
+    if args.config not in configs():
+        ap.error(f"--config must be one of {sorted(configs())}, got {args.config!r}")
     out: dict = {}
     if args.calibrate:
         rows = calibrate(args.results, tuple(args.dtype), args.kernel_dtype)
@@ -507,14 +564,16 @@ def main(argv: list[str] | None = None) -> int:
     else:
         for dt in args.dtype:
             for device in args.device:
-                rows = model_case(args.case, dt, device)
+                rows = model_case(args.case, dt, device, args.config)
                 total = sum(r["model_us"] for r in rows)
                 print(
-                    f"\n## {args.case}, {dt}, {device}: model {total / 1e3:.3f} ms, {len(rows)} launches"
+                    f"\n## {args.case}, {dt}, {device}, {args.config} config: model "
+                    f"{total / 1e3:.3f} ms, {len(rows)} launches"
                 )
                 ranked = sorted(rows, key=lambda r: -r["model_us"])
                 print(_fmt_rows(ranked))
-                out[f"{args.case}/{dt}/{device}"] = ranked
+                key = f"{args.case}/{dt}/{device}"
+                out[key if args.config == "default" else f"{key}/{args.config}"] = ranked
     if args.json:
         args.json.write_text(json.dumps(out, indent=1))
     return 0

@@ -13,9 +13,10 @@ Where a setting comes from, first match wins:
 
 Every setting a function here can return is one of :func:`candidate_settings`: the explicit
 list the sweep may time and the resource gate (``python -m benchmarks.resources``) must
-compile for sm_80, sm_86, sm_89 and sm_90, checking that it fits: shared memory within the
-arch's per-block limit, no local memory, and at least the occupancy targets of
-:data:`WARPS_TARGET`. A tuned table naming a setting outside that list is refused at load
+compile for sm_80, sm_86, sm_89 and sm_90 (``benchmarks.resources.GATE_ARCHS``; sm_100 and
+sm_120 have limits and targets here too, judged with ``--arch 100 120``), checking that it
+fits: shared memory within the arch's per-block limit, no local memory, and at least the
+occupancy targets of :data:`WARPS_TARGET`. A tuned table naming a setting outside that list is refused at load
 time. A new candidate must pass the resource check before it ships.
 
 The defaults are chosen from the compiler's resource report (registers and shared memory per
@@ -33,8 +34,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-# resident warps per SM each kernel must reach: 16 on sm_80 / sm_90, 12 on sm_86 / sm_89
-WARPS_TARGET = {80: 16, 86: 12, 89: 12, 90: 16}
+# resident warps per SM each kernel must reach: 16 on sm_80 / sm_90 / sm_100 (64 warps an SM
+# at most), 12 on sm_86 / sm_89 / sm_120 (48 at most)
+WARPS_TARGET = {80: 16, 86: 12, 89: 12, 90: 16, 100: 16, 120: 12}
 # The one exception, measured (benchmarks.resources, 2026-11-30): _fenc_bwd_dh1_kernel holds
 # per band four im2col tensor-core operands ([frames, K*C] tiles of y1 and d r2, the FFN
 # weights as [K*C, P] operands) and two [K*C, P] weight-gradient accumulators. Its dots chain
@@ -42,7 +44,7 @@ WARPS_TARGET = {80: 16, 86: 12, 89: 12, 90: 16}
 # keeps a whole copy of the weight operands (64 registers each in tf32 at c = 8): 170-250
 # registers a thread on 4 warps, 8 resident warps (4 on sm_86 / sm_89 at c = 16). Every
 # layout tried with fewer registers spilled (docs/design.md#kernel-resources).
-WARPS_TARGET_BY_KERNEL = {"_fenc_bwd_dh1_kernel": {80: 8, 86: 4, 89: 4, 90: 8}}
+WARPS_TARGET_BY_KERNEL = {"_fenc_bwd_dh1_kernel": {80: 8, 86: 4, 89: 4, 90: 8, 100: 8, 120: 4}}
 
 
 # The float32 GRAD recompute of _fenc_ffn_kernel (the backward's forward recompute) on the
@@ -50,7 +52,10 @@ WARPS_TARGET_BY_KERNEL = {"_fenc_bwd_dh1_kernel": {80: 8, 86: 4, 89: 4, 90: 8}}
 # variant fits (benchmarks.resources, compiled 2026-12-05 for tiny c = 4, default c = 8,
 # wide c = 16 on sm_80/86/89/90: 108-128 registers, 5-7 KB shared, 0 local, 16 warps per SM
 # everywhere; the register overflow at c = 16 on sm_86 that first kept it exact is gone).
-GRAD_TF32_FITS = {80: 16, 86: 16, 89: 16, 90: 16}
+# sm_100 / sm_120 (2026-12-07): 128 registers, 6-7 KB shared, 30-80 matrix instructions, 16
+# warps per SM at c = 4, 8 and 16 under Triton 3.6; under Triton 3.8 the c = 16 variant spills
+# (32 B local on sm_100, 40 B on sm_120), so 8 there.
+GRAD_TF32_FITS = {80: 16, 86: 16, 89: 16, 90: 16, 100: 8, 120: 8}
 # What ships: the exact ("ieee") recompute at every width. With tf32 operands the recompute's
 # h1 and ReLU mask are the forward's tf32 ones; emulated on the CPU over the 20 calibration
 # draws (rank_one.backward's recompute_rnd) the worst input gradient then moves 0.20 from the
@@ -58,7 +63,7 @@ GRAD_TF32_FITS = {80: 16, 86: 16, 89: 16, 90: 16}
 # the exact recompute: twenty times the error for one of the backward's seven launches, so
 # the tf32 recompute stays off until a GPU run shows what it buys (docs/design.md, F-Encoder
 # kernels, Precision). A width w per arch here (at most GRAD_TF32_FITS) turns it on there.
-GRAD_TF32_MAX_CHANNELS = {80: 0, 86: 0, 89: 0, 90: 0}
+GRAD_TF32_MAX_CHANNELS = {80: 0, 86: 0, 89: 0, 90: 0, 100: 0, 120: 0}
 
 
 def grad_recompute_precision(precision: str, channels: int, arch: int | None = None) -> str:
@@ -169,10 +174,14 @@ _B = BandAttentionSettings
 # checked like the F-Encoder's on sm_80/86/89/90: 256 windows on 4 warps forward-narrow, 64
 # windows forward-wide (142 registers on sm_90), 32 on 8 warps and 16 on 4 backward-wide miss
 # the target. No config compiles "mid" rows: their slots hold the defaults alone.
+# Forward-wide (2026-12-07, Triton 3.6 and 3.8, sm_80 to sm_120): 32 windows on 4 warps,
+# the default until then, take 133 registers under Triton 3.8 on sm_90 (12 warps per SM) and
+# 238-255 in bf16 on sm_100 / sm_120; 32 windows on 8 warps (the default now: 48-99
+# registers, 16-40 warps per SM) and 16 on 4 warps (40-84, 20-48) fit both.
 BAND_ATTENTION_CANDIDATES: dict[str, tuple[BandAttentionSettings, ...]] = {
     "fwd-narrow": (_B(128), _B(64), _B(64, 2), _B(128, 8), _B(256, 8)),
     "fwd-mid": (_B(64),),
-    "fwd-wide": (_B(32), _B(16)),
+    "fwd-wide": (_B(32, 8), _B(16)),
     "bwd-narrow": (_B(32), _B(16), _B(32, 8), _B(64, 8)),
     "bwd-mid": (_B(16, 8),),
     "bwd-wide": (_B(16, 8), _B(8, 4), _B(16, 16)),
@@ -436,11 +445,14 @@ def default_freq_encoder_settings(channels: int, dtype: str, precision: str):
     """The untuned settings of a model size, dtype and dot precision (a tuned table's entry
     replaces fields of these): the class defaults, but for ``_fenc_bwd_dh1_kernel``, whose
     im2col tiles are ``K * C`` wide, 16 frames above 8 channels, and 16 frames with 2
-    stages for float32 FMA dots ("ieee": 32 frames take local memory on sm_90)."""
-    if channels > 8:
-        return FreqEncoderSettings(ffn_bwd_dh1=KernelLaunch(16, 4))
+    stages for float32 FMA dots at any width ("ieee": 32 frames take local memory on sm_90;
+    at c = 16 Triton 3.8's 3 stages cap it at 128 registers with 8 B of local memory on
+    sm_86 / sm_89, 2 stages take 139-184 registers and none on sm_80 to sm_120, Triton 3.6
+    and 3.8, 2026-12-07)."""
     if dtype == "float32" and precision == "ieee":
         return FreqEncoderSettings(ffn_bwd_dh1=KernelLaunch(16, 4, 2))
+    if channels > 8:
+        return FreqEncoderSettings(ffn_bwd_dh1=KernelLaunch(16, 4))
     return FreqEncoderSettings()
 
 
@@ -452,7 +464,12 @@ def band_attention_settings(
     the tuned table of this arch (key ``kp<kp>-gwp<gwp>/<dtype>``, the float32 entry when
     the dtype has none), else the defaults below.
 
-    Forward: each ``[block, width]`` float32 tile at <= 16 values per thread. Backward (four
+    Forward: each ``[block, width]`` float32 tile at <= 16 values per thread, and 32 windows
+    on 8 warps (8 values a thread) for rows of 64 values and more (T-Attention reading the
+    encoding: on 4 warps Triton 3.8 takes 133 registers on sm_90, 238-255 in bf16 on
+    sm_100 / sm_120; 8 warps keep the grid and the bytes per program of 4 warps, where 16
+    windows would re-read the conv weights in twice the programs, +4% bytes in the SASS
+    model; docs/design.md#kernel-resources). Backward (four
     such tiles live: source, its gradient, target, d out): 32 windows on 4 warps for rows of
     up to 16 values, else 16 windows on 8 warps (T-Attention reading the encoding, 64-wide
     rows). Chosen from the resource table: 64 windows make ptxas use a stack frame on
@@ -475,6 +492,8 @@ def _default_band(kp: int, gwp: int, backward: bool) -> BandAttentionSettings:
     widest = max(kp, gwp)
     if backward:
         return BandAttentionSettings(32) if widest <= 16 else BandAttentionSettings(16, 8)
+    if widest >= 64:  # "wide" rows: 32 windows on 8 warps (see band_attention_settings)
+        return BandAttentionSettings(32, 8)
     return BandAttentionSettings(max(16, min(128, _next_power_of_2(16 * 128 // widest))))
 
 

@@ -1,6 +1,6 @@
 """Compile every launch candidate of ``kernels/tuning.py`` for named archs, without a GPU.
 
-    python scripts/check_candidates.py --arch 80 86 89 90 --dtype float32 bfloat16
+    python scripts/check_candidates.py --arch 80 86 89 90 100 120 --dtype float32 bfloat16
 
 Until ``python -m benchmarks.resources`` (the resource gate) compiles the candidates itself,
 this runs its machinery (stand-in driver, ``JITFunction.warmup``, ``cuobjdump``) for each
@@ -64,8 +64,10 @@ def check(arch: int, dtype_name: str, cand) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from benchmarks.resources import ARCHS
+
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--arch", type=int, nargs="+", default=[80, 86, 89, 90])
+    ap.add_argument("--arch", type=int, nargs="+", default=sorted(ARCHS))
     ap.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"])
     args = ap.parse_args(argv)
     from atfnn_fast.kernels import tuning

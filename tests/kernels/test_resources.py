@@ -1,7 +1,9 @@
 """GPU fitness without a GPU: every kernel the fused ops launch, compiled for sm_80/86/89/90
-(benchmarks.resources) in every configuration, dtype and float32 precision, fits each arch
-at the occupancy targets, uses no local memory, and the F-Encoder FFN kernels run their dots
-on the tensor cores (matrix instructions in their SASS)."""
+(benchmarks.resources.GATE_ARCHS) in every configuration, dtype and float32 precision, fits
+each arch at the occupancy targets, uses no local memory, and the F-Encoder FFN kernels run
+their dots on the tensor cores (matrix instructions in their SASS). The slow tests run under
+the Triton of the environment: CI's pinned one in `make test`, the newest in `make
+test-compat`."""
 
 import json
 import os
@@ -12,7 +14,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-ARCHS = {80, 86, 89, 90}
+ARCHS = {80, 86, 89, 90}  # the gate's (benchmarks.resources.GATE_ARCHS)
+TABLE_ARCHS = {*ARCHS, 100, 120}  # the archs with limits and targets (ARCHS there)
 # (dtype, precision) pairs the gate compiles: float32 with and without tf32
 PRECISIONS = {("float32", "tf32"), ("float32", "ieee"), ("bfloat16", "bf16"), ("float16", "fp16")}
 CONFIGS = {"default", "tiny", "encoding", "wide"}
@@ -97,13 +100,17 @@ def test_grad_recompute_precision_per_config_and_arch():
     where the tf32 variant fits (GRAD_TF32_FITS, compiled 2026-12-05); a width in the table
     turns tf32 on for that arch; bf16 / fp16 / ieee are the forward's."""
     from atfnn_fast.kernels import tuning
-    from benchmarks.resources import configs
+    from benchmarks.resources import ARCHS as LIMITS
+    from benchmarks.resources import GATE_ARCHS, configs
 
-    assert set(tuning.GRAD_TF32_MAX_CHANNELS) == set(tuning.GRAD_TF32_FITS) == ARCHS
-    for arch in ARCHS:
+    assert set(GATE_ARCHS) == ARCHS and set(LIMITS) == TABLE_ARCHS
+    assert set(tuning.WARPS_TARGET) == set(tuning.WARPS_TARGET_BY_KERNEL["_fenc_bwd_dh1_kernel"])
+    assert set(tuning.GRAD_TF32_MAX_CHANNELS) == set(tuning.GRAD_TF32_FITS) == TABLE_ARCHS
+    assert set(tuning.WARPS_TARGET) == TABLE_ARCHS
+    for arch in TABLE_ARCHS:
         assert tuning.GRAD_TF32_MAX_CHANNELS[arch] <= tuning.GRAD_TF32_FITS[arch]
     for name, cfg in configs().items():
-        for arch in ARCHS:
+        for arch in TABLE_ARCHS:
             assert tuning.grad_recompute_precision("tf32", cfg.channels, arch) == "ieee", name
             for mode in ("ieee", "bf16", "fp16"):
                 assert tuning.grad_recompute_precision(mode, cfg.channels, arch) == mode
@@ -114,7 +121,7 @@ def test_grad_recompute_precision_per_config_and_arch():
         assert tuning.grad_recompute_precision("tf32", 16, 86) == "ieee"
         assert tuning.grad_recompute_precision("tf32", 32, 90) == "ieee"  # wider
         assert tuning.grad_recompute_precision("tf32", 8, 75) == "ieee"  # older than sm_80
-        assert tuning.grad_recompute_precision("tf32", 8, 120) == "tf32"  # nearest below
+        assert tuning.grad_recompute_precision("tf32", 8, 121) == "tf32"  # nearest below
 
 
 @pytest.mark.slow
@@ -190,8 +197,8 @@ def _ffn_rows_without_mma(rows, variants) -> tuple[list[str], list[str]]:
 
 @pytest.mark.slow
 def test_ffn_kernels_run_their_dots_on_the_tensor_cores(gate):
-    """The FFN kernels contain matrix instructions (HMMA on sm_80/86/89, HGMMA or HMMA on
-    sm_90) on every arch and config: the forward (`_fenc_ffn_kernel`) and the backward's
+    """The FFN kernels contain matrix instructions (HMMA on sm_80/86/89/120, HGMMA or HMMA on
+    sm_90, UTCHMMA on sm_100) on every arch and config: the forward (`_fenc_ffn_kernel`) and the backward's
     `_fenc_bwd_dh1_kernel` and `_fenc_bwd_dy1_kernel` in tf32, bf16 and fp16, the GRAD
     recompute in bf16 and fp16."""
     rows, _ = gate
@@ -236,21 +243,22 @@ SASS_SNIPPET = """
         /*00b0*/                   STL.64 [R1+0x8], R4 ;
         /*00c0*/                   LDL.LU R3, [R1] ;
         /*00d0*/                   LDS R3, [R1] ;
-        /*00e0*/                   EXIT ;
+        /*00e0*/                   UTCHMMA gdesc[UR4], gdesc[UR6], tmem[UR8], tmem[UR10], UPT ;
+        /*00f0*/                   EXIT ;
 """
 
 
 def test_sass_counts_on_a_snippet():
     from benchmarks.resources import sass_counts
 
-    assert sass_counts(SASS_SNIPPET) == {"mma": 4, "ffma": 3, "mufu": 1, "ldl": 1, "stl": 2}
+    assert sass_counts(SASS_SNIPPET) == {"mma": 5, "ffma": 3, "mufu": 1, "ldl": 1, "stl": 2}
     assert sass_counts("") == {"mma": 0, "ffma": 0, "mufu": 0, "ldl": 0, "stl": 0}
 
 
 @pytest.mark.slow
 def test_sass_counts_find_the_matrix_instructions_of_a_dot_on_every_arch():
     """A bf16, fp16 and tf32 ``tl.dot`` compiles to matrix instructions (HMMA, HGMMA on
-    sm_90) on every arch, an ieee float32 one to FFMA only; the batched disassembly counts
+    sm_90, UTCHMMA on sm_100) on every arch, an ieee float32 one to FFMA only; the batched disassembly counts
     what ``cuobjdump --dump-sass`` of each cubin shows."""
     code = """
 import json, torch
@@ -324,3 +332,8 @@ def test_occupancy_arithmetic():
     # 90 KB blocks: one per SM on sm_86 (100 KB), 16 warps of 16-warp blocks
     assert warps_per_sm(86, 16, 100, 91136) == 16
     assert warps_per_sm(86, 4, 40, 152 * 1024) == 0  # does not fit at all
+    # sm_120 (RTX 50xx) has sm_86's 48 warps and 100 KB; sm_100 sm_90's 64 warps and 228 KB
+    assert warps_per_sm(120, 4, 128, 0) == 16 and warps_per_sm(120, 4, 32, 0) == 48
+    assert warps_per_sm(120, 16, 100, 91136) == 16
+    assert warps_per_sm(100, 4, 32, 0) == 64 and warps_per_sm(100, 4, 151, 1152) == 12
+    assert warps_per_sm(100, 16, 100, 2 * 91136) == 16  # one 180 KB block
