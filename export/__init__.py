@@ -12,8 +12,10 @@ from .onnx_export import OnnxError, export_onnx, read_metadata
 from .predictor import OnnxPredictor
 from .tensorrt import check_tensorrt_ready, trtexec_command
 from .validate import OnnxValidationError, ValidationReport, validate_onnx
+from .waveform import INPUT_KINDS  # registers the waveform-in graphs (onnx_export's registry)
 
 __all__ = [
+    "INPUT_KINDS",
     "OnnxError",
     "OnnxPredictor",
     "OnnxValidationError",

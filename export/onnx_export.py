@@ -127,6 +127,13 @@ _EXPORT_NOTES = (
 )
 
 
+# The graph kinds besides "spectrogram" (a graph that takes normalised log-Mel segments): kind ->
+# the module that builds, describes and validates them, registered by that module when the
+# package is imported (export/__init__.py imports export/waveform.py, which registers
+# "waveform"), so that this module and validate.py need not import it (no import circle).
+INPUT_KIND_MODULES: dict[str, Any] = {}
+
+
 class OnnxError(ValueError):
     """An ONNX file that cannot be used; the message names the file."""
 
@@ -178,10 +185,9 @@ def export_onnx(
     ``segment_batch`` at a time (1 with ``dynamic_batch=False``); float32 or int8 only.
     """
     onnx = require("onnx", extra="export")
-    from .waveform import INPUT_KINDS, set_metadata, waveform_proto
-
-    if input not in INPUT_KINDS:
-        raise ValueError(f"input must be one of {INPUT_KINDS}, got {input!r}")
+    kinds = ("spectrogram", *INPUT_KIND_MODULES)
+    if input not in kinds:
+        raise ValueError(f"input must be one of {kinds}, got {input!r}")
     if input == "waveform":
         if dtype != "float32":
             raise ValueError(
@@ -247,9 +253,10 @@ def export_onnx(
         _set_metadata(proto, cfg, labels, norm_stats, features, dtype, quantize)
     if input == "waveform":
         chunk = segment_batch if dynamic_batch else 1
-        proto = waveform_proto(proto, cfg, features, norm_stats, chunk)
+        waveform = INPUT_KIND_MODULES["waveform"]
+        proto = waveform.waveform_proto(proto, cfg, features, norm_stats, chunk)
         _set_metadata(proto, cfg, labels, norm_stats, features, dtype, quantize)
-        set_metadata(proto, cfg, features, chunk, quantized=bool(quantize))
+        waveform.set_metadata(proto, cfg, features, chunk, quantized=bool(quantize))
     return _atomic_save(proto, Path(path))
 
 
@@ -692,10 +699,8 @@ def read_metadata(path: str | os.PathLike, proto=None) -> dict[str, Any]:
             f"atfnn.config n_mels is {cfg.n_mels}"
         )
     meta["input"] = props.get("atfnn.input", "spectrogram")  # files before the key: spectrogram
-    if meta["input"] == "waveform":
-        from . import waveform
-
-        meta.update(waveform.read_metadata(path, proto, props, meta))
+    if meta["input"] in INPUT_KIND_MODULES:  # "waveform"
+        meta.update(INPUT_KIND_MODULES[meta["input"]].read_metadata(path, proto, props, meta))
     elif meta["input"] == "spectrogram":
         meta["batch"] = _check_graph(path, proto, cfg, meta["dtype"])
     else:

@@ -706,3 +706,16 @@ def validate_waveform(
     if raise_on_failure and not report.passed:
         raise OnnxValidationError(str(report))
     return report
+
+
+def _register() -> None:
+    """Make this module the implementation of ``input="waveform"`` graphs for
+    :mod:`.onnx_export` and :mod:`.validate` (which do not import it)."""
+    import sys
+
+    from .onnx_export import INPUT_KIND_MODULES
+
+    INPUT_KIND_MODULES["waveform"] = sys.modules[__name__]
+
+
+_register()

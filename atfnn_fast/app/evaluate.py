@@ -40,6 +40,9 @@ from atfnn_fast.inference import (
 )
 from atfnn_fast.manifest import Item, missing_files, read_manifest
 
+# the speaker protocols of a run (train.py splits by them; a run record names its own)
+PROTOCOLS = ("loso", "session")
+
 
 @torch.no_grad()
 def item_probabilities(
@@ -104,7 +107,6 @@ def check_run_record(checkpoint, extra: dict) -> dict:
     :func:`evaluate` uses, checked: ``fold`` a name, ``protocol`` one of ``train``'s, and
     ``speakers`` an object of name lists. A field of another type is a one-line
     :class:`~atfnn_fast.checkpoint.CheckpointError` naming the file and the field."""
-    from atfnn_fast.app.train import PROTOCOLS
 
     def refuse(name: str, expected: str, value) -> CheckpointError:
         shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."

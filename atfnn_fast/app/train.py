@@ -84,7 +84,7 @@ import torch
 import torch.nn.functional as F
 
 from atfnn_fast.app.datasets import FeatureCache, cache_folder
-from atfnn_fast.app.evaluate import evaluate_items
+from atfnn_fast.app.evaluate import PROTOCOLS, evaluate_items
 from atfnn_fast.app.metrics import plot_confusion
 from atfnn_fast.app.plotting import check_plotting
 from atfnn_fast.app.progress import progress
@@ -134,7 +134,6 @@ PRESET_NOTES = {
     "LSTM layer of 32 (minutes per fold on a CPU; for trying the pipeline)",
 }
 
-PROTOCOLS = ("loso", "session")
 # Largest learning rate taken (our choice): Adam's step is about lr per weight, and no
 # useful rate for this model comes near 1 (the paper's is 5e-4).
 MAX_LR = 1.0

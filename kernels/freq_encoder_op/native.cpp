@@ -65,8 +65,9 @@ static inline long rup(long n, long m) { return (n + m - 1) / m * m; }
 // p_fg = softmax_g(s_f xc_g), xc the keys centred on the frame's mean (the softmax does not
 // see the shift; it keeps the variance's cancellation small). mxc_f is the row maximum,
 // known without a pass. Writes m (uncentred), 1/Z and the variance sum_g p x^2 - m^2.
-// The exponent is taken in base 2: s and mxc arrive multiplied by log2(e), so each term is one
-// FMA and the core's exp2. VAR: also the variance (the backward's; inference skips it).
+// Each term's exponent is one FMA, s_f x_g - mxc_f, in the natural base (its rounding is the
+// float32 reference's), then scaled by log2 e into the core's exp2 (vexp). VAR: also the
+// variance (the backward's).
 template <int NB, bool VAR>
 static inline void attn_fwd(const float* xc, long F, const float* s, const float* mxc,
                             float center, float* m, float* rz, float* var, long v0) {
@@ -81,7 +82,7 @@ static inline void attn_fwd(const float* xc, long F, const float* s, const float
     // forward's values do not depend on whether the backward's variance is asked for
     const float xg = xc[g], xg2 = xg * xg;
     for (int b = 0; b < NB; ++b) {
-      vf e = vexp2(sv[b] * xg - mv[b]);
+      vf e = vexp(sv[b] * xg - mv[b]);
       z[b] += e;
       s1[b] += e * xg;
       if (VAR) s2[b] += e * xg2;
@@ -107,9 +108,9 @@ static inline void attn_bwd(const float* xc, long F, const float* s, const float
     acc[b] = vf{};
   }
   for (long f = 0; f < F; ++f) {
-    const float sf = s[f] * LOG2E, mf = mxc[f] * LOG2E, a = alpha[f], bt = beta[f];
+    const float sf = s[f], mf = mxc[f], a = alpha[f], bt = beta[f];
     for (int b = 0; b < NB; ++b) {
-      vf e = vexp2(xv[b] * sf - mf);
+      vf e = vexp(xv[b] * sf - mf);
       acc[b] += e * (xv[b] * bt + a);
     }
   }
@@ -390,16 +391,10 @@ static void attention(const Dims& d, const float* prm, const Prm& o, float cente
       }
       continue;
     }
-    // the pass reads s and mxc in base 2 (times log2 e)
-    float *s2 = sc.al, *mx2 = sc.be;  // free until the backward's attention step
-    for (long f = 0; f < sc.Fp; ++f) {
-      s2[f] = s[f] * LOG2E;
-      mx2[f] = mx[f] * LOG2E;
-    }
     if (want_var)
-      attn_fwd_all<true>(sc.NV, sc.xc, d.F, s2, mx2, center, m, rz, var);
+      attn_fwd_all<true>(sc.NV, sc.xc, d.F, s, mx, center, m, rz, var);
     else
-      attn_fwd_all<false>(sc.NV, sc.xc, d.F, s2, mx2, center, m, rz, var);
+      attn_fwd_all<false>(sc.NV, sc.xc, d.F, s, mx, center, m, rz, var);
     if (stats_out)
       for (long f = 0; f < d.F; ++f) {
         stats_out[(hh * 3 + 0) * d.F + f] = m[f];

@@ -173,11 +173,20 @@ def test_large_inputs_would_overflow_an_unshifted_exponential():
         p = fm.derive(*enc.op_params(), num_heads=2)
         s_max = ((x.abs().amax() * p.a_head.abs() + p.b_head.abs()) * x.abs().amax()).max()
         assert s_max > 1000
+    g = torch.randn(2, 8, 20, 8)
     with use_backend("auto"):
-        got = run(enc, x, None, torch.ones(2, 8, 20, 8))
+        got = run(enc, x, None, g)
     assert all(torch.isfinite(t).all() for t in got)
-    with use_backend("auto"):
-        check_against_oracle(enc, x, None)
+    # the output against the oracle; the gradients of so saturated a softmax are
+    # ill-conditioned (the float32 reference is 2e-3 to 6e-3 off there): within a few times
+    # the float32 reference's own error of the float64 truth
+    # the input's gradient too (a 1e3 softmax: test_extreme_inputs_stress_the_softmax_
+    # without_nan lets the Triton kernels through on the rounding sensitivity for it)
+    ref = run(enc, x, None, g, torch.float32)
+    truth = run(enc, x, None, g, torch.float64)
+    assert_accurate(got[:1], truth[:1], ref=ref[:1])
+    for i, (a, r, t) in enumerate(zip(got[1:], ref[1:], truth[1:], strict=True)):
+        assert max_rel_err(a, t) <= 5 * max_rel_err(r, t) + 1e-5, i
 
 
 def test_a_nan_in_the_input_gives_nan_out_and_the_model_refuses_it():
