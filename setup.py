@@ -49,6 +49,9 @@ class BuildNative(build_ext):
         try:
             self._build_native(ext)
         except Exception as err:  # a missing or failing compiler: install without the core
+            stale = self.get_ext_fullpath(ext.name)  # an earlier build's library is not this one
+            if os.path.exists(stale):
+                os.remove(stale)
             print(
                 f"atfnn-fast: WARNING: the native CPU core did not build ({err}); the package "
                 "installs without it and runs its ATen CPU path. Install g++ or clang++ and "

@@ -226,15 +226,26 @@ def chunks(n: int, threads: int | None = None, per_item: int = 1) -> list[tuple[
     return [(bounds[q], bounds[q + 1]) for q in range(parts)]
 
 
+def blocks(n: int, size: int) -> list[tuple[int, int]]:
+    """``[0, n)`` in ranges of ``size`` items (the last shorter), whatever the thread count:
+    a backward's per-range parameter-gradient sums, added in range order, then give the same
+    bits on any number of threads."""
+    return [(start, min(start + size, n)) for start in range(0, n, size)] or [(0, 0)]
+
+
 def run_chunks(call: Callable[[int, int, int], int], ranges: list[tuple[int, int]]) -> None:
-    """``call(index, n0, n1)`` for each range: the first on this thread, the rest on the
-    pool; raises if any returns non-zero (1: ISA not available, 2: out of memory)."""
+    """``call(index, n0, n1)`` for each range, on torch's intra-op threads (this thread and
+    the pool); raises if any returns non-zero (1: ISA not available, 2: out of memory)."""
     if len(ranges) == 1:
         codes = [call(0, *ranges[0])]
     else:
-        pool = _executor(len(ranges) - 1)
-        futures = [pool.submit(call, q, *r) for q, r in enumerate(ranges) if q > 0]
-        codes = [call(0, *ranges[0])] + [fut.result() for fut in futures]
+        workers = max(1, min(torch.get_num_threads(), len(ranges)))
+        if workers == 1:
+            codes = [call(q, *r) for q, r in enumerate(ranges)]
+        else:
+            pool = _executor(workers)
+            futures = [pool.submit(call, q, *r) for q, r in enumerate(ranges)]
+            codes = [fut.result() for fut in futures]
     for code in codes:
         if code == 1:
             raise RuntimeError(f"native CPU core: ISA path {isa()!r} is not available here")
@@ -242,3 +253,12 @@ def run_chunks(call: Callable[[int, int, int], int], ranges: list[tuple[int, int
             raise MemoryError("native CPU core: out of memory for its scratch buffers")
         if code != 0:
             raise RuntimeError(f"native CPU core: call failed with code {code}")
+
+
+def ordered_sum(partials: torch.Tensor) -> torch.Tensor:
+    """The rows of ``partials`` (one per range of :func:`blocks`) added in order, in
+    float64, as float32: the same bits whatever the thread count."""
+    total = partials[0].double().clone()
+    for row in partials[1:]:
+        total += row
+    return total.float()

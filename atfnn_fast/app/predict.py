@@ -147,9 +147,10 @@ def hearing_problem(path: str | os.PathLike, predictor) -> str | None:
 
     from atfnn_fast.features import FeatureConfig, _open_audio, iter_audio
 
-    if not isinstance(path, str | os.PathLike):  # audio bytes (serve): no file to read again
+    config = getattr(predictor, "config", None)
+    if config is None or not isinstance(path, str | os.PathLike):  # audio bytes (serve)...
         return None
-    features = predictor.features or FeatureConfig()
+    features = getattr(predictor, "features", None) or FeatureConfig()
     rate = features.sample_rate
     try:
         with _open_audio(Path(path)) as handle:  # the readers' checks: no FIFO can block
@@ -164,7 +165,7 @@ def hearing_problem(path: str | os.PathLike, predictor) -> str | None:
                     break
     except (OSError, RuntimeError, ValueError):
         return None
-    segment = predictor.config.frames * features.hop_length / rate
+    segment = config.frames * features.hop_length / rate
     if peak < SILENT_PEAK:
         level = "digital silence" if peak == 0 else f"peak {20 * np.log10(peak):.0f} dBFS"
         return (

@@ -70,48 +70,56 @@ static inline long rup(long n, long m) { return (n + m - 1) / m * m; }
 // variance (the backward's).
 template <int NB, bool VAR>
 static inline void attn_fwd(const float* xc, long F, const float* s, const float* mxc,
-                            float center, float* m, float* rz, float* var, long v0) {
-  vf sv[NB], mv[NB], z[NB], s1[NB], s2[NB];
+                            const float* piv, float center, float* m, float* rz, float* var,
+                            long v0) {
+  // The weighted sums are taken about each query's pivot (the key where its row maximum
+  // is: max(x) for s >= 0, else min(x)): a saturated softmax sits near it, so the mean's
+  // offset and the variance S2/Z - (S1/Z)^2 lose nothing to cancellation there.
+  vf sv[NB], mv[NB], pv[NB], z[NB], s1[NB], s2[NB];
   for (int b = 0; b < NB; ++b) {
     sv[b] = vload(s + (v0 + b) * VL);
     mv[b] = vload(mxc + (v0 + b) * VL);
+    pv[b] = vload(piv + (v0 + b) * VL);
     z[b] = s1[b] = s2[b] = vf{};
   }
   for (long g = 0; g < F; ++g) {
-    // s1 takes the same expression with and without VAR (e x_g of one use each), so the
-    // forward's values do not depend on whether the backward's variance is asked for
-    const float xg = xc[g], xg2 = xg * xg;
+    const float xg = xc[g];
     for (int b = 0; b < NB; ++b) {
       vf e = vexp(sv[b] * xg - mv[b]);
       z[b] += e;
-      s1[b] += e * xg;
-      if (VAR) s2[b] += e * xg2;
+      vf d = xg - pv[b];
+      vf ed = e * d;
+      s1[b] += ed;
+      if (VAR) s2[b] += ed * d;
     }
   }
   for (int b = 0; b < NB; ++b) {
     vf r = 1.f / z[b];
-    vf mc = s1[b] * r;
-    vstore(m + (v0 + b) * VL, mc + center);
+    vf off = s1[b] * r;
+    vstore(m + (v0 + b) * VL, (pv[b] + off) + center);
     vstore(rz + (v0 + b) * VL, r);
-    if (VAR) vstore(var + (v0 + b) * VL, s2[b] * r - mc * mc);
+    if (VAR) vstore(var + (v0 + b) * VL, s2[b] * r - off * off);
   }
 }
 
 // Backward pass over one head, vectorised over the keys g:
-// dx_g += sum_f e_fg (alpha_f + beta_f xc_g), the gradient reaching the keys and the values.
+// dx_g += sum_f e_fg c_f (1 + s_f (x_g - m_f)) (alpha_f = c_f, beta_f = c_f s_f, mc_f the
+// centred mean), the gradient reaching the keys and the values; x_g - m_f is taken first,
+// so scores of 1e3 do not cancel products of 1e5.
 template <int NB>
 static inline void attn_bwd(const float* xc, long F, const float* s, const float* mxc,
-                            const float* alpha, const float* beta, float* dx, long v0) {
+                            const float* alpha, const float* beta, const float* mc, float* dx,
+                            long v0) {
   vf xv[NB], acc[NB];
   for (int b = 0; b < NB; ++b) {
     xv[b] = vload(xc + (v0 + b) * VL);
     acc[b] = vf{};
   }
   for (long f = 0; f < F; ++f) {
-    const float sf = s[f], mf = mxc[f], a = alpha[f], bt = beta[f];
+    const float sf = s[f], mf = mxc[f], a = alpha[f], bt = beta[f], cm = mc[f];
     for (int b = 0; b < NB; ++b) {
       vf e = vexp(xv[b] * sf - mf);
-      acc[b] += e * (xv[b] * bt + a);
+      acc[b] += e * ((xv[b] - cm) * bt + a);
     }
   }
   for (int b = 0; b < NB; ++b) vstore(dx + (v0 + b) * VL, vload(dx + (v0 + b) * VL) + acc[b]);
@@ -119,33 +127,34 @@ static inline void attn_bwd(const float* xc, long F, const float* s, const float
 
 template <int NB, bool VAR>
 static inline void attn_fwd_tail(long rem, const float* xc, long F, const float* s,
-                                 const float* mxc, float c0, float* m, float* rz, float* var,
-                                 long v0) {
+                                 const float* mxc, const float* piv, float c0, float* m,
+                                 float* rz, float* var, long v0) {
   if constexpr (NB > 0) {
     if (rem == NB)
-      attn_fwd<NB, VAR>(xc, F, s, mxc, c0, m, rz, var, v0);
+      attn_fwd<NB, VAR>(xc, F, s, mxc, piv, c0, m, rz, var, v0);
     else
-      attn_fwd_tail<NB - 1, VAR>(rem, xc, F, s, mxc, c0, m, rz, var, v0);
+      attn_fwd_tail<NB - 1, VAR>(rem, xc, F, s, mxc, piv, c0, m, rz, var, v0);
   }
 }
 
 template <bool VAR>
 static void attn_fwd_all(long NV, const float* xc, long F, const float* s, const float* mxc,
-                         float c0, float* m, float* rz, float* var) {
+                         const float* piv, float c0, float* m, float* rz, float* var) {
   long v0 = 0;
-  for (; v0 + ATT_B <= NV; v0 += ATT_B) attn_fwd<ATT_B, VAR>(xc, F, s, mxc, c0, m, rz, var, v0);
-  if (v0 < NV) attn_fwd_tail<ATT_B - 1, VAR>(NV - v0, xc, F, s, mxc, c0, m, rz, var, v0);
+  for (; v0 + ATT_B <= NV; v0 += ATT_B)
+    attn_fwd<ATT_B, VAR>(xc, F, s, mxc, piv, c0, m, rz, var, v0);
+  if (v0 < NV) attn_fwd_tail<ATT_B - 1, VAR>(NV - v0, xc, F, s, mxc, piv, c0, m, rz, var, v0);
 }
 
 template <int NB>
 static inline void attn_bwd_tail(long rem, const float* xc, long F, const float* s,
-                                 const float* mxc, const float* al, const float* be, float* dx,
-                                 long v0) {
+                                 const float* mxc, const float* al, const float* be,
+                                 const float* mc, float* dx, long v0) {
   if constexpr (NB > 0) {
     if (rem == NB)
-      attn_bwd<NB>(xc, F, s, mxc, al, be, dx, v0);
+      attn_bwd<NB>(xc, F, s, mxc, al, be, mc, dx, v0);
     else
-      attn_bwd_tail<NB - 1>(rem, xc, F, s, mxc, al, be, dx, v0);
+      attn_bwd_tail<NB - 1>(rem, xc, F, s, mxc, al, be, mc, dx, v0);
   }
 }
 
@@ -378,10 +387,12 @@ static void attention(const Dims& d, const float* prm, const Prm& o, float cente
     const float A = prm[o.A + hh], Bh = prm[o.Bh + hh];
     float *s = sc.s + hh * sc.Fp, *mx = sc.mxc + hh * sc.Fp;
     float *m = sc.m + hh * sc.Fp, *rz = sc.rz + hh * sc.Fp, *var = sc.var + hh * sc.Fp;
+    float* piv = sc.al;  // the query's pivot key (free until the backward's attention step)
     for (long f = 0; f < sc.Fp; ++f) {
       const float sf = sc.xs[f] * A + Bh;
       s[f] = sf;
       mx[f] = sf >= 0.f ? sf * xmax : sf * xmin;
+      piv[f] = sf >= 0.f ? xmax : xmin;
     }
     if (stats_in) {
       for (long f = 0; f < d.F; ++f) {
@@ -392,9 +403,9 @@ static void attention(const Dims& d, const float* prm, const Prm& o, float cente
       continue;
     }
     if (want_var)
-      attn_fwd_all<true>(sc.NV, sc.xc, d.F, s, mx, center, m, rz, var);
+      attn_fwd_all<true>(sc.NV, sc.xc, d.F, s, mx, piv, center, m, rz, var);
     else
-      attn_fwd_all<false>(sc.NV, sc.xc, d.F, s, mx, center, m, rz, var);
+      attn_fwd_all<false>(sc.NV, sc.xc, d.F, s, mx, piv, center, m, rz, var);
     if (stats_out)
       for (long f = 0; f < d.F; ++f) {
         stats_out[(hh * 3 + 0) * d.F + f] = m[f];
@@ -559,14 +570,15 @@ int backward(const Dims& d, float eps, const float* x, const float* wt, const fl
         float* pb = ACC(Bh) + hh * VL;
         vstore(pb, vload(pb) + ds);
         vf cf = dm * vload(rz + v * VL), sv = vload(s + v * VL);
-        vf mc = mv - center;
-        vstore(sc.al + v * VL, cf * (1.f - sv * mc));
+        vstore(sc.al + v * VL, cf);
         vstore(sc.be + v * VL, cf * sv);
+        vstore(sc.r + v * VL, mv - center);  // the centred mean (r is free by now)
       }
       long v0 = 0;
       for (; v0 + ATT_B <= NV; v0 += ATT_B)
-        attn_bwd<ATT_B>(sc.xc, F, s, mx, sc.al, sc.be, sc.dxa, v0);
-      if (v0 < NV) attn_bwd_tail<ATT_B - 1>(NV - v0, sc.xc, F, s, mx, sc.al, sc.be, sc.dxa, v0);
+        attn_bwd<ATT_B>(sc.xc, F, s, mx, sc.al, sc.be, sc.r, sc.dxa, v0);
+      if (v0 < NV)
+        attn_bwd_tail<ATT_B - 1>(NV - v0, sc.xc, F, s, mx, sc.al, sc.be, sc.r, sc.dxa, v0);
     }
     float* dxp = dx + b * d.dx_s[0] + t * d.dx_s[2];
     for (long f = 0; f < F; ++f) dxp[f * d.dx_s[1]] = sc.dxa[f];

@@ -19,6 +19,7 @@ from .. import native
 from .rank_one import Derived
 
 MAX_KERNEL = 17  # the core's zero halo holds 8 bands on each side
+BACKWARD_FRAMES = 64  # frames of one backward range (a multiple of the core's flush of 8)
 _STAT_ROWS = 3  # per head and band: m, 1/Z, the variance of the softmax
 
 
@@ -169,7 +170,9 @@ def backward(
     prm = pack(p)
     dx = torch.empty((b, 1, n_f, t), dtype=torch.float32)
     d_time = None if wt is None else torch.empty_like(wt)
-    ranges = native.chunks(b * t)
+    # fixed ranges of frames (not one per thread): the parameter gradients' per-range sums,
+    # added in order, are the same bits on any number of threads
+    ranges = native.blocks(b * t, BACKWARD_FRAMES)
     dprm = torch.empty((len(ranges), prm.numel()), dtype=torch.float32)
     dims = _dims_array(xf, wt, None, dx, d_time, gout, c=c, h=h, n_p=n_p, k=k)
     st = None if stats is None else stats.contiguous()
@@ -180,7 +183,7 @@ def backward(
 
     with torch.profiler.record_function("atfnn::native_freq_encoder_backward"):
         native.run_chunks(call, ranges)
-    grads = unpack_grads(dprm.sum(0), p)
+    grads = unpack_grads(native.ordered_sum(dprm), p)
     if d_time is not None:
         d_time = d_time.to(time_weights.dtype)
     return dx.to(x.dtype), d_time, grads

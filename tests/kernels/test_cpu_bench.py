@@ -66,13 +66,17 @@ def test_profile_cpu_splits_the_time_per_op_for_torch_and_onnxruntime(tmp_path, 
     assert set(tables) == {
         "torch eager, forward",
         "torch eager, forward + backward",
-        "torch fused, forward",
-        "torch fused, forward + backward",
+        "torch fused=aten, forward",
+        "torch fused=aten, forward + backward",
+        "torch native, forward",
+        "torch native, forward + backward",
         "onnxruntime fp32, forward",
         "onnxruntime int8, forward",
     }
-    fused_ops = {r["op"] for r in tables["torch fused, forward"]}
+    fused_ops = {r["op"] for r in tables["torch fused=aten, forward"]}
     assert "aten::_scaled_dot_product_flash_attention_for_cpu" in fused_ops
+    native_ops = {r["op"] for r in tables["torch native, forward"]}
+    assert "atfnn::native_freq_encoder_forward" in native_ops
     assert any(r["op"] == "Attention" for r in tables["onnxruntime fp32, forward"])
     assert "| op | ms | share | calls |" in capsys.readouterr().out
 

@@ -117,9 +117,9 @@ def test_a_forced_isa_the_cpu_lacks_is_refused(monkeypatch):
 
 @pytest.mark.parametrize("frames", [16, 37])
 def test_one_and_two_threads_give_the_same_values(frames):
-    """Thread count changes only how the frames are split; every per-frame value is the
-    same, and the parameter gradients (summed per chunk, then over chunks) agree to
-    rounding."""
+    """Thread count changes only which thread runs which frames: every value is the same,
+    the parameter gradients included (summed over fixed ranges of frames, then in order),
+    so a training run is reproducible on any number of threads."""
     enc = encoder(2, 8, 20)
     x = torch.randn(4, 1, 20, frames)
     wt = torch.rand(4, 20, frames)
@@ -135,10 +135,8 @@ def test_one_and_two_threads_give_the_same_values(frames):
     finally:
         torch.set_num_threads(before)
     one, two = results
-    for i in range(3):  # output, dx, d time: per frame, bit for bit
-        assert torch.equal(one[i], two[i]), i
-    for a, b in zip(one[3:], two[3:], strict=True):
-        assert max_rel_err(a, b) < 1e-6
+    for i, (a, b) in enumerate(zip(one, two, strict=True)):  # every value, bit for bit
+        assert torch.equal(a, b), i
 
 
 def test_calls_from_several_python_threads_at_once():
