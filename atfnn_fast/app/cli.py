@@ -372,25 +372,30 @@ def _predict(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         provider=args.provider,
     )
-    if args.onnx is not None:
-        import torch
+    import torch
 
+    threads = torch.get_num_threads()
+    if args.onnx is not None:
         # torch computes only the features here, in small blocks, on the cores where ONNX
-        # Runtime's own threads run the graph: one torch thread (docs/design.md#onnx-export)
+        # Runtime's own threads run the graph: one torch thread (docs/design.md#onnx-export),
+        # given back afterwards (main() also runs in-process, in tests and notebooks)
         torch.set_num_threads(1)
-    print(printable(f"predict: {describe(predictor)}"), file=sys.stderr, flush=True)
-    if args.timeline:
-        return timeline_files(
-            predictor,
-            files,
-            json_lines=args.json,
-            csv_rows=args.csv,
-            smooth=args.smooth or 1,
-            debug=_debug(args),
+    try:
+        print(printable(f"predict: {describe(predictor)}"), file=sys.stderr, flush=True)
+        if args.timeline:
+            return timeline_files(
+                predictor,
+                files,
+                json_lines=args.json,
+                csv_rows=args.csv,
+                smooth=args.smooth or 1,
+                debug=_debug(args),
+            )
+        return predict_files(
+            predictor, files, json_list=args.json, csv_rows=args.csv, debug=_debug(args)
         )
-    return predict_files(
-        predictor, files, json_list=args.json, csv_rows=args.csv, debug=_debug(args)
-    )
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _serve(args: argparse.Namespace) -> int:

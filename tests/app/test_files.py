@@ -289,8 +289,10 @@ def test_a_kill_at_each_step_of_the_swap_resumes_or_is_cleaned(
     argv = ["train", "--manifest", str(manifest), "--out", str(run.parent), *TRAIN]
     argv += ["--epochs", "2"]
     script = KILL_AT.format(exchange=exchange, step=step)
+    # the same torch threads as this process: an epoch trained there must be the same bits
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     proc = subprocess.run(
-        [sys.executable, "-c", script, *argv, "--resume"], capture_output=True, text=True
+        [sys.executable, "-c", script, *argv, "--resume"], capture_output=True, text=True, env=env
     )
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     hidden = [n for n in _listing(run) if n.startswith(".last.")]

@@ -80,7 +80,7 @@ def test_cpu_run_collects_no_gpu_case_and_prints_the_narrow_table():
     )
     assert proc.returncode == 0, proc.stdout[-3000:]
     out = proc.stdout.splitlines()
-    assert "atfnn: 36 GPU cases not collected (no CUDA device here)" in out
+    assert "atfnn: 44 GPU cases not collected (no CUDA device here)" in out
     assert "GPU case: no CUDA device" not in proc.stdout  # no skip rows for them
     assert not any(line.startswith("SKIPPED") for line in out)
     assert "Name (time in" not in proc.stdout  # pytest-benchmark's wide tables are off
